@@ -1,0 +1,651 @@
+//! Guards: what a caller holds while it holds a lock, and the renewal/deadline logic that
+//! every backend shares.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::backend::BoxFuture;
+use crate::error::{Error, ErrorKind, Operation, Result};
+use crate::name::LockName;
+use crate::observe;
+use crate::options::{LockMode, LockOptions, Renew};
+
+/// A fencing token: a number that strictly increases across successive grants of the same
+/// lock name. Pass it to the resource you protect and have the resource reject writes that
+/// carry a lower token than one it has already seen; that keeps a paused or partitioned
+/// former holder from doing damage after its lock was handed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FencingToken(u64);
+
+impl FencingToken {
+    /// Wraps a raw token.
+    pub const fn new(value: u64) -> Self {
+        FencingToken(value)
+    }
+
+    /// The raw number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where a held lock stands, as far as this process can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LockState {
+    /// Held: the last confirmation from the server is recent enough that nobody else can have
+    /// been granted the lock.
+    Held,
+    /// Possibly lost: a renewal failed or the connection is down, but the lease deadline has
+    /// not passed yet. Stop starting new work; finish or abort what is in flight.
+    Unverifiable,
+    /// Lost: the lease deadline passed, the session ended, or the server said the lock is no
+    /// longer ours. Someone else may hold it now. Never turns back to `Held`.
+    Lost,
+    /// Released by its owner (explicitly or by dropping the guard). Only a [`StateWatch`] can
+    /// observe this; a [`Guard`] is consumed by its release.
+    Released,
+}
+
+impl LockState {
+    /// Lowercase name (`held`, `unverifiable`, `lost`, `released`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockState::Held => "held",
+            LockState::Unverifiable => "unverifiable",
+            LockState::Lost => "lost",
+            LockState::Released => "released",
+        }
+    }
+}
+
+impl fmt::Display for LockState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A backend's handle on one granted lock: the minimum each backend implements. Everything
+/// else (renewal schedule, deadlines, state, `at_least`, drop behaviour) is written once in
+/// [`Guard`].
+pub trait Lease: Send + Sync + 'static {
+    /// Makes the lease expire `ttl` from now, if it is still ours. `Ok(true)`: extended;
+    /// `Ok(false)`: the lock is no longer ours (expired, taken, session gone); `Err`: the
+    /// server could not be asked (the guard turns `Unverifiable`). Session-based backends
+    /// without a lease return an [`ErrorKind::Unsupported`] error.
+    fn extend(&self, ttl: Duration) -> BoxFuture<'_, Result<bool>>;
+
+    /// Releases the lock if it is still ours; `Ok(true)` when it was. Must never free a grant
+    /// that belongs to someone else.
+    fn release(&self) -> BoxFuture<'_, Result<bool>>;
+
+    /// Releases the lock but keeps it taken for `keep` more (ShedLock's `lockAtLeastFor`).
+    ///
+    /// The default shortens the lease to `keep` and lets it expire, which suits every lease
+    /// backend. Session-based backends and backends with server-side `at_least` override it.
+    fn release_after(&self, keep: Duration) -> BoxFuture<'_, Result<bool>> {
+        self.extend(keep)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Status {
+    state: LockState,
+    valid_until: Option<Instant>,
+}
+
+/// The state channel of one grant. The backend creates it before (or while) acquiring, keeps
+/// clones in whatever task watches its session, and reports what it learns; the [`Guard`]
+/// and every [`StateWatch`] read from it.
+///
+/// Transitions are one-way where they must be: nothing leaves `Lost` or `Released`.
+#[derive(Clone)]
+pub struct LeaseMonitor {
+    tx: Arc<watch::Sender<Status>>,
+    backend: &'static str,
+    label: Arc<str>,
+}
+
+impl fmt::Debug for LeaseMonitor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.tx.borrow();
+        f.debug_struct("LeaseMonitor")
+            .field("lock", &self.label)
+            .field("state", &s.state)
+            .field("valid_until", &s.valid_until)
+            .finish()
+    }
+}
+
+impl LeaseMonitor {
+    /// A monitor in state `Held`. `valid_until` is the client-side lease deadline (see
+    /// [`lease_deadline`]); `None` for session locks that have no lease.
+    pub fn new(name: &LockName, backend: &'static str, valid_until: Option<Instant>) -> Self {
+        let (tx, _rx) = watch::channel(Status {
+            state: LockState::Held,
+            valid_until,
+        });
+        LeaseMonitor {
+            tx: Arc::new(tx),
+            backend,
+            label: Arc::from(format!("{backend}:{name}")),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> LockState {
+        self.tx.borrow().state
+    }
+
+    /// The current client-side deadline.
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.tx.borrow().valid_until
+    }
+
+    /// The lock is certainly not ours any more. Sticky.
+    pub fn report_lost(&self, reason: &str) {
+        let changed = self.tx.send_if_modified(|s| match s.state {
+            LockState::Held | LockState::Unverifiable => {
+                s.state = LockState::Lost;
+                true
+            }
+            LockState::Lost | LockState::Released => false,
+        });
+        if changed {
+            tracing::warn!(lock = %self.label, reason, "lock lost");
+            observe::lost(self.backend);
+        }
+    }
+
+    /// The lock may be lost (a renewal failed, the connection dropped). Only moves `Held`.
+    pub fn report_unverifiable(&self, reason: &str) {
+        let changed = self.tx.send_if_modified(|s| {
+            if s.state == LockState::Held {
+                s.state = LockState::Unverifiable;
+                true
+            } else {
+                false
+            }
+        });
+        if changed {
+            tracing::warn!(lock = %self.label, reason, "lock unverifiable");
+        }
+    }
+
+    /// The server confirmed the lock until `valid_until`: back to `Held` from `Unverifiable`.
+    /// Ignored once `Lost` or `Released`.
+    pub fn report_confirmed(&self, valid_until: Option<Instant>) {
+        let changed = self.tx.send_if_modified(|s| match s.state {
+            LockState::Held | LockState::Unverifiable => {
+                let was = s.state;
+                s.state = LockState::Held;
+                s.valid_until = valid_until;
+                was != LockState::Held
+            }
+            LockState::Lost | LockState::Released => false,
+        });
+        if changed {
+            tracing::info!(lock = %self.label, "lock confirmed again");
+        }
+    }
+
+    fn report_released(&self) {
+        self.tx.send_if_modified(|s| {
+            if s.state == LockState::Released {
+                false
+            } else {
+                s.state = LockState::Released;
+                true
+            }
+        });
+    }
+
+    /// A watch on this grant's state.
+    pub fn subscribe(&self) -> StateWatch {
+        StateWatch {
+            rx: self.tx.subscribe(),
+        }
+    }
+}
+
+/// A cloneable, `'static` view of a guard's state, for code that cannot borrow the guard
+/// (another task, a child-process supervisor).
+#[derive(Clone)]
+pub struct StateWatch {
+    rx: watch::Receiver<Status>,
+}
+
+impl fmt::Debug for StateWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateWatch")
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl StateWatch {
+    /// The current state.
+    pub fn state(&self) -> LockState {
+        self.rx.borrow().state
+    }
+
+    /// The current client-side deadline.
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.rx.borrow().valid_until
+    }
+
+    /// Completes when the state is anything but `Held` (at once if it already is), with
+    /// that state.
+    pub async fn not_held(&mut self) -> LockState {
+        self.until(|s| s != LockState::Held).await
+    }
+
+    /// Completes when the state is `Lost` or `Released`.
+    pub async fn lost_or_released(&mut self) -> LockState {
+        self.until(|s| matches!(s, LockState::Lost | LockState::Released))
+            .await
+    }
+
+    /// Completes at the next change of state (or of the deadline), with the new state.
+    pub async fn changed(&mut self) -> LockState {
+        match self.rx.changed().await {
+            Ok(()) => self.rx.borrow_and_update().state,
+            Err(_) => LockState::Released,
+        }
+    }
+
+    async fn until(&mut self, pred: impl Fn(LockState) -> bool) -> LockState {
+        match self.rx.wait_for(|s| pred(s.state)).await {
+            Ok(s) => s.state,
+            // Every sender is gone: the guard and its supervisor have ended.
+            Err(_) => LockState::Released,
+        }
+    }
+}
+
+/// The client-side lease deadline for a lease of `ttl` whose request was *sent* at
+/// `sent_at`: `sent_at + ttl - drift`, where drift is 1 % of the ttl plus 2 ms (the Redlock
+/// allowance), but never more than half the ttl. Measuring from the send time and subtracting
+/// the drift means the holder's deadline passes before the server's expiry does, so the
+/// holder learns of the loss before anyone else can be granted the lock.
+pub fn lease_deadline(sent_at: Instant, ttl: Duration) -> Instant {
+    let drift = (ttl / 100 + Duration::from_millis(2)).min(ttl / 2);
+    sent_at + (ttl - drift)
+}
+
+/// What a backend hands to [`Guard::new`] once the server granted the lock.
+pub struct Grant {
+    /// The lock name as the caller gave it.
+    pub name: LockName,
+    /// The backend's name (see [`Backend::name`](crate::Backend::name)).
+    pub backend: &'static str,
+    /// The fencing token, when the backend has one.
+    pub token: Option<FencingToken>,
+    /// The backend's handle on the grant.
+    pub lease: Arc<dyn Lease>,
+    /// The state channel (carries the initial deadline).
+    pub monitor: LeaseMonitor,
+    /// When the caller started asking (for the wait-time metric).
+    pub requested_at: Instant,
+}
+
+/// A held lock.
+///
+/// - [`token`](Guard::token): the fencing token, if the backend has one.
+/// - [`state`](Guard::state), [`not_held`](Guard::not_held), [`watch`](Guard::watch): where
+///   the lock stands, and a future that completes the moment it may be lost.
+/// - [`valid_until`](Guard::valid_until): the client-side lease deadline on the monotonic
+///   clock (`None` for session locks without a lease).
+/// - [`extend`](Guard::extend), [`release`](Guard::release).
+///
+/// While the guard lives, a background task renews the lease every ttl/3 (unless the
+/// options say [`Renew::Off`], and never past `max_hold`), marks the guard `Unverifiable` when a
+/// renewal fails and `Lost` when the deadline passes unconfirmed. It never re-acquires a lost
+/// lock.
+///
+/// **Drop**: dropping a guard that was not released stops the renewal at once and starts a
+/// best-effort release on the current tokio runtime in the background; it never blocks and
+/// never panics. If there is no runtime (or the process exits first), the lock is freed by the
+/// server when the lease expires or the session ends. Call [`release`](Guard::release) to know
+/// the outcome.
+pub struct Guard {
+    name: LockName,
+    backend: &'static str,
+    token: Option<FencingToken>,
+    mode: LockMode,
+    at_least: Option<Duration>,
+    acquired_at: Instant,
+    monitor: LeaseMonitor,
+    lease: Option<Arc<dyn Lease>>,
+    supervisor: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("name", &self.name)
+            .field("backend", &self.backend)
+            .field("token", &self.token)
+            .field("mode", &self.mode)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Guard {
+    /// Wraps a grant and starts its supervisor (renewal and deadline). Must be called inside a
+    /// tokio runtime, which is where every `acquire` runs.
+    pub fn new(grant: Grant, opts: &LockOptions) -> Guard {
+        let acquired_at = Instant::now();
+        observe::acquired(grant.backend, acquired_at - grant.requested_at);
+        tracing::debug!(
+            lock = %grant.name,
+            backend = grant.backend,
+            token = grant.token.map(|t| t.get()),
+            mode = %opts.mode(),
+            "acquired"
+        );
+        let supervisor = grant.monitor.valid_until().map(|_| {
+            tokio::spawn(supervise(
+                Arc::downgrade(&grant.lease),
+                grant.monitor.clone(),
+                SupervisorPlan::from_options(opts, acquired_at),
+            ))
+        });
+        Guard {
+            name: grant.name,
+            backend: grant.backend,
+            token: grant.token,
+            mode: opts.mode(),
+            at_least: opts.at_least(),
+            acquired_at,
+            monitor: grant.monitor,
+            lease: Some(grant.lease),
+            supervisor,
+        }
+    }
+
+    /// The lock name.
+    pub fn name(&self) -> &LockName {
+        &self.name
+    }
+
+    /// The backend's name.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The fencing token of this grant, if the backend has one.
+    pub fn token(&self) -> Option<FencingToken> {
+        self.token
+    }
+
+    /// The mode the lock was granted in.
+    pub fn mode(&self) -> LockMode {
+        self.mode
+    }
+
+    /// When the grant arrived, on the monotonic clock.
+    pub fn acquired_at(&self) -> Instant {
+        self.acquired_at
+    }
+
+    /// The current state.
+    pub fn state(&self) -> LockState {
+        self.monitor.state()
+    }
+
+    /// The client-side lease deadline (`None` for session locks without a lease).
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.monitor.valid_until()
+    }
+
+    /// A `'static` view of the state for other tasks.
+    pub fn watch(&self) -> StateWatch {
+        self.monitor.subscribe()
+    }
+
+    /// Completes when the state leaves `Held` (at once if it already has), with the new state.
+    pub async fn not_held(&self) -> LockState {
+        self.watch().not_held().await
+    }
+
+    /// Extends the lease so that it expires `by` from now. `Err` with
+    /// [`ErrorKind::Lost`] when the lock is no longer ours, [`ErrorKind::Unsupported`] for
+    /// backends without a lease.
+    pub async fn extend(&self, by: Duration) -> Result<()> {
+        if by.is_zero() {
+            return Err(
+                Error::invalid_options("extend duration must be greater than zero")
+                    .in_backend(self.backend)
+                    .in_operation(Operation::Extend),
+            );
+        }
+        if self.state() == LockState::Lost {
+            return Err(self.lost_error("the lock was already lost"));
+        }
+        let lease = self.lease.as_ref().expect("lease present until release");
+        let sent = Instant::now();
+        match lease.extend(by).await {
+            Ok(true) => {
+                observe::renewed(self.backend);
+                self.monitor
+                    .report_confirmed(Some(lease_deadline(sent, by)));
+                Ok(())
+            }
+            Ok(false) => {
+                self.monitor
+                    .report_lost("extend: the lock is no longer ours");
+                Err(self.lost_error("the lock is no longer ours"))
+            }
+            Err(e) => {
+                if e.kind() != ErrorKind::Unsupported {
+                    self.monitor
+                        .report_unverifiable("extend failed; see the error");
+                }
+                Err(e.in_operation(Operation::Extend))
+            }
+        }
+    }
+
+    /// Releases the lock. `Ok(true)`: it was still ours and is now free (or, with
+    /// `at_least`, will be free once `at_least` has passed since the acquisition);
+    /// `Ok(false)`: it was no longer ours (expired and possibly taken by someone else) and
+    /// nothing was changed; `Err`: the server could not be asked (the lease will expire or
+    /// the session end on its own).
+    pub async fn release(mut self) -> Result<bool> {
+        let lease = self.lease.take().expect("lease present until release");
+        self.stop_supervisor();
+        let keep = self.at_least_remaining();
+        let span = tracing::debug_span!(
+            "release",
+            lock = %self.name,
+            backend = self.backend,
+            token = self.token.map(|t| t.get())
+        );
+        let result = async {
+            match keep {
+                Some(keep) => lease.release_after(keep).await,
+                None => lease.release().await,
+            }
+        }
+        .instrument(span)
+        .await;
+        self.monitor.report_released();
+        observe::released(self.backend, self.acquired_at.elapsed());
+        match &result {
+            Ok(true) => tracing::debug!(lock = %self.name, backend = self.backend, "released"),
+            Ok(false) => {
+                tracing::warn!(lock = %self.name, backend = self.backend, "release: the lock was no longer ours")
+            }
+            Err(e) => {
+                tracing::warn!(lock = %self.name, backend = self.backend, error = %e, "release failed")
+            }
+        }
+        result.map_err(|e| e.in_operation(Operation::Release))
+    }
+
+    /// Forgets the guard without releasing: the renewal stops and the lock stays taken until
+    /// its lease expires or its session ends. For handing a lock over to process exit.
+    pub fn leak(mut self) {
+        self.stop_supervisor();
+        self.lease = None;
+    }
+
+    fn at_least_remaining(&self) -> Option<Duration> {
+        let at_least = self.at_least?;
+        let held = self.acquired_at.elapsed();
+        at_least.checked_sub(held).filter(|d| !d.is_zero())
+    }
+
+    fn stop_supervisor(&mut self) {
+        if let Some(handle) = self.supervisor.take() {
+            handle.abort();
+        }
+    }
+
+    fn lost_error(&self, message: &str) -> Error {
+        Error::new(
+            ErrorKind::Lost,
+            self.backend,
+            Operation::Extend,
+            format!("lock {:?}: {message}", self.name.as_str()),
+        )
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.stop_supervisor();
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        self.monitor.report_released();
+        observe::released(self.backend, self.acquired_at.elapsed());
+        let keep = self.at_least_remaining();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let name = self.name.clone();
+                let backend = self.backend;
+                rt.spawn(async move {
+                    let r = match keep {
+                        Some(keep) => lease.release_after(keep).await,
+                        None => lease.release().await,
+                    };
+                    match r {
+                        Ok(ours) => tracing::debug!(lock = %name, backend, ours, "released on drop"),
+                        Err(e) => tracing::warn!(lock = %name, backend, error = %e, "release on drop failed; the lock frees when its lease expires or its session ends"),
+                    }
+                });
+            }
+            Err(_) => tracing::warn!(
+                lock = %self.name,
+                backend = self.backend,
+                "guard dropped outside a tokio runtime: not released; it frees when its lease expires or its session ends"
+            ),
+        }
+    }
+}
+
+/// What the supervisor does for one grant.
+#[derive(Debug, Clone, Copy)]
+struct SupervisorPlan {
+    ttl: Duration,
+    /// `None`: no renewal, just the deadline.
+    renew_every: Option<Duration>,
+    /// No renewal is *sent* after this instant.
+    renew_until: Option<Instant>,
+}
+
+impl SupervisorPlan {
+    fn from_options(opts: &LockOptions, acquired_at: Instant) -> Self {
+        match opts.renew() {
+            Renew::Off => SupervisorPlan {
+                ttl: opts.ttl(),
+                renew_every: None,
+                renew_until: None,
+            },
+            Renew::Auto { max_hold } => SupervisorPlan {
+                ttl: opts.ttl(),
+                renew_every: Some(opts.renew_interval().max(Duration::from_millis(1))),
+                // The last renewal may extend the lease by one ttl, so stop sending one ttl
+                // before the maximum hold.
+                renew_until: max_hold.map(|m| acquired_at + m.saturating_sub(opts.ttl())),
+            },
+        }
+    }
+}
+
+/// Renews the lease on schedule and turns the deadline into `Lost`. Ends when the state is
+/// `Lost` or `Released`, or the guard is gone.
+async fn supervise(lease: std::sync::Weak<dyn Lease>, monitor: LeaseMonitor, plan: SupervisorPlan) {
+    let mut watch = monitor.subscribe();
+    let mut next_renewal = plan.renew_every.map(|every| Instant::now() + every);
+    loop {
+        let state = monitor.state();
+        if matches!(state, LockState::Lost | LockState::Released) {
+            return;
+        }
+        let Some(deadline) = monitor.valid_until() else {
+            return;
+        };
+        if let (Some(at), Some(until)) = (next_renewal, plan.renew_until) {
+            if at > until {
+                next_renewal = None;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                monitor.report_lost("the lease deadline passed without a confirmed renewal");
+                return;
+            }
+            _ = sleep_until_opt(next_renewal) => {
+                let Some(lease) = lease.upgrade() else { return };
+                let sent = Instant::now();
+                let outcome = tokio::time::timeout_at(deadline, lease.extend(plan.ttl)).await;
+                drop(lease);
+                let every = plan.renew_every.unwrap_or(plan.ttl);
+                match outcome {
+                    Ok(Ok(true)) => {
+                        observe::renewed(monitor.backend);
+                        monitor.report_confirmed(Some(lease_deadline(sent, plan.ttl)));
+                        next_renewal = Some(sent + every);
+                    }
+                    Ok(Ok(false)) => {
+                        monitor.report_lost("renewal: the lock is no longer ours");
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "renewal failed");
+                        monitor.report_unverifiable("a renewal failed");
+                        // Retry sooner than the regular schedule; the deadline still stands.
+                        next_renewal = Some(Instant::now() + (every / 3).max(Duration::from_millis(5)));
+                    }
+                    Err(_) => {
+                        monitor.report_lost("the lease deadline passed while a renewal was in flight");
+                        return;
+                    }
+                }
+            }
+            _ = watch.changed() => {}
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

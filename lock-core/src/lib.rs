@@ -1,0 +1,37 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+mod backend;
+mod election;
+mod error;
+mod guard;
+mod helpers;
+mod memory;
+mod name;
+pub mod observe;
+mod options;
+mod registry;
+
+pub use backend::{Backend, BoxFuture, Capabilities};
+pub use election::{Election, Leadership};
+pub use error::{Error, ErrorKind, Operation, Result};
+pub use guard::{
+    FencingToken, Grant, Guard, Lease, LeaseMonitor, LockState, StateWatch, lease_deadline,
+};
+pub use helpers::{BackendExt, Held, JobOutcome};
+pub use memory::{MemoryBackend, SCHEME as MEMORY_SCHEME};
+pub use name::LockName;
+pub use options::{LockMode, LockOptions, Renew, Wait};
+pub use registry::{ConnectFn, ConnectUrl, Registry, redact};
+
+use std::sync::Arc;
+
+/// Registers `memory://` in `registry`.
+pub fn register_memory(registry: &mut Registry) {
+    registry.register(MEMORY_SCHEME, |url| {
+        Box::pin(async move {
+            let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::from_url(&url)?);
+            Ok(backend)
+        })
+    });
+}

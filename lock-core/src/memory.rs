@@ -1,0 +1,375 @@
+//! The in-process reference backend, `memory://`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::backend::{Backend, BoxFuture, Capabilities};
+use crate::error::{Error, ErrorKind, Operation, Result};
+use crate::guard::{FencingToken, Grant, Guard, Lease, LeaseMonitor, lease_deadline};
+use crate::name::LockName;
+use crate::observe;
+use crate::options::{LockMode, LockOptions, Wait};
+use crate::registry::ConnectUrl;
+
+/// The URL scheme of the in-memory backend.
+pub const SCHEME: &str = "memory";
+
+const NAME: &str = "memory";
+
+/// The reference model: every guarantee of the contract, in one process, on tokio's
+/// monotonic clock (so tests can pause and advance time).
+///
+/// - Exclusive and shared modes; a fencing token per grant from a per-name counter that
+///   only grows (it survives [`MemoryBackend::simulate_restart`], like a persisted counter).
+/// - Every grant is a lease of `ttl` that expires unless extended; waiters sleep until a
+///   release notifies them or until the earliest lease in their way expires — no polling.
+/// - `at_least` is enforced by the "server": a release before it shortens the lease to the
+///   remaining time instead of freeing the lock.
+/// - Cancel-safe: the grant and the creation of the guard happen in one step with no await in
+///   between, so a dropped `acquire` never leaves a lock behind.
+///
+/// `memory://` is one process-wide instance; `memory://NAME` names others, so two
+/// [`connect`](crate::Registry::connect) calls with the same URL see the same locks, as two
+/// clients of one server would.
+#[derive(Clone)]
+pub struct MemoryBackend {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("instance", &self.shared.instance)
+            .finish()
+    }
+}
+
+struct Shared {
+    instance: String,
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    entries: HashMap<LockName, Entry>,
+    next_holder: u64,
+}
+
+struct Entry {
+    holders: Vec<Holder>,
+    last_token: u64,
+    /// Woken on every release and every shortened lease.
+    changed: Arc<Notify>,
+}
+
+#[derive(Debug, Clone)]
+struct Holder {
+    id: u64,
+    mode: LockMode,
+    expires: Instant,
+    /// Released with `at_least` remaining: still blocks others until `expires`, but is no
+    /// longer anyone's to extend or release.
+    retired: bool,
+}
+
+impl Entry {
+    fn new() -> Self {
+        Entry {
+            holders: Vec::new(),
+            last_token: 0,
+            changed: Arc::new(Notify::new()),
+        }
+    }
+
+    fn purge_expired(&mut self, now: Instant) -> bool {
+        let before = self.holders.len();
+        self.holders.retain(|h| h.expires > now);
+        before != self.holders.len()
+    }
+
+    fn compatible(&self, mode: LockMode) -> bool {
+        match mode {
+            LockMode::Exclusive => self.holders.is_empty(),
+            LockMode::Shared => self.holders.iter().all(|h| h.mode == LockMode::Shared),
+        }
+    }
+
+    /// The earliest expiry among the holders in the way of `mode`.
+    fn next_expiry(&self) -> Option<Instant> {
+        self.holders.iter().map(|h| h.expires).min()
+    }
+
+    fn live_holder(&mut self, id: u64, now: Instant) -> Option<&mut Holder> {
+        self.holders
+            .iter_mut()
+            .find(|h| h.id == id && !h.retired && h.expires > now)
+    }
+}
+
+fn instances() -> &'static Mutex<HashMap<String, MemoryBackend>> {
+    static INSTANCES: OnceLock<Mutex<HashMap<String, MemoryBackend>>> = OnceLock::new();
+    INSTANCES.get_or_init(Default::default)
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBackend {
+    /// A new private instance that shares nothing with any other.
+    pub fn new() -> Self {
+        Self::with_instance_name(String::new())
+    }
+
+    fn with_instance_name(instance: String) -> Self {
+        MemoryBackend {
+            shared: Arc::new(Shared {
+                instance,
+                table: Mutex::new(Table::default()),
+            }),
+        }
+    }
+
+    /// The process-wide instance called `instance` (`""` for `memory://`).
+    pub fn named(instance: &str) -> Self {
+        let mut map = lock_table(instances());
+        map.entry(instance.to_string())
+            .or_insert_with(|| Self::with_instance_name(instance.to_string()))
+            .clone()
+    }
+
+    /// Connects from a URL: `memory://` or `memory://NAME`. No query options are accepted.
+    pub fn from_url(url: &ConnectUrl) -> Result<Self> {
+        let rest = url.rest();
+        if rest.contains('?') || rest.contains('#') {
+            return Err(Error::invalid_url(
+                NAME,
+                format!("memory:// takes no options, got {url}"),
+            ));
+        }
+        let instance = rest.trim_end_matches('/');
+        if instance.contains('/') {
+            return Err(Error::invalid_url(
+                NAME,
+                format!("expected memory:// or memory://NAME, got {url}"),
+            ));
+        }
+        Ok(Self::named(instance))
+    }
+
+    /// Forgets every current grant, as a server restart without persistence would, but keeps
+    /// the fencing counters (as a server with a persisted counter would). Holders find out on
+    /// their next renewal or release; waiters are woken.
+    pub fn simulate_restart(&self) {
+        let mut table = lock_table(&self.shared.table);
+        for entry in table.entries.values_mut() {
+            entry.holders.clear();
+            entry.changed.notify_waiters();
+        }
+    }
+
+    /// How many grants of `name` are live right now (for tests and diagnostics).
+    pub fn holders(&self, name: &LockName) -> usize {
+        let now = Instant::now();
+        let mut table = lock_table(&self.shared.table);
+        match table.entries.get_mut(name) {
+            Some(entry) => {
+                entry.purge_expired(now);
+                entry.holders.len()
+            }
+            None => 0,
+        }
+    }
+
+    async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
+        opts.validate().map_err(|e| e.in_backend(NAME))?;
+        let requested_at = Instant::now();
+        let deadline = match opts.wait() {
+            Wait::No => Some(requested_at),
+            Wait::For(d) => Some(requested_at + d),
+            Wait::Forever => None,
+        };
+        loop {
+            let (mut notified, next_expiry) = {
+                let now = Instant::now();
+                let mut table = lock_table(&self.shared.table);
+                table.next_holder += 1;
+                let id = table.next_holder;
+                let entry = table.entries.entry(name.clone()).or_insert_with(Entry::new);
+                if entry.purge_expired(now) {
+                    entry.changed.notify_waiters();
+                }
+                if entry.compatible(opts.mode()) {
+                    entry.last_token += 1;
+                    let token = FencingToken::new(entry.last_token);
+                    entry.holders.push(Holder {
+                        id,
+                        mode: opts.mode(),
+                        expires: now + opts.ttl(),
+                        retired: false,
+                    });
+                    drop(table);
+                    // Nothing below awaits: the grant and the guard are one step.
+                    let lease = Arc::new(MemoryLease {
+                        shared: Arc::clone(&self.shared),
+                        name: name.clone(),
+                        id,
+                    });
+                    let monitor =
+                        LeaseMonitor::new(name, NAME, Some(lease_deadline(now, opts.ttl())));
+                    return Ok(Guard::new(
+                        Grant {
+                            name: name.clone(),
+                            backend: NAME,
+                            token: Some(token),
+                            lease,
+                            monitor,
+                            requested_at,
+                        },
+                        opts,
+                    ));
+                }
+                // Register for the wake-up before letting go of the table, so a release
+                // between here and the await is not missed.
+                let mut notified = Box::pin(Arc::clone(&entry.changed).notified_owned());
+                notified.as_mut().enable();
+                (notified, entry.next_expiry())
+            };
+            let now = Instant::now();
+            if let Some(deadline) = deadline {
+                if deadline <= now {
+                    let err = if opts.wait() == Wait::No || opts.wait() == Wait::For(Duration::ZERO)
+                    {
+                        Error::new(
+                            ErrorKind::Contended,
+                            NAME,
+                            Operation::Acquire,
+                            format!("lock {:?} is held by someone else", name.as_str()),
+                        )
+                    } else {
+                        Error::new(
+                            ErrorKind::Timeout,
+                            NAME,
+                            Operation::Acquire,
+                            format!(
+                                "lock {:?} was still held when the wait of {:?} ran out",
+                                name.as_str(),
+                                deadline - requested_at
+                            ),
+                        )
+                    };
+                    observe::acquire_failed(NAME, err.kind());
+                    return Err(err);
+                }
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = sleep_until_opt(next_expiry) => {}
+                _ = sleep_until_opt(deadline) => {}
+            }
+        }
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            fencing: true,
+            shared: true,
+            lease: true,
+            renew: true,
+            at_least: true,
+            notify: true,
+            persistent_tokens: true,
+            min_ttl: None,
+        }
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        name: &'a LockName,
+        opts: &'a LockOptions,
+    ) -> BoxFuture<'a, Result<Guard>> {
+        Box::pin(self.acquire_inner(name, opts))
+    }
+}
+
+struct MemoryLease {
+    shared: Arc<Shared>,
+    name: LockName,
+    id: u64,
+}
+
+impl MemoryLease {
+    fn with_entry<T>(&self, f: impl FnOnce(&mut Entry, Instant) -> T) -> T {
+        let now = Instant::now();
+        let mut table = lock_table(&self.shared.table);
+        let entry = table
+            .entries
+            .entry(self.name.clone())
+            .or_insert_with(Entry::new);
+        f(entry, now)
+    }
+}
+
+impl Lease for MemoryLease {
+    fn extend(&self, ttl: Duration) -> BoxFuture<'_, Result<bool>> {
+        let ours = self.with_entry(|entry, now| match entry.live_holder(self.id, now) {
+            Some(h) => {
+                h.expires = now + ttl;
+                true
+            }
+            None => false,
+        });
+        Box::pin(std::future::ready(Ok(ours)))
+    }
+
+    fn release(&self) -> BoxFuture<'_, Result<bool>> {
+        let ours = self.with_entry(|entry, now| {
+            if entry.live_holder(self.id, now).is_none() {
+                return false;
+            }
+            entry.holders.retain(|h| h.id != self.id);
+            entry.changed.notify_waiters();
+            true
+        });
+        Box::pin(std::future::ready(Ok(ours)))
+    }
+
+    fn release_after(&self, keep: Duration) -> BoxFuture<'_, Result<bool>> {
+        let ours = self.with_entry(|entry, now| match entry.live_holder(self.id, now) {
+            Some(h) => {
+                h.expires = now + keep;
+                h.retired = true;
+                entry.changed.notify_waiters();
+                true
+            }
+            None => false,
+        });
+        Box::pin(std::future::ready(Ok(ours)))
+    }
+}
+
+/// A poisoned table means a panic happened while it was locked; the data is still coherent
+/// (every update is a single assignment), so carry on rather than propagate the panic.
+fn lock_table<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -24,12 +24,20 @@ pub fn registry() -> Registry {
     let mut registry = Registry::new();
     register_memory(&mut registry);
     for (scheme, feature) in KNOWN_SCHEMES {
-        if feature_enabled(feature) {
-            registry.register(scheme, not_implemented);
-        } else {
+        if !feature_enabled(feature) {
             registry.register_disabled(scheme, feature);
         }
     }
+    #[cfg(feature = "postgres")]
+    lock_postgres::register(&mut registry);
+    #[cfg(feature = "redis")]
+    lock_redis::register(&mut registry);
+    #[cfg(feature = "etcd")]
+    lock_etcd::register(&mut registry);
+    #[cfg(feature = "zookeeper")]
+    lock_zookeeper::register(&mut registry);
+    #[cfg(feature = "shedlock")]
+    lock_shedlock::register(&mut registry);
     registry
 }
 
@@ -48,29 +56,20 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
     registry().connect(url).await
 }
 
-fn feature_enabled(feature: &str) -> bool {
-    match feature {
-        "postgres" => cfg!(feature = "postgres"),
-        "redis" => cfg!(feature = "redis"),
-        "etcd" => cfg!(feature = "etcd"),
-        "zookeeper" => cfg!(feature = "zookeeper"),
-        "shedlock" => cfg!(feature = "shedlock"),
-        _ => false,
-    }
-}
+/// The backend features compiled into this build.
+const ENABLED_FEATURES: &[&str] = &[
+    #[cfg(feature = "postgres")]
+    "postgres",
+    #[cfg(feature = "redis")]
+    "redis",
+    #[cfg(feature = "etcd")]
+    "etcd",
+    #[cfg(feature = "zookeeper")]
+    "zookeeper",
+    #[cfg(feature = "shedlock")]
+    "shedlock",
+];
 
-/// Backends whose crate is still a placeholder: the feature is on but there is nothing to
-/// connect to yet. Honest about it rather than pretending.
-fn not_implemented(url: ConnectUrl) -> BoxFuture<'static, Result<Arc<dyn Backend>>> {
-    Box::pin(async move {
-        Err(Error::new(
-            ErrorKind::Unsupported,
-            "dlock",
-            Operation::Connect,
-            format!(
-                "the {:?} backend is not implemented yet in this version of dlock (URL {url})",
-                url.scheme()
-            ),
-        ))
-    })
+fn feature_enabled(feature: &str) -> bool {
+    ENABLED_FEATURES.contains(&feature)
 }

@@ -1,2 +1,5 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+pub mod cli;
 pub mod fixtures;

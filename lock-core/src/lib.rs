@@ -22,13 +22,13 @@ pub use helpers::{BackendExt, Held, JobOutcome};
 pub use memory::{MemoryBackend, SCHEME as MEMORY_SCHEME};
 pub use name::LockName;
 pub use options::{LockMode, LockOptions, Renew, Wait};
-pub use registry::{ConnectFn, ConnectUrl, Registry, redact};
+pub use registry::{ConnectFn, ConnectUrl, Registry, SchemeStatus, redact};
 
 use std::sync::Arc;
 
 /// Registers `memory://` in `registry`.
 pub fn register_memory(registry: &mut Registry) {
-    registry.register(MEMORY_SCHEME, |url| {
+    registry.register(MEMORY_SCHEME, MemoryBackend::CAPABILITIES, |url| {
         Box::pin(async move {
             let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::from_url(&url)?);
             Ok(backend)

@@ -123,6 +123,18 @@ impl Default for MemoryBackend {
 }
 
 impl MemoryBackend {
+    /// Everything: the reference model has every capability.
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        fencing: true,
+        shared: true,
+        lease: true,
+        renew: true,
+        at_least: true,
+        notify: true,
+        persistent_tokens: true,
+        min_ttl: None,
+    };
+
     /// A new private instance that shares nothing with any other.
     pub fn new() -> Self {
         Self::with_instance_name(String::new())
@@ -284,16 +296,7 @@ impl Backend for MemoryBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            fencing: true,
-            shared: true,
-            lease: true,
-            renew: true,
-            at_least: true,
-            notify: true,
-            persistent_tokens: true,
-            min_ttl: None,
-        }
+        Self::CAPABILITIES
     }
 
     fn acquire<'a>(
@@ -301,7 +304,17 @@ impl Backend for MemoryBackend {
         name: &'a LockName,
         opts: &'a LockOptions,
     ) -> BoxFuture<'a, Result<Guard>> {
-        Box::pin(self.acquire_inner(name, opts))
+        let span = tracing::debug_span!(
+            "acquire",
+            lock = %name,
+            backend = NAME,
+            instance = %self.shared.instance,
+            mode = %opts.mode()
+        );
+        Box::pin(tracing::Instrument::instrument(
+            self.acquire_inner(name, opts),
+            span,
+        ))
     }
 }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::backend::{Backend, BoxFuture};
+use crate::backend::{Backend, BoxFuture, Capabilities};
 use crate::error::{Error, ErrorKind, Operation, Result};
 
 /// A lock-service URL split at `://`. Its `Display` and `Debug` hide credentials (the
@@ -128,11 +128,24 @@ pub type ConnectFn = fn(ConnectUrl) -> BoxFuture<'static, Result<Arc<dyn Backend
 
 #[derive(Clone)]
 enum Entry {
-    Available(ConnectFn),
+    Available(ConnectFn, Capabilities),
     /// Known, but its cargo feature is not compiled in.
     Disabled {
         feature: &'static str,
     },
+    /// Compiled in, but the backend does not exist yet.
+    Unimplemented,
+}
+
+/// What [`Registry::schemes`] says about one scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemeStatus {
+    /// Connectable; the backend's capabilities.
+    Available(Capabilities),
+    /// Needs this cargo feature of the `dlock` crate.
+    NeedsFeature(&'static str),
+    /// Known, but not implemented in this version.
+    Unimplemented,
 }
 
 /// Maps URL schemes to backends. The facade (`dlock::registry()`) builds one with every
@@ -147,8 +160,9 @@ impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
             .entries(self.entries.iter().map(|(s, e)| match e {
-                Entry::Available(_) => format!("{s} (available)"),
+                Entry::Available(..) => format!("{s} (available)"),
                 Entry::Disabled { feature } => format!("{s} (needs feature {feature:?})"),
+                Entry::Unimplemented => format!("{s} (not implemented yet)"),
             }))
             .finish()
     }
@@ -160,9 +174,36 @@ impl Registry {
         Self::default()
     }
 
-    /// Serves `scheme` with `connect`, replacing any earlier entry.
-    pub fn register(&mut self, scheme: &'static str, connect: ConnectFn) {
-        self.set(scheme, Entry::Available(connect));
+    /// Serves `scheme` with `connect`, replacing any earlier entry. `capabilities` is what
+    /// the backend offers (shown by `dlock backends` without connecting).
+    pub fn register(
+        &mut self,
+        scheme: &'static str,
+        capabilities: Capabilities,
+        connect: ConnectFn,
+    ) {
+        self.set(scheme, Entry::Available(connect, capabilities));
+    }
+
+    /// Marks `scheme` as compiled in but not implemented yet (connecting fails with
+    /// [`ErrorKind::Unsupported`]).
+    pub fn register_unimplemented(&mut self, scheme: &'static str) {
+        self.set(scheme, Entry::Unimplemented);
+    }
+
+    /// Every known scheme with its status, in registration order.
+    pub fn schemes(&self) -> Vec<(&'static str, SchemeStatus)> {
+        self.entries
+            .iter()
+            .map(|(s, e)| {
+                let status = match e {
+                    Entry::Available(_, caps) => SchemeStatus::Available(*caps),
+                    Entry::Disabled { feature } => SchemeStatus::NeedsFeature(feature),
+                    Entry::Unimplemented => SchemeStatus::Unimplemented,
+                };
+                (*s, status)
+            })
+            .collect()
     }
 
     /// Marks `scheme` as known but needing cargo feature `feature` of the `dlock` crate.
@@ -181,7 +222,7 @@ impl Registry {
     pub fn available(&self) -> Vec<&'static str> {
         self.entries
             .iter()
-            .filter(|(_, e)| matches!(e, Entry::Available(_)))
+            .filter(|(_, e)| matches!(e, Entry::Available(..)))
             .map(|(s, _)| *s)
             .collect()
     }
@@ -192,7 +233,7 @@ impl Registry {
             .iter()
             .filter_map(|(s, e)| match e {
                 Entry::Disabled { feature } => Some((*s, *feature)),
-                Entry::Available(_) => None,
+                Entry::Available(..) | Entry::Unimplemented => None,
             })
             .collect()
     }
@@ -206,7 +247,7 @@ impl Registry {
             .find(|(s, _)| *s == url.scheme())
             .map(|(_, e)| e.clone());
         match entry {
-            Some(Entry::Available(connect)) => {
+            Some(Entry::Available(connect, _)) => {
                 tracing::debug!(%url, "connecting");
                 connect(url).await
             }
@@ -220,9 +261,17 @@ impl Registry {
                     url.scheme()
                 ),
             )),
+            Some(Entry::Unimplemented) => Err(Error::new(
+                ErrorKind::Unsupported,
+                "dlock",
+                Operation::Connect,
+                format!(
+                    "the {:?} backend is not implemented yet in this version of dlock (URL {url})",
+                    url.scheme()
+                ),
+            )),
             None => {
-                let mut known = self.available();
-                known.extend(self.disabled().into_iter().map(|(s, _)| s));
+                let known: Vec<&str> = self.entries.iter().map(|(s, _)| *s).collect();
                 Err(Error::invalid_url(
                     "dlock",
                     format!(

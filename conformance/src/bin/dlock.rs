@@ -1,1 +1,5 @@
-fn main() {}
+//! The `dlock` command-line tool; see `dlock --help`.
+
+fn main() {
+    std::process::exit(conformance::cli::main());
+}

@@ -1,0 +1,28 @@
+# dlock: the two commands of the README's quick start live here.
+#   make test     install the servers the tests start, then run every test
+#   make lint     rustfmt and clippy, as CI-clean as the code must be
+CARGO ?= cargo
+
+.PHONY: test lint fmt servers build
+
+test:
+	scripts/install-servers
+	$(CARGO) test --workspace --all-features
+	# the facade once more without features: schemes then name the feature they need
+	$(CARGO) test -p dlock --no-default-features
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+build:
+	$(CARGO) build --workspace --all-features
+
+# Start PostgreSQL, Redis, etcd and ZooKeeper on loopback until Ctrl-C and print the
+# DLOCK_TEST_*_URL exports for them.
+servers:
+	scripts/install-servers
+	$(CARGO) run -q -p conformance --bin dlock -- servers up

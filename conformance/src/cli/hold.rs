@@ -1,0 +1,94 @@
+//! `dlock hold URL NAME`: the holder process of the failure scenarios.
+
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::opt::HoldArgs;
+use super::{
+    EXIT_LOST, EXIT_OK, EXIT_SOFTWARE, connect, lock_request, now_ms, report_acquire_error, usage,
+};
+
+fn emit(event: serde_json::Value) {
+    println!("{event}");
+}
+
+pub(super) async fn hold(args: HoldArgs) -> i32 {
+    let (name, opts) = match lock_request(&args.lock, None, !args.no_renew) {
+        Ok(r) => r,
+        Err(msg) => return usage(&msg),
+    };
+    // Installed before acquiring, so a SIGTERM that arrives right after the grant is handled
+    // (released) rather than killing the process with the lock held.
+    let (mut sigterm, mut sigint) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            eprintln!("dlock: cannot install signal handlers");
+            return EXIT_SOFTWARE;
+        }
+    };
+    let backend = match connect(&args.lock.url).await {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let guard = match backend.acquire(&name, &opts).await {
+        Ok(g) => g,
+        Err(e) => return report_acquire_error(&name, &e),
+    };
+    emit(json!({
+        "event": "acquired",
+        "token": guard.token().map(|t| t.get()),
+        "t_ms": now_ms(),
+    }));
+
+    let stdin_closed = async {
+        if args.no_stdin {
+            return std::future::pending().await;
+        }
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 1024];
+        loop {
+            match stdin.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::pin!(stdin_closed);
+    let hold_for = async {
+        match args.hold_for {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(hold_for);
+
+    let mut watch = guard.watch();
+    let mut last = guard.state();
+    loop {
+        tokio::select! {
+            _ = &mut hold_for => break,
+            _ = &mut stdin_closed => break,
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            state = watch.changed() => {
+                if state != last {
+                    last = state;
+                    emit(json!({"event": "state", "state": state.as_str(), "t_ms": now_ms()}));
+                }
+            }
+        }
+    }
+    let ours = match guard.release().await {
+        Ok(ours) => ours,
+        Err(e) => {
+            eprintln!("dlock: release failed: {e}");
+            false
+        }
+    };
+    emit(json!({"event": "released", "ours": ours, "t_ms": now_ms()}));
+    if ours { EXIT_OK } else { EXIT_LOST }
+}

@@ -1,0 +1,194 @@
+//! The `dlock` command-line tool: `run`, `hold`, `backends`, `servers up`.
+//!
+//! Exit codes follow sysexits(3) where one fits: 64 usage, 69 unavailable, 70 software,
+//! 75 temporary failure (the lock is busy), and 76 for "the lock was lost".
+
+mod hold;
+pub mod opt;
+mod run;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use dlock::{Error, ErrorKind, LockName, LockOptions, Renew, SchemeStatus, Wait};
+
+use opt::{Cli, Command, LockArgs, ServersCommand, WaitArg};
+
+/// Success.
+pub const EXIT_OK: i32 = 0;
+/// Invalid arguments: bad duration, ttl of 0, bad name, malformed URL, unknown scheme.
+pub const EXIT_USAGE: i32 = 64;
+/// The backend could not be reached or failed.
+pub const EXIT_UNAVAILABLE: i32 = 69;
+/// An internal error.
+pub const EXIT_SOFTWARE: i32 = 70;
+/// The lock was busy when the wait ended.
+pub const EXIT_BUSY: i32 = 75;
+/// The lock was lost while held.
+pub const EXIT_LOST: i32 = 76;
+
+/// Parses the process arguments, runs the command and returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind as K;
+            let code = match e.kind() {
+                K::DisplayHelp | K::DisplayVersion => EXIT_OK,
+                _ => EXIT_USAGE,
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_tracing(cli.verbose);
+    // One thread: child processes are forked from the thread that lives as long as dlock, so
+    // their parent-death signal fires only when dlock itself goes.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dlock: cannot start the async runtime: {e}");
+            return EXIT_SOFTWARE;
+        }
+    };
+    let code = rt.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Hold(args) => hold::hold(args).await,
+            Command::Backends => backends(),
+            Command::Servers(ServersCommand::Up { cluster }) => {
+                match crate::fixtures::servers_up(cluster).await {
+                    Ok(()) => EXIT_OK,
+                    Err(e) => {
+                        eprintln!("dlock: servers up failed: {e:#}");
+                        EXIT_UNAVAILABLE
+                    }
+                }
+            }
+        }
+    });
+    // A blocking read of stdin (dlock hold) may still sit in the runtime's thread pool; do not
+    // wait for it.
+    rt.shutdown_background();
+    code
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The exit code for a lock error.
+pub fn exit_code(e: &Error) -> i32 {
+    match e.kind() {
+        ErrorKind::InvalidName
+        | ErrorKind::InvalidOptions
+        | ErrorKind::InvalidUrl
+        | ErrorKind::Unsupported => EXIT_USAGE,
+        ErrorKind::Contended | ErrorKind::Timeout => EXIT_BUSY,
+        ErrorKind::Lost => EXIT_LOST,
+        ErrorKind::Connection | ErrorKind::Backend => EXIT_UNAVAILABLE,
+        _ => EXIT_SOFTWARE,
+    }
+}
+
+/// Prints the one-line message for a failed acquisition and returns its exit code.
+fn report_acquire_error(name: &LockName, e: &Error) -> i32 {
+    match e.kind() {
+        ErrorKind::Contended => {
+            eprintln!("dlock: lock {:?} is busy (held elsewhere)", name.as_str())
+        }
+        ErrorKind::Timeout => eprintln!(
+            "dlock: lock {:?} is busy: still held elsewhere when the wait ended",
+            name.as_str()
+        ),
+        ErrorKind::Connection | ErrorKind::Backend => {
+            eprintln!("dlock: backend unavailable: {e}")
+        }
+        _ => eprintln!("dlock: {e}"),
+    }
+    exit_code(e)
+}
+
+/// Validates the name and builds the options; `Err` carries a usage message.
+fn lock_request(
+    args: &LockArgs,
+    at_least: Option<Duration>,
+    renew: bool,
+) -> Result<(LockName, LockOptions), String> {
+    let name =
+        LockName::new(&args.name).map_err(|e| format!("invalid lock name: {}", e.message()))?;
+    let wait = match args.wait {
+        None => Wait::No,
+        Some(WaitArg::For(d)) => Wait::For(d),
+        Some(WaitArg::Forever) => Wait::Forever,
+    };
+    let mut opts = LockOptions::new()
+        .with_ttl(args.ttl)
+        .with_wait(wait)
+        .with_renew(if renew {
+            Renew::Auto { max_hold: None }
+        } else {
+            Renew::Off
+        });
+    if let Some(at_least) = at_least {
+        opts = opts.with_at_least(at_least);
+    }
+    opts.validate()
+        .map_err(|e| format!("invalid options: {}", e.message()))?;
+    Ok((name, opts))
+}
+
+/// Connects, mapping errors to a message and an exit code.
+async fn connect(url: &str) -> Result<std::sync::Arc<dyn dlock::Backend>, i32> {
+    dlock::connect(url).await.map_err(|e| {
+        if exit_code(&e) == EXIT_USAGE {
+            eprintln!("dlock: {e}");
+        } else {
+            eprintln!("dlock: backend unavailable: {e}");
+        }
+        exit_code(&e)
+    })
+}
+
+fn usage(msg: &str) -> i32 {
+    eprintln!("dlock: {msg}");
+    EXIT_USAGE
+}
+
+/// Wall-clock milliseconds since the Unix epoch (for events read by other processes).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn backends() -> i32 {
+    println!("{:<20} CAPABILITIES", "SCHEME");
+    for (scheme, status) in dlock::registry().schemes() {
+        let what = match status {
+            SchemeStatus::Available(caps) => caps.to_string(),
+            SchemeStatus::NeedsFeature(f) => {
+                format!("(not compiled in: enable cargo feature `{f}`)")
+            }
+            SchemeStatus::Unimplemented => "(not implemented yet)".to_string(),
+        };
+        println!("{scheme:<20} {what}");
+    }
+    EXIT_OK
+}

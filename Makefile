@@ -3,7 +3,7 @@
 #   make lint     rustfmt and clippy, as CI-clean as the code must be
 CARGO ?= cargo
 
-.PHONY: test lint fmt servers build
+.PHONY: test lint fmt servers build bench
 
 test:
 	scripts/install-servers
@@ -26,3 +26,8 @@ build:
 servers:
 	scripts/install-servers
 	$(CARGO) run -q -p conformance --bin dlock -- servers up
+
+# Criterion latency benches (each beside its backend's raw floor) and contention drivers.
+bench:
+	scripts/install-servers
+	$(CARGO) bench -p benches

@@ -607,6 +607,11 @@ async fn supervise(lease: std::sync::Weak<dyn Lease>, monitor: LeaseMonitor, pla
         }
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
+                // A backend task may have moved the deadline without a state change (a
+                // confirmation while already `Held` does not wake watchers).
+                if monitor.valid_until().is_some_and(|d| d > Instant::now()) {
+                    continue;
+                }
                 monitor.report_lost("the lease deadline passed without a confirmed renewal");
                 return;
             }

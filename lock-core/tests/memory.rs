@@ -543,3 +543,39 @@ async fn memory_urls_share_named_instances() {
     let err = reg.connect("memory://a/b").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidUrl);
 }
+
+/// A confirmation reported by a backend task while `Held` moves the deadline: the supervisor
+/// must not declare the lock lost at the old deadline.
+#[tokio::test(start_paused = true)]
+async fn external_confirmation_moves_the_deadline() {
+    use lock_core::{Grant, Guard, Lease, LeaseMonitor, lease_deadline};
+    struct Never;
+    impl Lease for Never {
+        fn extend(&self, _ttl: Duration) -> lock_core::BoxFuture<'_, lock_core::Result<bool>> {
+            Box::pin(std::future::pending())
+        }
+        fn release(&self) -> lock_core::BoxFuture<'_, lock_core::Result<bool>> {
+            Box::pin(async { Ok(true) })
+        }
+    }
+    let n = name("job");
+    let start = Instant::now();
+    let monitor = LeaseMonitor::new(&n, "test", Some(lease_deadline(start, secs(1))));
+    let guard = Guard::new(
+        Grant {
+            name: n,
+            backend: "test",
+            token: None,
+            lease: Arc::new(Never),
+            monitor: monitor.clone(),
+            requested_at: start,
+        },
+        &no_renew(secs(1)),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    monitor.report_confirmed(Some(Instant::now() + secs(5)));
+    tokio::time::sleep(secs(2)).await;
+    assert_eq!(guard.state(), LockState::Held);
+    assert_eq!(guard.not_held().await, LockState::Lost);
+    assert_eq!(start.elapsed(), Duration::from_millis(5500));
+}

@@ -1,13 +1,32 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
-/// URL schemes this backend will serve.
+mod backend;
+mod config;
+mod key;
+mod session;
+
+use std::sync::Arc;
+
+pub use backend::PgBackend;
+pub use config::{Fencing, PgConfig};
+pub use key::{KeyScheme, sqlx_key};
+
+/// URL schemes this backend serves.
 pub const SCHEMES: &[&str] = &["postgres", "postgresql"];
 
-/// Registers this crate's schemes; while the backend is not implemented, connecting to them
-/// fails with an `Unsupported` error that says so.
+/// The backend's name in errors, metrics and reports.
+pub const BACKEND: &str = "postgres";
+
+/// Registers `postgres://` and `postgresql://`.
 pub fn register(registry: &mut lock_core::Registry) {
     for scheme in SCHEMES {
-        registry.register_unimplemented(scheme);
+        registry.register(scheme, PgBackend::CAPABILITIES, |url| {
+            Box::pin(async move {
+                let backend: Arc<dyn lock_core::Backend> =
+                    Arc::new(PgBackend::connect(&url).await?);
+                Ok(backend)
+            })
+        });
     }
 }

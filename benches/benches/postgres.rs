@@ -1,0 +1,185 @@
+//! PostgreSQL: uncontended try-acquire + release beside the raw floor (the same two
+//! statements on a raw sqlx connection, same server, same run), and handoff latency with 8
+//! waiters. `cargo bench -p benches --bench postgres`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use benches::{Samples, micros, report_vs_floor};
+use criterion::{Criterion, criterion_group, criterion_main};
+use dlock::{LockName, LockOptions, Wait};
+use sqlx::Connection;
+use tokio::sync::Mutex;
+
+const WARMUP: usize = 200;
+const SAMPLES: usize = 2000;
+const ROUNDS: usize = 3;
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pg = rt
+        .block_on(conformance::fixtures::postgres())
+        .expect("PostgreSQL fixture");
+    let url = pg.url().to_string();
+    let backend = rt.block_on(dlock::connect(&url)).unwrap();
+    let raw = Arc::new(Mutex::new(
+        rt.block_on(sqlx::PgConnection::connect(&url)).unwrap(),
+    ));
+    let name = LockName::new("bench-uncontended").unwrap();
+    let opts = LockOptions::new();
+
+    let dlock_op = || {
+        let (backend, name, opts) = (backend.clone(), name.clone(), opts.clone());
+        async move {
+            let g = backend.acquire(&name, &opts).await?;
+            g.release().await.map(|_| ())
+        }
+    };
+    let raw_op = || {
+        let raw = raw.clone();
+        async move {
+            let mut conn = raw.lock().await;
+            let ok: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                    .bind("bench-floor")
+                    .fetch_one(&mut *conn)
+                    .await?;
+            assert!(ok);
+            let _: bool = sqlx::query_scalar("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+                .bind("bench-floor")
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok::<(), sqlx::Error>(())
+        }
+    };
+
+    let raw_ours = || {
+        let raw = raw.clone();
+        async move {
+            let mut conn = raw.lock().await;
+            let row: (bool, i32, i64) = sqlx::query_as("SELECT pg_try_advisory_lock(k), pg_backend_pid(), k FROM (SELECT hashtextextended($1, 0) AS k) s")
+                .bind("bench-floor2")
+                .fetch_one(&mut *conn)
+                .await?;
+            let _: (bool, i32) =
+                sqlx::query_as("SELECT pg_advisory_unlock($1::int8), pg_backend_pid()")
+                    .bind(row.2)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            Ok::<(), sqlx::Error>(())
+        }
+    };
+    if std::env::var("DLOCK_BENCH_DIAG").is_ok() {
+        let floor = rt
+            .block_on(Samples::collect(WARMUP, SAMPLES, raw_op))
+            .unwrap();
+        let ours = rt
+            .block_on(Samples::collect(WARMUP, SAMPLES, raw_ours))
+            .unwrap();
+        report_vs_floor("diag: our statements on a raw connection", &ours, &floor);
+    }
+    // Interleaved rounds, so drift on the machine hits both sides alike.
+    for round in 1..=ROUNDS {
+        let floor = rt
+            .block_on(Samples::collect(WARMUP, SAMPLES, raw_op))
+            .unwrap();
+        let ours = rt
+            .block_on(Samples::collect(WARMUP, SAMPLES, dlock_op))
+            .unwrap();
+        report_vs_floor(
+            &format!("postgres acquire+release (round {round})"),
+            &ours,
+            &floor,
+        );
+    }
+
+    let handoff = rt.block_on(handoff(&url, 8, 20));
+    println!(
+        "postgres handoff with 8 waiters: p50 {:.1} µs  p99 {:.1} µs ({} handoffs)",
+        micros(handoff.p50()),
+        micros(handoff.p99()),
+        handoff.len()
+    );
+
+    let mut group = c.benchmark_group("postgres");
+    group
+        .sample_size(50)
+        .measurement_time(Duration::from_secs(3));
+    group.bench_function("acquire_release", |b| b.to_async(&rt).iter(dlock_op));
+    group.bench_function("raw_floor", |b| b.to_async(&rt).iter(raw_op));
+    group.finish();
+}
+
+/// `waiters` clients wait on one lock; each, once granted, notes the time since the previous
+/// holder's release and releases at once. `rounds` times.
+async fn handoff(url: &str, waiters: usize, rounds: usize) -> Samples {
+    let mut all = Vec::new();
+    let clients: Vec<_> = connect_n(url, waiters + 1).await;
+    for round in 0..rounds {
+        let name = LockName::new(format!("bench-handoff-{round}")).unwrap();
+        let released_at = Arc::new(Mutex::new(None::<Instant>));
+        let first = clients[0]
+            .acquire(&name, &LockOptions::new())
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for c in &clients[1..] {
+            let (c, name, released_at) = (c.clone(), name.clone(), released_at.clone());
+            tasks.push(tokio::spawn(async move {
+                let g = c
+                    .acquire(&name, &LockOptions::new().with_wait(Wait::Forever))
+                    .await
+                    .unwrap();
+                let now = Instant::now();
+                let mut r = released_at.lock().await;
+                let gap = r.map(|t| now - t);
+                *r = Some(Instant::now());
+                g.release().await.unwrap();
+                gap
+            }));
+        }
+        // every waiter must be queued in the server before the first release
+        wait_for_waiters(url, waiters as i64).await;
+        *released_at.lock().await = Some(Instant::now());
+        first.release().await.unwrap();
+        for t in tasks {
+            if let Some(gap) = t.await.unwrap() {
+                all.push(gap);
+            }
+        }
+    }
+    Samples::from(all)
+}
+
+async fn connect_n(url: &str, n: usize) -> Vec<Arc<dyn dlock::Backend>> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(dlock::connect(url).await.unwrap());
+    }
+    v
+}
+
+async fn wait_for_waiters(url: &str, n: i64) {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if waiting >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "waiters did not queue up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,181 @@
+//! Fault injection that works anywhere: an in-process TCP proxy between a client and a
+//! server on loopback that can pass traffic, delay it, blackhole it (stop forwarding while
+//! keeping both sockets open — no RST, no FIN), reset every connection with RST, or close
+//! them.
+//!
+//! What a proxy cannot do: the server's kernel keeps talking to the proxy's socket, which
+//! keeps ACKing, so server-side TCP keepalives never fire through a blackholed proxy. Tests
+//! that need the server to notice a vanished client need a real blackhole (a network
+//! namespace whose link goes down).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// What the proxy does to the traffic right now (applies to existing connections too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward everything.
+    Pass,
+    /// Forward everything, each chunk delayed by this much (each direction).
+    Latency(Duration),
+    /// Forward nothing, keep every socket open. Healing (`Pass`) resumes the flow.
+    Blackhole,
+    /// Reset every open connection with RST; new connections are reset at once.
+    Reset,
+    /// Close every open connection with FIN; new connections are closed at once.
+    Close,
+}
+
+/// A TCP proxy on 127.0.0.1 in front of one upstream address.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    fault: Arc<watch::Sender<Fault>>,
+    accept: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a free loopback port forwarding to `upstream` (which must be a
+    /// loopback address: fault injection never sends traffic anywhere else).
+    pub async fn start(upstream: SocketAddr) -> io::Result<FaultProxy> {
+        if !upstream.ip().is_loopback() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("fault proxy upstream {upstream} is not a loopback address"),
+            ));
+        }
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let (tx, _) = watch::channel(Fault::Pass);
+        let fault = Arc::new(tx);
+        let f = fault.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let f = f.clone();
+                tokio::spawn(async move {
+                    if let Ok(server) = TcpStream::connect(upstream).await {
+                        relay(client, server, f).await;
+                    }
+                });
+            }
+        });
+        Ok(FaultProxy {
+            addr,
+            fault,
+            accept,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Changes the fault for existing and new connections.
+    pub fn set(&self, fault: Fault) {
+        self.fault.send_replace(fault);
+    }
+
+    /// The current fault.
+    pub fn fault(&self) -> Fault {
+        *self.fault.borrow()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        // Connections end: their relays see the sender gone and close.
+        self.fault.send_replace(Fault::Close);
+    }
+}
+
+async fn relay(client: TcpStream, server: TcpStream, fault: Arc<watch::Sender<Fault>>) {
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
+    let up = tokio::spawn(pump(cr, sw, fault.subscribe()));
+    let down = tokio::spawn(pump(sr, cw, fault.subscribe()));
+    let _ = tokio::join!(up, down);
+}
+
+/// Copies one direction, obeying the fault. On `Reset`, the socket is closed with RST.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut fault: watch::Receiver<Fault>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            changed = fault.changed() => {
+                if changed.is_err() { break; }
+                match *fault.borrow_and_update() {
+                    Fault::Reset => { reset(to); return; }
+                    Fault::Close => break,
+                    _ => continue,
+                }
+            }
+        };
+        // Hold the chunk while blackholed; the kernel buffers fill and the sender stalls,
+        // exactly as on a link that stopped delivering.
+        loop {
+            let current = *fault.borrow_and_update();
+            match current {
+                Fault::Pass => break,
+                Fault::Latency(d) => {
+                    tokio::time::sleep(d).await;
+                    break;
+                }
+                Fault::Reset => {
+                    reset(to);
+                    return;
+                }
+                Fault::Close => return,
+                Fault::Blackhole => {
+                    if fault.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Closes the socket with RST: SO_LINGER 0, and no FIN from the write half on the way out.
+fn reset(to: tokio::net::tcp::OwnedWriteHalf) {
+    use std::os::fd::AsRawFd;
+    let fd = to.as_ref().as_raw_fd();
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a valid fd with a correctly sized struct.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    // The socket closes (with RST) when the read half, owned by the other direction's
+    // pump, is dropped too.
+    to.forget();
+}

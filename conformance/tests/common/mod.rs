@@ -1,0 +1,109 @@
+//! Helpers shared by the real-server test files.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A lock name no other test (or run) uses.
+pub fn unique(prefix: &str) -> dlock::LockName {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    dlock::LockName::new(format!("{prefix}-{}-{nanos:x}-{n}", std::process::id())).unwrap()
+}
+
+/// `url` with `query` appended (`?` or `&` as needed).
+pub fn with_query(url: &str, query: &str) -> String {
+    if query.is_empty() {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&{query}")
+    } else {
+        format!("{url}?{query}")
+    }
+}
+
+/// A `dlock hold` child process and its event stream.
+pub struct Holder {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    lines: std::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl Holder {
+    /// Starts `dlock hold [args…] URL NAME`.
+    pub fn start(url: &str, name: &str, args: &[&str]) -> Holder {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dlock"))
+            .arg("hold")
+            .args(args)
+            .arg(url)
+            .arg(name)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start dlock hold");
+        let stdin = child.stdin.take();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Holder {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The next JSON event (blocking), or `None` at end of output.
+    pub fn next_event(&mut self) -> Option<serde_json::Value> {
+        let line = self.lines.next()?.ok()?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
+    }
+
+    /// Waits for the `acquired` event and returns its token.
+    pub fn acquired(&mut self) -> Option<u64> {
+        let ev = self
+            .next_event()
+            .expect("dlock hold ended before acquiring");
+        assert_eq!(ev["event"], "acquired", "{ev}");
+        ev["token"].as_u64()
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Closes stdin (the holder releases) and waits for the exit code.
+    pub fn finish(mut self) -> (Vec<serde_json::Value>, Option<i32>) {
+        drop(self.stdin.take());
+        let mut events = Vec::new();
+        while let Some(ev) = self.next_event() {
+            events.push(ev);
+        }
+        let code = self.child.wait().ok().and_then(|s| s.code());
+        (events, code)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `dlock ARGS…` to completion; returns the exit code and stderr.
+pub fn dlock(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dlock"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dlock");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

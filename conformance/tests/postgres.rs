@@ -1,0 +1,418 @@
+//! lock-postgres against a real PostgreSQL from the fixtures.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Holder, dlock, unique, with_query};
+use conformance::faults::{Fault, FaultProxy};
+use conformance::fixtures;
+use dlock::{Backend, ErrorKind, LockMode, LockName, LockOptions, LockState, Wait};
+use sqlx::Connection;
+
+async fn connect(url: &str) -> Arc<dyn Backend> {
+    dlock::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+}
+
+fn forever() -> LockOptions {
+    LockOptions::new().with_wait(Wait::Forever)
+}
+
+/// Two clients exclude each other; release hands the lock to a waiter.
+#[tokio::test]
+async fn two_clients_exclude_each_other_and_hand_over() {
+    let pg = fixtures::postgres().await.unwrap();
+    let (a, b) = (connect(pg.url()).await, connect(pg.url()).await);
+    let n = unique("excl");
+    let g = a.acquire(&n, &LockOptions::new()).await.unwrap();
+    let err = b.acquire(&n, &LockOptions::new()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Contended, "{err}");
+    // a waiter is woken by the server the moment the lock is released
+    let waiter = {
+        let (b, n) = (b.clone(), n.clone());
+        tokio::spawn(async move {
+            let g = b.acquire(&n, &forever()).await.unwrap();
+            (Instant::now(), g)
+        })
+    };
+    wait_for_waiters(pg.url(), 1).await;
+    let released = Instant::now();
+    assert!(g.release().await.unwrap());
+    let (granted, g2) = waiter.await.unwrap();
+    assert!(
+        granted - released < Duration::from_secs(1),
+        "{:?}",
+        granted - released
+    );
+    assert_eq!(g2.state(), LockState::Held);
+    assert!(g2.release().await.unwrap());
+}
+
+/// A process of this one cannot take a lock it already holds (session locks are re-entrant
+/// on the server; dlock must not be).
+#[tokio::test]
+async fn one_process_is_not_reentrant() {
+    let pg = fixtures::postgres().await.unwrap();
+    let a = connect(pg.url()).await;
+    let n = unique("reentrant");
+    let g = a.acquire(&n, &LockOptions::new()).await.unwrap();
+    let err = a.acquire(&n, &LockOptions::new()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Contended);
+    let shared = LockOptions::new().with_mode(LockMode::Shared);
+    assert_eq!(
+        a.acquire(&n, &shared).await.unwrap_err().kind(),
+        ErrorKind::Contended
+    );
+    assert!(g.release().await.unwrap());
+    // the refused attempts did not leave extra grants behind
+    let other = connect(pg.url()).await;
+    other.acquire(&n, &LockOptions::new()).await.unwrap();
+}
+
+/// Shared holders coexist, across clients and within one; exclusive waits for all of them.
+#[tokio::test]
+async fn shared_mode() {
+    let pg = fixtures::postgres().await.unwrap();
+    let (a, b) = (connect(pg.url()).await, connect(pg.url()).await);
+    let n = unique("shared");
+    let shared = LockOptions::new().with_mode(LockMode::Shared);
+    let s1 = a.acquire(&n, &shared).await.unwrap();
+    let s2 = a.acquire(&n, &shared).await.unwrap();
+    let s3 = b.acquire(&n, &shared).await.unwrap();
+    assert_eq!(
+        b.acquire(&n, &LockOptions::new()).await.unwrap_err().kind(),
+        ErrorKind::Contended
+    );
+    for g in [s1, s2, s3] {
+        assert!(g.release().await.unwrap());
+    }
+    b.acquire(&n, &LockOptions::new()).await.unwrap();
+}
+
+/// A bounded wait ends in `Timeout`, after the wait and not much later.
+#[tokio::test]
+async fn bounded_wait_times_out() {
+    let pg = fixtures::postgres().await.unwrap();
+    let (a, b) = (connect(pg.url()).await, connect(pg.url()).await);
+    let n = unique("timeout");
+    let _g = a.acquire(&n, &LockOptions::new()).await.unwrap();
+    let t = Instant::now();
+    let err = b
+        .acquire(
+            &n,
+            &LockOptions::new().with_wait(Wait::For(Duration::from_millis(300))),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(t.elapsed() >= Duration::from_millis(300) && t.elapsed() < Duration::from_secs(5));
+}
+
+/// Cancel safety: a waiting acquire dropped mid-wait never leaves the lock held.
+#[tokio::test]
+async fn dropped_wait_never_leaves_the_lock_held() {
+    let pg = fixtures::postgres().await.unwrap();
+    let (a, b, c) = (
+        connect(pg.url()).await,
+        connect(pg.url()).await,
+        connect(pg.url()).await,
+    );
+    let n = unique("cancel");
+    let g = a.acquire(&n, &LockOptions::new()).await.unwrap();
+    let opts = forever();
+    let wait = b.acquire(&n, &opts);
+    let r = tokio::select! {
+        r = wait => Some(r),
+        _ = wait_for_waiters(pg.url(), 1) => None,
+    };
+    assert!(r.is_none(), "the wait cannot finish while the lock is held");
+    // the wait future is dropped now; release right after, racing the server-side waiter
+    assert!(g.release().await.unwrap());
+    let g = c
+        .acquire(
+            &n,
+            &LockOptions::new().with_wait(Wait::For(Duration::from_secs(5))),
+        )
+        .await
+        .expect("the abandoned waiter must not keep the lock");
+    assert!(g.release().await.unwrap());
+}
+
+/// Exclusion across processes with `dlock run` and `dlock hold`.
+#[tokio::test]
+async fn exclusion_across_processes() {
+    let pg = fixtures::postgres().await.unwrap();
+    let n = unique("proc");
+    let mut holder = Holder::start(pg.url(), n.as_str(), &[]);
+    holder.acquired();
+    let (code, err) = dlock(&["run", pg.url(), n.as_str(), "--", "true"]);
+    assert_eq!(code, Some(75), "{err}");
+    assert!(err.contains(n.as_str()), "{err}");
+    let (events, code) = holder.finish();
+    assert_eq!(code, Some(0));
+    assert_eq!(events.last().unwrap()["event"], "released");
+    let (code, err) = dlock(&["run", pg.url(), n.as_str(), "--", "sh", "-c", "exit 7"]);
+    assert_eq!(code, Some(7), "{err}");
+}
+
+/// `?key=hashtext` and SQL callers writing `pg_try_advisory_lock(hashtext('…'))` exclude
+/// each other, both ways.
+#[tokio::test]
+async fn hashtext_interop_with_plain_sql_both_ways() {
+    let pg = fixtures::postgres().await.unwrap();
+    let url = with_query(pg.url(), "key=hashtext");
+    let d = connect(&url).await;
+    let n = unique("emp_details_purge");
+    let mut sql = sqlx::PgConnection::connect(pg.url()).await.unwrap();
+    let try_sql = "SELECT pg_try_advisory_lock(hashtext($1))";
+    // SQL holds → dlock is refused
+    let got: bool = sqlx::query_scalar(try_sql)
+        .bind(n.as_str())
+        .fetch_one(&mut sql)
+        .await
+        .unwrap();
+    assert!(got);
+    assert_eq!(
+        d.acquire(&n, &LockOptions::new()).await.unwrap_err().kind(),
+        ErrorKind::Contended
+    );
+    let freed: bool = sqlx::query_scalar("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind(n.as_str())
+        .fetch_one(&mut sql)
+        .await
+        .unwrap();
+    assert!(freed);
+    // dlock holds → SQL is refused
+    let g = d.acquire(&n, &LockOptions::new()).await.unwrap();
+    let got: bool = sqlx::query_scalar(try_sql)
+        .bind(n.as_str())
+        .fetch_one(&mut sql)
+        .await
+        .unwrap();
+    assert!(!got, "a SQL caller must not get a lock dlock holds");
+    assert!(g.release().await.unwrap());
+    let got: bool = sqlx::query_scalar(try_sql)
+        .bind(n.as_str())
+        .fetch_one(&mut sql)
+        .await
+        .unwrap();
+    assert!(got);
+}
+
+/// Key schemes: names each scheme cannot represent are `InvalidName`; the others lock.
+#[tokio::test]
+async fn key_schemes_and_name_edge_cases() {
+    let pg = fixtures::postgres().await.unwrap();
+    let d = connect(pg.url()).await;
+    let long = "x".repeat(10 * 1024);
+    for name in [
+        "it's",
+        "a;b -- DROP TABLE x",
+        "ключ 🔒",
+        "a/b/../c",
+        long.as_str(),
+    ] {
+        let n = LockName::new(name).unwrap();
+        let g = d.acquire(&n, &LockOptions::new()).await.unwrap();
+        assert!(g.release().await.unwrap());
+    }
+    for (query, good, bad) in [
+        ("key=int", "-42", "forty-two"),
+        ("key=pair", "7,-3", "7"),
+        ("key=sqlx", "job", ""),
+    ] {
+        let d = connect(&with_query(pg.url(), query)).await;
+        let g = d
+            .acquire(&LockName::new(good).unwrap(), &LockOptions::new())
+            .await
+            .unwrap();
+        assert!(g.release().await.unwrap());
+        if !bad.is_empty() {
+            let err = d
+                .acquire(&LockName::new(bad).unwrap(), &LockOptions::new())
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidName, "{query} {bad}: {err}");
+        }
+    }
+    let err = dlock::connect(&with_query(pg.url(), "key=md5"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidUrl);
+}
+
+/// SIGKILL of a holder process: the server ends its session at once, so another process
+/// holds the lock within 1 s.
+#[tokio::test]
+async fn killed_holder_process_frees_the_lock_within_a_second() {
+    let pg = fixtures::postgres().await.unwrap();
+    let n = unique("kill");
+    let mut holder = Holder::start(pg.url(), n.as_str(), &[]);
+    holder.acquired();
+    let d = connect(pg.url()).await;
+    let t = Instant::now();
+    holder.kill9();
+    let g = d
+        .acquire(
+            &n,
+            &LockOptions::new().with_wait(Wait::For(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    let failover = t.elapsed();
+    eprintln!("postgres SIGKILL failover: {failover:?}");
+    assert!(failover < Duration::from_secs(1), "{failover:?}");
+    drop(g);
+}
+
+/// `pg_terminate_backend` of the lock session turns the guard `Lost`.
+#[tokio::test]
+async fn terminated_session_turns_the_guard_lost() {
+    let pg = fixtures::postgres().await.unwrap();
+    let d = connect(pg.url()).await;
+    let n = unique("terminate");
+    let g = d.acquire(&n, &LockOptions::new()).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(pg.url()).await.unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'dlock-lock-session'",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!killed.is_empty());
+    let state = tokio::time::timeout(Duration::from_secs(10), g.watch().lost_or_released())
+        .await
+        .unwrap();
+    assert_eq!(state, LockState::Lost);
+    assert!(
+        !g.release().await.unwrap(),
+        "the lock died with its session"
+    );
+    // a new session is opened for the next acquisition
+    d.acquire(&n, &LockOptions::new()).await.unwrap();
+}
+
+/// A server restart turns the guard `Lost`; the backend recovers for new acquisitions.
+#[tokio::test]
+async fn server_restart_turns_the_guard_lost() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let d = connect(pg.url()).await;
+    let n = unique("restart");
+    let g = d.acquire(&n, &LockOptions::new()).await.unwrap();
+    pg.restart().await.unwrap();
+    let state = tokio::time::timeout(Duration::from_secs(10), g.watch().lost_or_released())
+        .await
+        .unwrap();
+    assert_eq!(state, LockState::Lost);
+    drop(g);
+    d.acquire(&n, &LockOptions::new()).await.unwrap();
+}
+
+/// The holder's traffic is blackholed (fault proxy): its guard leaves `Held` before anyone
+/// else can acquire. Through a proxy the server never notices on its own (the proxy's kernel
+/// keeps ACKing), so the test resets the proxy's connections once the holder has given up,
+/// which is when the server frees the lock.
+#[tokio::test]
+async fn blackholed_holder_learns_before_anyone_else_acquires() {
+    let pg = fixtures::postgres().await.unwrap();
+    let addr = pg.addr().expect("managed server");
+    let proxy = FaultProxy::start(addr).await.unwrap();
+    let via_proxy = pg
+        .url()
+        .replace(&addr.to_string(), &proxy.addr().to_string());
+    assert_ne!(via_proxy, pg.url());
+    let holder = connect(&via_proxy).await;
+    let other = connect(pg.url()).await;
+    let n = unique("blackhole");
+    let g = holder.acquire(&n, &LockOptions::new()).await.unwrap();
+    let waiter = {
+        let (other, n) = (other.clone(), n.clone());
+        tokio::spawn(async move {
+            let g = other.acquire(&n, &forever()).await.unwrap();
+            (Instant::now(), g)
+        })
+    };
+    wait_for_waiters(pg.url(), 1).await;
+    let cut = Instant::now();
+    proxy.set(Fault::Blackhole);
+    let mut watch = g.watch();
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.not_held())
+        .await
+        .unwrap();
+    let left_held = Instant::now();
+    let lost = tokio::time::timeout(Duration::from_secs(10), watch.lost_or_released())
+        .await
+        .unwrap();
+    let learned_lost = Instant::now();
+    assert_eq!(lost, LockState::Lost);
+    assert!(
+        !waiter.is_finished(),
+        "nobody else may hold the lock before the holder knows"
+    );
+    eprintln!(
+        "postgres blackhole: left Held ({first}) after {:?}, Lost after {:?}",
+        left_held - cut,
+        learned_lost - cut
+    );
+    proxy.set(Fault::Reset);
+    let (granted, g2) = tokio::time::timeout(Duration::from_secs(15), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(learned_lost < granted);
+    drop(g2);
+}
+
+/// Fencing tokens (`?fencing=table`) strictly increase across holders, a killed holder
+/// process and a server restart.
+#[tokio::test]
+async fn fencing_tokens_increase_across_crashes_and_restarts() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let url = with_query(pg.url(), "fencing=table");
+    let d = connect(&url).await;
+    assert!(d.capabilities().fencing);
+    let n = unique("fence");
+    let mut tokens = Vec::new();
+    let g = d.acquire(&n, &LockOptions::new()).await.unwrap();
+    tokens.push(g.token().unwrap().get());
+    assert!(g.release().await.unwrap());
+    let mut holder = Holder::start(&url, n.as_str(), &[]);
+    tokens.push(holder.acquired().expect("token"));
+    holder.kill9();
+    let g = d
+        .acquire(
+            &n,
+            &LockOptions::new().with_wait(Wait::For(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    tokens.push(g.token().unwrap().get());
+    pg.restart().await.unwrap();
+    drop(g);
+    let d = connect(&url).await;
+    let g = d.acquire(&n, &LockOptions::new()).await.unwrap();
+    tokens.push(g.token().unwrap().get());
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+}
+
+/// Waits until `n` sessions wait for an advisory lock on the server.
+async fn wait_for_waiters(url: &str, n: i64) {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if waiting >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no waiter showed up in pg_locks");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,256 @@
+//! The PostgreSQL advisory-lock backend.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use lock_core::{
+    Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
+    Lease, LeaseMonitor, LockMode, LockName, LockOptions, Operation, Renew, Result, Wait,
+    lease_deadline, observe,
+};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::BACKEND;
+use crate::config::{Fencing, PgConfig};
+use crate::session::{PendingGrant, Session};
+
+static NEXT_GRANT: AtomicU64 = AtomicU64::new(1);
+
+/// PostgreSQL session advisory locks. See the crate docs for the key schemes, the sessions
+/// and the timings.
+pub struct PgBackend {
+    cfg: Arc<PgConfig>,
+    /// The multiplexed lock session for non-waiting acquisitions (opened on first use,
+    /// replaced when it dies).
+    shared: Mutex<Option<Session>>,
+}
+
+impl fmt::Debug for PgBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgBackend")
+            .field("config", &self.cfg)
+            .finish()
+    }
+}
+
+impl PgBackend {
+    /// What the backend offers with the default options; `fencing` is true only with
+    /// `?fencing=table`.
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        fencing: false,
+        shared: true,
+        lease: false,
+        renew: false,
+        at_least: false,
+        notify: true,
+        persistent_tokens: false,
+        min_ttl: None,
+    };
+
+    /// Parses the URL and checks that the server answers (one connection, opened now and
+    /// kept as the shared lock session).
+    pub async fn connect(url: &ConnectUrl) -> Result<Self> {
+        let cfg = Arc::new(PgConfig::from_url(url)?);
+        let session = Session::open(cfg.clone(), cfg.key).await?;
+        Ok(PgBackend {
+            cfg,
+            shared: Mutex::new(Some(session)),
+        })
+    }
+
+    /// The parsed configuration.
+    pub fn config(&self) -> &PgConfig {
+        &self.cfg
+    }
+
+    async fn shared_session(&self) -> Result<Session> {
+        let mut slot = self.shared.lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| s.is_alive()) {
+            return Ok(s.clone());
+        }
+        let s = Session::open(self.cfg.clone(), self.cfg.key).await?;
+        *slot = Some(s.clone());
+        Ok(s)
+    }
+
+    async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
+        opts.validate().map_err(|e| e.in_backend(BACKEND))?;
+        let arg = self.cfg.key.arg(name)?;
+        let requested_at = Instant::now();
+        let session = self.shared_session().await?;
+        let sent = Instant::now();
+        if let Some(grant) = session.try_lock(arg.clone(), opts.mode()).await? {
+            return self
+                .finish(name, opts, session, grant, sent, requested_at)
+                .await;
+        }
+        let wait = match opts.wait() {
+            Wait::No | Wait::For(Duration::ZERO) => {
+                observe::acquire_failed(BACKEND, ErrorKind::Contended);
+                return Err(Error::new(
+                    ErrorKind::Contended,
+                    BACKEND,
+                    Operation::Acquire,
+                    format!("lock {:?} is held by another session", name.as_str()),
+                ));
+            }
+            Wait::For(d) => Some(
+                d.saturating_sub(requested_at.elapsed())
+                    .max(Duration::from_millis(1)),
+            ),
+            Wait::Forever => None,
+        };
+        // Waiting blocks a session in the server, so it gets a session of its own, which then
+        // holds the lock. The server wakes it the moment the lock is free: no polling.
+        let dedicated = Session::open(self.cfg.clone(), self.cfg.key).await?;
+        let sent = Instant::now();
+        match dedicated.lock(arg, opts.mode(), wait).await {
+            Ok(grant) => {
+                self.finish(name, opts, dedicated, grant, sent, requested_at)
+                    .await
+            }
+            Err(e) => {
+                observe::acquire_failed(BACKEND, e.kind());
+                Err(e)
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        name: &LockName,
+        opts: &LockOptions,
+        session: Session,
+        grant: PendingGrant,
+        sent: Instant,
+        requested_at: Instant,
+    ) -> Result<Guard> {
+        // Still armed: if this future is dropped here, the grant unlocks itself.
+        let token = match &self.cfg.fencing {
+            Fencing::None => None,
+            Fencing::Table(_) => {
+                let t = session.fence(name.as_str()).await?;
+                Some(FencingToken::new(t as u64))
+            }
+        };
+        let (key, mode) = (grant.key, grant.mode);
+        grant.disarm();
+        let id = NEXT_GRANT.fetch_add(1, Ordering::Relaxed);
+        let deadline = self.cfg.session_deadline;
+        let monitor = LeaseMonitor::new(name, BACKEND, Some(lease_deadline(sent, deadline)));
+        session.watch(id, monitor.clone());
+        let lease = Arc::new(PgLease {
+            session,
+            key,
+            mode,
+            id,
+            session_deadline: deadline,
+        });
+        // The session check is the "renewal": it runs every session_deadline/3 and the
+        // client-side deadline is session_deadline after each check was sent. The caller's
+        // ttl bounds the hold only when renewal is off (ShedLock's at_most), through max_hold.
+        let max_hold = match opts.renew() {
+            Renew::Off => Some(opts.ttl()),
+            Renew::Auto { max_hold } => max_hold,
+        };
+        let guard_opts = opts
+            .clone()
+            .with_ttl(deadline)
+            .with_renew(Renew::Auto { max_hold });
+        Ok(Guard::new(
+            Grant {
+                name: name.clone(),
+                backend: BACKEND,
+                token,
+                lease,
+                monitor,
+                requested_at,
+            },
+            &guard_opts,
+        ))
+    }
+}
+
+impl Backend for PgBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            fencing: matches!(self.cfg.fencing, Fencing::Table(_)),
+            persistent_tokens: matches!(self.cfg.fencing, Fencing::Table(_)),
+            ..Self::CAPABILITIES
+        }
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        name: &'a LockName,
+        opts: &'a LockOptions,
+    ) -> BoxFuture<'a, Result<Guard>> {
+        let span =
+            tracing::debug_span!("acquire", lock = %name, backend = BACKEND, mode = %opts.mode());
+        Box::pin(tracing::Instrument::instrument(
+            self.acquire_inner(name, opts),
+            span,
+        ))
+    }
+}
+
+struct PgLease {
+    session: Session,
+    key: crate::key::KeyId,
+    mode: LockMode,
+    id: u64,
+    session_deadline: Duration,
+}
+
+impl Lease for PgLease {
+    /// Session locks have no lease: "extending" is checking that the session is alive,
+    /// which confirms the lock for at most `session_deadline`.
+    fn extend(&self, ttl: Duration) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            if ttl > self.session_deadline {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    BACKEND,
+                    Operation::Extend,
+                    format!(
+                        "PostgreSQL session locks have no lease to extend; the lock lasts as \
+                         long as its session, which is checked every {:?}/3 (a guard can be \
+                         confirmed for at most session_deadline = {:?})",
+                        self.session_deadline, self.session_deadline
+                    ),
+                ));
+            }
+            self.session.check().await
+        })
+    }
+
+    fn release(&self) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            self.session.unwatch(self.id);
+            self.session.unlock(self.key, self.mode).await
+        })
+    }
+
+    /// `at_least` for session locks: keep the lock on the session and unlock it from a
+    /// background task once `keep` has passed. If this process exits first, the session ends
+    /// and the lock is freed early (documented).
+    fn release_after(&self, keep: Duration) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            self.session.unwatch(self.id);
+            let session = self.session.clone();
+            let (key, mode) = (self.key, self.mode);
+            tokio::spawn(async move {
+                tokio::time::sleep(keep).await;
+                let _ = session.unlock(key, mode).await;
+            });
+            Ok(self.session.is_alive())
+        })
+    }
+}

@@ -1,0 +1,284 @@
+//! `postgres://` URL options.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use lock_core::{ConnectUrl, Error, Result};
+use sqlx::ConnectOptions;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::BACKEND;
+use crate::key::KeyScheme;
+
+/// Where fencing tokens come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fencing {
+    /// No fencing tokens (`Guard::token()` is `None`).
+    None,
+    /// A per-name counter in this table, incremented while holding the advisory lock.
+    Table(String),
+}
+
+/// The parsed backend configuration. `Debug` hides the password.
+#[derive(Clone)]
+pub struct PgConfig {
+    pub(crate) connect: PgConnectOptions,
+    pub(crate) display_url: String,
+    pub(crate) key: KeyScheme,
+    pub(crate) fencing: Fencing,
+    pub(crate) keepalives_idle: Duration,
+    pub(crate) keepalives_interval: Duration,
+    pub(crate) keepalives_count: u32,
+    pub(crate) user_timeout: Duration,
+    pub(crate) session_deadline: Duration,
+    pub(crate) check_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &self.display_url)
+            .field("key", &self.key)
+            .field("fencing", &self.fencing)
+            .field("keepalives_idle", &self.keepalives_idle)
+            .field("keepalives_interval", &self.keepalives_interval)
+            .field("keepalives_count", &self.keepalives_count)
+            .field("user_timeout", &self.user_timeout)
+            .field("session_deadline", &self.session_deadline)
+            .field("check_timeout", &self.check_timeout)
+            .finish()
+    }
+}
+
+const OURS: &[&str] = &[
+    "key",
+    "fencing",
+    "fencing_table",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "user_timeout",
+    "session_deadline",
+    "check_timeout",
+    "connect_timeout",
+];
+
+impl PgConfig {
+    /// Parses a `postgres://` or `postgresql://` URL. dlock's own query options are removed
+    /// before the rest is handed to sqlx.
+    pub fn from_url(url: &ConnectUrl) -> Result<Self> {
+        let bad = |msg: String| Error::invalid_url(BACKEND, format!("{msg} (URL {url})"));
+        let mut parsed = url::Url::parse(url.expose())
+            .map_err(|e| bad(format!("not a valid PostgreSQL URL: {e}")))?;
+        let mut cfg = PgConfig {
+            connect: PgConnectOptions::new(),
+            display_url: url.to_string(),
+            key: KeyScheme::HashTextExtended,
+            fencing: Fencing::None,
+            keepalives_idle: Duration::from_secs(3),
+            keepalives_interval: Duration::from_secs(1),
+            keepalives_count: 3,
+            user_timeout: Duration::from_secs(6),
+            session_deadline: Duration::from_secs(4),
+            check_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(10),
+        };
+        let mut fencing_table = "dlock_fencing".to_string();
+        let mut fencing_on = false;
+        let mut rest: Vec<(String, String)> = Vec::new();
+        for (k, v) in parsed.query_pairs() {
+            let (k, v) = (k.into_owned(), v.into_owned());
+            let dur =
+                |v: &str| parse_duration(v).map_err(|e| bad(format!("option {k}={v:?}: {e}")));
+            match k.as_str() {
+                "key" => {
+                    cfg.key =
+                        KeyScheme::from_str(&v).map_err(|e| bad(format!("option key: {e}")))?
+                }
+                "fencing" => match v.as_str() {
+                    "table" => fencing_on = true,
+                    "none" => fencing_on = false,
+                    _ => return Err(bad(format!("option fencing={v:?}: expected table or none"))),
+                },
+                "fencing_table" => {
+                    if !valid_identifier(&v) {
+                        return Err(bad(format!(
+                            "option fencing_table={v:?}: expected an identifier [A-Za-z_][A-Za-z0-9_]* (optionally schema.table)"
+                        )));
+                    }
+                    fencing_table = v;
+                }
+                "keepalives_idle" => cfg.keepalives_idle = dur(&v)?,
+                "keepalives_interval" => cfg.keepalives_interval = dur(&v)?,
+                "keepalives_count" => {
+                    cfg.keepalives_count = v
+                        .parse()
+                        .ok()
+                        .filter(|c| (1..=100).contains(c))
+                        .ok_or_else(|| {
+                            bad(format!("option keepalives_count={v:?}: expected 1..=100"))
+                        })?
+                }
+                "user_timeout" => cfg.user_timeout = dur(&v)?,
+                "session_deadline" => cfg.session_deadline = dur(&v)?,
+                "check_timeout" => cfg.check_timeout = dur(&v)?,
+                "connect_timeout" => cfg.connect_timeout = dur(&v)?,
+                _ => rest.push((k, v)),
+            }
+        }
+        if fencing_on {
+            cfg.fencing = Fencing::Table(fencing_table);
+        }
+        debug_assert!(OURS.iter().all(|o| !rest.iter().any(|(k, _)| k == o)));
+        {
+            let mut q = parsed.query_pairs_mut();
+            q.clear();
+            for (k, v) in &rest {
+                q.append_pair(k, v);
+            }
+        }
+        if rest.is_empty() {
+            parsed.set_query(None);
+        }
+        cfg.connect = PgConnectOptions::from_str(parsed.as_str())
+            .map_err(|e| bad(format!("sqlx rejected the URL: {e}")))?
+            .application_name("dlock")
+            .disable_statement_logging();
+        cfg.check_timings().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    /// The shortest time after the last packet from us at which the server can decide our
+    /// connection is dead and end the session (freeing its locks).
+    pub fn server_detection_min(&self) -> Duration {
+        let keepalive = self.keepalives_idle + self.keepalives_interval * self.keepalives_count;
+        keepalive.min(self.user_timeout)
+    }
+
+    /// The longest time after the last packet from us before the server ends the session of
+    /// a vanished client (roughly; the kernel adds up to one probe interval).
+    pub fn server_detection_max(&self) -> Duration {
+        let keepalive = self.keepalives_idle + self.keepalives_interval * self.keepalives_count;
+        keepalive.max(self.user_timeout)
+    }
+
+    fn check_timings(&self) -> std::result::Result<(), String> {
+        for (n, d) in [
+            ("keepalives_idle", self.keepalives_idle),
+            ("keepalives_interval", self.keepalives_interval),
+        ] {
+            if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
+                return Err(format!(
+                    "{n} must be a whole number of seconds ≥ 1s, got {d:?}"
+                ));
+            }
+        }
+        if self.user_timeout < Duration::from_millis(100) {
+            return Err(format!(
+                "user_timeout must be ≥ 100ms, got {:?}",
+                self.user_timeout
+            ));
+        }
+        if self.check_timeout.is_zero() || self.session_deadline.is_zero() {
+            return Err("check_timeout and session_deadline must be > 0".into());
+        }
+        if self.check_timeout >= self.session_deadline {
+            return Err(format!(
+                "check_timeout ({:?}) must be shorter than session_deadline ({:?})",
+                self.check_timeout, self.session_deadline
+            ));
+        }
+        // The holder must learn of a possible loss before the server can free the lock.
+        let server = self.server_detection_min();
+        if self.session_deadline + Duration::from_millis(500) > server {
+            return Err(format!(
+                "session_deadline ({:?}) must be at least 500ms shorter than the server's \
+                 earliest detection of a vanished client (min(keepalives_idle + \
+                 keepalives_interval × keepalives_count, user_timeout) = {server:?}), or the \
+                 holder could learn of the loss after someone else got the lock",
+                self.session_deadline
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn valid_identifier(s: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 63
+            && p.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match s.split_once('.') {
+        Some((schema, table)) => part(schema) && part(table),
+        None => part(s),
+    }
+}
+
+fn parse_duration(v: &str) -> std::result::Result<Duration, String> {
+    let v = v.trim();
+    let (num, unit) = v
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| v.split_at(i))
+        .unwrap_or((v, "s"));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a duration like 500ms, 3s or 2m".to_string())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" | "min" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("unknown unit {unit:?}; use ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lock_core::ErrorKind;
+
+    fn cfg(url: &str) -> Result<PgConfig> {
+        PgConfig::from_url(&ConnectUrl::parse(url).unwrap())
+    }
+
+    #[test]
+    fn defaults_keep_the_holder_ahead_of_the_server() {
+        let c = cfg("postgres://u:pw@localhost/db").unwrap();
+        assert_eq!(c.key, KeyScheme::HashTextExtended);
+        assert_eq!(c.fencing, Fencing::None);
+        assert_eq!(c.server_detection_min(), Duration::from_secs(6));
+        assert!(c.server_detection_max() <= Duration::from_secs(10));
+        assert!(c.session_deadline < c.server_detection_min());
+        assert!(!format!("{c:?}").contains("pw"));
+    }
+
+    #[test]
+    fn our_options_are_parsed_and_sqlx_options_kept() {
+        let c = cfg("postgresql://h/db?key=hashtext&fencing=table&fencing_table=locks.tokens&keepalives_idle=5s&user_timeout=9s&session_deadline=5s&sslmode=disable").unwrap();
+        assert_eq!(c.key, KeyScheme::HashText);
+        assert_eq!(c.fencing, Fencing::Table("locks.tokens".into()));
+        assert_eq!(c.keepalives_idle, Duration::from_secs(5));
+        assert_eq!(c.session_deadline, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_options_are_invalid_url_errors() {
+        for url in [
+            "postgres://h/db?key=md5",
+            "postgres://h/db?fencing=yes",
+            "postgres://h/db?fencing_table=x;drop",
+            "postgres://h/db?keepalives_idle=500ms",
+            "postgres://h/db?keepalives_count=0",
+            "postgres://h/db?session_deadline=30s",
+            "postgres://h/db?check_timeout=5s",
+            "postgres://h/db?user_timeout=abc",
+            "postgres://[::1/db",
+        ] {
+            let err = cfg(url).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidUrl, "{url}: {err}");
+        }
+    }
+}

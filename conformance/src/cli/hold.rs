@@ -9,8 +9,12 @@ use super::{
     EXIT_LOST, EXIT_OK, EXIT_SOFTWARE, connect, lock_request, now_ms, report_acquire_error, usage,
 };
 
+/// One event per line. A reader that went away (closed pipe) is not an error worth a panic:
+/// the holder keeps holding until told otherwise.
 fn emit(event: serde_json::Value) {
-    println!("{event}");
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{event}").and_then(|_| out.flush());
 }
 
 pub(super) async fn hold(args: HoldArgs) -> i32 {

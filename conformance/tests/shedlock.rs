@@ -1,0 +1,339 @@
+//! lock-shedlock against a real PostgreSQL, with rows written exactly as ShedLock writes them.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Holder, unique, with_query};
+use conformance::fixtures;
+use dlock::{
+    Backend, BackendExt, ErrorKind, JobOutcome, LockName, LockOptions, LockState, Renew, Wait,
+};
+use sqlx::{Connection, PgConnection};
+
+fn shed_url(pg_url: &str) -> String {
+    format!("shedlock+{pg_url}")
+}
+
+async fn connect(url: &str) -> Arc<dyn Backend> {
+    dlock::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+}
+
+/// ShedLock's JDBC provider, database time, PostgreSQL: the insert for a new name.
+const SHEDLOCK_INSERT: &str = "INSERT INTO shedlock(name, lock_until, locked_at, locked_by) \
+    VALUES($1, timezone('utc', CURRENT_TIMESTAMP) + make_interval(secs => $2), timezone('utc', CURRENT_TIMESTAMP), $3) \
+    ON CONFLICT (name) DO UPDATE SET lock_until = timezone('utc', CURRENT_TIMESTAMP) + make_interval(secs => $2), \
+    locked_at = timezone('utc', CURRENT_TIMESTAMP), locked_by = $3 \
+    WHERE shedlock.lock_until <= timezone('utc', CURRENT_TIMESTAMP)";
+/// ShedLock's update for a known name.
+const SHEDLOCK_UPDATE: &str = "UPDATE shedlock SET lock_until = timezone('utc', CURRENT_TIMESTAMP) + make_interval(secs => $2), \
+    locked_at = timezone('utc', CURRENT_TIMESTAMP), locked_by = $3 \
+    WHERE name = $1 AND lock_until <= timezone('utc', CURRENT_TIMESTAMP)";
+
+async fn java(conn: &mut PgConnection, sql: &str, name: &str, at_most_secs: f64) -> u64 {
+    sqlx::query(sql)
+        .bind(name)
+        .bind(at_most_secs)
+        .bind("java-host")
+        .execute(conn)
+        .await
+        .unwrap()
+        .rows_affected()
+}
+
+/// A row ShedLock wrote keeps dlock out until its `lock_until`, which dlock notices without a
+/// release; while dlock holds a row ShedLock's statements change nothing; after dlock
+/// releases, ShedLock acquires.
+#[tokio::test]
+async fn interop_with_shedlock_rows_both_ways() {
+    let pg = fixtures::postgres().await.unwrap();
+    let d = connect(&shed_url(pg.url())).await;
+    let mut sql = PgConnection::connect(pg.url()).await.unwrap();
+    let n = unique("job");
+    assert_eq!(java(&mut sql, SHEDLOCK_INSERT, n.as_str(), 1.5).await, 1);
+    let err = d.acquire(&n, &LockOptions::new()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Contended, "{err}");
+    let t = Instant::now();
+    let g = d
+        .acquire(
+            &n,
+            &LockOptions::new().with_wait(Wait::For(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(java(&mut sql, SHEDLOCK_INSERT, n.as_str(), 60.0).await, 0);
+    assert_eq!(java(&mut sql, SHEDLOCK_UPDATE, n.as_str(), 60.0).await, 0);
+    let (by,): (String,) = sqlx::query_as("SELECT locked_by FROM shedlock WHERE name = $1")
+        .bind(n.as_str())
+        .fetch_one(&mut sql)
+        .await
+        .unwrap();
+    assert!(by.starts_with(&lock_shedlock_hostname()), "{by}");
+    assert!(g.release().await.unwrap());
+    assert_eq!(java(&mut sql, SHEDLOCK_UPDATE, n.as_str(), 60.0).await, 1);
+}
+
+fn lock_shedlock_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `at_least` keeps the row taken after an early release; a waiter gets it once it passes.
+#[tokio::test]
+async fn at_least_is_honoured_when_the_job_finishes_early() {
+    let pg = fixtures::postgres().await.unwrap();
+    let d = connect(&shed_url(pg.url())).await;
+    let n = unique("atleast");
+    let t = Instant::now();
+    let opts = LockOptions::new()
+        .with_ttl(Duration::from_secs(30))
+        .with_at_least(Duration::from_millis(1500))
+        .with_renew(Renew::Off);
+    let g = d.acquire(&n, &opts).await.unwrap();
+    assert!(g.release().await.unwrap());
+    assert_eq!(
+        d.acquire(&n, &LockOptions::new()).await.unwrap_err().kind(),
+        ErrorKind::Contended
+    );
+    d.acquire(
+        &n,
+        &LockOptions::new().with_wait(Wait::For(Duration::from_secs(10))),
+    )
+    .await
+    .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+/// Two owners on one host: a holder whose row expired and was taken over cannot unlock or
+/// extend the new owner's row.
+#[tokio::test]
+async fn unlock_of_a_row_taken_over_changes_nothing() {
+    let pg = fixtures::postgres().await.unwrap();
+    let (a, b) = (
+        connect(&shed_url(pg.url())).await,
+        connect(&shed_url(pg.url())).await,
+    );
+    let n = unique("takeover");
+    let old = a
+        .acquire(
+            &n,
+            &LockOptions::new()
+                .with_ttl(Duration::from_secs(1))
+                .with_renew(Renew::Off),
+        )
+        .await
+        .unwrap();
+    assert_eq!(old.watch().not_held().await, LockState::Lost);
+    let new = b
+        .acquire(
+            &n,
+            &LockOptions::new().with_wait(Wait::For(Duration::from_secs(5))),
+        )
+        .await
+        .unwrap();
+    let mut sql = PgConnection::connect(pg.url()).await.unwrap();
+    let before = row(&mut sql, &n).await;
+    assert!(
+        !old.release().await.unwrap(),
+        "the stale holder's unlock must report not ours"
+    );
+    assert_eq!(
+        row(&mut sql, &n).await,
+        before,
+        "the new owner's row must be untouched"
+    );
+    assert_eq!(
+        a.acquire(&n, &LockOptions::new()).await.unwrap_err().kind(),
+        ErrorKind::Contended
+    );
+    assert!(new.release().await.unwrap());
+}
+
+/// `(locked_by, lock_until as text)` of a row.
+async fn row(sql: &mut PgConnection, n: &LockName) -> (String, String) {
+    sqlx::query_as("SELECT locked_by, lock_until::text FROM shedlock WHERE name = $1")
+        .bind(n.as_str())
+        .fetch_one(sql)
+        .await
+        .unwrap()
+}
+
+/// SIGKILL of a holder: the next run happens after `at_most`, not before.
+#[tokio::test]
+async fn killed_holder_frees_after_at_most_not_before() {
+    let pg = fixtures::postgres().await.unwrap();
+    let url = shed_url(pg.url());
+    let n = unique("kill");
+    let mut holder = Holder::start(&url, n.as_str(), &["--ttl", "3s", "--no-renew"]);
+    holder.acquired();
+    let acquired = Instant::now();
+    holder.kill9();
+    let d = connect(&url).await;
+    d.acquire(
+        &n,
+        &LockOptions::new().with_wait(Wait::For(Duration::from_secs(15))),
+    )
+    .await
+    .unwrap();
+    let after = acquired.elapsed();
+    eprintln!(
+        "shedlock-postgres SIGKILL failover: {after:?} after the holder's grant (at_most 3s)"
+    );
+    assert!(after >= Duration::from_millis(2800), "{after:?}");
+    assert!(after < Duration::from_secs(5), "{after:?}");
+}
+
+/// Time comes from the database: a holder whose clock is two hours ahead writes the same
+/// `lock_until` as anyone else.
+#[tokio::test]
+async fn skewed_holder_clock_changes_nothing() {
+    let pg = fixtures::postgres().await.unwrap();
+    let url = shed_url(pg.url());
+    let n = unique("skew");
+    let faketime = which("faketime").expect(
+        "faketime is missing: run scripts/install-servers (Debian: apt-get install faketime)",
+    );
+    let mut child = std::process::Command::new(faketime)
+        .args([
+            "-f",
+            "+2h",
+            env!("CARGO_BIN_EXE_dlock"),
+            "hold",
+            "--ttl",
+            "30s",
+            &url,
+            n.as_str(),
+        ])
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let ev: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(ev["event"], "acquired");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        ev["t_ms"].as_i64().unwrap() - now_ms > 3_600_000,
+        "the holder's clock must really be skewed: {ev}"
+    );
+    let mut sql = PgConnection::connect(pg.url()).await.unwrap();
+    let left: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM (lock_until - timezone('utc', CURRENT_TIMESTAMP)))::float8 FROM shedlock WHERE name = $1",
+    )
+    .bind(n.as_str())
+    .fetch_one(&mut sql)
+    .await
+    .unwrap();
+    assert!((20.0..=31.0).contains(&left), "lock_until is {left} s away");
+    let d = connect(&url).await;
+    assert_eq!(
+        d.acquire(&n, &LockOptions::new()).await.unwrap_err().kind(),
+        ErrorKind::Contended
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn which(bin: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(bin))
+        .find(|p| p.is_file())
+}
+
+/// Unusual but legal table and column names are quoted; a name longer than the column is
+/// `InvalidName`; a missing table with `create_table=false` is an error.
+#[tokio::test]
+async fn identifiers_names_and_table_creation() {
+    let pg = fixtures::postgres().await.unwrap();
+    let url = with_query(
+        &shed_url(pg.url()),
+        "table=Job%20%22Locks%22%3B%20x&name_column=Lock%20Name&lock_until_column=until&locked_at_column=at&locked_by_column=by",
+    );
+    let d = connect(&url).await;
+    let n = unique("ident");
+    let g = d.acquire(&n, &LockOptions::new()).await.unwrap();
+    let mut sql = PgConnection::connect(pg.url()).await.unwrap();
+    let (count,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM \"Job \"\"Locks\"\"; x\" WHERE \"Lock Name\" = $1")
+            .bind(n.as_str())
+            .fetch_one(&mut sql)
+            .await
+            .unwrap();
+    assert_eq!(count, 1);
+    assert!(g.release().await.unwrap());
+    let long = LockName::new("x".repeat(65)).unwrap();
+    assert_eq!(
+        d.acquire(&long, &LockOptions::new())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidName
+    );
+    d.acquire(&LockName::new("y".repeat(64)).unwrap(), &LockOptions::new())
+        .await
+        .unwrap();
+    let err = dlock::connect(&with_query(
+        &shed_url(pg.url()),
+        "table=missing_table&create_table=false",
+    ))
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+/// Optional fencing through a side table Java never reads.
+#[tokio::test]
+async fn fencing_tokens_increase() {
+    let pg = fixtures::postgres().await.unwrap();
+    let d = connect(&with_query(&shed_url(pg.url()), "fencing=table")).await;
+    let n = unique("fence");
+    let mut last = 0;
+    for _ in 0..3 {
+        let g = d.acquire(&n, &LockOptions::new()).await.unwrap();
+        let t = g.token().unwrap().get();
+        assert!(t > last);
+        last = t;
+        assert!(g.release().await.unwrap());
+    }
+}
+
+/// The job runner on the table: runs, skips while held elsewhere (by ShedLock itself too).
+#[tokio::test]
+async fn run_exclusive_on_the_table() {
+    let pg = fixtures::postgres().await.unwrap();
+    let d = connect(&shed_url(pg.url())).await;
+    let n = unique("purge");
+    let out: JobOutcome<u32, String> = d
+        .run_exclusive(&n, Duration::from_secs(60), None, |_| async { Ok(1) })
+        .await
+        .unwrap();
+    assert_eq!(out, JobOutcome::Ran(1));
+    let mut sql = PgConnection::connect(pg.url()).await.unwrap();
+    assert_eq!(java(&mut sql, SHEDLOCK_INSERT, n.as_str(), 60.0).await, 1);
+    let out: JobOutcome<u32, String> = d
+        .run_exclusive(&n, Duration::from_secs(60), None, |_| async { Ok(2) })
+        .await
+        .unwrap();
+    assert!(out.skipped());
+}

@@ -1,0 +1,218 @@
+//! URL options shared by both flavours, and the PostgreSQL table layout.
+
+use std::str::FromStr;
+
+use lock_core::{ConnectUrl, Error, Result};
+use sqlx::ConnectOptions;
+use sqlx::postgres::PgConnectOptions;
+
+use crate::BACKEND_PG;
+
+/// Splits a URL's query into (our options, the URL without them). `ours` lists the option
+/// names this flavour understands; everything else stays in the URL for the client library.
+pub(crate) fn split_options(
+    url: &str,
+    ours: &[&str],
+) -> std::result::Result<(Vec<(String, String)>, url::Url), String> {
+    let mut parsed = url::Url::parse(url).map_err(|e| format!("not a valid URL: {e}"))?;
+    let mut mine = Vec::new();
+    let mut rest = Vec::new();
+    for (k, v) in parsed.query_pairs() {
+        let kv = (k.into_owned(), v.into_owned());
+        if ours.contains(&kv.0.as_str()) {
+            mine.push(kv);
+        } else {
+            rest.push(kv);
+        }
+    }
+    if rest.is_empty() {
+        parsed.set_query(None);
+    } else {
+        let mut q = parsed.query_pairs_mut();
+        q.clear();
+        for (k, v) in &rest {
+            q.append_pair(k, v);
+        }
+    }
+    Ok((mine, parsed))
+}
+
+/// Quotes an SQL identifier: `"` around it, inner quotes doubled. Identifiers must be
+/// non-empty, at most 63 bytes and free of NUL.
+pub(crate) fn quote_ident(id: &str) -> std::result::Result<String, String> {
+    if id.is_empty() || id.len() > 63 || id.contains('\0') {
+        return Err(format!(
+            "{id:?} is not a usable SQL identifier (1–63 bytes, no NUL)"
+        ));
+    }
+    Ok(format!("\"{}\"", id.replace('"', "\"\"")))
+}
+
+/// The ShedLock table: names as configured (defaults are ShedLock's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableLayout {
+    /// Schema, when not the connection's default.
+    pub schema: Option<String>,
+    /// Table name (`shedlock`).
+    pub table: String,
+    /// Column `name`.
+    pub name: String,
+    /// Column `lock_until`.
+    pub lock_until: String,
+    /// Column `locked_at`.
+    pub locked_at: String,
+    /// Column `locked_by`.
+    pub locked_by: String,
+}
+
+impl Default for TableLayout {
+    fn default() -> Self {
+        TableLayout {
+            schema: None,
+            table: "shedlock".into(),
+            name: "name".into(),
+            lock_until: "lock_until".into(),
+            locked_at: "locked_at".into(),
+            locked_by: "locked_by".into(),
+        }
+    }
+}
+
+/// Parsed `shedlock+postgres://` configuration. `Debug` hides the password.
+#[derive(Clone)]
+pub struct ShedPgConfig {
+    pub(crate) connect: PgConnectOptions,
+    pub(crate) display_url: String,
+    pub(crate) layout: TableLayout,
+    pub(crate) create_table: bool,
+    pub(crate) fencing_table: Option<String>,
+    pub(crate) pool_size: u32,
+}
+
+impl std::fmt::Debug for ShedPgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShedPgConfig")
+            .field("url", &self.display_url)
+            .field("layout", &self.layout)
+            .field("create_table", &self.create_table)
+            .field("fencing_table", &self.fencing_table)
+            .finish()
+    }
+}
+
+const PG_OPTIONS: &[&str] = &[
+    "table",
+    "schema",
+    "name_column",
+    "lock_until_column",
+    "locked_at_column",
+    "locked_by_column",
+    "create_table",
+    "fencing",
+    "fencing_table",
+    "pool",
+];
+
+impl ShedPgConfig {
+    /// Parses `shedlock+postgres://…` (the rest is a PostgreSQL URL for sqlx).
+    pub fn from_url(url: &ConnectUrl) -> Result<Self> {
+        let bad = |msg: String| Error::invalid_url(BACKEND_PG, format!("{msg} (URL {url})"));
+        let pg_url = format!("postgres://{}", url.rest());
+        let (mine, rest) = split_options(&pg_url, PG_OPTIONS).map_err(bad)?;
+        let mut layout = TableLayout::default();
+        let mut create_table = true;
+        let mut fencing = false;
+        let mut fencing_table = "dlock_shedlock_fencing".to_string();
+        let mut pool_size = 4;
+        for (k, v) in mine {
+            let ident = |v: &str| {
+                quote_ident(v)
+                    .map(|_| v.to_string())
+                    .map_err(|e| bad(format!("option {k}: {e}")))
+            };
+            match k.as_str() {
+                "table" => layout.table = ident(&v)?,
+                "schema" => layout.schema = Some(ident(&v)?),
+                "name_column" => layout.name = ident(&v)?,
+                "lock_until_column" => layout.lock_until = ident(&v)?,
+                "locked_at_column" => layout.locked_at = ident(&v)?,
+                "locked_by_column" => layout.locked_by = ident(&v)?,
+                "create_table" => {
+                    create_table = parse_bool(&v).ok_or_else(|| {
+                        bad(format!("option create_table={v:?}: expected true or false"))
+                    })?
+                }
+                "fencing" => match v.as_str() {
+                    "table" => fencing = true,
+                    "none" => fencing = false,
+                    _ => return Err(bad(format!("option fencing={v:?}: expected table or none"))),
+                },
+                "fencing_table" => fencing_table = ident(&v)?,
+                "pool" => {
+                    pool_size = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=64).contains(n))
+                        .ok_or_else(|| bad(format!("option pool={v:?}: expected 1..=64")))?
+                }
+                _ => unreachable!("split_options only returns listed options"),
+            }
+        }
+        let connect = PgConnectOptions::from_str(rest.as_str())
+            .map_err(|e| bad(format!("sqlx rejected the URL: {e}")))?
+            .application_name("dlock-shedlock")
+            .disable_statement_logging();
+        Ok(ShedPgConfig {
+            connect,
+            display_url: url.to_string(),
+            layout,
+            create_table,
+            fencing_table: fencing.then_some(fencing_table),
+            pool_size,
+        })
+    }
+}
+
+pub(crate) fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lock_core::ErrorKind;
+
+    #[test]
+    fn identifiers_are_quoted_not_trusted() {
+        assert_eq!(quote_ident("shedlock").unwrap(), "\"shedlock\"");
+        assert_eq!(
+            quote_ident("we\"ird; table").unwrap(),
+            "\"we\"\"ird; table\""
+        );
+        assert!(quote_ident("").is_err());
+        assert!(quote_ident(&"x".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn options_parse_and_bad_ones_are_invalid_url() {
+        let u = ConnectUrl::parse("shedlock+postgres://app:pw@h/db?table=Job%20Locks&schema=ops&create_table=false&fencing=table&sslmode=disable").unwrap();
+        let c = ShedPgConfig::from_url(&u).unwrap();
+        assert_eq!(c.layout.table, "Job Locks");
+        assert_eq!(c.layout.schema.as_deref(), Some("ops"));
+        assert!(!c.create_table);
+        assert!(c.fencing_table.is_some());
+        assert!(!format!("{c:?}").contains("pw"));
+        for bad in ["create_table=maybe", "fencing=column", "pool=0", "table="] {
+            let u = ConnectUrl::parse(&format!("shedlock+postgres://h/db?{bad}")).unwrap();
+            assert_eq!(
+                ShedPgConfig::from_url(&u).unwrap_err().kind(),
+                ErrorKind::InvalidUrl,
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! `shedlock+postgres://`: the ShedLock JDBC table, database time.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::{
+    Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
+    Lease, LeaseMonitor, LockName, LockOptions, Operation, Result, Wait, lease_deadline, observe,
+};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use tokio::sync::{OnceCell, broadcast};
+use tokio::time::Instant;
+
+use crate::BACKEND_PG;
+use crate::config::{ShedPgConfig, TableLayout, quote_ident};
+use crate::owner::owner;
+
+/// The channel releases notify on (payload: the lock name), so waiting dlock clients wake at
+/// once. Java ShedLock does not notify; its releases are noticed at the row's `lock_until`.
+const CHANNEL: &str = "dlock_shedlock";
+/// "Now" in ShedLock's database-time mode.
+const NOW: &str = "timezone('utc', CURRENT_TIMESTAMP)";
+
+struct Sql {
+    acquire: String,
+    extend: String,
+    unlock: String,
+    remaining: String,
+    fence: Option<String>,
+}
+
+impl Sql {
+    fn new(
+        l: &TableLayout,
+        fencing_table: Option<&str>,
+    ) -> std::result::Result<(Sql, String), String> {
+        let q = |s: &str| quote_ident(s);
+        let t = match &l.schema {
+            Some(schema) => format!("{}.{}", q(schema)?, q(&l.table)?),
+            None => q(&l.table)?,
+        };
+        let (n, lu, la, lb) = (
+            q(&l.name)?,
+            q(&l.lock_until)?,
+            q(&l.locked_at)?,
+            q(&l.locked_by)?,
+        );
+        let sql = Sql {
+            acquire: format!(
+                "INSERT INTO {t} AS s ({n}, {lu}, {la}, {lb}) \
+                 VALUES ($1, {NOW} + make_interval(secs => $2), {NOW}, $3) \
+                 ON CONFLICT ({n}) DO UPDATE SET {lu} = EXCLUDED.{lu}, {la} = EXCLUDED.{la}, {lb} = EXCLUDED.{lb} \
+                 WHERE s.{lu} <= {NOW}"
+            ),
+            extend: format!(
+                "UPDATE {t} SET {lu} = {NOW} + make_interval(secs => $3) \
+                 WHERE {n} = $1 AND {lb} = $2 AND {lu} > {NOW}"
+            ),
+            // GREATEST(locked_at + at_least, now): ShedLock's unlock. The release notifies
+            // waiting dlock clients (NOTIFY is sent at commit, only if a row was updated).
+            unlock: format!(
+                "WITH u AS (UPDATE {t} SET {lu} = GREATEST({la} + make_interval(secs => $3), {NOW}) \
+                 WHERE {n} = $1 AND {lb} = $2 AND {lu} > {NOW} RETURNING 1) \
+                 SELECT count(*) FROM u, LATERAL (SELECT pg_notify('{CHANNEL}', $1)) AS n"
+            ),
+            remaining: format!(
+                "SELECT EXTRACT(EPOCH FROM ({lu} - {NOW}))::float8 FROM {t} WHERE {n} = $1"
+            ),
+            fence: match fencing_table {
+                Some(ft) => {
+                    let ft = q(ft)?;
+                    Some(format!(
+                        "INSERT INTO {ft} AS f (name, token) VALUES ($1, 1) \
+                         ON CONFLICT (name) DO UPDATE SET token = f.token + 1 RETURNING token"
+                    ))
+                }
+                None => None,
+            },
+        };
+        Ok((sql, t))
+    }
+}
+
+/// ShedLock's JDBC table on PostgreSQL, in database-time mode.
+pub struct ShedPgBackend {
+    cfg: ShedPgConfig,
+    pool: PgPool,
+    sql: Arc<Sql>,
+    /// Longest name the `name` column takes, in characters (`None`: unlimited).
+    name_max: Option<usize>,
+    locked_by_max: usize,
+    releases: OnceCell<broadcast::Sender<String>>,
+}
+
+impl fmt::Debug for ShedPgBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShedPgBackend")
+            .field("config", &self.cfg)
+            .finish()
+    }
+}
+
+fn db(op: Operation) -> impl Fn(sqlx::Error) -> Error {
+    move |e| {
+        let kind = match &e {
+            sqlx::Error::Database(_) => ErrorKind::Backend,
+            _ => ErrorKind::Connection,
+        };
+        Error::new(kind, BACKEND_PG, op, "PostgreSQL statement failed").with_source(e)
+    }
+}
+
+impl ShedPgBackend {
+    /// Capabilities without `?fencing=table`.
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        fencing: false,
+        shared: false,
+        lease: true,
+        renew: true,
+        at_least: true,
+        notify: true,
+        persistent_tokens: false,
+        min_ttl: Some(Duration::from_millis(1)),
+    };
+
+    /// Connects, checks (or creates) the table and reads its column sizes.
+    pub async fn connect(url: &ConnectUrl) -> Result<Self> {
+        let cfg = ShedPgConfig::from_url(url)?;
+        let (sql, table) = Sql::new(&cfg.layout, cfg.fencing_table.as_deref())
+            .map_err(|e| Error::invalid_url(BACKEND_PG, e))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(cfg.pool_size)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(cfg.connect.clone())
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Connection,
+                    BACKEND_PG,
+                    Operation::Connect,
+                    format!("cannot connect to {}", cfg.display_url),
+                )
+                .with_source(e)
+            })?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(&table)
+            .fetch_one(&pool)
+            .await
+            .map_err(db(Operation::Connect))?;
+        if exists.is_none() {
+            if !cfg.create_table {
+                return Err(Error::new(
+                    ErrorKind::Backend,
+                    BACKEND_PG,
+                    Operation::Connect,
+                    format!("table {table} does not exist and create_table=false"),
+                ));
+            }
+            let l = &cfg.layout;
+            let q = |s: &str| quote_ident(s).expect("validated");
+            let create = format!(
+                "CREATE TABLE IF NOT EXISTS {table} ({} VARCHAR(64) NOT NULL, {} TIMESTAMP NOT NULL, \
+                 {} TIMESTAMP NOT NULL, {} VARCHAR(255) NOT NULL, PRIMARY KEY ({}))",
+                q(&l.name),
+                q(&l.lock_until),
+                q(&l.locked_at),
+                q(&l.locked_by),
+                q(&l.name)
+            );
+            ignore_duplicate(sqlx::query(&create).execute(&pool).await)
+                .map_err(db(Operation::Connect))?;
+            tracing::info!(%table, "created the ShedLock table");
+        }
+        if let Some(ft) = &cfg.fencing_table {
+            let create = format!(
+                "CREATE TABLE IF NOT EXISTS {} (name text PRIMARY KEY, token bigint NOT NULL)",
+                quote_ident(ft).expect("validated")
+            );
+            ignore_duplicate(sqlx::query(&create).execute(&pool).await)
+                .map_err(db(Operation::Connect))?;
+        }
+        let sizes: Vec<(String, Option<i32>)> = sqlx::query_as(
+            "SELECT column_name::text, character_maximum_length::int4 FROM information_schema.columns \
+             WHERE table_schema = coalesce($1, current_schema()) AND table_name = $2",
+        )
+        .bind(cfg.layout.schema.as_deref())
+        .bind(&cfg.layout.table)
+        .fetch_all(&pool)
+        .await
+        .map_err(db(Operation::Connect))?;
+        let size = |col: &str| {
+            sizes
+                .iter()
+                .find(|(c, _)| c == col)
+                .and_then(|(_, s)| s.map(|s| s as usize))
+        };
+        let name_max = size(&cfg.layout.name);
+        let locked_by_max = size(&cfg.layout.locked_by).unwrap_or(255);
+        Ok(ShedPgBackend {
+            cfg,
+            pool,
+            sql: Arc::new(sql),
+            name_max,
+            locked_by_max,
+            releases: OnceCell::new(),
+        })
+    }
+
+    fn check_name(&self, name: &LockName) -> Result<()> {
+        if let Some(max) = self.name_max {
+            let len = name.as_str().chars().count();
+            if len > max {
+                return Err(Error::invalid_name(
+                    BACKEND_PG,
+                    format!(
+                        "lock name is {len} characters; the {} column takes at most {max}",
+                        self.cfg.layout.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A receiver of released names, backed by one LISTEN connection (started on first use).
+    async fn release_notifications(&self) -> Option<broadcast::Receiver<String>> {
+        let tx = self
+            .releases
+            .get_or_try_init(|| async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen(CHANNEL).await?;
+                let (tx, _) = broadcast::channel(256);
+                let sender = tx.clone();
+                tokio::spawn(async move {
+                    // No receiver right now is fine: later waiters subscribe again.
+                    while let Ok(n) = listener.recv().await {
+                        let _ = sender.send(n.payload().to_string());
+                    }
+                });
+                Ok::<_, sqlx::Error>(tx)
+            })
+            .await
+            .ok()?;
+        Some(tx.subscribe())
+    }
+
+    async fn try_once(&self, name: &LockName, opts: &LockOptions, owner: &str) -> Result<bool> {
+        let secs = opts.ttl().as_secs_f64();
+        let r = sqlx::query(&self.sql.acquire)
+            .bind(name.as_str())
+            .bind(secs)
+            .bind(owner)
+            .execute(&self.pool)
+            .await
+            .map_err(db(Operation::Acquire))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
+        opts.validate().map_err(|e| e.in_backend(BACKEND_PG))?;
+        if opts.mode() == lock_core::LockMode::Shared {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                BACKEND_PG,
+                Operation::Acquire,
+                "ShedLock tables have no shared mode",
+            ));
+        }
+        self.check_name(name)?;
+        let requested_at = Instant::now();
+        let deadline = match opts.wait() {
+            Wait::No => None,
+            Wait::For(d) => Some(requested_at + d),
+            Wait::Forever => Some(requested_at + Duration::from_secs(u32::MAX as u64)),
+        };
+        let owner = owner(self.locked_by_max);
+        let mut releases = None;
+        loop {
+            let sent = Instant::now();
+            if self.try_once(name, opts, &owner).await? {
+                return self.finish(name, opts, owner, sent, requested_at).await;
+            }
+            let Some(deadline) = deadline.filter(|d| *d > Instant::now()) else {
+                let kind = if deadline.is_some() {
+                    ErrorKind::Timeout
+                } else {
+                    ErrorKind::Contended
+                };
+                observe::acquire_failed(BACKEND_PG, kind);
+                return Err(Error::new(
+                    kind,
+                    BACKEND_PG,
+                    Operation::Acquire,
+                    format!("lock {:?} is held (row not expired yet)", name.as_str()),
+                ));
+            };
+            if releases.is_none() {
+                releases = self.release_notifications().await;
+                // A release between the attempt above and the LISTEN would be missed: retry once.
+                continue;
+            }
+            // Sleep until the row expires or a dlock release of this name is announced.
+            let remaining: Option<f64> = sqlx::query_scalar(&self.sql.remaining)
+                .bind(name.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db(Operation::Acquire))?;
+            let wake =
+                Instant::now() + Duration::from_secs_f64(remaining.unwrap_or(0.0).clamp(0.0, 1e9));
+            let rx = releases.as_mut().expect("set above");
+            let announced = async {
+                loop {
+                    match rx.recv().await {
+                        Ok(n) if n == name.as_str() => return,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = announced => {}
+                _ = tokio::time::sleep_until(wake.min(deadline)) => {}
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        name: &LockName,
+        opts: &LockOptions,
+        owner: String,
+        sent: Instant,
+        requested_at: Instant,
+    ) -> Result<Guard> {
+        let lease = Arc::new(ShedPgLease {
+            pool: self.pool.clone(),
+            sql: self.sql.clone(),
+            name: name.clone(),
+            owner,
+            at_least: opts.at_least().unwrap_or(Duration::ZERO),
+        });
+        // If this future is dropped below, the lease goes with it and the row expires at
+        // `at_most`; release it explicitly instead so the lock is not kept needlessly.
+        let token = match &self.sql.fence {
+            None => None,
+            Some(sql) => {
+                let r = sqlx::query_scalar::<_, i64>(sql)
+                    .bind(name.as_str())
+                    .fetch_one(&self.pool)
+                    .await;
+                match r {
+                    Ok(t) => Some(FencingToken::new(t as u64)),
+                    Err(e) => {
+                        let _ = lease.release().await;
+                        return Err(db(Operation::Acquire)(e));
+                    }
+                }
+            }
+        };
+        let monitor = LeaseMonitor::new(name, BACKEND_PG, Some(lease_deadline(sent, opts.ttl())));
+        Ok(Guard::new(
+            Grant {
+                name: name.clone(),
+                backend: BACKEND_PG,
+                token,
+                lease,
+                monitor,
+                requested_at,
+            },
+            opts,
+        ))
+    }
+}
+
+fn ignore_duplicate(
+    r: std::result::Result<sqlx::postgres::PgQueryResult, sqlx::Error>,
+) -> std::result::Result<(), sqlx::Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("23505" | "42P07")) => {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl Backend for ShedPgBackend {
+    fn name(&self) -> &'static str {
+        BACKEND_PG
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let fencing = self.sql.fence.is_some();
+        Capabilities {
+            fencing,
+            persistent_tokens: fencing,
+            ..Self::CAPABILITIES
+        }
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        name: &'a LockName,
+        opts: &'a LockOptions,
+    ) -> BoxFuture<'a, Result<Guard>> {
+        let span = tracing::debug_span!("acquire", lock = %name, backend = BACKEND_PG);
+        Box::pin(tracing::Instrument::instrument(
+            self.acquire_inner(name, opts),
+            span,
+        ))
+    }
+}
+
+struct ShedPgLease {
+    pool: PgPool,
+    sql: Arc<Sql>,
+    name: LockName,
+    owner: String,
+    at_least: Duration,
+}
+
+impl ShedPgLease {
+    async fn unlock(&self) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(&self.sql.unlock)
+            .bind(self.name.as_str())
+            .bind(&self.owner)
+            .bind(self.at_least.as_secs_f64())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db(Operation::Release))?;
+        Ok(n == 1)
+    }
+}
+
+impl Lease for ShedPgLease {
+    fn extend(&self, ttl: Duration) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            let r = sqlx::query(&self.sql.extend)
+                .bind(self.name.as_str())
+                .bind(&self.owner)
+                .bind(ttl.as_secs_f64())
+                .execute(&self.pool)
+                .await
+                .map_err(db(Operation::Extend))?;
+            Ok(r.rows_affected() == 1)
+        })
+    }
+
+    fn release(&self) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.unlock())
+    }
+
+    /// `at_least` is enforced by the table itself: the unlock statement sets `lock_until` to
+    /// `locked_at + at_least` when that is later than now.
+    fn release_after(&self, _keep: Duration) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.unlock())
+    }
+}

@@ -11,6 +11,8 @@ mod name;
 pub mod observe;
 mod options;
 mod registry;
+#[cfg(feature = "cron")]
+pub mod schedule;
 
 pub use backend::{Backend, BoxFuture, Capabilities};
 pub use election::{Election, Leadership};

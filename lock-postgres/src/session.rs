@@ -695,5 +695,5 @@ fn is_lock_timeout(e: &Error) -> bool {
 }
 
 fn is_duplicate(e: &Error) -> bool {
-    matches!(sqlstate(e).as_deref(), Some("23505" | "42P07"))
+    matches!(sqlstate(e).as_deref(), Some("23505" | "42P07" | "42710"))
 }

@@ -381,7 +381,9 @@ fn ignore_duplicate(
 ) -> std::result::Result<(), sqlx::Error> {
     match r {
         Ok(_) => Ok(()),
-        Err(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("23505" | "42P07")) => {
+        Err(sqlx::Error::Database(d))
+            if matches!(d.code().as_deref(), Some("23505" | "42P07" | "42710")) =>
+        {
             Ok(())
         }
         Err(e) => Err(e),

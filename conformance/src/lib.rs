@@ -4,3 +4,4 @@
 pub mod cli;
 pub mod faults;
 pub mod fixtures;
+pub mod suite;

@@ -103,6 +103,8 @@ pub trait Lease: Send + Sync + 'static {
 struct Status {
     state: LockState,
     valid_until: Option<Instant>,
+    /// When `state` last changed (the moment the process learned it).
+    since: Instant,
 }
 
 /// The state channel of one grant. The backend creates it before (or while) acquiring, keeps
@@ -135,6 +137,7 @@ impl LeaseMonitor {
         let (tx, _rx) = watch::channel(Status {
             state: LockState::Held,
             valid_until,
+            since: Instant::now(),
         });
         LeaseMonitor {
             tx: Arc::new(tx),
@@ -158,6 +161,7 @@ impl LeaseMonitor {
         let changed = self.tx.send_if_modified(|s| match s.state {
             LockState::Held | LockState::Unverifiable => {
                 s.state = LockState::Lost;
+                s.since = Instant::now();
                 true
             }
             LockState::Lost | LockState::Released => false,
@@ -173,6 +177,7 @@ impl LeaseMonitor {
         let changed = self.tx.send_if_modified(|s| {
             if s.state == LockState::Held {
                 s.state = LockState::Unverifiable;
+                s.since = Instant::now();
                 true
             } else {
                 false
@@ -191,6 +196,9 @@ impl LeaseMonitor {
                 let was = s.state;
                 s.state = LockState::Held;
                 s.valid_until = valid_until;
+                if was != LockState::Held {
+                    s.since = Instant::now();
+                }
                 was != LockState::Held
             }
             LockState::Lost | LockState::Released => false,
@@ -206,6 +214,7 @@ impl LeaseMonitor {
                 false
             } else {
                 s.state = LockState::Released;
+                s.since = Instant::now();
                 true
             }
         });
@@ -245,6 +254,12 @@ impl StateWatch {
         self.rx.borrow().valid_until
     }
 
+    /// When the current state began: the moment this process learned it (for measuring
+    /// "the holder knew before the next grant" without the delay of whoever watches).
+    pub fn state_since(&self) -> Instant {
+        self.rx.borrow().since
+    }
+
     /// Completes when the state is anything but `Held` (at once if it already is), with
     /// that state.
     pub async fn not_held(&mut self) -> LockState {
@@ -280,8 +295,17 @@ impl StateWatch {
 /// the drift means the holder's deadline passes before the server's expiry does, so the
 /// holder learns of the loss before anyone else can be granted the lock.
 pub fn lease_deadline(sent_at: Instant, ttl: Duration) -> Instant {
-    let drift = (ttl / 100 + Duration::from_millis(2)).min(ttl / 2);
-    sent_at + (ttl - drift)
+    sent_at + (ttl - drift_allowance(ttl))
+}
+
+/// The margin [`lease_deadline`] keeps before the server's expiry: the Redlock allowance
+/// (1 % of the ttl + 2 ms), but at least 5 % of the ttl up to 250 ms — a busy holder's timers
+/// fire late by milliseconds, and the holder must still learn first — and never more than
+/// half the ttl.
+pub fn drift_allowance(ttl: Duration) -> Duration {
+    let redlock = ttl / 100 + Duration::from_millis(2);
+    let scheduling = (ttl / 20).min(Duration::from_millis(250));
+    redlock.max(scheduling).min(ttl / 2)
 }
 
 /// What a backend hands to [`Guard::new`] once the server granted the lock.

@@ -59,6 +59,7 @@ pub fn main() -> i32 {
             Command::Run(args) => run::run(args).await,
             Command::Hold(args) => hold::hold(args).await,
             Command::Backends => backends(),
+            Command::Conformance(args) => conformance(args).await,
             Command::Servers(ServersCommand::Up { cluster }) => {
                 match crate::fixtures::servers_up(cluster).await {
                     Ok(()) => EXIT_OK,
@@ -176,6 +177,58 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+async fn conformance(args: opt::ConformanceArgs) -> i32 {
+    use crate::suite::{self, Outcome};
+    if let Err(e) = dlock::connect(&args.url).await {
+        eprintln!("dlock: {e}");
+        return exit_code(&e);
+    }
+    let tests: Vec<_> = suite::all()
+        .into_iter()
+        .filter(|b| args.filter.as_deref().is_none_or(|f| b.name.contains(f)))
+        .collect();
+    println!(
+        "\nrunning {} tests against {}",
+        tests.len(),
+        dlock::redact(&args.url)
+    );
+    let started = std::time::Instant::now();
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let mut failures = Vec::new();
+    for b in &tests {
+        let t = std::time::Instant::now();
+        let outcome = suite::run(b, &args.url).await;
+        let took = t.elapsed();
+        match &outcome {
+            Outcome::Passed => {
+                passed += 1;
+                println!("test {} ... ok ({:.2}s)", b.name, took.as_secs_f64());
+            }
+            Outcome::Skipped(reason) => {
+                skipped += 1;
+                println!("test {} ... skipped: {reason}", b.name);
+            }
+            Outcome::Failed(why) => {
+                failed += 1;
+                println!("test {} ... FAILED ({:.2}s)", b.name, took.as_secs_f64());
+                failures.push((b.name, b.doc, why.clone()));
+            }
+        }
+    }
+    if !failures.is_empty() {
+        println!("\nfailures:");
+        for (name, doc, why) in &failures {
+            println!("\n---- {name} ----\n{doc}\n{why}");
+        }
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed; {skipped} skipped; finished in {:.2}s",
+        if failed == 0 { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    if failed == 0 { EXIT_OK } else { 1 }
 }
 
 fn backends() -> i32 {

@@ -39,9 +39,25 @@ pub enum Command {
     Hold(HoldArgs),
     /// List the URL schemes this build knows, with their capabilities.
     Backends,
+    /// Run the behaviour suite against the lock service at URL (your own servers).
+    ///
+    /// Every test works in a fresh random namespace of lock names, so it never touches other
+    /// locks. Prints one line per test and a libtest-style summary; exits 1 on any failure.
+    Conformance(ConformanceArgs),
     /// Start local test servers (PostgreSQL, Redis, etcd, ZooKeeper) until Ctrl-C.
     #[command(subcommand)]
     Servers(ServersCommand),
+}
+
+/// `dlock conformance` arguments.
+#[derive(Debug, Args)]
+pub struct ConformanceArgs {
+    /// Only tests whose name contains this (e.g. `exclusion`, `behavior::test_at_least`).
+    #[arg(long)]
+    pub filter: Option<String>,
+
+    /// Lock service URL.
+    pub url: String,
 }
 
 /// `dlock servers …`

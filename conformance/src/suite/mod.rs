@@ -1,0 +1,159 @@
+//! The behaviour suite: one plain async function per property, run against any backend
+//! (capability-gated), each in a fresh random namespace so it never touches anything else.
+//!
+//! Used by the `behavior` test binary (every backend and cluster variant on managed servers)
+//! and by `dlock conformance URL` (against servers the user points it at).
+
+mod props;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use dlock::{Backend, Capabilities, LockName};
+
+/// A boxed test future.
+pub type TestFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+
+/// One property of the contract.
+#[derive(Clone, Copy)]
+pub struct Behaviour {
+    /// `behavior::test_…`, for filtering.
+    pub name: &'static str,
+    /// One line: "X should Y".
+    pub doc: &'static str,
+    /// `Some(reason)` when the backend cannot be asked this (missing capability).
+    pub skip: fn(&Capabilities) -> Option<&'static str>,
+    /// The test.
+    pub run: for<'a> fn(&'a Ctx) -> TestFuture<'a>,
+}
+
+/// What a test sees: the backend under test, the URL to open more clients, and a namespace.
+pub struct Ctx {
+    /// The URL under test.
+    pub url: String,
+    /// The first client.
+    pub backend: Arc<dyn Backend>,
+    /// Its capabilities.
+    pub caps: Capabilities,
+    ns: String,
+}
+
+impl Ctx {
+    /// Connects the first client and picks a fresh namespace.
+    pub async fn new(url: &str) -> Result<Ctx> {
+        let backend = dlock::connect(url)
+            .await
+            .with_context(|| format!("connect {}", dlock::redact(url)))?;
+        let caps = backend.capabilities();
+        Ok(Ctx {
+            url: url.to_string(),
+            backend,
+            caps,
+            ns: namespace(),
+        })
+    }
+
+    /// `suffix` inside this test's namespace.
+    pub fn name(&self, suffix: &str) -> LockName {
+        LockName::new(format!("{}{suffix}", self.ns)).expect("valid test name")
+    }
+
+    /// Another, independent client of the same service (as another process would have).
+    pub async fn client(&self) -> Result<Arc<dyn Backend>> {
+        dlock::connect(&self.url)
+            .await
+            .with_context(|| format!("connect {}", dlock::redact(&self.url)))
+    }
+
+    /// A short lease the backend accepts, for expiry tests.
+    pub fn short_ttl(&self) -> Duration {
+        self.caps
+            .min_ttl
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_secs(1))
+    }
+}
+
+/// A namespace no other run uses: `c<12 hex>-` (short, so 64-character name columns fit).
+fn namespace() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    format!("c{:012x}-", h.finish() & 0xffff_ffff_ffff)
+}
+
+/// Every behaviour, in a stable order.
+pub fn all() -> Vec<Behaviour> {
+    props::all()
+}
+
+/// Why `b` does not apply to a backend with `caps` at `url`, if it does not.
+pub fn skip_reason(b: &Behaviour, caps: &Capabilities, url: &str) -> Option<String> {
+    if let Some(reason) = (b.skip)(caps) {
+        return Some(reason.to_string());
+    }
+    if b.name == "behavior::test_connection_loss_leaves_held" {
+        if url.starts_with("memory://") {
+            return Some("in-process backend: no connection to cut".into());
+        }
+        if let Err(reason) = props::proxied(url) {
+            return Some(reason);
+        }
+    }
+    None
+}
+
+/// Returned (as the error) by a test that finds at run time that it cannot apply.
+#[derive(Debug)]
+pub struct SkipTest(pub String);
+
+impl std::fmt::Display for SkipTest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "skipped: {}", self.0)
+    }
+}
+
+impl std::error::Error for SkipTest {}
+
+/// How one behaviour went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It held.
+    Passed,
+    /// It did not; why.
+    Failed(String),
+    /// Not applicable to this backend; why.
+    Skipped(String),
+}
+
+/// The longest a single behaviour may run.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Runs one behaviour against `url` (on the current tokio runtime).
+pub async fn run(b: &Behaviour, url: &str) -> Outcome {
+    let ctx = match Ctx::new(url).await {
+        Ok(c) => c,
+        Err(e) => return Outcome::Failed(format!("{e:#}")),
+    };
+    if let Some(reason) = skip_reason(b, &ctx.caps, url) {
+        return Outcome::Skipped(reason);
+    }
+    match tokio::time::timeout(TEST_TIMEOUT, (b.run)(&ctx)).await {
+        Ok(Ok(())) => Outcome::Passed,
+        Ok(Err(e)) => match e.downcast_ref::<SkipTest>() {
+            Some(SkipTest(reason)) => Outcome::Skipped(reason.clone()),
+            None => Outcome::Failed(format!("{e:#}")),
+        },
+        Err(_) => Outcome::Failed(format!("did not finish within {TEST_TIMEOUT:?}")),
+    }
+}

@@ -1,0 +1,59 @@
+//! The behaviour suite over every backend variant, on managed servers (or the servers named
+//! by `DLOCK_TEST_*_URL`). Filter like any test binary: `cargo test -p conformance --test
+//! behavior -- postgres::behavior::test_exclusion`.
+
+use std::sync::Arc;
+
+use conformance::fixtures;
+use conformance::suite::{self, Outcome};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn main() -> anyhow::Result<()> {
+    let args = Arguments::from_args();
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?,
+    );
+    // Servers live for the whole run; each test connects its own clients.
+    let (variants, _servers) = rt.block_on(variants())?;
+    let mut trials = Vec::new();
+    for (variant, url) in &variants {
+        let caps = rt.block_on(async { dlock::connect(url).await.map(|b| b.capabilities()) })?;
+        for b in suite::all() {
+            let name = format!("{variant}::{}", b.name);
+            if let Some(reason) = suite::skip_reason(&b, &caps, url) {
+                eprintln!("skip {name}: {reason}");
+                trials.push(Trial::test(name, || Ok(())).with_ignored_flag(true));
+                continue;
+            }
+            let (url, rt) = (url.clone(), rt.clone());
+            trials.push(Trial::test(name, move || {
+                match rt.block_on(suite::run(&b, &url)) {
+                    Outcome::Passed => Ok(()),
+                    Outcome::Skipped(reason) => {
+                        eprintln!("skipped at run time: {reason}");
+                        Ok(())
+                    }
+                    Outcome::Failed(why) => Err(Failed::from(why)),
+                }
+            }));
+        }
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(_servers);
+    conclusion.exit()
+}
+
+/// Every backend variant with its URL, and the server handles that keep them alive.
+async fn variants() -> anyhow::Result<(Vec<(&'static str, String)>, Vec<fixtures::Server>)> {
+    let mut v = vec![("memory", "memory://behavior-suite".to_string())];
+    let mut servers = Vec::new();
+    let pg = fixtures::postgres().await?;
+    v.push(("postgres", pg.url().to_string()));
+    v.push(("postgres_fencing", format!("{}?fencing=table", pg.url())));
+    v.push(("shedlock_postgres", format!("shedlock+{}", pg.url())));
+    servers.push(pg);
+    Ok((v, servers))
+}

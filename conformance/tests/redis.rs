@@ -349,6 +349,7 @@ async fn restart_without_persistence_loses_the_lock_and_the_guard_notices() -> R
     let mut watch = g.watch();
     let state = timeout(Duration::from_secs(5), watch.lost_or_released()).await?;
     let noticed = restarted_at.elapsed();
+    println!("redis restart without persistence: guard lost {noticed:?} after the restart");
     assert_eq!(state, LockState::Lost);
     // Renewals run every ttl/3 = 1 s; the deadline alone would take up to 3 s.
     assert!(noticed < ms(2000), "noticed only after {noticed:?}");
@@ -403,6 +404,7 @@ async fn paused_server_makes_the_guard_unverifiable_then_lost() -> Result<()> {
     // the paused server's socket would otherwise still extend it on resume.
     tokio::time::sleep_until(acquired + ms(800)).await;
     server.resume().await?;
+    println!("paused server: guard lost {lost_after:?} after acquiring with ttl 600ms");
     assert_eq!(first, LockState::Unverifiable);
     assert_eq!(second, LockState::Lost);
     assert!(lost_after < ms(600), "learned only after {lost_after:?}");

@@ -40,7 +40,8 @@ pub fn register(registry: &mut Registry) {
             Ok(backend)
         })
     });
-    registry.register(REDISS_SCHEME, REDIS_CAPABILITIES, |url| {
+    // No capabilities: nothing can be done with it in this build.
+    registry.register(REDISS_SCHEME, Capabilities::default(), |url| {
         Box::pin(async move {
             Err(Error::new(
                 ErrorKind::Unsupported,

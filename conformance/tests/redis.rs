@@ -226,6 +226,39 @@ async fn waiters_are_woken_by_the_release() -> Result<()> {
     Ok(())
 }
 
+/// Should resubscribe a waiter whose pub/sub connection was killed, and still wake it by the
+/// release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_survive_a_killed_pubsub_connection() -> Result<()> {
+    init_tracing();
+    let server = fixtures::redis().await?;
+    let url = server.url();
+    let name = unique("resub");
+    let key = format!("dlock:{name}");
+    let holder = connect(url).await?;
+    let waiter = connect(url).await?;
+    let g = holder.acquire(&name, &ttl(Duration::from_secs(30))).await?;
+    let wname = name.clone();
+    let wait = tokio::spawn(async move {
+        let opts = ttl(Duration::from_secs(30)).with_wait(Wait::For(Duration::from_secs(20)));
+        let g = waiter.acquire(&wname, &opts).await?;
+        let at = Instant::now();
+        g.release().await?;
+        anyhow::Ok(at)
+    });
+    waiters_on(url, &key, 1).await?;
+    let killed = redis_cli(url, &["CLIENT", "KILL", "TYPE", "pubsub"]).await?;
+    assert_ne!(killed, "0", "no pub/sub connection was killed");
+    // Subscribed again on a new connection.
+    waiters_on(url, &key, 1).await?;
+    let released_at = Instant::now();
+    assert!(g.release().await?);
+    let acquired_at = timeout(Duration::from_secs(10), wait).await???;
+    let handoff = acquired_at - released_at;
+    assert!(handoff < ms(400), "handoff took {handoff:?}");
+    Ok(())
+}
+
 /// Should refuse a stale release ("not ours") after the lease expired and someone else took
 /// the lock, and leave the new holder's key alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,66 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
-/// URL schemes this backend will serve.
-pub const SCHEMES: &[&str] = &["redis", "rediss", "redlock"];
+mod backend;
+mod config;
+mod node;
+mod notify;
+mod redlock;
+mod scripts;
+mod wait;
 
-/// Registers this crate's schemes; while the backend is not implemented, connecting to them
-/// fails with an `Unsupported` error that says so.
-pub fn register(registry: &mut lock_core::Registry) {
-    for scheme in SCHEMES {
-        registry.register_unimplemented(scheme);
-    }
+use std::sync::Arc;
+
+use lock_core::{Backend, Capabilities, Error, ErrorKind, Operation, Registry};
+
+pub use config::InvalidUrl;
+
+/// `redis://[user[:password]@]host[:port][/db][?prefix=…&timeout=…]`: one Redis server.
+pub const REDIS_SCHEME: &str = "redis";
+/// `rediss://…` (Redis over TLS): known, but this build has no TLS; connecting says so.
+pub const REDISS_SCHEME: &str = "rediss";
+/// `redlock://[user[:password]@]h1[:p1],h2[:p2],…[/db][?…]`: Redlock over independent servers.
+pub const REDLOCK_SCHEME: &str = "redlock";
+/// Every scheme this crate registers.
+pub const SCHEMES: &[&str] = &[REDIS_SCHEME, REDISS_SCHEME, REDLOCK_SCHEME];
+
+/// What `redis://` offers: fencing tokens, leases with renewal, waiting by pub/sub.
+pub const REDIS_CAPABILITIES: Capabilities = backend::CAPABILITIES;
+/// What `redlock://` offers: leases with renewal and waiting by pub/sub, but **no fencing
+/// token** (independent instances share no counter that could order grants safely).
+pub const REDLOCK_CAPABILITIES: Capabilities = redlock::CAPABILITIES;
+
+/// Registers `redis://`, `rediss://` (which fails with `Unsupported`: no TLS in this build)
+/// and `redlock://`.
+pub fn register(registry: &mut Registry) {
+    registry.register(REDIS_SCHEME, REDIS_CAPABILITIES, |url| {
+        Box::pin(async move {
+            let config = config::Config::from_url(&url, backend::NAME)?;
+            let backend: Arc<dyn Backend> = Arc::new(backend::RedisBackend::connect(config).await?);
+            Ok(backend)
+        })
+    });
+    // No capabilities: nothing can be done with it in this build.
+    registry.register(REDISS_SCHEME, Capabilities::default(), |url| {
+        Box::pin(async move {
+            Err(Error::new(
+                ErrorKind::Unsupported,
+                backend::NAME,
+                Operation::Connect,
+                format!(
+                    "{url}: Redis over TLS (rediss://) is not supported by this build of \
+                     lock-redis, which is compiled without TLS; use redis:// on a trusted \
+                     network or a TLS tunnel"
+                ),
+            ))
+        })
+    });
+    registry.register(REDLOCK_SCHEME, REDLOCK_CAPABILITIES, |url| {
+        Box::pin(async move {
+            let config = config::Config::from_url(&url, redlock::NAME)?;
+            let backend: Arc<dyn Backend> =
+                Arc::new(redlock::RedlockBackend::connect(config).await?);
+            Ok(backend)
+        })
+    });
 }

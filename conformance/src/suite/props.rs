@@ -262,7 +262,9 @@ pub async fn test_lease_expires_without_renewal(ctx: &Ctx) -> Result<()> {
             .await;
         (Instant::now(), r)
     });
-    let state = watch.lost_or_released().await;
+    let state = tokio::time::timeout(ttl * 10, watch.lost_or_released())
+        .await
+        .map_err(|_| anyhow!("the holder never learned its lease expired"))?;
     let learned = watch.state_since();
     ensure!(state == LockState::Lost, "{state:?}");
     let (granted, r) = waiter.await?;
@@ -599,7 +601,9 @@ pub async fn test_election_hands_over(ctx: &Ctx) -> Result<()> {
         "two leaders at once"
     );
     let next = tokio::spawn(async move { second.campaign().await.map(|l| (Instant::now(), l)) });
-    let state = leader.lost().await;
+    let state = tokio::time::timeout(ttl * 10, leader.lost())
+        .await
+        .map_err(|_| anyhow!("the leader never learned its lock was lost"))?;
     let lost_at = leader.guard().watch().state_since();
     ensure!(
         matches!(state, LockState::Lost | LockState::Unverifiable),

@@ -1,0 +1,299 @@
+//! `redis://`: one Redis server. `SET key token NX PX ttl` plus a fencing counter in one
+//! script; token-checked Lua release and extend; waiters woken by pub/sub.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::{
+    Backend, BoxFuture, Capabilities, Error, ErrorKind, FencingToken, Grant, Guard, Lease,
+    LeaseMonitor, LockName, LockOptions, Operation, Result, lease_deadline,
+};
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::node::{Link, Node};
+use crate::scripts::{self, Attempt, FenceSlot};
+use crate::wait::{WaitPlan, check_options, key_of, new_token, next_check};
+
+pub(crate) const NAME: &str = "redis";
+
+/// The smallest ttl accepted: below it a renewal every ttl/3 and the drift allowance leave
+/// no room for a round trip.
+pub(crate) const MIN_TTL: Duration = Duration::from_millis(20);
+
+pub(crate) const CAPABILITIES: Capabilities = Capabilities {
+    fencing: true,
+    shared: false,
+    lease: true,
+    renew: true,
+    at_least: false,
+    notify: true,
+    // Only as durable as the server's data: a restart without persistence loses the counter
+    // (tokens then continue from the server clock, see the README).
+    persistent_tokens: false,
+    min_ttl: Some(MIN_TTL),
+};
+
+/// The single-instance backend.
+#[derive(Debug)]
+pub(crate) struct RedisBackend {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    node: Node,
+    /// Lock keys are `prefix ++ name`; the prefix itself names the hash of fencing counters
+    /// (no lock key can equal it, since names are never empty).
+    prefix: Vec<u8>,
+    timeout: Duration,
+}
+
+impl RedisBackend {
+    /// Connects (one command connection, opened now so a bad address fails early).
+    pub async fn connect(config: Config) -> Result<RedisBackend> {
+        let endpoint = config.endpoints.into_iter().next().ok_or_else(|| {
+            Error::invalid_url(NAME, "no Redis host given (expected redis://host:port)")
+        })?;
+        let node = Node::new(endpoint);
+        node.link().await.map_err(|e| {
+            let what = format!("cannot connect to Redis at {}", node.label);
+            e.into_error(NAME, Operation::Connect, what)
+        })?;
+        Ok(RedisBackend {
+            shared: Arc::new(Shared {
+                node,
+                prefix: config.prefix,
+                timeout: config.timeout,
+            }),
+        })
+    }
+
+    async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
+        check_options(NAME, opts, MIN_TTL)?;
+        let shared = &self.shared;
+        let node = &shared.node;
+        let plan = WaitPlan::new(opts);
+        let ttl = opts.ttl();
+        let key = key_of(&shared.prefix, name);
+        let failed = |e: crate::node::NodeError| {
+            e.into_error(
+                NAME,
+                Operation::Acquire,
+                format!("acquiring lock {:?}", name.as_str()),
+            )
+        };
+        // Registered before the first try, so a release between the try and the wait is seen.
+        let mut interest = plan.may_wait().then(|| node.notifier.interest(&key));
+        loop {
+            if let Some(interest) = interest.as_mut() {
+                if let Err(e) = interest.subscribe().await {
+                    tracing::debug!(redis = %node.label, error = %e, "no pub/sub; waiting on the fallback timer");
+                }
+                interest.mark_seen();
+            }
+            let link = node.link().await.map_err(failed)?;
+            let token = new_token();
+            // From here until the reply is read, dropping this future must not leave the lock
+            // behind: `pending` releases it (token-checked) unless disarmed.
+            let pending = Pending {
+                shared: Arc::clone(shared),
+                link: link.clone(),
+                key: key.clone(),
+                token: token.clone(),
+                armed: true,
+            };
+            let fence = FenceSlot {
+                hash: &shared.prefix,
+                field: name.as_bytes(),
+            };
+            let sent = Instant::now();
+            let reply = scripts::acquire(
+                node,
+                &link,
+                &key,
+                Some(fence),
+                &token,
+                ttl,
+                shared.timeout.min(ttl),
+            )
+            .await
+            .map_err(failed)?;
+            match reply {
+                Attempt::Granted { fence } => {
+                    let valid_until = lease_deadline(sent, ttl);
+                    if Instant::now() >= valid_until {
+                        // `pending` gives the useless grant back.
+                        return Err(Error::new(
+                            ErrorKind::Connection,
+                            NAME,
+                            Operation::Acquire,
+                            format!(
+                                "lock {:?}: the grant arrived after its {ttl:?} lease had run out",
+                                name.as_str()
+                            ),
+                        ));
+                    }
+                    pending.disarm();
+                    // No await from here to `Guard::new`.
+                    let lease = Arc::new(RedisLease {
+                        shared: Arc::clone(shared),
+                        name: name.clone(),
+                        key,
+                        token,
+                    });
+                    return Ok(Guard::new(
+                        Grant {
+                            name: name.clone(),
+                            backend: NAME,
+                            token: fence.map(FencingToken::new),
+                            lease,
+                            monitor: LeaseMonitor::new(name, NAME, Some(valid_until)),
+                            requested_at: plan.requested_at,
+                        },
+                        opts,
+                    ));
+                }
+                Attempt::Busy { pttl_ms } => {
+                    pending.disarm();
+                    let now = Instant::now();
+                    if plan.expired(now) {
+                        let detail = if pttl_ms >= 0 {
+                            format!(" (its lease has {pttl_ms} ms left)")
+                        } else {
+                            " (its key has no expiry)".to_string()
+                        };
+                        return Err(plan.busy_error(NAME, name, &detail));
+                    }
+                    let wake = plan.cap(next_check(now, pttl_ms));
+                    match interest.as_mut() {
+                        Some(interest) => tokio::select! {
+                            _ = interest.changed() => {}
+                            _ = tokio::time::sleep_until(wake) => {}
+                        },
+                        None => tokio::time::sleep_until(wake).await,
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Backend for RedisBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        name: &'a LockName,
+        opts: &'a LockOptions,
+    ) -> BoxFuture<'a, Result<Guard>> {
+        let span = tracing::debug_span!(
+            "acquire",
+            lock = %name,
+            backend = NAME,
+            redis = %self.shared.node.label
+        );
+        Box::pin(tracing::Instrument::instrument(
+            self.acquire_inner(name, opts),
+            span,
+        ))
+    }
+}
+
+/// An acquisition whose reply has not been read. Dropped armed (the caller gave up, or the
+/// reply was useless), it releases the lock in the background on the same connection, where
+/// the release is queued behind the acquisition; the release is token-checked, so it never
+/// touches anyone else's lock.
+struct Pending {
+    shared: Arc<Shared>,
+    link: Link,
+    key: Vec<u8>,
+    token: String,
+    armed: bool,
+}
+
+impl Pending {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        let link = self.link.clone();
+        let key = std::mem::take(&mut self.key);
+        let token = std::mem::take(&mut self.token);
+        rt.spawn(async move {
+            let node = &shared.node;
+            let r = scripts::release(node, Some(&link), &key, &token, shared.timeout).await;
+            tracing::debug!(redis = %node.label, outcome = ?r.map_err(|e| e.to_string()), "released an abandoned acquisition");
+        });
+    }
+}
+
+/// One grant on one server.
+struct RedisLease {
+    shared: Arc<Shared>,
+    name: LockName,
+    key: Vec<u8>,
+    token: String,
+}
+
+impl RedisLease {
+    fn error(&self, op: Operation, e: crate::node::NodeError) -> Error {
+        let what = format!("{} of lock {:?}", op.as_str(), self.name.as_str());
+        e.into_error(NAME, op, what)
+    }
+
+    async fn touch(&self, ttl: Duration, notify: bool) -> Result<bool> {
+        let timeout = self.shared.timeout.min(ttl);
+        scripts::touch(
+            &self.shared.node,
+            &self.key,
+            &self.token,
+            ttl,
+            notify,
+            timeout,
+        )
+        .await
+        .map_err(|e| self.error(Operation::Extend, e))
+    }
+}
+
+impl Lease for RedisLease {
+    fn extend(&self, ttl: Duration) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.touch(ttl, false))
+    }
+
+    fn release(&self) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            scripts::release(&shared.node, None, &self.key, &self.token, shared.timeout)
+                .await
+                .map_err(|e| self.error(Operation::Release, e))
+        })
+    }
+
+    fn release_after(&self, keep: Duration) -> BoxFuture<'_, Result<bool>> {
+        // Shortens the lease to what `at_least` leaves and tells the waiters, who then wait
+        // for the new expiry.
+        Box::pin(async move {
+            self.touch(keep, true)
+                .await
+                .map_err(|e| e.in_operation(Operation::Release))
+        })
+    }
+}

@@ -1,0 +1,191 @@
+//! What the single-instance and the Redlock backends share: option checks, per-acquisition
+//! tokens, and the waiting policy (deadline, fallback re-check with jitter).
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use lock_core::{Error, ErrorKind, LockMode, LockName, LockOptions, Operation, Wait};
+use tokio::time::Instant;
+
+/// How long a waiter sleeps at most before it re-checks a lock whose release it may have
+/// missed (pub/sub down, a key deleted by hand, a lock without expiry): 1 s ± 20 %. A lock
+/// that expires sooner is re-checked at its expiry; a release is seen at once by pub/sub.
+pub(crate) const RECHECK: Duration = Duration::from_secs(1);
+
+/// 64 unpredictable bits: SipHash with the process's random keys (from the OS, via std) over
+/// a counter and the clock. Tokens only need to be unique per acquisition, not secret (anyone
+/// who can read the key can read the token).
+pub(crate) fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// A fresh 128-bit token (32 hex digits) for one acquisition: the value stored in the key,
+/// the proof of ownership for extend and release.
+pub(crate) fn new_token() -> String {
+    format!("{:016x}{:016x}", random_u64(), random_u64())
+}
+
+/// `d` scaled by a random factor in `[1 - spread, 1 + spread]`.
+pub(crate) fn jittered(d: Duration, spread: f64) -> Duration {
+    let unit = (random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    d.mul_f64(1.0 - spread + 2.0 * spread * unit)
+}
+
+/// When to look again at a lock that is busy for `pttl_ms` more (negative: no expiry known).
+pub(crate) fn next_check(now: Instant, pttl_ms: i64) -> Instant {
+    let fallback = jittered(RECHECK, 0.2);
+    let at_expiry = u64::try_from(pttl_ms)
+        .ok()
+        .map(|ms| Duration::from_millis(ms.saturating_add(1)));
+    now + at_expiry.map_or(fallback, |d| d.min(fallback))
+}
+
+/// Checks the options: valid for dlock, exclusive, ttl not below `min_ttl`.
+pub(crate) fn check_options(
+    backend: &'static str,
+    opts: &LockOptions,
+    min_ttl: Duration,
+) -> lock_core::Result<()> {
+    opts.validate().map_err(|e| e.in_backend(backend))?;
+    if opts.mode() == LockMode::Shared {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            backend,
+            Operation::Acquire,
+            "shared locks are not supported by this backend; use LockMode::Exclusive",
+        ));
+    }
+    if opts.ttl() < min_ttl {
+        return Err(Error::new(
+            ErrorKind::InvalidOptions,
+            backend,
+            Operation::Validate,
+            format!(
+                "ttl {:?} is below this backend's minimum of {min_ttl:?}",
+                opts.ttl()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The waiting policy of one `acquire` call.
+pub(crate) struct WaitPlan {
+    pub requested_at: Instant,
+    pub deadline: Option<Instant>,
+    wait: Wait,
+}
+
+impl WaitPlan {
+    pub fn new(opts: &LockOptions) -> WaitPlan {
+        let requested_at = Instant::now();
+        let deadline = match opts.wait() {
+            Wait::No => Some(requested_at),
+            Wait::For(d) => Some(requested_at + d),
+            Wait::Forever => None,
+        };
+        WaitPlan {
+            requested_at,
+            deadline,
+            wait: opts.wait(),
+        }
+    }
+
+    /// Whether this call may wait at all (then waiters subscribe before trying).
+    pub fn may_wait(&self) -> bool {
+        self.deadline.is_none_or(|d| d > self.requested_at)
+    }
+
+    /// Whether the wait is over.
+    pub fn expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| d <= now)
+    }
+
+    /// The error for a lock still busy when the wait ended.
+    pub fn busy_error(&self, backend: &'static str, name: &LockName, detail: &str) -> Error {
+        if matches!(self.wait, Wait::No | Wait::For(Duration::ZERO)) {
+            Error::new(
+                ErrorKind::Contended,
+                backend,
+                Operation::Acquire,
+                format!("lock {:?} is held by someone else{detail}", name.as_str()),
+            )
+        } else {
+            let waited = self.deadline.unwrap_or(self.requested_at) - self.requested_at;
+            Error::new(
+                ErrorKind::Timeout,
+                backend,
+                Operation::Acquire,
+                format!(
+                    "lock {:?} was still held when the wait of {waited:?} ran out{detail}",
+                    name.as_str()
+                ),
+            )
+        }
+    }
+
+    /// The instant to wake at: `at`, but no later than the deadline.
+    pub fn cap(&self, at: Instant) -> Instant {
+        self.deadline.map_or(at, |d| d.min(at))
+    }
+}
+
+/// The key of `name`: the prefix, then the name's UTF-8 bytes, unchanged.
+pub(crate) fn key_of(prefix: &[u8], name: &LockName) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + name.as_bytes().len());
+    key.extend_from_slice(prefix);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_distinct_hex() {
+        let tokens: std::collections::HashSet<String> = (0..1000).map(|_| new_token()).collect();
+        assert_eq!(tokens.len(), 1000);
+        assert!(
+            tokens
+                .iter()
+                .all(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
+    }
+
+    #[test]
+    fn jitter_stays_in_its_band() {
+        for _ in 0..1000 {
+            let d = jittered(Duration::from_millis(1000), 0.2);
+            assert!(d >= Duration::from_millis(800) && d <= Duration::from_millis(1200));
+        }
+    }
+
+    #[tokio::test]
+    async fn next_check_is_the_expiry_or_the_fallback() {
+        let now = Instant::now();
+        assert_eq!(next_check(now, 10), now + Duration::from_millis(11));
+        let far = next_check(now, 60_000) - now;
+        assert!(far <= Duration::from_millis(1200) && far >= Duration::from_millis(800));
+        let none = next_check(now, -1) - now;
+        assert!(none <= Duration::from_millis(1200));
+    }
+
+    #[test]
+    fn keys_are_prefix_then_name_bytes() {
+        let name = LockName::new("a:b c/ü*").unwrap();
+        assert_eq!(key_of(b"dlock:", &name), "dlock:a:b c/ü*".as_bytes());
+        assert_eq!(key_of(b"", &name), name.as_bytes());
+    }
+}

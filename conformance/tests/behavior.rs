@@ -47,13 +47,27 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Every backend variant with its URL, and the server handles that keep them alive.
-async fn variants() -> anyhow::Result<(Vec<(&'static str, String)>, Vec<fixtures::Server>)> {
+async fn variants() -> anyhow::Result<(Vec<(&'static str, String)>, Servers)> {
     let mut v = vec![("memory", "memory://behavior-suite".to_string())];
-    let mut servers = Vec::new();
+    let mut servers = Servers::default();
     let pg = fixtures::postgres().await?;
     v.push(("postgres", pg.url().to_string()));
     v.push(("postgres_fencing", format!("{}?fencing=table", pg.url())));
     v.push(("shedlock_postgres", format!("shedlock+{}", pg.url())));
-    servers.push(pg);
+    servers.single.push(pg);
+    let redis = fixtures::redis().await?;
+    v.push(("redis", redis.url().to_string()));
+    v.push(("shedlock_redis", format!("shedlock+{}", redis.url())));
+    servers.single.push(redis);
+    let redlock = fixtures::redlock(3).await?;
+    v.push(("redlock", redlock.url().to_string()));
+    servers.clusters.push(redlock);
     Ok((v, servers))
+}
+
+/// Keeps the servers alive until the end of the run.
+#[derive(Default)]
+struct Servers {
+    single: Vec<fixtures::Server>,
+    clusters: Vec<fixtures::Cluster>,
 }

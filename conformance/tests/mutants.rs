@@ -99,11 +99,20 @@ impl Backend for Toy {
         }
     }
 
-    fn acquire<'a>(&'a self, name: &'a LockName, opts: &'a LockOptions) -> BoxFuture<'a, dlock::Result<Guard>> {
+    fn acquire<'a>(
+        &'a self,
+        name: &'a LockName,
+        opts: &'a LockOptions,
+    ) -> BoxFuture<'a, dlock::Result<Guard>> {
         Box::pin(async move {
             opts.validate()?;
             if opts.mode() != dlock::LockMode::Exclusive {
-                return Err(Error::new(ErrorKind::Unsupported, "toy", Operation::Acquire, "exclusive only"));
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "toy",
+                    Operation::Acquire,
+                    "exclusive only",
+                ));
             }
             let requested = Instant::now();
             let deadline = match opts.wait() {
@@ -126,9 +135,14 @@ impl Backend for Toy {
                             t.holders.insert(name.clone(), (id, now + opts.ttl()));
                             let token = t.tokens.entry(name.clone()).or_insert(0);
                             *token += 1;
-                            let token = if self.bug == Bug::RepeatingTokens { 1 } else { *token };
+                            let token = if self.bug == Bug::RepeatingTokens {
+                                1
+                            } else {
+                                *token
+                            };
                             drop(t);
-                            let valid_until = (self.bug != Bug::NeverLost).then(|| lease_deadline(now, opts.ttl()));
+                            let valid_until = (self.bug != Bug::NeverLost)
+                                .then(|| lease_deadline(now, opts.ttl()));
                             let lease = Arc::new(ToyLease {
                                 bug: self.bug,
                                 table: self.table.clone(),
@@ -153,7 +167,11 @@ impl Backend for Toy {
                 let now = Instant::now();
                 match deadline {
                     Some(d) if d <= now => {
-                        let kind = if opts.wait() == Wait::No { ErrorKind::Contended } else { ErrorKind::Timeout };
+                        let kind = if opts.wait() == Wait::No {
+                            ErrorKind::Contended
+                        } else {
+                            ErrorKind::Timeout
+                        };
                         return Err(Error::new(kind, "toy", Operation::Acquire, "held"));
                     }
                     _ => {}
@@ -181,7 +199,11 @@ fn toy(bug: Bug) -> Connector {
     let table = Arc::new(Mutex::new(Table::default()));
     let released = Arc::new(Notify::new());
     Arc::new(move || {
-        let b: Arc<dyn Backend> = Arc::new(Toy { bug, table: table.clone(), released: released.clone() });
+        let b: Arc<dyn Backend> = Arc::new(Toy {
+            bug,
+            table: table.clone(),
+            released: released.clone(),
+        });
         Box::pin(async move { Ok(b) })
     })
 }
@@ -219,20 +241,40 @@ async fn the_unbroken_toy_passes_the_suite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeating_tokens_are_caught() {
-    assert_caught("", toy(Bug::RepeatingTokens), "behavior::test_fencing_tokens_increase").await;
+    assert_caught(
+        "",
+        toy(Bug::RepeatingTokens),
+        "behavior::test_fencing_tokens_increase",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn release_without_owner_check_is_caught() {
-    assert_caught("", toy(Bug::ReleaseWithoutOwnerCheck), "behavior::test_stale_release_is_refused").await;
+    assert_caught(
+        "",
+        toy(Bug::ReleaseWithoutOwnerCheck),
+        "behavior::test_stale_release_is_refused",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiter_missing_the_handoff_is_caught() {
-    assert_caught("", toy(Bug::WaiterMissesHandoff), "behavior::test_waiter_wakes_on_release").await;
+    assert_caught(
+        "",
+        toy(Bug::WaiterMissesHandoff),
+        "behavior::test_waiter_wakes_on_release",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guard_that_never_reports_lost_is_caught() {
-    assert_caught("", toy(Bug::NeverLost), "behavior::test_lease_expires_without_renewal").await;
+    assert_caught(
+        "",
+        toy(Bug::NeverLost),
+        "behavior::test_lease_expires_without_renewal",
+    )
+    .await;
 }

@@ -337,3 +337,136 @@ async fn run_exclusive_on_the_table() {
         .unwrap();
     assert!(out.skipped());
 }
+
+mod redis_flavour {
+    //! `shedlock+redis://` against keys written exactly as ShedLock's Redis provider writes
+    //! them: `SET job-lock:<env>:<name> "ADDED:<instant>@<host>" NX PX <ms>`.
+
+    use super::*;
+
+    async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    async fn java_set(conn: &mut redis::aio::MultiplexedConnection, key: &str, px: u64) -> bool {
+        let r: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg("ADDED:2026-11-26T02:00:00.000Z@java-host")
+            .arg("NX")
+            .arg("PX")
+            .arg(px)
+            .query_async(conn)
+            .await
+            .unwrap();
+        r.is_some()
+    }
+
+    #[tokio::test]
+    async fn interop_with_shedlock_keys_both_ways() {
+        let r = fixtures::redis().await.unwrap();
+        let url = format!("shedlock+{}?env=prod", r.url());
+        let d = connect(&url).await;
+        let mut conn = raw(r.url()).await;
+        let n = unique("job");
+        let key = format!("job-lock:prod:{}", n.as_str());
+        assert!(java_set(&mut conn, &key, 1500).await);
+        assert_eq!(
+            d.acquire(&n, &LockOptions::new()).await.unwrap_err().kind(),
+            ErrorKind::Contended
+        );
+        let t = Instant::now();
+        let g = d
+            .acquire(
+                &n,
+                &LockOptions::new().with_wait(Wait::For(Duration::from_secs(10))),
+            )
+            .await
+            .unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(1000),
+            "{:?}",
+            t.elapsed()
+        );
+        let value: String = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            value.starts_with("ADDED:")
+                && value.contains(&format!("Z@{}", lock_shedlock_hostname())),
+            "{value}"
+        );
+        assert!(
+            !java_set(&mut conn, &key, 60_000).await,
+            "ShedLock must not get a key dlock holds"
+        );
+        assert!(g.release().await.unwrap());
+        assert!(
+            java_set(&mut conn, &key, 60_000).await,
+            "ShedLock acquires after dlock released"
+        );
+    }
+
+    #[tokio::test]
+    async fn early_unlock_shortens_the_expiry_to_at_least() {
+        let r = fixtures::redis().await.unwrap();
+        let d = connect(&format!("shedlock+{}", r.url())).await;
+        let mut conn = raw(r.url()).await;
+        let n = unique("atleast");
+        let opts = LockOptions::new()
+            .with_ttl(Duration::from_secs(60))
+            .with_at_least(Duration::from_secs(5))
+            .with_renew(Renew::Off);
+        let g = d.acquire(&n, &opts).await.unwrap();
+        assert!(g.release().await.unwrap());
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(format!("job-lock:default:{}", n.as_str()))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            (3_000..=5_000).contains(&pttl),
+            "PTTL {pttl} ms after an early unlock with at_least 5 s"
+        );
+    }
+
+    #[tokio::test]
+    async fn never_deletes_a_key_that_is_not_ours() {
+        let r = fixtures::redis().await.unwrap();
+        let d = connect(&format!("shedlock+{}", r.url())).await;
+        let mut conn = raw(r.url()).await;
+        let n = unique("notours");
+        let key = format!("job-lock:default:{}", n.as_str());
+        let g = d
+            .acquire(
+                &n,
+                &LockOptions::new()
+                    .with_ttl(Duration::from_millis(300))
+                    .with_renew(Renew::Off),
+            )
+            .await
+            .unwrap();
+        assert_eq!(g.watch().not_held().await, LockState::Lost);
+        // wait for the key to expire on the server, then ShedLock takes it
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !java_set(&mut conn, &key, 60_000).await {
+            assert!(Instant::now() < deadline, "the key never expired");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!g.release().await.unwrap(), "not ours any more");
+        let value: String = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            value.ends_with("@java-host"),
+            "ShedLock's key must be untouched: {value}"
+        );
+    }
+}

@@ -4,12 +4,14 @@
 mod config;
 mod owner;
 mod pg;
+mod redis;
 
 use std::sync::Arc;
 
 pub use config::{ShedPgConfig, TableLayout};
 pub use owner::{hostname, owner};
 pub use pg::ShedPgBackend;
+pub use redis::ShedRedisBackend;
 
 /// URL schemes this crate serves.
 pub const SCHEMES: &[&str] = &["shedlock+postgres", "shedlock+redis"];
@@ -17,8 +19,10 @@ pub const SCHEMES: &[&str] = &["shedlock+postgres", "shedlock+redis"];
 /// Backend name of the PostgreSQL-table flavour.
 pub const BACKEND_PG: &str = "shedlock-postgres";
 
-/// Registers `shedlock+postgres://` (and, until it lands, marks `shedlock+redis://` as not
-/// implemented yet).
+/// Backend name of the Redis flavour.
+pub const BACKEND_REDIS: &str = "shedlock-redis";
+
+/// Registers `shedlock+postgres://` and `shedlock+redis://`.
 pub fn register(registry: &mut lock_core::Registry) {
     registry.register("shedlock+postgres", ShedPgBackend::CAPABILITIES, |url| {
         Box::pin(async move {
@@ -27,5 +31,11 @@ pub fn register(registry: &mut lock_core::Registry) {
             Ok(backend)
         })
     });
-    registry.register_unimplemented("shedlock+redis");
+    registry.register("shedlock+redis", ShedRedisBackend::CAPABILITIES, |url| {
+        Box::pin(async move {
+            let backend: Arc<dyn lock_core::Backend> =
+                Arc::new(ShedRedisBackend::connect(&url).await?);
+            Ok(backend)
+        })
+    });
 }

@@ -1,0 +1,324 @@
+//! `shedlock+redis://`: ShedLock's Redis provider keys.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lock_core::{
+    Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, Grant, Guard, Lease,
+    LeaseMonitor, LockName, LockOptions, Operation, Result, Wait, lease_deadline, observe,
+};
+use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
+
+use crate::BACKEND_REDIS;
+use crate::config::split_options;
+use crate::owner::owner;
+
+/// Extends only our own value.
+const EXTEND: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+/// Deletes only our own value.
+const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// ShedLock's Redis provider: key `job-lock:<env>:<name>`, value
+/// `ADDED:<instant>@<owner>`, `SET NX PX`.
+pub struct ShedRedisBackend {
+    display_url: String,
+    prefix: String,
+    conn: MultiplexedConnection,
+    timeout: Duration,
+}
+
+impl fmt::Debug for ShedRedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShedRedisBackend")
+            .field("url", &self.display_url)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn redis_error(op: Operation) -> impl Fn(redis::RedisError) -> Error {
+    move |e| {
+        let kind = if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+        {
+            ErrorKind::Connection
+        } else {
+            ErrorKind::Backend
+        };
+        Error::new(kind, BACKEND_REDIS, op, "Redis command failed").with_source(e)
+    }
+}
+
+/// `ADDED:` + the current UTC time with milliseconds, as ShedLock writes it.
+fn added_now() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "ADDED:{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's civil-from-days algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+impl ShedRedisBackend {
+    /// Capabilities: a lease, renewable, `at_least` by shortening the expiry; no fencing, no
+    /// notification (ShedLock defines none).
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        fencing: false,
+        shared: false,
+        lease: true,
+        renew: true,
+        at_least: true,
+        notify: false,
+        persistent_tokens: false,
+        min_ttl: Some(Duration::from_millis(10)),
+    };
+
+    /// Parses `shedlock+redis://host:port[/db]?env=default&prefix=job-lock` and connects.
+    pub async fn connect(url: &ConnectUrl) -> Result<Self> {
+        let bad = |msg: String| Error::invalid_url(BACKEND_REDIS, format!("{msg} (URL {url})"));
+        let (mine, rest) = split_options(
+            &format!("redis://{}", url.rest()),
+            &["env", "prefix", "timeout"],
+        )
+        .map_err(bad)?;
+        let (mut env, mut key_prefix, mut timeout) = (
+            "default".to_string(),
+            "job-lock".to_string(),
+            Duration::from_secs(5),
+        );
+        for (k, v) in mine {
+            match k.as_str() {
+                "env" if !v.is_empty() => env = v,
+                "prefix" if !v.is_empty() => key_prefix = v,
+                "timeout" => {
+                    timeout = v
+                        .trim_end_matches("ms")
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|ms| *ms > 0 && v.ends_with("ms"))
+                        .map(Duration::from_millis)
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "option timeout={v:?}: expected milliseconds like 5000ms"
+                            ))
+                        })?
+                }
+                _ => return Err(bad(format!("option {k} must not be empty"))),
+            }
+        }
+        let client = redis::Client::open(rest.as_str())
+            .map_err(|e| bad(format!("the redis client rejected the URL: {e}")))?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Connection,
+                    BACKEND_REDIS,
+                    Operation::Connect,
+                    format!("cannot connect to {url}"),
+                )
+                .with_source(e)
+            })?;
+        Ok(ShedRedisBackend {
+            display_url: url.to_string(),
+            prefix: format!("{key_prefix}:{env}:"),
+            conn,
+            timeout,
+        })
+    }
+
+    fn key(&self, name: &LockName) -> String {
+        format!("{}{}", self.prefix, name.as_str())
+    }
+
+    async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
+        opts.validate().map_err(|e| e.in_backend(BACKEND_REDIS))?;
+        if opts.mode() == lock_core::LockMode::Shared {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                BACKEND_REDIS,
+                Operation::Acquire,
+                "ShedLock keys have no shared mode",
+            ));
+        }
+        let key = self.key(name);
+        let value = format!("{}@{}", added_now(), owner(200));
+        let ttl_ms = opts.ttl().as_millis().max(1) as u64;
+        let requested_at = Instant::now();
+        let deadline = match opts.wait() {
+            Wait::No => None,
+            Wait::For(d) => Some(requested_at + d),
+            Wait::Forever => Some(requested_at + Duration::from_secs(u32::MAX as u64)),
+        };
+        let mut conn = self.conn.clone();
+        loop {
+            let sent = Instant::now();
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(&value)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error(Operation::Acquire))?;
+            if set.is_some() {
+                let lease = Arc::new(ShedRedisLease {
+                    conn: self.conn.clone(),
+                    key,
+                    value,
+                });
+                let monitor =
+                    LeaseMonitor::new(name, BACKEND_REDIS, Some(lease_deadline(sent, opts.ttl())));
+                return Ok(Guard::new(
+                    Grant {
+                        name: name.clone(),
+                        backend: BACKEND_REDIS,
+                        token: None,
+                        lease,
+                        monitor,
+                        requested_at,
+                    },
+                    opts,
+                ));
+            }
+            let Some(deadline) = deadline.filter(|d| *d > Instant::now()) else {
+                let kind = if deadline.is_some() {
+                    ErrorKind::Timeout
+                } else {
+                    ErrorKind::Contended
+                };
+                observe::acquire_failed(BACKEND_REDIS, kind);
+                return Err(Error::new(
+                    kind,
+                    BACKEND_REDIS,
+                    Operation::Acquire,
+                    format!("lock {:?} is held (key {key} exists)", name.as_str()),
+                ));
+            };
+            // ShedLock announces nothing: sleep until the key expires, but re-check at least
+            // every 500 ms so an early release is noticed (bounded, not a busy loop).
+            let pttl: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error(Operation::Acquire))?;
+            let until_expiry = Duration::from_millis(pttl.max(1) as u64);
+            let nap = until_expiry.min(Duration::from_millis(500));
+            tokio::time::sleep_until((Instant::now() + nap).min(deadline)).await;
+        }
+    }
+
+    /// The per-command timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+impl Backend for ShedRedisBackend {
+    fn name(&self) -> &'static str {
+        BACKEND_REDIS
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Self::CAPABILITIES
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        name: &'a LockName,
+        opts: &'a LockOptions,
+    ) -> BoxFuture<'a, Result<Guard>> {
+        let span = tracing::debug_span!("acquire", lock = %name, backend = BACKEND_REDIS);
+        Box::pin(tracing::Instrument::instrument(
+            self.acquire_inner(name, opts),
+            span,
+        ))
+    }
+}
+
+struct ShedRedisLease {
+    conn: MultiplexedConnection,
+    key: String,
+    value: String,
+}
+
+impl Lease for ShedRedisLease {
+    fn extend(&self, ttl: Duration) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let n: i64 = redis::Script::new(EXTEND)
+                .key(&self.key)
+                .arg(&self.value)
+                .arg(ttl.as_millis().max(1) as u64)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_error(Operation::Extend))?;
+            Ok(n == 1)
+        })
+    }
+
+    fn release(&self) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let n: i64 = redis::Script::new(RELEASE)
+                .key(&self.key)
+                .arg(&self.value)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(redis_error(Operation::Release))?;
+            Ok(n == 1)
+        })
+    }
+    // release_after: the default (shorten the expiry to what remains of at_least) is exactly
+    // ShedLock's Redis unlock.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_513), (2026, 3, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        let v = added_now();
+        assert!(
+            v.starts_with("ADDED:20")
+                && v.ends_with('Z')
+                && v.len() == "ADDED:2026-11-26T05:10:00.123Z".len(),
+            "{v}"
+        );
+    }
+}

@@ -824,3 +824,238 @@ async fn dlock_excludes_etcdctl_lock() -> Result<()> {
     queue_len_is(&b, &name, 0).await?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Failures of a holder process.
+
+/// A SIGKILLed holder's lock should go to a waiting process after about one ttl (the lease
+/// expires; nobody releases it), with a higher token. The measured failover is printed.
+#[tokio::test]
+async fn a_killed_holder_frees_the_lock_after_about_one_ttl() -> Result<()> {
+    init_tracing();
+    let server = fixtures::etcd().await?;
+    let b = EtcdBackend::connect(server.url()).await?;
+    let name = unique("killed");
+    let mut p1 = Holder::spawn(server.url(), &name, &["--ttl", "2s"])?;
+    let t1 = token_of(&p1.expect("acquired", Duration::from_secs(10)).await?)?;
+    let mut p2 = Holder::spawn(server.url(), &name, &["--ttl", "2s", "--wait", "30s"])?;
+    queue_len_is(&b, &name, 2).await?;
+    p1.signal(libc::SIGKILL)?;
+    let killed_ms = wall_ms();
+    let acquired = p2.expect("acquired", Duration::from_secs(10)).await?;
+    let failover = Duration::from_millis(t_ms(&acquired)?.saturating_sub(killed_ms));
+    eprintln!("etcd: SIGKILLed holder (ttl 2 s) → next holder after {failover:?}");
+    ensure!(token_of(&acquired)? > t1);
+    // The lease was renewed at most ttl/3 before the kill; etcd checks expiry every 500 ms.
+    ensure!(
+        failover >= Duration::from_millis(1200),
+        "freed after only {failover:?}"
+    );
+    ensure!(
+        failover <= Duration::from_millis(3500),
+        "freed only after {failover:?}"
+    );
+    p2.let_go();
+    ensure!(p2.exit_code(Duration::from_secs(10)).await? == 0);
+    Ok(())
+}
+
+/// A holder paused (SIGSTOP) past its ttl loses the lock to a waiter. Its guard cannot run
+/// while paused: it reports Lost the moment it resumes, trailing the next grant by about the
+/// rest of the pause (printed), and its release then reports the lock was not ours (exit 76).
+/// Its deadline itself had passed before the grant: the next grant needs the lease to
+/// expire on the server, at least a ttl after the last keepalive was *received*, while the
+/// holder's deadline is a ttl minus the drift allowance after it was *sent*.
+#[tokio::test]
+async fn a_paused_holder_learns_it_lost_the_lock_when_it_resumes() -> Result<()> {
+    init_tracing();
+    let server = fixtures::etcd().await?;
+    let b = EtcdBackend::connect(server.url()).await?;
+    let name = unique("paused");
+    let mut p1 = Holder::spawn(server.url(), &name, &["--ttl", "2s"])?;
+    let t1 = token_of(&p1.expect("acquired", Duration::from_secs(10)).await?)?;
+    let mut p2 = Holder::spawn(server.url(), &name, &["--ttl", "2s", "--wait", "30s"])?;
+    queue_len_is(&b, &name, 2).await?;
+    let lease = contenders(&b, &name).await?[0].lease;
+    p1.signal(libc::SIGSTOP)?;
+    let stopped_ms = wall_ms();
+    // The server's view of the paused holder's lease: at most one ttl left.
+    let left = b
+        .client()
+        .lease_client()
+        .time_to_live(lease, None)
+        .await?
+        .ttl();
+    ensure!(left <= 2, "lease has {left} s left");
+    let acquired = p2.expect("acquired", Duration::from_secs(10)).await?;
+    let granted_ms = t_ms(&acquired)?;
+    ensure!(token_of(&acquired)? > t1);
+    p1.signal(libc::SIGCONT)?;
+    let resumed_ms = wall_ms();
+    let lost = p1.expect("state", Duration::from_secs(5)).await?;
+    ensure!(lost["state"] == "lost", "{lost}");
+    p1.let_go();
+    let released = p1.expect("released", Duration::from_secs(5)).await?;
+    ensure!(
+        released["ours"] == false,
+        "a paused-out holder must not release someone else's lock: {released}"
+    );
+    ensure!(p1.exit_code(Duration::from_secs(5)).await? == 76);
+    let lost_ms = t_ms(&lost)?;
+    ensure!(
+        lost_ms >= resumed_ms.saturating_sub(5),
+        "lost reported before the resume?"
+    );
+    ensure!(
+        lost_ms - resumed_ms.min(lost_ms) < 1000,
+        "lost reported {} ms after the resume",
+        lost_ms - resumed_ms
+    );
+    eprintln!(
+        "etcd: holder paused (ttl 2 s): next grant {} ms after SIGSTOP; the paused guard reported \
+         lost {} ms after SIGCONT, i.e. {} ms after the next grant",
+        granted_ms - stopped_ms,
+        lost_ms.saturating_sub(resumed_ms),
+        lost_ms.saturating_sub(granted_ms)
+    );
+    p2.let_go();
+    ensure!(p2.exit_code(Duration::from_secs(10)).await? == 0);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3-node clusters.
+
+/// The index of the cluster member that leads (members are named m0, m1, m2).
+async fn leader_index(b: &EtcdBackend) -> Result<usize> {
+    let mut c = b.client().clone();
+    let leader = c.status().await?.leader();
+    let members = c.member_list().await?;
+    let m = members
+        .members()
+        .iter()
+        .find(|m| m.id() == leader)
+        .ok_or_else(|| anyhow!("leader {leader:x} is not a member"))?;
+    m.name()
+        .strip_prefix('m')
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(|| anyhow!("unexpected member name {:?}", m.name()))
+}
+
+/// With its leader killed, a 3-node cluster should keep serving: locks are granted and
+/// released with increasing tokens, a held lock stays held and exclusive.
+#[tokio::test]
+async fn cluster_with_one_member_down_keeps_working() -> Result<()> {
+    init_tracing();
+    let cluster = fixtures::etcd_cluster(3, EtcdOptions::default()).await?;
+    let url = format!("{}?request_timeout=2s", cluster.url());
+    let b = EtcdBackend::connect(&url).await?;
+    let name = unique("cluster-one-down");
+    let g = b.acquire(&name, &opts(3000)).await?;
+    let leader = leader_index(&b).await?;
+    cluster.kill_member(leader).await?;
+    let killed = Instant::now();
+    let other = unique("cluster-one-down-other");
+    let mut last = g.token().unwrap().get();
+    for _ in 0..5 {
+        let g2 = b
+            .acquire(
+                &other,
+                &opts(3000).with_wait(Wait::For(Duration::from_secs(10))),
+            )
+            .await?;
+        let t = g2.token().unwrap().get();
+        ensure!(t > last, "token {t} after {last}");
+        last = t;
+        ensure!(g2.release().await?);
+    }
+    eprintln!(
+        "etcd cluster: leader killed; 5 acquire+release cycles done {:?} later",
+        killed.elapsed()
+    );
+    let err = b.acquire(&name, &opts(3000)).await.unwrap_err();
+    ensure!(err.kind() == ErrorKind::Contended, "{err}");
+    ensure!(
+        g.state() != LockState::Lost,
+        "the holder lost its lock to a leader change"
+    );
+    ensure!(g.release().await?);
+    Ok(())
+}
+
+/// With two of three members down the cluster has no quorum: acquiring should fail with a
+/// clear Connection error, the holder's guard should turn Lost by its deadline, and nobody
+/// else may get the lock until the quorum is back; then the next holder's token is higher.
+#[tokio::test]
+async fn cluster_without_quorum_grants_nothing_and_the_holder_learns_first() -> Result<()> {
+    init_tracing();
+    let cluster = fixtures::etcd_cluster(3, EtcdOptions::default()).await?;
+    let url = format!("{}?request_timeout=2s", cluster.url());
+    let holder = EtcdBackend::connect(&url).await?;
+    let other = EtcdBackend::connect(&url).await?;
+    let name = unique("cluster-no-quorum");
+    let g = holder.acquire(&name, &opts(3000)).await?;
+    let t1 = g.token().unwrap().get();
+    let mut watch = g.watch();
+    let leader = leader_index(&holder).await?;
+    let down = [leader, (leader + 1) % 3];
+    for i in down {
+        cluster.kill_member(i).await?;
+    }
+    let err = other.acquire(&name, &opts(3000)).await.unwrap_err();
+    ensure!(err.kind() == ErrorKind::Connection, "{err}");
+    let msg = err.to_string();
+    ensure!(
+        msg.contains("no leader") || msg.contains("did not answer"),
+        "{msg}"
+    );
+    let state = timeout(Duration::from_secs(6), watch.lost_or_released()).await?;
+    let lost_at = Instant::now();
+    ensure!(state == LockState::Lost, "got {state}");
+    // A contender keeps trying through the outage; nothing may be granted before the restart.
+    let restarting = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let (failed_tx, mut failed) = mpsc::unbounded_channel();
+    let contender = {
+        let (other, name, restarting) = (other.clone(), name.clone(), Arc::clone(&restarting));
+        tokio::spawn(async move {
+            let end = Instant::now() + Duration::from_secs(60);
+            loop {
+                let wait = opts(3000).with_wait(Wait::For(Duration::from_secs(2)));
+                match other.acquire(&name, &wait).await {
+                    Ok(g) => {
+                        let at = Instant::now();
+                        let began = *restarting.lock().unwrap();
+                        ensure!(
+                            began.is_some_and(|r| r < at),
+                            "granted while the cluster had no quorum"
+                        );
+                        return Ok((g, at));
+                    }
+                    Err(e) => {
+                        ensure!(
+                            matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout),
+                            "unexpected error during the outage: {e}"
+                        );
+                        let _ = failed_tx.send(());
+                    }
+                }
+                ensure!(Instant::now() < end, "no grant within 60 s");
+            }
+        })
+    };
+    // Once the contender has failed against the leaderless cluster, bring the quorum back.
+    timeout(Duration::from_secs(10), failed.recv()).await?;
+    *restarting.lock().unwrap() = Some(Instant::now());
+    cluster.restart_members(&down).await?;
+    let (g2, granted_at) = timeout(Duration::from_secs(60), contender).await???;
+    let t2 = g2.token().unwrap().get();
+    ensure!(t2 > t1, "token {t2} after {t1}");
+    ensure!(lost_at < granted_at, "the old holder did not learn first");
+    eprintln!(
+        "etcd cluster: quorum lost; the holder's guard turned lost {:?} before the next grant",
+        granted_at - lost_at
+    );
+    ensure!(!g.release().await?, "the old holder's key must be gone");
+    ensure!(g2.release().await?);
+    Ok(())
+}

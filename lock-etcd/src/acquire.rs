@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::NAME;
 use crate::backend::{EtcdBackend, Inner};
-use crate::error::call;
+use crate::error::{call, retry};
 use crate::layout::{contender_key, is_contender, show};
 use crate::lease::{
     EtcdLease, LeaseHandle, keep_alive, lock_pool, renewal_limit, revoke_in_background,
@@ -63,8 +63,15 @@ async fn acquire_inner(
     };
     let try_only = deadline == Some(requested_at);
     let prefix = backend.key_prefix(name);
+    // Connection failures (a member down, an election) are retried until the wait ends, and
+    // for at least one request timeout.
+    let rt = inner.config.request_timeout;
+    let retry_until = || {
+        let now = Instant::now();
+        deadline.map_or(now + 3 * rt, |d| d.max(now + rt))
+    };
     for _ in 0..=MAX_REQUEUES {
-        let mut lease = take_lease(inner, secs, opts.ttl()).await?;
+        let mut lease = retry(retry_until(), || take_lease(inner, secs, opts.ttl())).await?;
         // From here until the guard exists, a drop (cancellation, error) revokes the lease,
         // which deletes whatever key we queued under it.
         let mut pending = Pending {
@@ -72,7 +79,8 @@ async fn acquire_inner(
             lease: Some(lease.id),
         };
         let key = contender_key(&prefix, lease.id);
-        let queued = enqueue(inner, &prefix, &key, lease.id).await?;
+        // Idempotent: a retry after a lost answer finds our key and adopts its revision.
+        let queued = retry(retry_until(), || enqueue(inner, &prefix, &key, lease.id)).await?;
         if !queued.owner {
             if try_only {
                 withdraw(&mut pending, &key, queued.revision, lease).await;

@@ -68,3 +68,27 @@ pub(crate) async fn call<T>(
         Err(_) => Err(timed_out(op, what, limit)),
     }
 }
+
+/// Retries `op` while it fails with a [`ErrorKind::Connection`] error (a member going down,
+/// a leader election, a reconnect after a restart), pausing 50 ms, 100 ms, … up to 1 s
+/// between attempts, as long as the next attempt would start before `until`.
+pub(crate) async fn retry<T, F, Fut>(until: tokio::time::Instant, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match op().await {
+            Err(e)
+                if e.kind() == ErrorKind::Connection
+                    && tokio::time::Instant::now() + pause < until =>
+            {
+                tracing::debug!(error = %e, "retrying after {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            result => return result,
+        }
+    }
+}

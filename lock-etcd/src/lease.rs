@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::NAME;
 use crate::backend::Inner;
-use crate::error::{call, from_etcd, timed_out};
+use crate::error::{call, from_etcd, retry, timed_out};
 
 /// At most this many idle leases are pooled; more are left to expire.
 const POOL_MAX: usize = 16;
@@ -172,22 +172,27 @@ impl EtcdLease {
     async fn release_inner(&self) -> Result<bool> {
         let inner = &self.inner;
         let handle = self.handle();
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.key.clone(),
-                CompareOp::Equal,
-                self.revision,
-            )])
-            .and_then([TxnOp::delete(self.key.clone(), None)]);
-        let mut kv = inner.client.kv_client();
-        let resp = match call(
-            Operation::Release,
-            "deleting the lock key",
-            inner.config.request_timeout,
-            kv.txn(txn),
-        )
-        .await
-        {
+        let limit = inner.config.request_timeout;
+        let delete = || async {
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    self.key.clone(),
+                    CompareOp::Equal,
+                    self.revision,
+                )])
+                .and_then([TxnOp::delete(self.key.clone(), None)]);
+            let mut kv = inner.client.kv_client();
+            call(
+                Operation::Release,
+                "deleting the lock key",
+                limit,
+                kv.txn(txn),
+            )
+            .await
+        };
+        // A retry after a lost answer finds the key gone and reports `false`; that costs an
+        // accurate answer, never someone else's lock.
+        let resp = match retry(Instant::now() + limit, delete).await {
             Ok(resp) => resp,
             Err(e) => {
                 // Whether the delete happened is unknown: revoking frees the key either way.

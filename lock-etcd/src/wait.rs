@@ -26,9 +26,9 @@ pub(crate) enum Turn {
     TimedOut,
 }
 
-/// Consecutive connection failures tolerated while waiting (a member going down, a
-/// leader election), with a growing pause between attempts.
-const MAX_FAILURES: u32 = 6;
+/// How long connection failures may go on, without a success in between, before a wait
+/// gives up (in request timeouts).
+const FAILING_FOR: u32 = 3;
 
 struct Waiter<'a> {
     inner: &'a Inner,
@@ -61,21 +61,29 @@ pub(crate) async fn wait_turn(
         deadline,
         next_keepalive,
     };
-    let mut failures = 0;
+    let mut failing_since: Option<Instant> = None;
+    let mut pause = Duration::from_millis(50);
+    let give_up_after = FAILING_FOR * inner.config.request_timeout;
     loop {
         match w.step().await {
             Ok(Some(turn)) => return Ok(turn),
-            Ok(None) => failures = 0,
-            Err(e) if e.kind() == ErrorKind::Connection && failures < MAX_FAILURES => {
-                failures += 1;
-                let pause = Duration::from_millis(50 << failures).min(Duration::from_secs(1));
-                tracing::debug!(error = %e, failures, "waiting for the lock: retrying after {pause:?}");
+            Ok(None) => {
+                failing_since = None;
+                pause = Duration::from_millis(50);
+            }
+            Err(e)
+                if e.kind() == ErrorKind::Connection
+                    && failing_since.is_none_or(|t| t.elapsed() < give_up_after) =>
+            {
+                failing_since.get_or_insert_with(Instant::now);
+                tracing::debug!(error = %e, "waiting for the lock: retrying after {pause:?}");
                 let resume = Instant::now() + pause;
                 if w.deadline.is_some_and(|d| d <= resume) {
                     tokio::time::sleep_until(w.deadline.unwrap_or(resume)).await;
                     return Ok(Turn::TimedOut);
                 }
                 tokio::time::sleep_until(resume).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
             }
             Err(e) => return Err(e),
         }

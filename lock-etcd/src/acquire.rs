@@ -79,17 +79,47 @@ async fn acquire_inner(
             lease: Some(lease.id),
         };
         let key = contender_key(&prefix, lease.id);
-        // Idempotent: a retry after a lost answer finds our key and adopts its revision.
-        let queued = retry(retry_until(), || enqueue(inner, &prefix, &key, lease.id)).await?;
+        let contended = || {
+            Error::new(
+                ErrorKind::Contended,
+                NAME,
+                Operation::Acquire,
+                format!("lock {:?} is held by someone else", name.as_str()),
+            )
+        };
+        let mut queued = None;
+        if try_only {
+            // Put our key only if the lock has no contender at all: a busy lock then costs
+            // no write and no withdrawal.
+            match retry(retry_until(), || {
+                take_if_free(inner, &prefix, &key, lease.id)
+            })
+            .await?
+            {
+                Free::Taken(revision) => {
+                    queued = Some(Queued {
+                        revision,
+                        owner: true,
+                    })
+                }
+                Free::Held => {
+                    pending.lease = None;
+                    lock_pool(inner).put(lease);
+                    return Err(contended());
+                }
+                // Only keys of nested locks (`NAME/…/…`) in the way: queue the usual way.
+                Free::Unsure => {}
+            }
+        }
+        let queued = match queued {
+            Some(q) => q,
+            // Idempotent: a retry after a lost answer finds our key and adopts its revision.
+            None => retry(retry_until(), || enqueue(inner, &prefix, &key, lease.id)).await?,
+        };
         if !queued.owner {
             if try_only {
                 withdraw(&mut pending, &key, queued.revision, lease).await;
-                return Err(Error::new(
-                    ErrorKind::Contended,
-                    NAME,
-                    Operation::Acquire,
-                    format!("lock {:?} is held by someone else", name.as_str()),
-                ));
+                return Err(contended());
             }
             match wait_turn(
                 inner,
@@ -251,6 +281,53 @@ struct Queued {
     revision: i64,
     /// Whether our key is the oldest contender.
     owner: bool,
+}
+
+enum Free {
+    /// The lock had no key at all; ours is in, with this create revision.
+    Taken(i64),
+    /// A contender of this lock holds it.
+    Held,
+    /// Only keys of nested locks were found; nothing was written.
+    Unsure,
+}
+
+/// Puts our key if no key exists under the lock's prefix, else reads the oldest one.
+async fn take_if_free(inner: &Inner, prefix: &[u8], key: &[u8], lease: i64) -> Result<Free> {
+    let oldest = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1)
+        .with_keys_only();
+    let txn = Txn::new()
+        .when([Compare::create_revision(prefix.to_vec(), CompareOp::Equal, 0).with_prefix()])
+        .and_then([TxnOp::put(
+            key.to_vec(),
+            "",
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+        .or_else([TxnOp::get(prefix.to_vec(), Some(oldest))]);
+    let mut kv = inner.client.kv_client();
+    let resp = call(
+        Operation::Acquire,
+        "taking the lock",
+        inner.config.request_timeout,
+        kv.txn(txn),
+    )
+    .await?;
+    if resp.succeeded() {
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        if revision <= 0 {
+            return Err(protocol_error("the txn returned no revision for our key"));
+        }
+        return Ok(Free::Taken(revision));
+    }
+    match first_kv(resp.op_responses().first()) {
+        // A retried request whose first try had gone through (and found the lock free).
+        Some(kv) if kv.key() == key => Ok(Free::Taken(kv.create_revision())),
+        Some(kv) if is_contender(prefix, kv.key()) => Ok(Free::Held),
+        _ => Ok(Free::Unsure),
+    }
 }
 
 /// Puts our key (if absent) and reads the oldest contender, in one txn (etcd's

@@ -173,20 +173,15 @@ impl EtcdLease {
         let inner = &self.inner;
         let handle = self.handle();
         let limit = inner.config.request_timeout;
+        // A plain delete, like etcd's own `Mutex.Unlock`: our key's name carries our lease
+        // id, and only the holder of that lease writes it, so if it exists it is ours.
         let delete = || async {
-            let txn = Txn::new()
-                .when([Compare::create_revision(
-                    self.key.clone(),
-                    CompareOp::Equal,
-                    self.revision,
-                )])
-                .and_then([TxnOp::delete(self.key.clone(), None)]);
             let mut kv = inner.client.kv_client();
             call(
                 Operation::Release,
                 "deleting the lock key",
                 limit,
-                kv.txn(txn),
+                kv.delete(self.key.clone(), None),
             )
             .await
         };
@@ -200,7 +195,7 @@ impl EtcdLease {
                 return Err(e);
             }
         };
-        if resp.succeeded() {
+        if resp.deleted() > 0 {
             lock_pool(inner).put(handle);
             Ok(true)
         } else {

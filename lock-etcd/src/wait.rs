@@ -10,7 +10,7 @@ use etcd_client::{
 use lock_core::{ErrorKind, Operation, Result};
 use tokio::time::Instant;
 
-use crate::acquire::{contender_scan, first_kv, protocol_error};
+use crate::acquire::{contender_scan, first_kv};
 use crate::backend::Inner;
 use crate::error::{call, from_etcd};
 use crate::layout::is_contender;
@@ -94,11 +94,11 @@ impl Waiter<'_> {
     /// Looks where we stand; if someone is ahead, waits for that one's key to go.
     /// `Ok(None)`: look again.
     async fn step(&mut self) -> Result<Option<Turn>> {
-        let (mine, before, at) = self.position().await?;
+        let (mine, before) = self.position().await?;
         if !mine {
             return Ok(Some(Turn::Vanished));
         }
-        let Some(before) = before else {
+        let Some((before, before_revision)) = before else {
             // Our turn. Leave the guard enough lease for its first renewal at ttl/3.
             if self.lease.deadline(self.ttl) < Instant::now() + self.ttl / 2
                 && !self.keep_alive().await?
@@ -107,18 +107,48 @@ impl Waiter<'_> {
             }
             return Ok(Some(Turn::Ours));
         };
+        // A watch from the current revision, then a check that the key is still there: a
+        // watch from an older revision would be "unsynced" and etcd delivers those events
+        // only on its 100 ms catch-up tick.
         let limit = self.inner.config.request_timeout;
-        let opts = WatchOptions::new()
-            .with_start_revision(at + 1)
-            .with_filters([WatchFilterType::NoPut]);
+        let opts = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
         let mut watch = self.inner.client.watch_client();
+        let what = "watching the contender ahead of us";
         let mut stream = call(
             Operation::Acquire,
-            "watching the contender ahead of us",
+            what,
             limit,
-            watch.watch(before, Some(opts)),
+            watch.watch(before.clone(), Some(opts)),
         )
         .await?;
+        let created = async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) if resp.canceled() => return Ok(false),
+                    Ok(Some(resp)) if resp.created() => return Ok(true),
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        return Err(etcd_client::Error::WatchError("the watch ended".into()));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if !call(Operation::Acquire, what, limit, created).await? {
+            return Ok(None);
+        }
+        let mut kv = self.inner.client.kv_client();
+        // The same key, not a newer one of the same name (its holder may have released and
+        // queued again, behind us, with the same lease).
+        let check = kv.get(before, Some(GetOptions::new().with_keys_only()));
+        let still = call(Operation::Acquire, what, limit, check).await?;
+        if !still
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == before_revision)
+        {
+            return Ok(None);
+        }
         loop {
             tokio::select! {
                 msg = stream.message() => match msg {
@@ -163,7 +193,7 @@ impl Waiter<'_> {
     }
 
     /// At one revision: does our key still exist, and which contender is just before us?
-    async fn position(&self) -> Result<(bool, Option<Vec<u8>>, i64)> {
+    async fn position(&self) -> Result<(bool, Option<(Vec<u8>, i64)>)> {
         let before = GetOptions::new()
             .with_prefix()
             .with_max_create_revision(self.revision - 1)
@@ -182,21 +212,19 @@ impl Waiter<'_> {
             kv.txn(txn),
         )
         .await?;
-        let at = resp
-            .header()
-            .map(|h| h.revision())
-            .ok_or_else(|| protocol_error("a txn response without a header"))?;
         let ops = resp.op_responses();
         let mine = first_kv(ops.first()).is_some_and(|kv| kv.create_revision() == self.revision);
         let before = match first_kv(ops.get(1)) {
             None => None,
-            Some(kv) if is_contender(self.prefix, kv.key()) => Some(kv.key().to_vec()),
+            Some(kv) if is_contender(self.prefix, kv.key()) => {
+                Some((kv.key().to_vec(), kv.create_revision()))
+            }
             // A nested lock's key: find our own lock's contender before us.
             Some(_) => contender_scan(self.inner, self.prefix, Some(self.revision))
                 .await?
-                .map(|kv| kv.key().to_vec()),
+                .map(|kv| (kv.key().to_vec(), kv.create_revision())),
         };
-        Ok((mine, before, at))
+        Ok((mine, before))
     }
 }
 

@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use benches::{Samples, micros, report_vs_floor};
 use criterion::Criterion;
 use dlock::etcd::EtcdBackend;

@@ -142,10 +142,10 @@ impl Waiter<'_> {
         // queued again, behind us, with the same lease).
         let check = kv.get(before, Some(GetOptions::new().with_keys_only()));
         let still = call(Operation::Acquire, what, limit, check).await?;
-        if !still
+        if still
             .kvs()
             .first()
-            .is_some_and(|kv| kv.create_revision() == before_revision)
+            .is_none_or(|kv| kv.create_revision() != before_revision)
         {
             return Ok(None);
         }

@@ -5,6 +5,11 @@ use std::sync::Arc;
 
 pub use lock_core::*;
 
+/// The etcd backend crate (`EtcdBackend` with its raw client, the key layout), for
+/// etcd-specific code such as benchmarks against the raw floor.
+#[cfg(feature = "etcd")]
+pub use lock_etcd as etcd;
+
 /// Known URL schemes, each with the cargo feature of this crate that enables it.
 pub const KNOWN_SCHEMES: &[(&str, &str)] = &[
     ("postgres", "postgres"),

@@ -1,13 +1,37 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
-/// URL schemes this backend will serve.
-pub const SCHEMES: &[&str] = &["etcd"];
+mod acquire;
+mod backend;
+mod config;
+mod error;
+mod layout;
+mod lease;
+mod wait;
 
-/// Registers this crate's schemes; while the backend is not implemented, connecting to them
-/// fails with an `Unsupported` error that says so.
+use std::sync::Arc;
+
+pub use backend::EtcdBackend;
+/// The etcd client this backend is built on (re-exported for raw access through
+/// [`EtcdBackend::client`]).
+pub use etcd_client;
+
+/// The URL scheme: `etcd://h:p[,h:p…][/prefix][?options]`.
+pub const SCHEME: &str = "etcd";
+
+/// URL schemes this backend serves.
+pub const SCHEMES: &[&str] = &[SCHEME];
+
+/// The backend's name in errors, metrics and reports.
+pub(crate) const NAME: &str = "etcd";
+
+/// Registers `etcd://` in `registry`.
 pub fn register(registry: &mut lock_core::Registry) {
-    for scheme in SCHEMES {
-        registry.register_unimplemented(scheme);
-    }
+    registry.register(SCHEME, EtcdBackend::CAPABILITIES, |url| {
+        Box::pin(async move {
+            let backend: Arc<dyn lock_core::Backend> =
+                Arc::new(EtcdBackend::connect_url(&url).await?);
+            Ok(backend)
+        })
+    });
 }

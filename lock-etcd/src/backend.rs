@@ -1,0 +1,196 @@
+//! The `etcd://` backend: connecting, capabilities, the ttl rules.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+use lock_core::{
+    Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, Guard, LockName, LockOptions,
+    Operation, Result,
+};
+
+use crate::NAME;
+use crate::config::Config;
+use crate::error::{call, timed_out};
+use crate::lease::{LeasePool, secs_ceil};
+
+/// Locks in etcd, laid out like etcd's own `concurrency.Mutex` (see the crate docs).
+///
+/// Cloning is cheap: clones share the connection and the lease pool.
+#[derive(Clone)]
+pub struct EtcdBackend {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub client: Client,
+    pub config: Config,
+    /// The smallest lease TTL this server grants, in seconds (probed at connect).
+    pub min_ttl_secs: i64,
+    pub pool: Mutex<LeasePool>,
+}
+
+impl fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdBackend")
+            .field("config", &self.inner.config)
+            .field("min_ttl_secs", &self.inner.min_ttl_secs)
+            .finish()
+    }
+}
+
+impl EtcdBackend {
+    /// What the backend offers. `min_ttl` here is etcd's default minimum (2 s, from the
+    /// default 1 s election timeout); [`Backend::capabilities`] reports the minimum of the
+    /// server actually connected to.
+    pub const CAPABILITIES: Capabilities = Capabilities {
+        fencing: true,
+        shared: false,
+        lease: true,
+        renew: true,
+        at_least: true,
+        notify: true,
+        persistent_tokens: true,
+        min_ttl: Some(Duration::from_secs(2)),
+    };
+
+    /// Connects to the etcd cluster named by `url` (`etcd://h:p[,h:p…][/prefix][?options]`).
+    ///
+    /// Connecting grants and revokes one probe lease: it proves the cluster answers and
+    /// learns the smallest lease TTL the server grants.
+    pub async fn connect(url: &str) -> Result<EtcdBackend> {
+        let url = ConnectUrl::parse(url)?;
+        Self::connect_url(&url).await
+    }
+
+    /// [`EtcdBackend::connect`] for an already parsed URL.
+    pub async fn connect_url(url: &ConnectUrl) -> Result<EtcdBackend> {
+        if url.scheme() != crate::SCHEME {
+            return Err(Error::invalid_url(
+                NAME,
+                format!("expected an etcd:// URL, got {url}"),
+            ));
+        }
+        let config = Config::parse(url)?;
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.connect_timeout)
+            // HTTP/2 pings find a dead connection under a long watch; etcd refuses pings more
+            // often than every 5 s, and pings on idle connections.
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(false)
+            // A member cut off from the leader fails requests (and watches) at once instead of
+            // serving them late.
+            .with_require_leader(true);
+        if let Some((user, password)) = &config.credentials {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        let connecting = format!("connecting to {}", config.display);
+        let client = match tokio::time::timeout(
+            config.connect_timeout,
+            Client::connect(&config.endpoints, Some(options)),
+        )
+        .await
+        {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                return Err(crate::error::from_etcd(Operation::Connect, &connecting, e));
+            }
+            Err(_) => {
+                return Err(timed_out(
+                    Operation::Connect,
+                    &connecting,
+                    config.connect_timeout,
+                ));
+            }
+        };
+        // The probe: the server raises a TTL below its minimum to the minimum.
+        let mut leases = client.lease_client();
+        let what = format!("{connecting} (granting a probe lease)");
+        let probe = call(
+            Operation::Connect,
+            &what,
+            config.connect_timeout,
+            leases.grant(1, None),
+        )
+        .await?;
+        let min_ttl_secs = probe.ttl().max(1);
+        let _ = call(
+            Operation::Connect,
+            &what,
+            config.request_timeout,
+            leases.revoke(probe.id()),
+        )
+        .await;
+        tracing::debug!(url = %config.display, min_ttl_secs, "connected to etcd");
+        Ok(EtcdBackend {
+            inner: Arc::new(Inner {
+                client,
+                config,
+                min_ttl_secs,
+                pool: Mutex::new(LeasePool::default()),
+            }),
+        })
+    }
+
+    /// The raw etcd client this backend uses (for tools, tests and benchmarks).
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The smallest lease TTL the connected server grants.
+    pub fn min_ttl(&self) -> Duration {
+        Duration::from_secs(self.inner.min_ttl_secs.unsigned_abs())
+    }
+
+    /// The key prefix of lock `name`: `PREFIX NAME /` (each contender adds its lease id in
+    /// hex), exactly what `etcdctl lock PREFIX NAME` uses.
+    pub fn key_prefix(&self, name: &LockName) -> Vec<u8> {
+        crate::layout::lock_prefix(&self.inner.config.prefix, name.as_str())
+    }
+
+    /// The lease TTL (whole seconds) for `ttl`: rounded up, and never below the server's
+    /// minimum, which is an error rather than a silent round-up.
+    pub(crate) fn lease_secs(&self, ttl: Duration) -> Result<i64> {
+        let secs = secs_ceil(ttl);
+        let min = self.inner.min_ttl_secs;
+        if secs < min {
+            return Err(Error::new(
+                ErrorKind::InvalidOptions,
+                NAME,
+                Operation::Validate,
+                format!(
+                    "ttl {ttl:?} is below this etcd server's minimum lease TTL of {min} s \
+                     (etcd raises shorter leases to about 1.5 × its election timeout); use a \
+                     ttl of at least {min} s"
+                ),
+            ));
+        }
+        Ok(secs)
+    }
+}
+
+impl Backend for EtcdBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            min_ttl: Some(self.min_ttl()),
+            ..Self::CAPABILITIES
+        }
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        name: &'a LockName,
+        opts: &'a LockOptions,
+    ) -> BoxFuture<'a, Result<Guard>> {
+        let span = tracing::debug_span!("acquire", lock = %name, backend = NAME);
+        Box::pin(tracing::Instrument::instrument(
+            crate::acquire::acquire(self, name, opts),
+            span,
+        ))
+    }
+}

@@ -1,0 +1,280 @@
+//! Leases: granting, keeping alive, reusing, and the [`Lease`] a guard holds.
+//!
+//! A lease that carried a lock which was released cleanly (its key deleted) goes back to a
+//! small per-backend pool, so the next acquisition with the same TTL skips the grant: an
+//! uncontended acquire + release is then one txn each way, like the raw floor. A pooled
+//! lease is never kept alive; it is reused only while its last acknowledged keepalive is
+//! recent (at most a third of the ttl old, or refreshed with one keepalive while younger than
+//! half the ttl), and is otherwise left to expire.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use lock_core::{BoxFuture, Error, ErrorKind, Lease, Operation, Result, lease_deadline};
+use tokio::time::Instant;
+
+use crate::NAME;
+use crate::backend::Inner;
+use crate::error::{call, from_etcd, retry, timed_out};
+
+/// At most this many idle leases are pooled; more are left to expire.
+const POOL_MAX: usize = 16;
+
+/// A lease this backend granted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseHandle {
+    pub id: i64,
+    /// The TTL the server granted, in whole seconds.
+    pub secs: i64,
+    /// When the grant or the last acknowledged keepalive was *sent*: the server's expiry is
+    /// at least `secs` after this.
+    pub acked_sent: Instant,
+}
+
+impl LeaseHandle {
+    /// The client-side deadline for a lock of `ttl` (at most `secs`) on this lease.
+    pub fn deadline(&self, ttl: Duration) -> Instant {
+        lease_deadline(self.acked_sent, ttl)
+    }
+}
+
+/// Idle leases (no key attached), most recently used last.
+#[derive(Debug, Default)]
+pub(crate) struct LeasePool {
+    idle: Vec<LeaseHandle>,
+}
+
+impl LeasePool {
+    pub fn put(&mut self, lease: LeaseHandle) {
+        if self.idle.len() >= POOL_MAX {
+            self.idle.remove(0);
+        }
+        self.idle.push(lease);
+    }
+
+    /// The most recently used idle lease of `secs`; drops those that have certainly expired.
+    pub fn take(&mut self, secs: i64) -> Option<LeaseHandle> {
+        let now = Instant::now();
+        self.idle
+            .retain(|l| now < l.acked_sent + Duration::from_secs(l.secs.unsigned_abs()));
+        let i = self.idle.iter().rposition(|l| l.secs == secs)?;
+        Some(self.idle.remove(i))
+    }
+}
+
+pub(crate) fn lock_pool(inner: &Inner) -> MutexGuard<'_, LeasePool> {
+    inner.pool.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How long one keepalive (or the key check after it) may take before the renewal counts as
+/// missed: a third of the ttl, at least 100 ms, at most the request timeout.
+pub(crate) fn renewal_limit(ttl: Duration, request_timeout: Duration) -> Duration {
+    (ttl / 3)
+        .max(Duration::from_millis(100))
+        .min(request_timeout)
+}
+
+/// One keepalive round trip: `Ok(true)` when the server renewed the lease, `Ok(false)` when
+/// the lease no longer exists.
+pub(crate) async fn keep_alive(
+    client: &Client,
+    id: i64,
+    limit: Duration,
+    op: Operation,
+) -> Result<bool> {
+    let mut leases = client.lease_client();
+    match tokio::time::timeout(limit, leases.keep_alive(id)).await {
+        // The stream (and its request sender) close when dropped here.
+        Ok(Ok(_)) => Ok(true),
+        // etcd-client's wording for a keepalive answered with TTL 0.
+        Ok(Err(etcd_client::Error::LeaseKeepAliveError(m))) if m.contains("not found") => Ok(false),
+        Ok(Err(e)) => Err(from_etcd(op, "lease keepalive", e)),
+        Err(_) => Err(timed_out(op, "lease keepalive", limit)),
+    }
+}
+
+/// Revokes `id` on the current runtime without waiting (cancelled acquisitions, leases whose
+/// key may be left behind). Without a runtime the lease simply expires.
+pub(crate) fn revoke_in_background(inner: &Arc<Inner>, id: i64) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        tracing::debug!(
+            lease = id,
+            "no runtime to revoke the lease; it expires on its own"
+        );
+        return;
+    };
+    let inner = Arc::clone(inner);
+    rt.spawn(async move {
+        let mut leases = inner.client.lease_client();
+        let limit = inner.config.request_timeout;
+        match call(Operation::Release, "lease revoke", limit, leases.revoke(id)).await {
+            Ok(_) => tracing::debug!(lease = id, "lease revoked"),
+            Err(e) => tracing::debug!(lease = id, error = %e, "lease revoke failed; it expires on its own"),
+        }
+    });
+}
+
+/// What a [`Guard`](lock_core::Guard) holds: our contender key, its create revision (the
+/// fencing token) and its lease.
+pub(crate) struct EtcdLease {
+    pub inner: Arc<Inner>,
+    pub key: Vec<u8>,
+    pub revision: i64,
+    pub lease: Mutex<LeaseHandle>,
+}
+
+impl EtcdLease {
+    fn handle(&self) -> LeaseHandle {
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn extend_inner(&self, ttl: Duration) -> Result<bool> {
+        let handle = self.handle();
+        if ttl > Duration::from_secs(handle.secs.unsigned_abs()) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                NAME,
+                Operation::Extend,
+                format!(
+                    "an etcd lease keeps the TTL it was granted with ({} s); it cannot be \
+                     extended by {ttl:?}: acquire with a longer ttl instead",
+                    handle.secs
+                ),
+            ));
+        }
+        let inner = &self.inner;
+        let limit = renewal_limit(ttl, inner.config.request_timeout);
+        let sent = Instant::now();
+        if !keep_alive(&inner.client, handle.id, limit, Operation::Extend).await? {
+            return Ok(false);
+        }
+        self.lease
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .acked_sent = sent;
+        // The lease lives; is our key still on it? (It can be deleted by hand.)
+        let mut kv = inner.client.kv_client();
+        let resp = call(
+            Operation::Extend,
+            "checking the lock key",
+            limit,
+            kv.get(self.key.clone(), None),
+        )
+        .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == self.revision && kv.lease() == handle.id))
+    }
+
+    /// Deletes our key if it is still ours; back to the pool when it was.
+    async fn release_inner(&self) -> Result<bool> {
+        let inner = &self.inner;
+        let handle = self.handle();
+        let limit = inner.config.request_timeout;
+        // A plain delete, like etcd's own `Mutex.Unlock`: our key's name carries our lease
+        // id, and only the holder of that lease writes it, so if it exists it is ours.
+        let delete = || async {
+            let mut kv = inner.client.kv_client();
+            call(
+                Operation::Release,
+                "deleting the lock key",
+                limit,
+                kv.delete(self.key.clone(), None),
+            )
+            .await
+        };
+        // A retry after a lost answer finds the key gone and reports `false`; that costs an
+        // accurate answer, never someone else's lock.
+        let resp = match retry(Instant::now() + limit, delete).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                // Whether the delete happened is unknown: revoking frees the key either way.
+                revoke_in_background(inner, handle.id);
+                return Err(e);
+            }
+        };
+        if resp.deleted() > 0 {
+            lock_pool(inner).put(handle);
+            Ok(true)
+        } else {
+            revoke_in_background(inner, handle.id);
+            Ok(false)
+        }
+    }
+
+    /// Moves our key onto a fresh lease of about `keep` (rounded up to whole seconds and to
+    /// the server's minimum) that nobody keeps alive, so the server frees the lock then.
+    async fn release_after_inner(&self, keep: Duration) -> Result<bool> {
+        let inner = &self.inner;
+        let old = self.handle();
+        // A little extra for the time between the grant and the move.
+        let secs = secs_ceil(keep + Duration::from_millis(100)).max(inner.min_ttl_secs);
+        let limit = inner.config.request_timeout;
+        let mut leases = inner.client.lease_client();
+        let granted = call(
+            Operation::Release,
+            "granting the at_least lease",
+            limit,
+            leases.grant(secs, None),
+        )
+        .await?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key.clone(),
+                CompareOp::Equal,
+                self.revision,
+            )])
+            .and_then([TxnOp::put(
+                self.key.clone(),
+                "",
+                Some(PutOptions::new().with_lease(granted.id())),
+            )]);
+        let mut kv = inner.client.kv_client();
+        let moved = call(
+            Operation::Release,
+            "moving the lock key to the at_least lease",
+            limit,
+            kv.txn(txn),
+        )
+        .await;
+        match moved {
+            Ok(resp) if resp.succeeded() => {
+                // The old lease has no key now; it is not pooled (its key name is still in
+                // use until the at_least lease expires).
+                revoke_in_background(inner, old.id);
+                Ok(true)
+            }
+            Ok(_) => {
+                revoke_in_background(inner, granted.id());
+                revoke_in_background(inner, old.id);
+                Ok(false)
+            }
+            Err(e) => {
+                revoke_in_background(inner, granted.id());
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Lease for EtcdLease {
+    fn extend(&self, ttl: Duration) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.extend_inner(ttl))
+    }
+
+    fn release(&self) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.release_inner())
+    }
+
+    fn release_after(&self, keep: Duration) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.release_after_inner(keep))
+    }
+}
+
+/// Whole seconds, rounded up (etcd lease TTLs are whole seconds).
+pub(crate) fn secs_ceil(d: Duration) -> i64 {
+    let whole = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i64::try_from(whole).unwrap_or(i64::MAX)
+}

@@ -62,6 +62,12 @@ async fn variants() -> anyhow::Result<(Vec<(&'static str, String)>, Servers)> {
     let redlock = fixtures::redlock(3).await?;
     v.push(("redlock", redlock.url().to_string()));
     servers.clusters.push(redlock);
+    let etcd = fixtures::etcd().await?;
+    v.push(("etcd", etcd.url().to_string()));
+    servers.single.push(etcd);
+    let etcd3 = fixtures::etcd_cluster(3, Default::default()).await?;
+    v.push(("etcd_cluster", etcd3.url().to_string()));
+    servers.clusters.push(etcd3);
     Ok((v, servers))
 }
 

@@ -745,6 +745,64 @@ async fn a_killed_holder_frees_the_lock_after_about_one_session_timeout() -> Res
     Ok(())
 }
 
+/// SIGSTOP the holder past its session timeout: the lock is handed on (the server cannot tell a
+/// pause from a crash), and once resumed the holder learns it lost the lock.
+#[tokio::test]
+async fn a_paused_holder_learns_of_the_loss_soon_after_it_resumes() -> Result<()> {
+    init_tracing();
+    let server = fixtures::managed_zookeeper(ZooKeeperOptions::default()).await?;
+    let base = format!("/{}", unique("paused"));
+    let url = with_options(server.url(), &format!("base={base}&session_timeout=2s"));
+    let mut holder = Holder::spawn(&url, "job", &[])?;
+    let t_holder = holder.acquired().await?;
+    let other = connect(&url).await?;
+    let waiter = tokio::spawn({
+        let other = Arc::clone(&other);
+        async move {
+            other
+                .acquire(&name("job"), &wait_for(Duration::from_secs(20)))
+                .await
+        }
+    });
+    children_count_is(&url, &format!("{base}/job"), 2).await?;
+    let pid = holder.child.id().context("holder pid")? as i32;
+    // SAFETY: kill(2) on a child we spawned and still own.
+    ensure!(unsafe { libc::kill(pid, libc::SIGSTOP) } == 0);
+    let g = waiter.await??;
+    let t = g.token().context("token")?.get();
+    ensure!(
+        t > t_holder,
+        "token {t} after the paused holder's {t_holder}"
+    );
+    let resumed_ms = wall_ms();
+    // SAFETY: as above.
+    ensure!(unsafe { libc::kill(pid, libc::SIGCONT) } == 0);
+    let lost_ms = loop {
+        let e = holder.event(Duration::from_secs(10)).await?;
+        ensure!(e["event"] == "state", "unexpected {e}");
+        if e["state"] == "lost" {
+            break e["t_ms"].as_u64().context("t_ms")?;
+        }
+    };
+    let learned = Duration::from_millis(lost_ms.saturating_sub(resumed_ms));
+    eprintln!(
+        "zookeeper SIGSTOP past the session timeout: the holder knew it lost {learned:?} after SIGCONT"
+    );
+    ensure!(
+        learned < Duration::from_secs(3),
+        "learned only after {learned:?}"
+    );
+    ensure!(g.release().await?);
+    Ok(())
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Network faults through the proxy
 

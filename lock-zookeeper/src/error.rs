@@ -16,7 +16,8 @@ pub(crate) fn from_zk(operation: Operation, what: &str, err: zookeeper_client::E
         | Zk::SessionMoved
         | Zk::ClientClosed
         | Zk::NoHosts
-        | Zk::Timeout => ErrorKind::Connection,
+        | Zk::Timeout
+        | Zk::Custom(_) => ErrorKind::Connection,
         _ => ErrorKind::Backend,
     };
     let hint = match &err {
@@ -41,9 +42,14 @@ pub(crate) fn no_answer(operation: Operation, what: &str, waited: Duration) -> E
 }
 
 /// True when the error means the request may or may not have been applied (the connection
-/// broke while it was in flight).
+/// broke while it was in flight). Besides `ConnectionLoss`, the client fails in-flight
+/// requests with the connection's own error (an I/O error such as a broken pipe, or "no
+/// response from connection"), which it reports as `Custom`.
 pub(crate) fn is_connection_loss(err: &zookeeper_client::Error) -> bool {
-    matches!(err, zookeeper_client::Error::ConnectionLoss)
+    matches!(
+        err,
+        zookeeper_client::Error::ConnectionLoss | zookeeper_client::Error::Custom(_)
+    )
 }
 
 /// True when the session is over: every ephemeral node it owned is gone.

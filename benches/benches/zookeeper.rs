@@ -134,6 +134,42 @@ fn main() -> Result<()> {
             &recipe,
             &floor,
         );
+        // Phase by phase, to see what dlock adds to the recipe: its acquire against the
+        // pipelined create|list, its release against the delete.
+        let (mut raw_enter, mut raw_leave, mut acquire, mut release) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..samples {
+            let t = Instant::now();
+            let create = raw.create(
+                &floor_path,
+                b"dlock pid 1",
+                &CreateMode::EphemeralSequential.with_acls(Acls::anyone_all()),
+            );
+            let list = raw.list_children(FLOOR_PARENT);
+            let (created, listed) = tokio::join!(create, list);
+            let (_, seq) = created?;
+            listed?;
+            raw_enter.push(t.elapsed());
+            let t = Instant::now();
+            raw.delete(&format!("{floor_path}{seq}"), None).await?;
+            raw_leave.push(t.elapsed());
+            let t = Instant::now();
+            let g = backend.acquire(&name, &opts).await?;
+            acquire.push(t.elapsed());
+            let t = Instant::now();
+            anyhow::ensure!(g.release().await?);
+            release.push(t.elapsed());
+        }
+        report_vs_floor(
+            "zookeeper acquire vs create|list",
+            &Samples::from(acquire),
+            &Samples::from(raw_enter),
+        );
+        report_vs_floor(
+            "zookeeper release vs delete",
+            &Samples::from(release),
+            &Samples::from(raw_leave),
+        );
         let handoff = handoff_latency(&url).await?;
         println!(
             "zookeeper handoff with {WAITERS} waiters: p50 {:>8.1} µs  p99 {:>8.1} µs ({} handoffs)",

@@ -1,13 +1,47 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
-/// URL schemes this backend will serve.
-pub const SCHEMES: &[&str] = &["zk"];
+mod backend;
+mod config;
+mod contender;
+mod error;
+mod layout;
+mod lease;
+mod session;
 
-/// Registers this crate's schemes; while the backend is not implemented, connecting to them
-/// fails with an `Unsupported` error that says so.
-pub fn register(registry: &mut lock_core::Registry) {
-    for scheme in SCHEMES {
-        registry.register_unimplemented(scheme);
-    }
+use std::sync::Arc;
+
+use lock_core::{Backend, Capabilities, Registry};
+
+/// The URL scheme: `zk://[user:password@]host:port[,host:port…][/chroot][?options]`.
+pub const SCHEME: &str = "zk";
+
+/// Every URL scheme this crate serves.
+pub const SCHEMES: &[&str] = &[SCHEME];
+
+/// The backend's name in errors, metrics and reports.
+pub const NAME: &str = "zookeeper";
+
+/// What the ZooKeeper backend offers: fencing tokens (the owner node's creation zxid, which
+/// the server persists, so they keep increasing across restarts), waiting by watch
+/// notification, and nothing lease-like: the lock lives as long as the client's session.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    fencing: true,
+    shared: false,
+    lease: false,
+    renew: false,
+    at_least: false,
+    notify: true,
+    persistent_tokens: true,
+    min_ttl: None,
+};
+
+/// Registers `zk://` in `registry`.
+pub fn register(registry: &mut Registry) {
+    registry.register(SCHEME, CAPABILITIES, |url| {
+        Box::pin(async move {
+            let backend: Arc<dyn Backend> = Arc::new(backend::ZkBackend::connect(url).await?);
+            Ok(backend)
+        })
+    });
 }

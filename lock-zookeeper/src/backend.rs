@@ -1,0 +1,233 @@
+//! The `zk://` backend: Curator's `InterProcessMutex` recipe on one shared session.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::{
+    Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
+    LeaseMonitor, LockMode, LockName, LockOptions, Operation, Renew, Result, Wait, lease_deadline,
+    observe,
+};
+use tokio::time::Instant;
+use zookeeper_client::Error as ZkError;
+
+use crate::config::Config;
+use crate::contender::{Contender, Entered};
+use crate::error;
+use crate::layout::{self, Standing};
+use crate::lease::{HoldLimit, ZkLease};
+use crate::session::Session;
+use crate::{CAPABILITIES, NAME};
+
+/// Locks on a ZooKeeper ensemble. One session serves every lock of the backend; when it
+/// expires, its guards turn `Lost` and the next `acquire` opens a new one.
+pub(crate) struct ZkBackend {
+    config: Config,
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+}
+
+impl fmt::Debug for ZkBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZkBackend")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl ZkBackend {
+    /// Parses the URL and opens the first session, so a wrong address fails here.
+    pub async fn connect(url: ConnectUrl) -> Result<ZkBackend> {
+        let config = Config::from_url(&url)?;
+        let session = Session::open(&config).await?;
+        Ok(ZkBackend {
+            config,
+            session: tokio::sync::Mutex::new(Some(session)),
+        })
+    }
+
+    /// The current session, or a new one if it is over.
+    async fn session(&self) -> Result<Arc<Session>> {
+        let mut slot = self.session.lock().await;
+        if let Some(session) = slot.as_ref().filter(|s| !s.is_over()) {
+            return Ok(Arc::clone(session));
+        }
+        tracing::info!("the ZooKeeper session is over; opening a new one");
+        let session = Session::open(&self.config)
+            .await
+            .map_err(|e| e.in_operation(Operation::Acquire))?;
+        *slot = Some(Arc::clone(&session));
+        Ok(session)
+    }
+
+    async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
+        opts.validate().map_err(|e| e.in_backend(NAME))?;
+        if opts.mode() == LockMode::Shared {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                NAME,
+                Operation::Acquire,
+                "shared locks are not supported by the ZooKeeper backend (exclusive only)",
+            ));
+        }
+        let requested_at = Instant::now();
+        let (try_only, deadline) = match opts.wait() {
+            Wait::No => (true, None),
+            Wait::For(d) if d.is_zero() => (true, None),
+            Wait::For(d) => (false, Some(requested_at + d)),
+            Wait::Forever => (false, None),
+        };
+        let session = self.session().await?;
+        let lock_path = self.config.lock_path(name);
+        let mut contender = Contender::new(Arc::clone(&session), lock_path.clone());
+        let Entered {
+            mut children,
+            czxid,
+        } = contender.enter().await?;
+        loop {
+            layout::sort_contenders(&mut children);
+            let predecessor = match layout::standing(&children, contender.prefix()) {
+                Standing::Holder(_) => break,
+                Standing::Absent => {
+                    return Err(Error::new(
+                        ErrorKind::Connection,
+                        NAME,
+                        Operation::Acquire,
+                        format!(
+                            "our contender node under {lock_path} disappeared while waiting \
+                             (did the session expire?)"
+                        ),
+                    ));
+                }
+                Standing::Waiting { predecessor, .. } => format!("{lock_path}/{predecessor}"),
+            };
+            if try_only {
+                contender.withdraw();
+                return Err(contended(name));
+            }
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                contender.withdraw();
+                return Err(timed_out(name, opts));
+            }
+            // Watch only the node right before ours (no herd), as Curator does.
+            let what = format!("watching {predecessor}");
+            let client = session.client();
+            match contender
+                .read(&what, || client.get_and_watch_data(&predecessor))
+                .await?
+            {
+                Ok((_, _, watcher)) => {
+                    tokio::select! {
+                        _ = watcher.changed() => {}
+                        _ = sleep_until_opt(deadline) => {
+                            contender.withdraw();
+                            return Err(timed_out(name, opts));
+                        }
+                    }
+                }
+                // Gone already: look again.
+                Err(ZkError::NoNode) => {}
+                Err(e) => return Err(error::from_zk(Operation::Acquire, &what, e)),
+            }
+            children = contender.list().await?;
+        }
+        // Ours is first: the lock is ours. No await from here to the guard.
+        let node = contender
+            .into_granted()
+            .expect("a contender that holds the lock knows its node");
+        let monitor = LeaseMonitor::new(name, NAME, None);
+        let lease = Arc::new(ZkLease::new(
+            session,
+            node,
+            &monitor,
+            hold_limit(opts, Instant::now()),
+        ));
+        Ok(Guard::new(
+            Grant {
+                name: name.clone(),
+                backend: NAME,
+                token: Some(FencingToken::new(czxid as u64)),
+                lease,
+                monitor,
+                requested_at,
+            },
+            opts,
+        ))
+    }
+}
+
+impl Backend for ZkBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        name: &'a LockName,
+        opts: &'a LockOptions,
+    ) -> BoxFuture<'a, Result<Guard>> {
+        let span = tracing::debug_span!("acquire", lock = %name, backend = NAME);
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let result = self.acquire_inner(name, opts).await;
+                if let Err(e) = &result {
+                    observe::acquire_failed(NAME, e.kind());
+                }
+                result
+            },
+            span,
+        ))
+    }
+}
+
+/// A session lock has no lease, but the options can still bound the hold: without renewal
+/// the lock is held for at most one ttl, and `max_hold` caps renewed holds. Both count from
+/// the grant; this process deletes the node when the limit is reached, after telling the
+/// guard.
+fn hold_limit(opts: &LockOptions, granted_at: Instant) -> Option<HoldLimit> {
+    let limit: Duration = match opts.renew() {
+        Renew::Off => opts.ttl(),
+        Renew::Auto { max_hold: Some(m) } => m,
+        Renew::Auto { max_hold: None } => return None,
+    };
+    Some(HoldLimit {
+        lost_at: lease_deadline(granted_at, limit),
+        free_at: granted_at + limit,
+    })
+}
+
+fn contended(name: &LockName) -> Error {
+    Error::new(
+        ErrorKind::Contended,
+        NAME,
+        Operation::Acquire,
+        format!("lock {:?} is held by someone else", name.as_str()),
+    )
+}
+
+fn timed_out(name: &LockName, opts: &LockOptions) -> Error {
+    let waited = match opts.wait() {
+        Wait::For(d) => format!("{d:?}"),
+        _ => "the wait".to_string(),
+    };
+    Error::new(
+        ErrorKind::Timeout,
+        NAME,
+        Operation::Acquire,
+        format!(
+            "lock {:?} was still held when the wait of {waited} ran out",
+            name.as_str()
+        ),
+    )
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,242 @@
+//! One ZooKeeper session per backend, shared by every lock it grants, and the task that turns
+//! session events into guard states: disconnected → `Unverifiable`, expired → `Lost`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use lock_core::{LeaseMonitor, Operation, Result};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use zookeeper_client::{Client, SessionState, StateWatcher};
+
+use crate::config::Config;
+use crate::error;
+
+/// A live ZooKeeper session and the grants that depend on it.
+pub(crate) struct Session {
+    client: Client,
+    timeout: Duration,
+    grants: Arc<Mutex<Grants>>,
+    /// Dropped with the session: tells the watcher task to stop.
+    _stop: oneshot::Sender<()>,
+}
+
+/// How the session looks from here.
+#[derive(Debug, Clone, Copy)]
+enum Link {
+    Up,
+    /// Disconnected; `lost` once the session may have expired on the server.
+    Down {
+        lost: bool,
+    },
+    Ended,
+}
+
+struct Grants {
+    link: Link,
+    next_id: u64,
+    monitors: HashMap<u64, LeaseMonitor>,
+}
+
+impl Session {
+    /// Opens a session with the servers in `config`.
+    pub async fn open(config: &Config) -> Result<Arc<Session>> {
+        let mut connector = Client::connector()
+            .with_session_timeout(config.session_timeout)
+            // Fail at once when no server accepts a connection, rather than after the
+            // session timeout (only affects this first connect).
+            .with_fail_eagerly();
+        if let Some(auth) = config.digest_auth() {
+            connector = connector.with_auth("digest", auth.as_bytes());
+        }
+        let what = format!(
+            "opening a ZooKeeper session with {}",
+            config.connect_string()
+        );
+        // The client gives up after about one session timeout on its own; this is a backstop.
+        let limit = config.session_timeout + Duration::from_secs(2);
+        let client =
+            match tokio::time::timeout(limit, connector.connect(&config.connect_string())).await {
+                Ok(Ok(client)) => client,
+                Ok(Err(e)) => {
+                    return Err(error::from_zk(Operation::Connect, &what, e)
+                        .in_operation(Operation::Connect));
+                }
+                Err(_) => return Err(error::no_answer(Operation::Connect, &what, limit)),
+            };
+        let timeout = client.session_timeout();
+        tracing::debug!(
+            session = %client.session_id(),
+            timeout_ms = timeout.as_millis() as u64,
+            "ZooKeeper session open"
+        );
+        let grants = Arc::new(Mutex::new(Grants {
+            link: Link::Up,
+            next_id: 0,
+            monitors: HashMap::new(),
+        }));
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(watch_session(
+            client.state_watcher(),
+            Arc::clone(&grants),
+            lost_grace(timeout),
+            stopped,
+        ));
+        Ok(Arc::new(Session {
+            client,
+            timeout,
+            grants,
+            _stop: stop,
+        }))
+    }
+
+    /// The client (cheap to clone; every clone talks over this session).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The session timeout the server granted.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The session id, as the `ephemeralOwner` of the nodes it creates.
+    pub fn id(&self) -> i64 {
+        self.client.session_id().0
+    }
+
+    /// True once the session is over (expired, closed, or refused): a new one is needed.
+    pub fn is_over(&self) -> bool {
+        self.client.state().is_terminated() || matches!(lock(&self.grants).link, Link::Ended)
+    }
+
+    /// Starts reporting session events to `monitor`; returns the id to deregister with. A
+    /// grant that arrives while the session is already in trouble is told at once.
+    pub fn register(&self, monitor: &LeaseMonitor) -> u64 {
+        let mut grants = lock(&self.grants);
+        match grants.link {
+            Link::Up => {}
+            Link::Down { lost: false } => {
+                monitor.report_unverifiable("disconnected from ZooKeeper")
+            }
+            Link::Down { lost: true } | Link::Ended => {
+                monitor.report_lost("the ZooKeeper session ended or may have expired")
+            }
+        }
+        grants.next_id += 1;
+        let id = grants.next_id;
+        grants.monitors.insert(id, monitor.clone());
+        id
+    }
+
+    /// Stops reporting to the grant `id`.
+    pub fn deregister(&self, id: u64) {
+        lock(&self.grants).monitors.remove(&id);
+    }
+}
+
+/// How long after a disconnection the session may still be alive on the server, minus a
+/// safety margin: the guard turns `Lost` then, before the server can expire the session and
+/// hand the lock to someone else.
+///
+/// The client declares a connection dead after 2/5 of the session timeout without hearing from
+/// the server, checked every 1/20 of it. The server's timer runs from the last request it
+/// received, which was sent before the last reply we got; so when the client reports the
+/// disconnection, at least `timeout × (1 − 2/5 − 1/20)` = 11/20 of the timeout (less one
+/// round trip) remains before the server may expire the session. We wait 2/5 of the timeout
+/// minus the usual drift allowance (1 % + 2 ms), which leaves 3/20 of it as margin for a slow
+/// scheduler or network.
+pub(crate) fn lost_grace(timeout: Duration) -> Duration {
+    let drift = timeout / 100 + Duration::from_millis(2);
+    (timeout * 2 / 5).saturating_sub(drift)
+}
+
+/// Follows the session's state until it ends or the session is dropped.
+async fn watch_session(
+    mut states: StateWatcher,
+    grants: Arc<Mutex<Grants>>,
+    grace: Duration,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let mut lost_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = sleep_until_opt(lost_at) => {
+                lost_at = None;
+                let mut g = lock(&grants);
+                g.link = Link::Down { lost: true };
+                for m in g.monitors.values() {
+                    m.report_lost("disconnected from ZooKeeper for so long that the session may have expired");
+                }
+            }
+            state = states.changed() => {
+                tracing::debug!(%state, "ZooKeeper session state");
+                let mut g = lock(&grants);
+                match state {
+                    SessionState::Disconnected => {
+                        if matches!(g.link, Link::Up) {
+                            lost_at = Some(Instant::now() + grace);
+                            g.link = Link::Down { lost: false };
+                            for m in g.monitors.values() {
+                                m.report_unverifiable("disconnected from ZooKeeper");
+                            }
+                        }
+                    }
+                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
+                        lost_at = None;
+                        // Same session, so its ephemeral nodes are still there. Guards already
+                        // reported lost stay lost (that is sticky in LeaseMonitor).
+                        g.link = Link::Up;
+                        for m in g.monitors.values() {
+                            m.report_confirmed(None);
+                        }
+                    }
+                    SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {
+                        g.link = Link::Ended;
+                        for m in g.monitors.values() {
+                            m.report_lost(match state {
+                                SessionState::Expired => "the ZooKeeper session expired",
+                                SessionState::AuthFailed => "ZooKeeper authentication failed",
+                                _ => "the ZooKeeper session was closed",
+                            });
+                        }
+                        g.monitors.clear();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Every update under this lock is a single assignment or map operation, so a poisoned lock
+/// still holds coherent data.
+fn lock(m: &Mutex<Grants>) -> MutexGuard<'_, Grants> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grace_ends_before_the_server_can_expire_the_session() {
+        for ms in [400u64, 2_000, 10_000, 40_000] {
+            let t = Duration::from_millis(ms);
+            let grace = lost_grace(t);
+            // Detection after 2/5 plus one 1/20 check tick: the server's timer has at least
+            // 11/20 left; keep a margin of at least 3/20.
+            assert!(grace <= t * 8 / 20, "{t:?}: {grace:?}");
+            assert!(grace > t * 7 / 20, "{t:?}: {grace:?} is needlessly short");
+        }
+    }
+}

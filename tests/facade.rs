@@ -28,9 +28,9 @@ async fn every_known_scheme_is_served_or_names_its_feature() {
             assert_eq!(err.kind(), ErrorKind::Unsupported, "{msg}");
             assert!(msg.contains(&format!("`{feature}` cargo feature")), "{msg}");
         } else {
-            assert_ne!(
-                err.kind(),
-                ErrorKind::InvalidUrl,
+            // Served: the backend may still reject this made-up URL, but not as unknown.
+            assert!(
+                !msg.contains("unknown URL scheme"),
                 "{scheme} must be known: {msg}"
             );
         }

@@ -68,6 +68,12 @@ async fn variants() -> anyhow::Result<(Vec<(&'static str, String)>, Servers)> {
     let etcd3 = fixtures::etcd_cluster(3, Default::default()).await?;
     v.push(("etcd_cluster", etcd3.url().to_string()));
     servers.clusters.push(etcd3);
+    let zk = fixtures::zookeeper().await?;
+    v.push(("zookeeper", zk.url().to_string()));
+    servers.single.push(zk);
+    let zk3 = fixtures::zookeeper_ensemble(3, Default::default()).await?;
+    v.push(("zookeeper_ensemble", zk3.url().to_string()));
+    servers.clusters.push(zk3);
     Ok((v, servers))
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::{Holder, dlock, unique, with_query};
 use conformance::faults::{Fault, FaultProxy};
 use conformance::fixtures;
-use dlock::{Backend, ErrorKind, LockMode, LockName, LockOptions, LockState, Wait};
+use dlock::{Backend, BackendExt, ErrorKind, LockMode, LockName, LockOptions, LockState, Wait};
 use sqlx::Connection;
 
 async fn connect(url: &str) -> Arc<dyn Backend> {
@@ -24,7 +24,7 @@ fn forever() -> LockOptions {
 /// Two clients exclude each other; release hands the lock to a waiter.
 #[tokio::test]
 async fn two_clients_exclude_each_other_and_hand_over() {
-    let pg = fixtures::postgres().await.unwrap();
+    let pg = fixtures::managed_postgres().await.unwrap();
     let (a, b) = (connect(pg.url()).await, connect(pg.url()).await);
     let n = unique("excl");
     let g = a.acquire(&n, &LockOptions::new()).await.unwrap();
@@ -114,7 +114,7 @@ async fn bounded_wait_times_out() {
 /// Cancel safety: a waiting acquire dropped mid-wait never leaves the lock held.
 #[tokio::test]
 async fn dropped_wait_never_leaves_the_lock_held() {
-    let pg = fixtures::postgres().await.unwrap();
+    let pg = fixtures::managed_postgres().await.unwrap();
     let (a, b, c) = (
         connect(pg.url()).await,
         connect(pg.url()).await,
@@ -271,7 +271,7 @@ async fn killed_holder_process_frees_the_lock_within_a_second() {
 /// `pg_terminate_backend` of the lock session turns the guard `Lost`.
 #[tokio::test]
 async fn terminated_session_turns_the_guard_lost() {
-    let pg = fixtures::postgres().await.unwrap();
+    let pg = fixtures::managed_postgres().await.unwrap();
     let d = connect(pg.url()).await;
     let n = unique("terminate");
     let g = d.acquire(&n, &LockOptions::new()).await.unwrap();
@@ -317,7 +317,7 @@ async fn server_restart_turns_the_guard_lost() {
 /// which is when the server frees the lock.
 #[tokio::test]
 async fn blackholed_holder_learns_before_anyone_else_acquires() {
-    let pg = fixtures::postgres().await.unwrap();
+    let pg = fixtures::managed_postgres().await.unwrap();
     let addr = pg.addr().expect("managed server");
     let proxy = FaultProxy::start(addr).await.unwrap();
     let via_proxy = pg
@@ -415,4 +415,83 @@ async fn wait_for_waiters(url: &str, n: i64) {
         assert!(Instant::now() < deadline, "no waiter showed up in pg_locks");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Ctrl-C while `dlock run --wait forever` waits: dlock gives up at once (exit 130), the
+/// command never runs, and no waiter is left behind on the server.
+#[tokio::test]
+async fn interrupted_wait_exits_130_and_leaves_no_waiter() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let n = unique("sigint");
+    let mut holder = Holder::start(pg.url(), n.as_str(), &[]);
+    holder.acquired();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dlock"))
+        .args([
+            "run",
+            "--wait",
+            "forever",
+            pg.url(),
+            n.as_str(),
+            "--",
+            "sh",
+            "-c",
+            "echo ran",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_waiters(pg.url(), 1).await;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(run.id() as i32, libc::SIGINT) };
+    let out = tokio::task::spawn_blocking(move || run.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(out.stdout.is_empty(), "the command must not run");
+    let mut conn = sqlx::PgConnection::connect(pg.url()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if waiting == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned waiter is still queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (events, code) = holder.finish();
+    assert_eq!(code, Some(0), "{events:?}");
+}
+
+/// `run_exclusive`'s `at_most` shorter than the session check interval is still honoured.
+#[tokio::test]
+async fn at_most_below_the_session_deadline_is_honoured() {
+    let pg = fixtures::postgres().await.unwrap();
+    let d = connect(pg.url()).await;
+    let n = unique("atmost");
+    let t = Instant::now();
+    let err = d
+        .with_lock(
+            &n,
+            &LockOptions::new()
+                .with_ttl(Duration::from_secs(1))
+                .with_renew(dlock::Renew::Off),
+            |_| tokio::time::sleep(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Lost, "{err}");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
 }

@@ -412,6 +412,33 @@ mod redis_flavour {
         );
     }
 
+    /// The job runner on ShedLock's Redis keys: runs, then skips while ShedLock holds the key.
+    #[tokio::test]
+    async fn run_exclusive_on_redis_keys() {
+        let r = fixtures::redis().await.unwrap();
+        let d = connect(&format!("shedlock+{}", r.url())).await;
+        let mut conn = raw(r.url()).await;
+        let n = unique("purge");
+        let out: JobOutcome<u32, String> = d
+            .run_exclusive(&n, Duration::from_secs(60), None, |_| async { Ok(1) })
+            .await
+            .unwrap();
+        assert_eq!(out, JobOutcome::Ran(1));
+        assert!(
+            java_set(
+                &mut conn,
+                &format!("job-lock:default:{}", n.as_str()),
+                60_000
+            )
+            .await
+        );
+        let out: JobOutcome<u32, String> = d
+            .run_exclusive(&n, Duration::from_secs(60), None, |_| async { Ok(2) })
+            .await
+            .unwrap();
+        assert!(out.skipped());
+    }
+
     #[tokio::test]
     async fn early_unlock_shortens_the_expiry_to_at_least() {
         let r = fixtures::redis().await.unwrap();

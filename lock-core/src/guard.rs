@@ -308,6 +308,54 @@ pub fn drift_allowance(ttl: Duration) -> Duration {
     redlock.max(scheduling).min(ttl / 2)
 }
 
+/// A grant the server may have made that is not in a [`Guard`] yet: the window between
+/// sending an acquisition and building the guard. If it is dropped armed — the `acquire`
+/// future was cancelled at an await point, or an error path returned early — it releases in
+/// the background. That is safe only because every [`Lease::release`] is ownership-checked:
+/// if the server never granted the lock, the release changes nothing.
+///
+/// Backends whose grant and guard cannot be built without an await in between use it like
+/// this: `let pending = PendingLease::new(lease.clone());` before sending, then
+/// `pending.disarm()` when the server said no, or `pending.into_lease()` to put it in the
+/// [`Grant`].
+pub struct PendingLease {
+    lease: Option<Arc<dyn Lease>>,
+}
+
+impl PendingLease {
+    /// Arms the release-on-drop for `lease`.
+    pub fn new(lease: Arc<dyn Lease>) -> Self {
+        PendingLease { lease: Some(lease) }
+    }
+
+    /// The lease, for the [`Grant`]: no release on drop any more.
+    pub fn into_lease(mut self) -> Arc<dyn Lease> {
+        self.lease.take().expect("armed until taken")
+    }
+
+    /// Nothing was granted: no release needed.
+    pub fn disarm(mut self) {
+        self.lease = None;
+    }
+}
+
+impl Drop for PendingLease {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                match lease.release().await {
+                    Ok(true) => tracing::debug!("released a grant whose acquire was abandoned"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not release an abandoned grant; it frees when its lease expires"),
+                }
+            });
+        }
+    }
+}
+
 /// What a backend hands to [`Guard::new`] once the server granted the lock.
 pub struct Grant {
     /// The lock name as the caller gave it.

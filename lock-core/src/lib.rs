@@ -18,8 +18,8 @@ pub use backend::{Backend, BoxFuture, Capabilities};
 pub use election::{Election, Leadership};
 pub use error::{Error, ErrorKind, Operation, Result};
 pub use guard::{
-    FencingToken, Grant, Guard, Lease, LeaseMonitor, LockState, StateWatch, drift_allowance,
-    lease_deadline,
+    FencingToken, Grant, Guard, Lease, LeaseMonitor, LockState, PendingLease, StateWatch,
+    drift_allowance, lease_deadline,
 };
 pub use helpers::{BackendExt, Held, JobOutcome};
 pub use memory::{MemoryBackend, SCHEME as MEMORY_SCHEME};

@@ -139,7 +139,12 @@ impl PgBackend {
         let (key, mode) = (grant.key, grant.mode);
         grant.disarm();
         let id = NEXT_GRANT.fetch_add(1, Ordering::Relaxed);
-        let deadline = self.cfg.session_deadline;
+        // The client-side deadline after each session check; never longer than the hold the
+        // caller allows without renewal (`at_most` below session_deadline is honoured too).
+        let deadline = match opts.renew() {
+            Renew::Off => self.cfg.session_deadline.min(opts.ttl()),
+            Renew::Auto { .. } => self.cfg.session_deadline,
+        };
         let monitor = LeaseMonitor::new(name, BACKEND, Some(lease_deadline(sent, deadline)));
         session.watch(id, monitor.clone());
         let lease = Arc::new(PgLease {
@@ -147,7 +152,7 @@ impl PgBackend {
             key,
             mode,
             id,
-            session_deadline: deadline,
+            session_deadline: self.cfg.session_deadline,
         });
         // The session check is the "renewal": it runs every session_deadline/3 and the
         // client-side deadline is session_deadline after each check was sent. The caller's

@@ -153,15 +153,20 @@ impl PgConfig {
     /// The shortest time after the last packet from us at which the server can decide our
     /// connection is dead and end the session (freeing its locks).
     pub fn server_detection_min(&self) -> Duration {
-        let keepalive = self.keepalives_idle + self.keepalives_interval * self.keepalives_count;
-        keepalive.min(self.user_timeout)
+        self.keepalive_detection().min(self.user_timeout)
+    }
+
+    fn keepalive_detection(&self) -> Duration {
+        self.keepalives_idle.saturating_add(
+            self.keepalives_interval
+                .saturating_mul(self.keepalives_count),
+        )
     }
 
     /// The longest time after the last packet from us before the server ends the session of
     /// a vanished client (roughly; the kernel adds up to one probe interval).
     pub fn server_detection_max(&self) -> Duration {
-        let keepalive = self.keepalives_idle + self.keepalives_interval * self.keepalives_count;
-        keepalive.max(self.user_timeout)
+        self.keepalive_detection().max(self.user_timeout)
     }
 
     fn check_timings(&self) -> std::result::Result<(), String> {
@@ -192,7 +197,11 @@ impl PgConfig {
         }
         // The holder must learn of a possible loss before the server can free the lock.
         let server = self.server_detection_min();
-        if self.session_deadline + Duration::from_millis(500) > server {
+        if self
+            .session_deadline
+            .saturating_add(Duration::from_millis(500))
+            > server
+        {
             return Err(format!(
                 "session_deadline ({:?}) must be at least 500ms shorter than the server's \
                  earliest detection of a vanished client (min(keepalives_idle + \
@@ -227,12 +236,16 @@ fn parse_duration(v: &str) -> std::result::Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| "expected a duration like 500ms, 3s or 2m".to_string())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" | "min" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("unknown unit {unit:?}; use ms, s or m")),
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("unknown unit {unit:?}; use ms, s or m")),
+    };
+    if d > Duration::from_secs(24 * 3600) {
+        return Err(format!("{v:?} is longer than a day"));
     }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -275,6 +288,8 @@ mod tests {
             "postgres://h/db?session_deadline=30s",
             "postgres://h/db?check_timeout=5s",
             "postgres://h/db?user_timeout=abc",
+            "postgres://h/db?keepalives_interval=18446744073709551615s",
+            "postgres://h/db?keepalives_idle=99999999999999m",
             "postgres://[::1/db",
         ] {
             let err = cfg(url).unwrap_err();

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
-    Lease, LeaseMonitor, LockName, LockOptions, Operation, Result, Wait, lease_deadline, observe,
+    Lease, LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Wait,
+    lease_deadline, observe,
 };
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio::sync::{OnceCell, broadcast};
@@ -270,17 +271,28 @@ impl ShedPgBackend {
         self.check_name(name)?;
         let requested_at = Instant::now();
         let deadline = match opts.wait() {
-            Wait::No => None,
+            Wait::No | Wait::For(Duration::ZERO) => None,
             Wait::For(d) => Some(requested_at + d),
             Wait::Forever => Some(requested_at + Duration::from_secs(u32::MAX as u64)),
         };
-        let owner = owner(self.locked_by_max);
+        let lease = Arc::new(ShedPgLease {
+            pool: self.pool.clone(),
+            sql: self.sql.clone(),
+            name: name.clone(),
+            owner: owner(self.locked_by_max),
+            at_least: opts.at_least().unwrap_or(Duration::ZERO),
+        });
         let mut releases = None;
+        let mut listening = false;
         loop {
             let sent = Instant::now();
-            if self.try_once(name, opts, &owner).await? {
-                return self.finish(name, opts, owner, sent, requested_at).await;
+            // Armed before the upsert: if this future is dropped while it is in flight (or
+            // while the fencing token is fetched), the row is released in the background.
+            let pending = PendingLease::new(lease.clone());
+            if self.try_once(name, opts, &lease.owner).await? {
+                return self.finish(name, opts, pending, sent, requested_at).await;
             }
+            pending.disarm();
             let Some(deadline) = deadline.filter(|d| *d > Instant::now()) else {
                 let kind = if deadline.is_some() {
                     ErrorKind::Timeout
@@ -295,7 +307,8 @@ impl ShedPgBackend {
                     format!("lock {:?} is held (row not expired yet)", name.as_str()),
                 ));
             };
-            if releases.is_none() {
+            if !listening {
+                listening = true;
                 releases = self.release_notifications().await;
                 // A release between the attempt above and the LISTEN would be missed: retry once.
                 continue;
@@ -308,8 +321,11 @@ impl ShedPgBackend {
                 .map_err(db(Operation::Acquire))?;
             let wake =
                 Instant::now() + Duration::from_secs_f64(remaining.unwrap_or(0.0).clamp(0.0, 1e9));
-            let rx = releases.as_mut().expect("set above");
             let announced = async {
+                let Some(rx) = releases.as_mut() else {
+                    // LISTEN failed: the row's expiry is the only wake-up.
+                    return std::future::pending::<()>().await;
+                };
                 loop {
                     match rx.recv().await {
                         Ok(n) if n == name.as_str() => return,
@@ -332,19 +348,11 @@ impl ShedPgBackend {
         &self,
         name: &LockName,
         opts: &LockOptions,
-        owner: String,
+        pending: PendingLease,
         sent: Instant,
         requested_at: Instant,
     ) -> Result<Guard> {
-        let lease = Arc::new(ShedPgLease {
-            pool: self.pool.clone(),
-            sql: self.sql.clone(),
-            name: name.clone(),
-            owner,
-            at_least: opts.at_least().unwrap_or(Duration::ZERO),
-        });
-        // If this future is dropped below, the lease goes with it and the row expires at
-        // `at_most`; release it explicitly instead so the lock is not kept needlessly.
+        // An error or a drop below releases the row through `pending`.
         let token = match &self.sql.fence {
             None => None,
             Some(sql) => {
@@ -352,13 +360,7 @@ impl ShedPgBackend {
                     .bind(name.as_str())
                     .fetch_one(&self.pool)
                     .await;
-                match r {
-                    Ok(t) => Some(FencingToken::new(t as u64)),
-                    Err(e) => {
-                        let _ = lease.release().await;
-                        return Err(db(Operation::Acquire)(e));
-                    }
-                }
+                Some(FencingToken::new(r.map_err(db(Operation::Acquire))? as u64))
             }
         };
         let monitor = LeaseMonitor::new(name, BACKEND_PG, Some(lease_deadline(sent, opts.ttl())));
@@ -367,7 +369,7 @@ impl ShedPgBackend {
                 name: name.clone(),
                 backend: BACKEND_PG,
                 token,
-                lease,
+                lease: pending.into_lease(),
                 monitor,
                 requested_at,
             },

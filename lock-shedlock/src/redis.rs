@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, Grant, Guard, Lease,
-    LeaseMonitor, LockName, LockOptions, Operation, Result, Wait, lease_deadline, observe,
+    LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Wait, lease_deadline,
+    observe,
 };
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
@@ -25,8 +26,54 @@ const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return red
 pub struct ShedRedisBackend {
     display_url: String,
     prefix: String,
-    conn: MultiplexedConnection,
+    link: Arc<Link>,
     timeout: Duration,
+}
+
+/// One multiplexed connection, replaced by a new one after a connection error.
+struct Link {
+    client: redis::Client,
+    config: redis::AsyncConnectionConfig,
+    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+}
+
+impl Link {
+    async fn get(&self) -> Result<MultiplexedConnection> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+            .map_err(redis_error(Operation::Connect))?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs `f` on the connection; a connection-level failure drops it so the next call
+    /// reconnects.
+    async fn run<T, F, Fut>(&self, op: Operation, f: F) -> Result<T>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.get().await?;
+        match f(conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+                {
+                    *self.conn.lock().await = None;
+                }
+                Err(redis_error(op)(e))
+            }
+        }
+    }
 }
 
 impl fmt::Debug for ShedRedisBackend {
@@ -137,22 +184,24 @@ impl ShedRedisBackend {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Connection,
-                    BACKEND_REDIS,
-                    Operation::Connect,
-                    format!("cannot connect to {url}"),
-                )
-                .with_source(e)
-            })?;
+        let link = Arc::new(Link {
+            client,
+            config,
+            conn: tokio::sync::Mutex::new(None),
+        });
+        link.get().await.map_err(|e| {
+            Error::new(
+                ErrorKind::Connection,
+                BACKEND_REDIS,
+                Operation::Connect,
+                format!("cannot connect to {url}"),
+            )
+            .with_boxed_source(Box::new(e))
+        })?;
         Ok(ShedRedisBackend {
             display_url: url.to_string(),
             prefix: format!("{key_prefix}:{env}:"),
-            conn,
+            link,
             timeout,
         })
     }
@@ -176,28 +225,36 @@ impl ShedRedisBackend {
         let ttl_ms = opts.ttl().as_millis().max(1) as u64;
         let requested_at = Instant::now();
         let deadline = match opts.wait() {
-            Wait::No => None,
+            Wait::No | Wait::For(Duration::ZERO) => None,
             Wait::For(d) => Some(requested_at + d),
             Wait::Forever => Some(requested_at + Duration::from_secs(u32::MAX as u64)),
         };
-        let mut conn = self.conn.clone();
+        let lease = Arc::new(ShedRedisLease {
+            link: self.link.clone(),
+            key: key.clone(),
+            value: value.clone(),
+        });
         loop {
             let sent = Instant::now();
-            let set: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_error(Operation::Acquire))?;
+            // Armed before the SET: a cancelled acquire releases (value-checked) in the background.
+            let pending = PendingLease::new(lease.clone());
+            let set: Option<String> = self
+                .link
+                .run(Operation::Acquire, |mut c| {
+                    let (key, value) = (key.clone(), value.clone());
+                    async move {
+                        redis::cmd("SET")
+                            .arg(&key)
+                            .arg(&value)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(ttl_ms)
+                            .query_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
             if set.is_some() {
-                let lease = Arc::new(ShedRedisLease {
-                    conn: self.conn.clone(),
-                    key,
-                    value,
-                });
                 let monitor =
                     LeaseMonitor::new(name, BACKEND_REDIS, Some(lease_deadline(sent, opts.ttl())));
                 return Ok(Guard::new(
@@ -205,13 +262,14 @@ impl ShedRedisBackend {
                         name: name.clone(),
                         backend: BACKEND_REDIS,
                         token: None,
-                        lease,
+                        lease: pending.into_lease(),
                         monitor,
                         requested_at,
                     },
                     opts,
                 ));
             }
+            pending.disarm();
             let Some(deadline) = deadline.filter(|d| *d > Instant::now()) else {
                 let kind = if deadline.is_some() {
                     ErrorKind::Timeout
@@ -228,11 +286,13 @@ impl ShedRedisBackend {
             };
             // ShedLock announces nothing: sleep until the key expires, but re-check at least
             // every 500 ms so an early release is noticed (bounded, not a busy loop).
-            let pttl: i64 = redis::cmd("PTTL")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_error(Operation::Acquire))?;
+            let pttl: i64 = self
+                .link
+                .run(Operation::Acquire, |mut c| {
+                    let key = key.clone();
+                    async move { redis::cmd("PTTL").arg(&key).query_async(&mut c).await }
+                })
+                .await?;
             let until_expiry = Duration::from_millis(pttl.max(1) as u64);
             let nap = until_expiry.min(Duration::from_millis(500));
             tokio::time::sleep_until((Instant::now() + nap).min(deadline)).await;
@@ -268,7 +328,7 @@ impl Backend for ShedRedisBackend {
 }
 
 struct ShedRedisLease {
-    conn: MultiplexedConnection,
+    link: Arc<Link>,
     key: String,
     value: String,
 }
@@ -276,27 +336,33 @@ struct ShedRedisLease {
 impl Lease for ShedRedisLease {
     fn extend(&self, ttl: Duration) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
-            let n: i64 = redis::Script::new(EXTEND)
-                .key(&self.key)
-                .arg(&self.value)
-                .arg(ttl.as_millis().max(1) as u64)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_error(Operation::Extend))?;
+            let n: i64 = self
+                .link
+                .run(Operation::Extend, |mut c| async move {
+                    redis::Script::new(EXTEND)
+                        .key(&self.key)
+                        .arg(&self.value)
+                        .arg(ttl.as_millis().max(1) as u64)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
             Ok(n == 1)
         })
     }
 
     fn release(&self) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
-            let n: i64 = redis::Script::new(RELEASE)
-                .key(&self.key)
-                .arg(&self.value)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(redis_error(Operation::Release))?;
+            let n: i64 = self
+                .link
+                .run(Operation::Release, |mut c| async move {
+                    redis::Script::new(RELEASE)
+                        .key(&self.key)
+                        .arg(&self.value)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
             Ok(n == 1)
         })
     }

@@ -6,7 +6,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::opt::HoldArgs;
 use super::{
-    EXIT_LOST, EXIT_OK, EXIT_SOFTWARE, connect, lock_request, now_ms, report_acquire_error, usage,
+    EXIT_LOST, EXIT_OK, EXIT_SOFTWARE, acquire_or_signal, lock_request, next_state, now_ms, usage,
 };
 
 /// One event per line. A reader that went away (closed pipe) is not an error worth a panic:
@@ -34,14 +34,11 @@ pub(super) async fn hold(args: HoldArgs) -> i32 {
             return EXIT_SOFTWARE;
         }
     };
-    let backend = match connect(&args.lock.url).await {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let guard = match backend.acquire(&name, &opts).await {
-        Ok(g) => g,
-        Err(e) => return report_acquire_error(&name, &e),
-    };
+    let guard =
+        match acquire_or_signal(&args.lock.url, &name, &opts, &mut sigterm, &mut sigint).await {
+            Ok(g) => g,
+            Err(code) => return code,
+        };
     emit(json!({
         "event": "acquired",
         "token": guard.token().map(|t| t.get()),
@@ -78,7 +75,7 @@ pub(super) async fn hold(args: HoldArgs) -> i32 {
             _ = &mut stdin_closed => break,
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
-            state = watch.changed() => {
+            state = next_state(&mut watch, last) => {
                 if state != last {
                     last = state;
                     emit(json!({"event": "state", "state": state.as_str(), "t_ms": now_ms()}));

@@ -166,6 +166,45 @@ async fn connect(url: &str) -> Result<std::sync::Arc<dyn dlock::Backend>, i32> {
     })
 }
 
+/// Connects and acquires, giving up on SIGINT (exit 130) or SIGTERM (exit 143) while
+/// connecting or waiting: a dropped acquisition leaves nothing behind (cancel safety).
+async fn acquire_or_signal(
+    url: &str,
+    name: &LockName,
+    opts: &LockOptions,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+) -> Result<dlock::Guard, i32> {
+    let work = async {
+        let backend = connect(url).await?;
+        backend
+            .acquire(name, opts)
+            .await
+            .map_err(|e| report_acquire_error(name, &e))
+    };
+    tokio::select! {
+        r = work => r,
+        _ = sigint.recv() => {
+            eprintln!("dlock: interrupted while acquiring {:?}", name.as_str());
+            Err(130)
+        }
+        _ = sigterm.recv() => {
+            eprintln!("dlock: terminated while acquiring {:?}", name.as_str());
+            Err(143)
+        }
+    }
+}
+
+/// The next state after `last`: at once if the state already differs (a change that
+/// happened before the caller started watching is not missed), else at the next change.
+async fn next_state(watch: &mut dlock::StateWatch, last: dlock::LockState) -> dlock::LockState {
+    let now = watch.state();
+    if now != last {
+        return now;
+    }
+    watch.changed().await
+}
+
 fn usage(msg: &str) -> i32 {
     eprintln!("dlock: {msg}");
     EXIT_USAGE

@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 use super::opt::{OnLost, RunArgs};
-use super::{EXIT_LOST, EXIT_SOFTWARE, connect, lock_request, report_acquire_error, usage};
+use super::{EXIT_LOST, EXIT_SOFTWARE, acquire_or_signal, lock_request, next_state, usage};
 
 pub(super) async fn run(args: RunArgs) -> i32 {
     let (name, opts) = match lock_request(&args.lock, args.at_least, true) {
@@ -28,14 +28,11 @@ pub(super) async fn run(args: RunArgs) -> i32 {
             return EXIT_SOFTWARE;
         }
     };
-    let backend = match connect(&args.lock.url).await {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let guard = match backend.acquire(&name, &opts).await {
-        Ok(g) => g,
-        Err(e) => return report_acquire_error(&name, &e),
-    };
+    let guard =
+        match acquire_or_signal(&args.lock.url, &name, &opts, &mut sigterm, &mut sigint).await {
+            Ok(g) => g,
+            Err(code) => return code,
+        };
 
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])
@@ -71,12 +68,15 @@ pub(super) async fn run(args: RunArgs) -> i32 {
     let pid = child.id();
 
     let mut watch = guard.watch();
+    let mut last = LockState::Held;
     let mut lost_at: Option<Instant> = None;
     let mut killed = false;
     let status: std::io::Result<ExitStatus> = loop {
         tokio::select! {
             status = child.wait() => break status,
-            state = watch.changed(), if lost_at.is_none() => match state {
+            state = next_state(&mut watch, last), if lost_at.is_none() => {
+                last = state;
+                match state {
                 LockState::Lost => {
                     match args.on_lost {
                         OnLost::Ignore => {
@@ -101,7 +101,7 @@ pub(super) async fn run(args: RunArgs) -> i32 {
                     eprintln!("dlock: warning: lock {:?} may be lost (renewal failed); the command keeps running until it is known", name.as_str());
                 }
                 _ => {}
-            },
+            }},
             _ = tokio::time::sleep_until(lost_at.unwrap_or_else(Instant::now) + args.grace), if lost_at.is_some() && !killed => {
                 eprintln!("dlock: the command did not exit within {:?} of SIGTERM; sending SIGKILL", args.grace);
                 send(pid, libc::SIGKILL);

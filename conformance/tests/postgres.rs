@@ -400,6 +400,12 @@ async fn fencing_tokens_increase_across_crashes_and_restarts() {
 
 /// Waits until `n` sessions wait for an advisory lock on the server.
 async fn wait_for_waiters(url: &str, n: i64) {
+    wait_for_waiter_count(url, |w| w >= n, "no waiter showed up in pg_locks").await
+}
+
+/// Polls the server's lock table (a server-side event we cannot subscribe to) until the
+/// number of sessions waiting for an advisory lock satisfies `ok`, for at most 10 s.
+async fn wait_for_waiter_count(url: &str, ok: impl Fn(i64) -> bool, failure: &str) {
     let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -409,10 +415,10 @@ async fn wait_for_waiters(url: &str, n: i64) {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-        if waiting >= n {
+        if ok(waiting) {
             return;
         }
-        assert!(Instant::now() < deadline, "no waiter showed up in pg_locks");
+        assert!(Instant::now() < deadline, "{failure}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -2,11 +2,10 @@
 
 use serde_json::json;
 use tokio::io::AsyncReadExt;
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::opt::HoldArgs;
 use super::{
-    EXIT_LOST, EXIT_OK, EXIT_SOFTWARE, acquire_or_signal, lock_request, next_state, now_ms, usage,
+    EXIT_LOST, EXIT_OK, acquire_or_signal, lock_request, next_state, now_ms, signals, usage,
 };
 
 /// One event per line. A reader that went away (closed pipe) is not an error worth a panic:
@@ -22,17 +21,9 @@ pub(super) async fn hold(args: HoldArgs) -> i32 {
         Ok(r) => r,
         Err(msg) => return usage(&msg),
     };
-    // Installed before acquiring, so a SIGTERM that arrives right after the grant is handled
-    // (released) rather than killing the process with the lock held.
-    let (mut sigterm, mut sigint) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => {
-            eprintln!("dlock: cannot install signal handlers");
-            return EXIT_SOFTWARE;
-        }
+    let (mut sigterm, mut sigint) = match signals() {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     let guard =
         match acquire_or_signal(&args.lock.url, &name, &opts, &mut sigterm, &mut sigint).await {

@@ -166,6 +166,23 @@ async fn connect(url: &str) -> Result<std::sync::Arc<dyn dlock::Backend>, i32> {
     })
 }
 
+/// SIGTERM and SIGINT handlers. Installed before acquiring, so a signal that arrives right
+/// after the grant is handled (the lock released) rather than killing the process with the
+/// lock held.
+fn signals() -> Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal), i32> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => Ok((t, i)),
+        _ => {
+            eprintln!("dlock: cannot install signal handlers");
+            Err(EXIT_SOFTWARE)
+        }
+    }
+}
+
 /// Connects and acquires, giving up on SIGINT (exit 130) or SIGTERM (exit 143) while
 /// connecting or waiting: a dropped acquisition leaves nothing behind (cancel safety).
 async fn acquire_or_signal(

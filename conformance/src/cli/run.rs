@@ -5,28 +5,21 @@ use std::process::{ExitStatus, Stdio};
 
 use dlock::LockState;
 use tokio::process::Command;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 use super::opt::{OnLost, RunArgs};
-use super::{EXIT_LOST, EXIT_SOFTWARE, acquire_or_signal, lock_request, next_state, usage};
+use super::{
+    EXIT_LOST, EXIT_SOFTWARE, acquire_or_signal, lock_request, next_state, signals, usage,
+};
 
 pub(super) async fn run(args: RunArgs) -> i32 {
     let (name, opts) = match lock_request(&args.lock, args.at_least, true) {
         Ok(r) => r,
         Err(msg) => return usage(&msg),
     };
-    // Installed before acquiring, so a SIGTERM that arrives right after the grant is handled
-    // (released) rather than killing the process with the lock held.
-    let (mut sigterm, mut sigint) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => {
-            eprintln!("dlock: cannot install signal handlers");
-            return EXIT_SOFTWARE;
-        }
+    let (mut sigterm, mut sigint) = match signals() {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     let guard =
         match acquire_or_signal(&args.lock.url, &name, &opts, &mut sigterm, &mut sigint).await {

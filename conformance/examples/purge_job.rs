@@ -54,18 +54,19 @@ async fn main() -> anyhow::Result<()> {
         })
     };
 
-    // Start just after a second boundary so every pod aims at the same ticks.
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .subsec_millis() as u64;
-    tokio::time::sleep(Duration::from_millis(1100 - ms)).await;
-
     let log = Arc::new(Mutex::new(Vec::<(usize, usize, String)>::new()));
     // Between the ticks, this task adds stale rows for the second tick to purge.
     let between_ticks = Arc::new(tokio::sync::Barrier::new(PODS + 1));
+    // Every pod connects first; then all start their schedules together.
+    let start = Arc::new(tokio::sync::Barrier::new(PODS + 1));
     let mut pods = Vec::new();
     for pod in 1..=PODS {
-        let (url, log, between_ticks) = (url.clone(), log.clone(), between_ticks.clone());
+        let (url, log, between_ticks, start) = (
+            url.clone(),
+            log.clone(),
+            between_ticks.clone(),
+            start.clone(),
+        );
         pods.push(tokio::spawn(async move {
             // each pod: its own lock client and its own database connection
             let backend = dlock::connect(&format!("shedlock+{url}")).await?;
@@ -77,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
                 Duration::from_secs(30),         // at_most
                 Some(Duration::from_secs(1)),    // at_least: outlasts clock differences
             )?;
+            start.wait().await;
             for tick in 1..=TICKS {
                 let job_db = db.clone();
                 let t = job
@@ -105,6 +107,18 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok::<_, anyhow::Error>(())
         }));
+    }
+    // Release the pods just after a second boundary, so every pod aims at the same tick (as
+    // replicas with synchronised clocks do) even on a busy machine.
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .subsec_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(1100 - ms)).await;
+    if tokio::time::timeout(Duration::from_secs(60), start.wait())
+        .await
+        .is_err()
+    {
+        anyhow::bail!("a pod failed to start (see the errors above)");
     }
     for _ in 1..TICKS {
         between_ticks.wait().await;

@@ -18,7 +18,6 @@ use conformance::fixtures::{self, Server, ZooKeeperOptions, zookeeper::ZkSession
 use dlock::{Backend, ErrorKind, LockName, LockOptions, LockState, Renew, Wait};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
-use tokio::sync::OnceCell;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -32,11 +31,9 @@ fn init_tracing() {
         .try_init();
 }
 
-/// One standalone server shared by the tests that only create their own znodes. It lives as
-/// long as the test binary (the fixtures kill it when the binary exits).
-async fn shared_server() -> Result<&'static Server> {
-    static SERVER: OnceCell<Server> = OnceCell::const_new();
-    SERVER.get_or_try_init(fixtures::zookeeper).await
+/// A standalone server for one test, dropped (process and directory) when the test ends.
+async fn own_server() -> Result<Server> {
+    fixtures::zookeeper().await
 }
 
 /// A name no other test (or earlier run) uses: every test works under its own base.
@@ -201,7 +198,7 @@ impl Holder {
 #[tokio::test]
 async fn acquire_release_and_tokens_are_creation_zxids_that_increase() -> Result<()> {
     init_tracing();
-    let server = shared_server().await?;
+    let server = own_server().await?;
     let base = format!("/{}", unique("basics"));
     let url = with_options(server.url(), &format!("base={base}"));
     let (a, b) = (connect(&url).await?, connect(&url).await?);
@@ -263,7 +260,7 @@ async fn acquire_release_and_tokens_are_creation_zxids_that_increase() -> Result
 #[tokio::test]
 async fn waiters_are_granted_in_queue_order_when_the_holder_releases() -> Result<()> {
     init_tracing();
-    let server = shared_server().await?;
+    let server = own_server().await?;
     let base = format!("/{}", unique("queue"));
     let url = with_options(server.url(), &format!("base={base}"));
     let holder = connect(&url).await?;
@@ -304,7 +301,7 @@ async fn waiters_are_granted_in_queue_order_when_the_holder_releases() -> Result
 #[tokio::test]
 async fn every_name_maps_to_its_own_valid_znode() -> Result<()> {
     init_tracing();
-    let server = shared_server().await?;
+    let server = own_server().await?;
     let base = format!("/{}", unique("names"));
     let url = with_options(server.url(), &format!("base={base}"));
     let b = connect(&url).await?;
@@ -377,7 +374,7 @@ async fn bad_urls_options_and_modes_fail_with_typed_errors() -> Result<()> {
         started.elapsed()
     );
 
-    let server = shared_server().await?;
+    let server = own_server().await?;
     let b = connect(&with_options(
         server.url(),
         &format!("base=/{}", unique("bad")),
@@ -413,7 +410,7 @@ async fn bad_urls_options_and_modes_fail_with_typed_errors() -> Result<()> {
 #[tokio::test]
 async fn a_curator_format_node_keeps_dlock_out_until_it_goes() -> Result<()> {
     init_tracing();
-    let server = shared_server().await?;
+    let server = own_server().await?;
     let base = format!("/{}", unique("curator"));
     let url = with_options(server.url(), &format!("base={base}"));
     let lock_path = format!("{base}/nightly-purge");
@@ -500,7 +497,7 @@ async fn a_curator_format_node_keeps_dlock_out_until_it_goes() -> Result<()> {
 #[tokio::test]
 async fn a_dropped_acquire_leaves_no_node_behind() -> Result<()> {
     init_tracing();
-    let server = shared_server().await?;
+    let server = own_server().await?;
     let base = format!("/{}", unique("cancel"));
     let url = with_options(server.url(), &format!("base={base}"));
     let lock_path = format!("{base}/c");
@@ -528,7 +525,7 @@ async fn a_dropped_acquire_leaves_no_node_behind() -> Result<()> {
 #[tokio::test]
 async fn at_least_keeps_the_lock_taken_after_an_early_release() -> Result<()> {
     init_tracing();
-    let server = shared_server().await?;
+    let server = own_server().await?;
     let url = with_options(server.url(), &format!("base=/{}", unique("atleast")));
     let (a, b) = (connect(&url).await?, connect(&url).await?);
     let at_least = Duration::from_millis(800);
@@ -562,7 +559,7 @@ async fn at_least_keeps_the_lock_taken_after_an_early_release() -> Result<()> {
 #[tokio::test]
 async fn without_renewal_the_lock_is_held_for_at_most_one_ttl() -> Result<()> {
     init_tracing();
-    let server = shared_server().await?;
+    let server = own_server().await?;
     let url = with_options(server.url(), &format!("base=/{}", unique("norenew")));
     let (a, b) = (connect(&url).await?, connect(&url).await?);
     let ttl = Duration::from_millis(700);
@@ -596,7 +593,7 @@ async fn without_renewal_the_lock_is_held_for_at_most_one_ttl() -> Result<()> {
 #[tokio::test]
 async fn tokens_keep_increasing_when_the_lock_container_is_recreated() -> Result<()> {
     init_tracing();
-    let server = shared_server().await?;
+    let server = own_server().await?;
     let base = format!("/{}", unique("container"));
     let url = with_options(server.url(), &format!("base={base}"));
     let lock_path = format!("{base}/job");
@@ -636,7 +633,7 @@ async fn tokens_keep_increasing_when_the_lock_container_is_recreated() -> Result
 #[tokio::test]
 async fn processes_exclude_each_other() -> Result<()> {
     init_tracing();
-    let server = shared_server().await?;
+    let server = own_server().await?;
     let url = with_options(server.url(), &format!("base=/{}", unique("procs")));
     let mut first = Holder::spawn(&url, "report", &[])?;
     let t1 = first.acquired().await?;
@@ -892,7 +889,7 @@ async fn a_blackholed_holder_turns_unverifiable_then_lost_before_anyone_else_acq
 #[tokio::test]
 async fn a_connection_loss_during_create_finds_our_own_node() -> Result<()> {
     init_tracing();
-    let server = shared_server().await?;
+    let server = own_server().await?;
     let proxy = fault_proxy::FaultProxy::start(first_addr(server.url())?).await?;
     let base = format!("/{}", unique("protected"));
     let options = format!("base={base}&session_timeout=5s");

@@ -133,8 +133,6 @@ enum Entry {
     Disabled {
         feature: &'static str,
     },
-    /// Compiled in, but the backend does not exist yet.
-    Unimplemented,
 }
 
 /// What [`Registry::schemes`] says about one scheme.
@@ -144,8 +142,6 @@ pub enum SchemeStatus {
     Available(Capabilities),
     /// Needs this cargo feature of the `dlock` crate.
     NeedsFeature(&'static str),
-    /// Known, but not implemented in this version.
-    Unimplemented,
 }
 
 /// Maps URL schemes to backends. The facade (`dlock::registry()`) builds one with every
@@ -162,7 +158,6 @@ impl fmt::Debug for Registry {
             .entries(self.entries.iter().map(|(s, e)| match e {
                 Entry::Available(..) => format!("{s} (available)"),
                 Entry::Disabled { feature } => format!("{s} (needs feature {feature:?})"),
-                Entry::Unimplemented => format!("{s} (not implemented yet)"),
             }))
             .finish()
     }
@@ -185,12 +180,6 @@ impl Registry {
         self.set(scheme, Entry::Available(connect, capabilities));
     }
 
-    /// Marks `scheme` as compiled in but not implemented yet (connecting fails with
-    /// [`ErrorKind::Unsupported`]).
-    pub fn register_unimplemented(&mut self, scheme: &'static str) {
-        self.set(scheme, Entry::Unimplemented);
-    }
-
     /// Every known scheme with its status, in registration order.
     pub fn schemes(&self) -> Vec<(&'static str, SchemeStatus)> {
         self.entries
@@ -199,7 +188,6 @@ impl Registry {
                 let status = match e {
                     Entry::Available(_, caps) => SchemeStatus::Available(*caps),
                     Entry::Disabled { feature } => SchemeStatus::NeedsFeature(feature),
-                    Entry::Unimplemented => SchemeStatus::Unimplemented,
                 };
                 (*s, status)
             })
@@ -233,7 +221,7 @@ impl Registry {
             .iter()
             .filter_map(|(s, e)| match e {
                 Entry::Disabled { feature } => Some((*s, *feature)),
-                Entry::Available(..) | Entry::Unimplemented => None,
+                Entry::Available(..) => None,
             })
             .collect()
     }
@@ -258,15 +246,6 @@ impl Registry {
                 format!(
                     "the {:?} scheme needs the `{feature}` cargo feature of the dlock crate, \
                      which this build does not enable (URL {url})",
-                    url.scheme()
-                ),
-            )),
-            Some(Entry::Unimplemented) => Err(Error::new(
-                ErrorKind::Unsupported,
-                "dlock",
-                Operation::Connect,
-                format!(
-                    "the {:?} backend is not implemented yet in this version of dlock (URL {url})",
                     url.scheme()
                 ),
             )),

@@ -291,11 +291,17 @@ fn backends() -> i32 {
     println!("{:<20} CAPABILITIES", "SCHEME");
     for (scheme, status) in dlock::registry().schemes() {
         let what = match status {
-            SchemeStatus::Available(caps) => caps.to_string(),
+            SchemeStatus::Available(caps) => {
+                let text = caps.to_string();
+                if text.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    text
+                }
+            }
             SchemeStatus::NeedsFeature(f) => {
                 format!("(not compiled in: enable cargo feature `{f}`)")
             }
-            SchemeStatus::Unimplemented => "(not implemented yet)".to_string(),
         };
         println!("{scheme:<20} {what}");
     }

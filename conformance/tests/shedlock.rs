@@ -338,6 +338,50 @@ async fn run_exclusive_on_the_table() {
     assert!(out.skipped());
 }
 
+/// A client that waited (and so started its LISTEN connection) leaves no connection behind
+/// once it is dropped.
+#[tokio::test]
+async fn dropped_client_closes_its_connections() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let url = shed_url(pg.url());
+    let holder = connect(&url).await;
+    let n = unique("leak");
+    let _g = holder.acquire(&n, &LockOptions::new()).await.unwrap();
+    let waiter = connect(&url).await;
+    let r = waiter
+        .acquire(
+            &n,
+            &LockOptions::new().with_wait(Wait::For(Duration::from_millis(300))),
+        )
+        .await;
+    assert_eq!(r.unwrap_err().kind(), ErrorKind::Timeout);
+    let mut sql = PgConnection::connect(pg.url()).await.unwrap();
+    let before = shedlock_connections(&mut sql).await;
+    drop(waiter);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = shedlock_connections(&mut sql).await;
+        // what is left belongs to the holder's pool
+        if now < before && now <= 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{before} connections before the drop, still {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn shedlock_connections(sql: &mut PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dlock-shedlock'",
+    )
+    .fetch_one(sql)
+    .await
+    .unwrap()
+}
+
 mod redis_flavour {
     //! `shedlock+redis://` against keys written exactly as ShedLock's Redis provider writes
     //! them: `SET job-lock:<env>:<name> "ADDED:<instant>@<host>" NX PX <ms>`.

@@ -91,7 +91,7 @@ pub struct ShedPgBackend {
     /// Longest name the `name` column takes, in characters (`None`: unlimited).
     name_max: Option<usize>,
     locked_by_max: usize,
-    releases: OnceCell<broadcast::Sender<String>>,
+    releases: OnceCell<Listening>,
 }
 
 impl fmt::Debug for ShedPgBackend {
@@ -233,17 +233,17 @@ impl ShedPgBackend {
                 listener.listen(CHANNEL).await?;
                 let (tx, _) = broadcast::channel(256);
                 let sender = tx.clone();
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     // No receiver right now is fine: later waiters subscribe again.
                     while let Ok(n) = listener.recv().await {
                         let _ = sender.send(n.payload().to_string());
                     }
                 });
-                Ok::<_, sqlx::Error>(tx)
+                Ok::<_, sqlx::Error>(Listening { tx, task })
             })
             .await
             .ok()?;
-        Some(tx.subscribe())
+        Some(tx.tx.subscribe())
     }
 
     async fn try_once(&self, name: &LockName, opts: &LockOptions, owner: &str) -> Result<bool> {
@@ -375,6 +375,19 @@ impl ShedPgBackend {
             },
             opts,
         ))
+    }
+}
+
+/// The LISTEN connection's task and its broadcast; dropping it (with the backend) stops the
+/// task and closes the connection.
+struct Listening {
+    tx: broadcast::Sender<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -150,12 +150,12 @@ fn parse(mode: Mode, rest: &str) -> Result<Config, InvalidUrl> {
             Some((u, p)) => (u, Some(p)),
             None => (userinfo, None),
         };
-        let user = percent_decode(user)?;
+        let user = percent_decode_with(user, false)?;
         if !user.is_empty() {
             info = info.set_username(utf8(user, "user name")?);
         }
         if let Some(p) = password {
-            info = info.set_password(utf8(percent_decode(p)?, "password")?);
+            info = info.set_password(utf8(percent_decode_with(p, false)?, "password")?);
         }
     }
     let path = path.trim_end_matches('/');
@@ -176,7 +176,7 @@ fn parse(mode: Mode, rest: &str) -> Result<Config, InvalidUrl> {
                 if prefix.is_some() {
                     return Err(InvalidUrl::Repeated("prefix"));
                 }
-                prefix = Some(percent_decode(value)?);
+                prefix = Some(percent_decode_with(value, true)?);
             }
             "timeout" => {
                 if timeout.is_some() {
@@ -285,7 +285,8 @@ fn parse_duration(option: &'static str, value: &str) -> Result<Duration, Invalid
     Ok(d)
 }
 
-fn percent_decode(s: &str) -> Result<Vec<u8>, InvalidUrl> {
+/// Decodes `%XX`; `+` is a space only in query values (form encoding), never in userinfo.
+fn percent_decode_with(s: &str, plus_is_space: bool) -> Result<Vec<u8>, InvalidUrl> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -300,7 +301,7 @@ fn percent_decode(s: &str) -> Result<Vec<u8>, InvalidUrl> {
                 out.push(hex);
                 i += 3;
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -347,6 +348,11 @@ mod tests {
         assert_eq!(c.endpoints[0].info.password(), Some("p@ss"));
         assert_eq!(c.prefix, b"my app:");
         assert_eq!(c.timeout, Duration::from_millis(250));
+
+        // `+` is literal in userinfo (form encoding applies to query values only)
+        let c = ok(Mode::Single, "app:a+b%2Bc@cache?prefix=x+y");
+        assert_eq!(c.endpoints[0].info.password(), Some("a+b+c"));
+        assert_eq!(c.prefix, b"x y");
 
         let c = ok(Mode::Single, ":secret@[::1]:7000/?prefix=");
         assert_eq!(c.endpoints[0].label(), "[::1]:7000");

@@ -1,9 +1,4 @@
-//! Shared pieces of dlock's benchmarks: latency samples with percentiles, measured the same
-//! way for a backend and for its raw floor (the backend's minimal statements on a raw client)
-//! in the same run, so the two can be compared as a ratio.
-//!
-//! The criterion benches live in `benches/benches/<backend>.rs`; `make bench` runs them.
-
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 use std::future::Future;

@@ -93,7 +93,7 @@ pub(super) fn all() -> Vec<Behaviour> {
         ),
         behaviour!(
             test_waiter_wakes_on_release,
-            "a waiter should be granted promptly after a release (notification, not polling)",
+            "a waiter should be granted within 300 ms of a release (notification, not polling)",
             needs_notify
         ),
         behaviour!(
@@ -376,7 +376,8 @@ pub async fn test_waiter_wakes_on_release(ctx: &Ctx) -> Result<()> {
             (Instant::now(), r)
         })
     };
-    // Give the waiter time to start waiting; a grant before the release would fail below.
+    // Give the waiter time to reach its wait (a notification-less backend that polls would
+    // then show its polling interval in the gap below); a grant before the release fails.
     tokio::time::sleep(Duration::from_millis(500)).await;
     ensure!(!waiter.is_finished(), "granted while held");
     let released = Instant::now();
@@ -385,7 +386,7 @@ pub async fn test_waiter_wakes_on_release(ctx: &Ctx) -> Result<()> {
     r?;
     let gap = granted - released;
     ensure!(
-        gap < Duration::from_millis(1000),
+        gap < Duration::from_millis(300),
         "the waiter was granted {gap:?} after the release"
     );
     Ok(())

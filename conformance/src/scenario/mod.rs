@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
+use crate::faults::{Fault, FaultProxy};
 use crate::fixtures;
 use holder::{EventKind, HoldSpec, Holder, wall_ms};
 use resource::FencedResource;
@@ -47,7 +48,20 @@ pub const SCENARIOS: [&str; 9] = [
 ];
 
 /// The scenarios this build measures.
-pub const MEASURED: [&str; 3] = ["clean_handoff", "holder_killed", "holder_paused"];
+pub const MEASURED: [&str; 5] = [
+    "clean_handoff",
+    "holder_killed",
+    "holder_paused",
+    "holder_partitioned",
+    "connection_reset",
+];
+
+/// Scenarios whose fault sits in a [`FaultProxy`] between the holder and its one server.
+const PROXIED: [&str; 2] = ["holder_partitioned", "connection_reset"];
+
+/// How long the proxy resets connections in `connection_reset` before passing traffic
+/// again: the fault's length (long enough for every relay to see it), not a synchronisation.
+pub const RESET_FOR: Duration = Duration::from_millis(200);
 
 /// How long the waiter gets after it was started to connect and queue before the fault is
 /// injected. `dlock hold` prints nothing while it waits, so this is a settle time, not a
@@ -219,6 +233,8 @@ pub struct Report {
 /// A backend's URL and the servers that keep it alive.
 struct Target {
     url: String,
+    /// The one server's address, for backends a single proxy can sit in front of.
+    addr: Option<std::net::SocketAddr>,
     ttl_ms: Option<u64>,
     frees_by: &'static str,
     /// The server handles (dropping them stops the servers).
@@ -232,6 +248,7 @@ async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
             let pg = fixtures::postgres().await?;
             Target {
                 url: pg.url().to_string(),
+                addr: pg.addr(),
                 ttl_ms: None,
                 frees_by: "session lock: freed when the holder's connection closes",
                 _servers: vec![Box::new(pg)],
@@ -241,6 +258,7 @@ async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
             let pg = fixtures::postgres().await?;
             Target {
                 url: format!("shedlock+{}", pg.url()),
+                addr: pg.addr(),
                 ttl_ms,
                 frees_by: "lock_until in the table (at_most), renewed by the holder",
                 _servers: vec![Box::new(pg)],
@@ -261,6 +279,7 @@ async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
             };
             Target {
                 url,
+                addr: r.addr(),
                 ttl_ms,
                 frees_by,
                 _servers: vec![Box::new(r)],
@@ -270,6 +289,7 @@ async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
             let c = fixtures::redlock(3).await?;
             Target {
                 url: c.url().to_string(),
+                addr: None,
                 ttl_ms,
                 frees_by: "key expiry on a majority of 3 instances, renewed by the holder",
                 _servers: vec![Box::new(c)],
@@ -279,6 +299,7 @@ async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
             let e = fixtures::etcd().await?;
             Target {
                 url: e.url().to_string(),
+                addr: e.addr(),
                 ttl_ms,
                 frees_by: "lease expiry, kept alive by the holder",
                 _servers: vec![Box::new(e)],
@@ -290,6 +311,7 @@ async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
             let sep = if z.url().contains('?') { '&' } else { '?' };
             Target {
                 url: format!("{}{sep}session_timeout={ms}ms", z.url()),
+                addr: z.addr(),
                 ttl_ms,
                 frees_by: "session expiry (ephemeral node), kept alive by the client's pings",
                 _servers: vec![Box::new(z)],
@@ -330,6 +352,8 @@ struct Rep {
     failover_ms: Option<f64>,
     /// (learned before handoff, next grant − learned).
     learned: Option<(bool, f64)>,
+    /// holder_paused: from SIGCONT to the holder's `lost`.
+    learn_after_resume_ms: Option<f64>,
     notes: Vec<String>,
 }
 
@@ -352,12 +376,13 @@ fn lock_name(backend: &str, scenario: &str, rep: usize) -> String {
 /// Holder A acquires, waiter B is started and settles; returns both with A's grant.
 async fn holder_and_waiter(
     opts: &CompareOptions,
+    url_a: &str,
     url: &str,
     name: &str,
     res: &mut FencedResource,
 ) -> Result<(Holder, Option<u64>, Holder)> {
     let spec = |wait_forever| HoldSpec {
-        url: url.to_string(),
+        url: if wait_forever { url } else { url_a }.to_string(),
         name: name.to_string(),
         ttl: opts.ttl,
         wait_forever,
@@ -426,13 +451,29 @@ async fn await_grant(
 async fn run_rep(
     opts: &CompareOptions,
     backend: &str,
-    url: &str,
+    target: &Target,
     scenario: &str,
     rep: usize,
 ) -> Result<Rep> {
     let name = lock_name(backend, scenario, rep);
+    let url = target.url.as_str();
     let mut res = FencedResource::new();
-    let (mut a, token_a, mut b) = holder_and_waiter(opts, url, &name, &mut res).await?;
+    // The holder talks to its server through a fault proxy in the proxied scenarios; the
+    // waiter always talks to it directly.
+    let (proxy, url_a) = if PROXIED.contains(&scenario) {
+        let Some(addr) = target.addr else {
+            bail!("no single server address to put a proxy in front of");
+        };
+        let proxy = FaultProxy::start(addr).await?;
+        let url_a = url.replace(&addr.to_string(), &proxy.addr().to_string());
+        if url_a == url {
+            bail!("cannot route {} through the proxy", dlock::redact(url));
+        }
+        (Some(proxy), url_a)
+    } else {
+        (None, url.to_string())
+    };
+    let (mut a, token_a, mut b) = holder_and_waiter(opts, &url_a, url, &name, &mut res).await?;
     let mut out = Rep::default();
     let bound = grant_bound(opts.ttl);
     let result: Result<()> = async {
@@ -465,9 +506,10 @@ async fn run_rep(
                 let t0 = wall_ms();
                 a.pause()?;
                 let grant = await_grant(&mut b, &mut res, pause_bound).await?;
+                let t_resume = wall_ms();
                 a.resume()?;
                 // The holder wakes up inside its critical section and writes at once.
-                let outcome = res.write(0, token_a, wall_ms());
+                let outcome = res.write(0, token_a, t_resume);
                 match grant {
                     Some((t_grant, _)) => {
                         out.failover_ms = Some((t_grant - t0) as f64);
@@ -477,7 +519,8 @@ async fn run_rep(
                             Some(ev) => {
                                 res.exit(0, ev.t_ms);
                                 let margin = (t_grant - ev.t_ms) as f64;
-                                out.learned = Some((ev.t_ms <= t_grant, margin));
+                                out.learned = Some((ev.t_ms < t_grant, margin));
+                                out.learn_after_resume_ms = Some((ev.t_ms - t_resume) as f64);
                             }
                             None => {
                                 res.exit(0, wall_ms());
@@ -499,6 +542,88 @@ async fn run_rep(
                         a.release();
                         if await_grant(&mut b, &mut res, bound).await?.is_none() {
                             bail!("the waiter got no grant after the paused holder released");
+                        }
+                    }
+                }
+            }
+            "holder_partitioned" | "connection_reset" => {
+                let proxy = proxy.as_ref().expect("proxied scenario has a proxy");
+                let fault_bound = (opts.ttl * 3).max(Duration::from_secs(6));
+                let t0 = wall_ms();
+                let grant = if scenario == "connection_reset" {
+                    proxy.set(Fault::Reset);
+                    tokio::time::sleep(RESET_FOR).await;
+                    proxy.set(Fault::Pass);
+                    await_grant(&mut b, &mut res, fault_bound).await?
+                } else {
+                    proxy.set(Fault::Blackhole);
+                    let g = await_grant(&mut b, &mut res, fault_bound).await?;
+                    proxy.set(Fault::Pass);
+                    g
+                };
+                // What the holder reported meanwhile (its events wait in the channel).
+                let mut lost = None;
+                let mut states = Vec::new();
+                while let Some(ev) = a.try_event() {
+                    if let EventKind::State(st) = &ev.kind {
+                        states.push(format!("{st} at +{} ms", ev.t_ms - t0));
+                        if st == "lost" && lost.is_none() {
+                            lost = Some(ev.t_ms);
+                        }
+                    }
+                }
+                if lost.is_none() && grant.is_some() {
+                    // The lock moved on; give the holder until the bound to notice.
+                    if let Some(ev) = a.state("lost", bound).await {
+                        states.push(format!("lost at +{} ms", ev.t_ms - t0));
+                        lost = Some(ev.t_ms);
+                    }
+                }
+                if !states.is_empty() {
+                    out.notes
+                        .push(format!("holder reported: {}", states.join(", ")));
+                }
+                if let Some(t) = lost {
+                    res.exit(0, t);
+                }
+                match grant {
+                    Some((t_grant, _)) => {
+                        out.failover_ms = Some((t_grant - t0) as f64);
+                        match lost {
+                            Some(t) => out.learned = Some((t < t_grant, (t_grant - t) as f64)),
+                            None => out
+                                .notes
+                                .push("the holder never reported the loss".to_string()),
+                        }
+                        // The old holder's write, sent before it knew, arrives now.
+                        out.stale_rejected = Some(res.write(0, token_a, wall_ms()).rejected());
+                        if lost.is_none() {
+                            res.exit(0, wall_ms());
+                        }
+                    }
+                    None => {
+                        let why = match (lost, scenario) {
+                            (Some(t), _) => format!(
+                                "the holder reported the loss at +{} ms but the server kept \
+                                 the lock: orphaned until the holder's session ends or it \
+                                 releases",
+                                t - t0
+                            ),
+                            (None, "holder_partitioned") => "fault proxy blackhole: the \
+                                server's kernel still sees a live peer, so server-side \
+                                keepalives cannot fire"
+                                .to_string(),
+                            (None, _) => "the holder reconnected and kept its lock".to_string(),
+                        };
+                        out.notes.push(format!(
+                            "not freed within {} s of the fault ({why})",
+                            fault_bound.as_secs()
+                        ));
+                        let t1 = wall_ms();
+                        res.exit(0, lost.unwrap_or(t1));
+                        a.release();
+                        if await_grant(&mut b, &mut res, bound).await?.is_none() {
+                            bail!("the waiter got no grant after the holder released");
                         }
                     }
                 }
@@ -526,7 +651,13 @@ async fn run_rep(
                 )
             })
             .collect();
-        out.notes.push(format!("overlap: {}", pairs.join("; ")));
+        let writes: Vec<String> = res
+            .concurrent_writes()
+            .iter()
+            .map(|(w, o, t)| format!("holder {w} wrote at {t} while holder {o} was inside"))
+            .collect();
+        let all: Vec<String> = pairs.into_iter().chain(writes).collect();
+        out.notes.push(format!("overlap: {}", all.join("; ")));
     }
     let err_a = a.stderr();
     let err_b = b.stderr();
@@ -581,11 +712,21 @@ fn aggregate(cell: &mut Cell, reps: &[Rep]) {
         let margins: Vec<f64> = learned.iter().map(|l| l.1).collect();
         cell.learned_before_handoff_ms = Stats::of(&margins).map(|s| s.median);
     }
+    let resumed: Vec<f64> = reps
+        .iter()
+        .filter_map(|r| r.learn_after_resume_ms)
+        .collect();
+    if let Some(s) = Stats::of(&resumed) {
+        cell.notes.push(format!(
+            "the resumed holder reported the loss {:.0} ms (median) after SIGCONT",
+            s.median
+        ));
+    }
     let mut seen = std::collections::BTreeSet::new();
     for n in reps.iter().flat_map(|r| r.notes.iter()) {
         // Notes that repeat across repetitions once; overlap details are per repetition.
-        let key = if n.starts_with("overlap:") {
-            "overlap".to_string()
+        let key = if n.starts_with("overlap:") || n.starts_with("holder reported:") {
+            n.split(':').next().unwrap_or("").to_string()
         } else {
             n.clone()
         };
@@ -600,6 +741,12 @@ fn scenario_note(scenario: &str) -> &'static str {
         "clean_handoff" => "failover = release requested → waiter's grant",
         "holder_killed" => {
             "failover = SIGKILL → waiter's grant; the holder is dead, it cannot learn"
+        }
+        "holder_partitioned" => {
+            "holder's traffic blackholed in a fault proxy (sockets stay open) until the waiter's grant or the bound; failover = blackhole → grant"
+        }
+        "connection_reset" => {
+            "the holder's connections reset (RST) by a fault proxy for 200 ms, then traffic passes again; failover = reset → grant"
         }
         "holder_paused" => {
             "SIGSTOP until the waiter's grant (or the bound), SIGCONT, then the holder writes with its old token"
@@ -695,6 +842,19 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
                 ));
                 continue;
             }
+            if PROXIED.contains(&scenario) && target.addr.is_none() {
+                cells.push(Cell::empty(
+                    backend,
+                    scenario,
+                    Status::NotMeasured,
+                    Some(
+                        "not measured yet: needs a fault proxy in front of each of several \
+                         servers (or an external server), which this build does not do"
+                            .into(),
+                    ),
+                ));
+                continue;
+            }
             if !selected(scenario) {
                 cells.push(Cell::empty(
                     backend,
@@ -716,7 +876,7 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
                     rep + 1,
                     opts.repeat
                 );
-                match run_rep(opts, backend, &target.url, scenario, rep).await {
+                match run_rep(opts, backend, &target, scenario, rep).await {
                     Ok(r) => reps.push(r),
                     Err(e) => {
                         eprintln!("[compare] {backend} × {scenario}: failed: {e:#}");
@@ -750,7 +910,9 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             repeat: opts.repeat,
             quick,
             fault_injection: "signals to the holder process (SIGKILL, SIGSTOP/SIGCONT); \
-                              stdin close for the clean release"
+                              stdin close for the clean release; an in-process TCP fault proxy \
+                              between the holder and its server (blackhole, RST) — not a \
+                              network namespace"
                 .into(),
         },
         backends,

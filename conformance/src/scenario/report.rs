@@ -162,6 +162,12 @@ pub fn markdown(r: &Report) -> String {
          stop it; `—`: no stale write was possible (the old holder still held the lock).\n\
          - **learned first**: the faulty holder reported `lost` before the other holder's \
          grant (ms: by how much; negative = after). Only where the holder survives the fault.\n\
+         - **holder_partitioned / connection_reset** put an in-process TCP fault proxy between \
+         the holder and its one server (blackhole that keeps the sockets open; RST for 200 ms \
+         then pass); the waiter connects directly. A proxy blackhole is not a partition the \
+         server can see: its kernel keeps talking to the proxy, so a lock that the server \
+         frees only when the client's TCP connection dies (PostgreSQL) stays taken here \
+         (`not freed`). Redlock's three servers are not proxied yet.\n\
          - The waiter is given {} ms after starting to connect and queue before the fault (the \
          holder process prints nothing while waiting); this can only make a failover look \
          slower, never faster.\n\

@@ -6,6 +6,11 @@
 //! to read the events. A write carrying a token lower than one already accepted is rejected —
 //! what a storage service that checks fencing tokens does. A write without a token (the
 //! backend has none) cannot be checked and is accepted.
+//!
+//! Timestamps have millisecond resolution, so two sections that share a millisecond do not
+//! count as overlapping by time alone. The resource also takes the harness's order of events
+//! as evidence: a write by a holder that is inside while another holder is inside (as the
+//! harness recorded them, in causal order) is an overlap too.
 
 use std::collections::BTreeMap;
 
@@ -55,6 +60,8 @@ pub struct FencedResource {
     open: BTreeMap<HolderId, usize>,
     highest: Option<u64>,
     writes: Vec<(HolderId, Option<u64>, i64, WriteOutcome)>,
+    /// Writes made from inside while another holder was inside: (writer, other, t_ms).
+    concurrent: Vec<(HolderId, HolderId, i64)>,
 }
 
 impl FencedResource {
@@ -94,6 +101,11 @@ impl FencedResource {
 
     /// A write by `holder` with `token` at `t_ms`.
     pub fn write(&mut self, holder: HolderId, token: Option<u64>, t_ms: i64) -> WriteOutcome {
+        if self.open.contains_key(&holder) {
+            if let Some(other) = self.open.keys().find(|h| **h != holder) {
+                self.concurrent.push((holder, *other, t_ms));
+            }
+        }
         let outcome = match (token, self.highest) {
             (None, _) => WriteOutcome::Unfenced,
             (Some(t), Some(h)) if t < h => WriteOutcome::RejectedStale {
@@ -134,9 +146,16 @@ impl FencedResource {
         found
     }
 
-    /// Whether any two holders were inside at once.
+    /// Writes made from inside the critical section while another holder was inside:
+    /// (writer, other holder, t_ms).
+    pub fn concurrent_writes(&self) -> &[(HolderId, HolderId, i64)] {
+        &self.concurrent
+    }
+
+    /// Whether any two holders were inside at once: intersecting sections, or a write from
+    /// inside while another holder was inside.
     pub fn overlap_observed(&self) -> bool {
-        !self.overlaps().is_empty()
+        !self.overlaps().is_empty() || !self.concurrent.is_empty()
     }
 
     /// How many writes were rejected as stale.
@@ -172,6 +191,26 @@ mod tests {
         open.enter(0, None, 100);
         open.enter(1, None, 5_000);
         assert!(open.overlap_observed());
+    }
+
+    #[test]
+    fn a_write_while_another_holder_is_inside_is_an_overlap_even_within_one_ms() {
+        let mut r = FencedResource::new();
+        r.enter(0, Some(1), 100);
+        r.enter(1, Some(2), 200);
+        // The first holder wakes up in the same millisecond, writes, then learns.
+        r.write(0, Some(1), 200);
+        r.exit(0, 200);
+        assert!(r.overlaps().is_empty());
+        assert_eq!(r.concurrent_writes(), &[(0, 1, 200)]);
+        assert!(r.overlap_observed());
+        // A late write from outside is not an overlap.
+        let mut late = FencedResource::new();
+        late.enter(0, Some(1), 100);
+        late.exit(0, 150);
+        late.enter(1, Some(2), 200);
+        late.write(0, Some(1), 250);
+        assert!(!late.overlap_observed());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::faults::{Fault, FaultProxy};
 use crate::fixtures;
-use holder::{EventKind, HoldSpec, Holder, wall_ms};
+use holder::{Event, EventKind, HoldSpec, Holder, wall_ms};
 use resource::FencedResource;
 
 /// The backends of the matrix, in report order.
@@ -48,12 +48,13 @@ pub const SCENARIOS: [&str; 9] = [
 ];
 
 /// The scenarios this build measures.
-pub const MEASURED: [&str; 5] = [
+pub const MEASURED: [&str; 6] = [
     "clean_handoff",
     "holder_killed",
     "holder_paused",
     "holder_partitioned",
     "connection_reset",
+    "server_restart",
 ];
 
 /// Scenarios whose fault sits in a [`FaultProxy`] between the holder and its one server.
@@ -237,8 +238,10 @@ struct Target {
     addr: Option<std::net::SocketAddr>,
     ttl_ms: Option<u64>,
     frees_by: &'static str,
-    /// The server handles (dropping them stops the servers).
-    _servers: Vec<Box<dyn std::any::Any>>,
+    /// The one server, for backends that have one (restarted by `server_restart`).
+    server: Option<fixtures::Server>,
+    /// Other server handles (dropping them stops the servers).
+    _others: Vec<fixtures::Cluster>,
 }
 
 async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
@@ -251,7 +254,8 @@ async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
                 addr: pg.addr(),
                 ttl_ms: None,
                 frees_by: "session lock: freed when the holder's connection closes",
-                _servers: vec![Box::new(pg)],
+                server: Some(pg),
+                _others: Vec::new(),
             }
         }
         "shedlock-postgres" => {
@@ -261,7 +265,8 @@ async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
                 addr: pg.addr(),
                 ttl_ms,
                 frees_by: "lock_until in the table (at_most), renewed by the holder",
-                _servers: vec![Box::new(pg)],
+                server: Some(pg),
+                _others: Vec::new(),
             }
         }
         "redis" | "shedlock-redis" => {
@@ -282,7 +287,8 @@ async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
                 addr: r.addr(),
                 ttl_ms,
                 frees_by,
-                _servers: vec![Box::new(r)],
+                server: Some(r),
+                _others: Vec::new(),
             }
         }
         "redlock" => {
@@ -292,7 +298,8 @@ async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
                 addr: None,
                 ttl_ms,
                 frees_by: "key expiry on a majority of 3 instances, renewed by the holder",
-                _servers: vec![Box::new(c)],
+                server: None,
+                _others: vec![c],
             }
         }
         "etcd" => {
@@ -302,7 +309,8 @@ async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
                 addr: e.addr(),
                 ttl_ms,
                 frees_by: "lease expiry, kept alive by the holder",
-                _servers: vec![Box::new(e)],
+                server: Some(e),
+                _others: Vec::new(),
             }
         }
         "zookeeper" => {
@@ -314,7 +322,8 @@ async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
                 addr: z.addr(),
                 ttl_ms,
                 frees_by: "session expiry (ephemeral node), kept alive by the client's pings",
-                _servers: vec![Box::new(z)],
+                server: Some(z),
+                _others: Vec::new(),
             }
         }
         other => bail!("unknown backend {other:?} (known: {})", BACKENDS.join(", ")),
@@ -430,9 +439,19 @@ async fn await_grant(
     res: &mut FencedResource,
     within: Duration,
 ) -> Result<Option<(i64, Option<u64>)>> {
-    if let Some(s) = res.sections().iter().find(|s| s.holder == 1) {
+    await_grant_as(1, b, res, within).await
+}
+
+/// [`await_grant`] for the holder numbered `id`.
+async fn await_grant_as(
+    id: resource::HolderId,
+    b: &mut Holder,
+    res: &mut FencedResource,
+    within: Duration,
+) -> Result<Option<(i64, Option<u64>)>> {
+    if let Some(s) = res.sections().iter().find(|s| s.holder == id) {
         let (t, tok) = (s.enter_ms, s.token);
-        res.write(1, tok, t);
+        res.write(id, tok, t);
         return Ok(Some((t, tok)));
     }
     match b.acquired(within).await? {
@@ -440,8 +459,8 @@ async fn await_grant(
             let EventKind::Acquired { token } = ev.kind else {
                 unreachable!("acquired() returns acquired events")
             };
-            res.enter(1, token, ev.t_ms);
-            res.write(1, token, ev.t_ms);
+            res.enter(id, token, ev.t_ms);
+            res.write(id, token, ev.t_ms);
             Ok(Some((ev.t_ms, token)))
         }
         None => Ok(None),
@@ -628,6 +647,102 @@ async fn run_rep(
                     }
                 }
             }
+            "server_restart" => {
+                let Some(server) = target.server.as_ref().filter(|s| s.is_managed()) else {
+                    bail!("no managed single server to restart");
+                };
+                let restart_bound = (opts.ttl * 3).max(Duration::from_secs(6));
+                let t0 = wall_ms();
+                server.kill().await?;
+                server.start().await?;
+                let restarted_ms = wall_ms() - t0;
+                out.notes.push(format!(
+                    "server back (SIGKILL + start on the same port and data) after {restarted_ms} ms"
+                ));
+                // The waiter may give up when its connection dies; a fresh one takes over.
+                let mut grant = match await_grant(&mut b, &mut res, restart_bound).await {
+                    Ok(g) => g,
+                    Err(e) => {
+                        out.notes.push(format!(
+                            "the waiter exited when the server went away ({}); a new waiter \
+                             was started",
+                            first_line(&format!("{e:#}"))
+                        ));
+                        None
+                    }
+                };
+                let mut c = None;
+                if grant.is_none() && b_ended(&mut b).await {
+                    let mut w = Holder::spawn(
+                        &opts.dlock_bin,
+                        &HoldSpec {
+                            url: url.to_string(),
+                            name: name.clone(),
+                            ttl: opts.ttl,
+                            wait_forever: true,
+                        },
+                    )?;
+                    grant = await_grant_as(2, &mut w, &mut res, restart_bound).await?;
+                    c = Some(w);
+                }
+                let mut lost: Option<i64> = None;
+                let mut states = Vec::new();
+                while let Some(ev) = a.try_event() {
+                    match &ev.kind {
+                        EventKind::State(st) => {
+                            states.push(format!("{st} at +{} ms", ev.t_ms - t0));
+                            if st == "lost" && lost.is_none() {
+                                lost = Some(ev.t_ms);
+                            }
+                        }
+                        EventKind::Ended => states.push(format!("exited at +{} ms", ev.t_ms - t0)),
+                        _ => {}
+                    }
+                }
+                if !states.is_empty() {
+                    out.notes.push(format!("holder reported: {}", states.join(", ")));
+                }
+                if let Some(t) = lost {
+                    res.exit(0, t);
+                }
+                match grant {
+                    Some((t_grant, _)) => {
+                        out.failover_ms = Some((t_grant - t0) as f64);
+                        if lost.is_none() {
+                            // Does it learn at all, and how late?
+                            if let Some(ev) = a.state("lost", bound).await {
+                                states_late(&mut out, ev.t_ms - t0);
+                                res.exit(0, ev.t_ms);
+                                lost = Some(ev.t_ms);
+                            } else {
+                                out.notes.push(format!(
+                                    "the holder reported no loss within {} s of the new grant",
+                                    bound.as_secs()
+                                ));
+                            }
+                        }
+                        if let Some(t) = lost {
+                            out.learned = Some((t < t_grant, (t_grant - t) as f64));
+                        }
+                        out.stale_rejected = Some(res.write(0, token_a, wall_ms()).rejected());
+                    }
+                    None => out.notes.push(format!(
+                        "no other holder got the lock within {} s of the restart: it survived \
+                         the restart{}",
+                        restart_bound.as_secs(),
+                        if lost.is_some() {
+                            " although the holder reported it lost (orphaned until the holder \
+                             releases or its session ends)"
+                        } else {
+                            ""
+                        }
+                    )),
+                }
+                res.exit(0, wall_ms());
+                if let Some(w) = c {
+                    w.finish().await;
+                }
+            }
             other => bail!("scenario {other:?} is not implemented"),
         }
         Ok(())
@@ -640,12 +755,15 @@ async fn run_rep(
             .iter()
             .map(|(x, y)| {
                 let end = |e: Option<i64>| e.map_or("open".into(), |e| e.to_string());
+                let tok = |t: Option<u64>| t.map_or("none".into(), |t| t.to_string());
                 format!(
-                    "holder {} [{}, {}) and holder {} [{}, {})",
+                    "holder {} (token {}) [{}, {}) and holder {} (token {}) [{}, {})",
                     x.holder,
+                    tok(x.token),
                     x.enter_ms,
                     end(x.exit_ms),
                     y.holder,
+                    tok(y.token),
                     y.enter_ms,
                     end(y.exit_ms)
                 )
@@ -658,6 +776,14 @@ async fn run_rep(
             .collect();
         let all: Vec<String> = pairs.into_iter().chain(writes).collect();
         out.notes.push(format!("overlap: {}", all.join("; ")));
+    }
+    for (h, t, highest) in res.rejected() {
+        if h != 0 {
+            out.notes.push(format!(
+                "the new holder's own write was rejected: its token {t} is lower than {highest}, \
+                 accepted before (tokens went backwards)"
+            ));
+        }
     }
     let err_a = a.stderr();
     let err_b = b.stderr();
@@ -679,6 +805,32 @@ async fn run_rep(
         )
     })?;
     Ok(out)
+}
+
+fn states_late(out: &mut Rep, after_ms: i64) {
+    out.notes.push(format!(
+        "holder reported lost at +{after_ms} ms, after the new grant"
+    ));
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+/// Whether the holder's output has ended (it exited), waiting briefly for the end.
+async fn b_ended(b: &mut Holder) -> bool {
+    // Bounded: consumes events until the end or one second without any.
+    for _ in 0..64 {
+        match b.next_event(Duration::from_secs(1)).await {
+            Some(Event {
+                kind: EventKind::Ended,
+                ..
+            }) => return true,
+            Some(_) => continue,
+            None => return false,
+        }
+    }
+    false
 }
 
 fn aggregate(cell: &mut Cell, reps: &[Rep]) {
@@ -747,6 +899,9 @@ fn scenario_note(scenario: &str) -> &'static str {
         }
         "connection_reset" => {
             "the holder's connections reset (RST) by a fault proxy for 200 ms, then traffic passes again; failover = reset → grant"
+        }
+        "server_restart" => {
+            "the server SIGKILLed and started again on the same port and data; failover = kill → another holder's grant (a new waiter is started if the first one gave up)"
         }
         "holder_paused" => {
             "SIGSTOP until the waiter's grant (or the bound), SIGCONT, then the holder writes with its old token"
@@ -842,6 +997,21 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
                 ));
                 continue;
             }
+            if scenario == "server_restart"
+                && !target.server.as_ref().is_some_and(|s| s.is_managed())
+            {
+                cells.push(Cell::empty(
+                    backend,
+                    scenario,
+                    Status::NotMeasured,
+                    Some(
+                        "not measured yet: restarting several servers (or an external one) is \
+                         not implemented in this build"
+                            .into(),
+                    ),
+                ));
+                continue;
+            }
             if PROXIED.contains(&scenario) && target.addr.is_none() {
                 cells.push(Cell::empty(
                     backend,
@@ -912,7 +1082,7 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             fault_injection: "signals to the holder process (SIGKILL, SIGSTOP/SIGCONT); \
                               stdin close for the clean release; an in-process TCP fault proxy \
                               between the holder and its server (blackhole, RST) — not a \
-                              network namespace"
+                              network namespace; SIGKILL and restart of the server process"
                 .into(),
         },
         backends,

@@ -158,6 +158,17 @@ impl FencedResource {
         !self.overlaps().is_empty() || !self.concurrent.is_empty()
     }
 
+    /// The rejected writes: (holder, its token, the highest token accepted before).
+    pub fn rejected(&self) -> Vec<(HolderId, u64, u64)> {
+        self.writes
+            .iter()
+            .filter_map(|w| match w.3 {
+                WriteOutcome::RejectedStale { token, highest } => Some((w.0, token, highest)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// How many writes were rejected as stale.
     pub fn rejected_writes(&self) -> usize {
         self.writes.iter().filter(|w| w.3.rejected()).count()

@@ -78,7 +78,15 @@ fn compare_quick_writes_a_consistent_report() {
     )
     .expect("comparison.json is JSON");
     let md = std::fs::read_to_string(out.join("comparison.md")).expect("comparison.md");
+    let html = std::fs::read_to_string(out.join("index.html")).expect("index.html");
     let _ = std::fs::remove_dir_all(&out);
+
+    // The page is self-contained: inline SVG, nothing fetched.
+    assert!(html.contains("<svg") && html.contains("</html>"), "{html}");
+    assert!(
+        !html.contains("src=\"http") && !html.contains("<script"),
+        "{html}"
+    );
 
     // Shape.
     assert_eq!(json["benchmarks"], Value::Array(vec![]));

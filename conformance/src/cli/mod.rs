@@ -329,9 +329,10 @@ async fn compare(args: opt::CompareArgs) -> i32 {
     );
     print!("{}", scenario::report::main_table(&report));
     println!(
-        "\nReport: {} and {}",
+        "\nReport: {}, {} and {}",
         opts.out.join("comparison.md").display(),
-        opts.out.join("comparison.json").display()
+        opts.out.join("comparison.json").display(),
+        opts.out.join("index.html").display()
     );
     if report
         .scenarios

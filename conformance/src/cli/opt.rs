@@ -50,8 +50,8 @@ pub enum Command {
     /// Run the failure scenarios against every backend and write the comparison report.
     ///
     /// Starts its own servers on loopback, runs each backend × scenario cell --repeat times
-    /// with `dlock hold` holder processes, and writes comparison.json and comparison.md into
-    /// --out; prints the main table at the end.
+    /// with `dlock hold` holder processes, and writes comparison.json, comparison.md and
+    /// index.html (inline SVG chart) into --out; prints the main table at the end.
     Compare(CompareArgs),
 }
 

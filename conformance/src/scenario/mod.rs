@@ -877,10 +877,11 @@ fn aggregate(cell: &mut Cell, reps: &[Rep]) {
     let mut seen = std::collections::BTreeSet::new();
     for n in reps.iter().flat_map(|r| r.notes.iter()) {
         // Notes that repeat across repetitions once; overlap details are per repetition.
+        // Notes that differ only in their numbers are the same observation.
         let key = if n.starts_with("overlap:") || n.starts_with("holder reported:") {
             n.split(':').next().unwrap_or("").to_string()
         } else {
-            n.clone()
+            n.chars().filter(|c| !c.is_ascii_digit()).collect()
         };
         if seen.insert(key) {
             cell.notes.push(n.clone());

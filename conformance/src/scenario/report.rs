@@ -1,5 +1,5 @@
-//! Writing the report: `comparison.json`, `comparison.md`, and the main table for the
-//! terminal.
+//! Writing the report: `comparison.json`, `comparison.md`, `index.html` (inline SVG), and
+//! the main table for the terminal.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -216,7 +216,7 @@ pub fn markdown(r: &Report) -> String {
     md
 }
 
-/// Writes `comparison.json` and `comparison.md` into `dir` (created if needed).
+/// Writes `comparison.json`, `comparison.md` and `index.html` into `dir` (created if needed).
 pub fn write(r: &Report, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let json = serde_json::to_string_pretty(r)?;
@@ -226,5 +226,160 @@ pub fn write(r: &Report, dir: &Path) -> Result<()> {
     let path = dir.join("comparison.md");
     std::fs::write(&path, markdown(r))
         .with_context(|| format!("cannot write {}", path.display()))?;
+    let path = dir.join("index.html");
+    std::fs::write(&path, html(r)).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// Escapes text for HTML.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+const COLORS: [&str; 7] = [
+    "#336699", "#cc3333", "#993399", "#339966", "#cc8800", "#5588cc", "#ee7766",
+];
+
+/// The failover chart: one group of bars per measured scenario, one bar per backend, height
+/// on a log scale (1 ms to 10 s); a cell without a grant is drawn as a marker at the top.
+pub fn failover_svg(r: &Report) -> String {
+    let cols = measured_scenarios(r);
+    let backends = backends_of(r);
+    let (bar, gap, group_gap) = (14.0, 2.0, 26.0);
+    let group_w = backends.len() as f64 * (bar + gap) + group_gap;
+    let (left, top, plot_h) = (56.0, 16.0, 260.0);
+    let width = left + cols.len() as f64 * group_w + 20.0;
+    let height = top + plot_h + 110.0;
+    let y_of = |ms: f64| top + plot_h - (ms.max(1.0).log10() / 4.0).min(1.0) * plot_h;
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="11">"#
+    );
+    for (i, label) in ["1 ms", "10 ms", "100 ms", "1 s", "10 s"]
+        .iter()
+        .enumerate()
+    {
+        let y = y_of(10f64.powi(i as i32));
+        let _ = write!(
+            s,
+            r##"<line x1="{left}" x2="{:.0}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.0}" y="{:.1}" text-anchor="end">{label}</text>"##,
+            width - 10.0,
+            left - 4.0,
+            y + 4.0
+        );
+    }
+    for (g, scenario) in cols.iter().enumerate() {
+        let x0 = left + g as f64 * group_w + group_gap / 2.0;
+        for (i, b) in backends.iter().enumerate() {
+            let x = x0 + i as f64 * (bar + gap);
+            let Some(c) = cell(r, b, scenario) else {
+                continue;
+            };
+            let color = COLORS[i % COLORS.len()];
+            match (c.status, c.failover_ms) {
+                (Status::Measured, Some(f)) => {
+                    let y = y_of(f.median);
+                    let _ = write!(
+                        s,
+                        r#"<rect x="{x:.1}" y="{y:.1}" width="{bar}" height="{:.1}" fill="{color}"><title>{} × {}: median {:.0} ms (min {:.0}, max {:.0})</title></rect>"#,
+                        top + plot_h - y,
+                        esc(b),
+                        esc(scenario),
+                        f.median,
+                        f.min,
+                        f.max
+                    );
+                }
+                (Status::Measured, None) => {
+                    let _ = write!(
+                        s,
+                        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="{color}" font-weight="bold">×<title>{} × {}: not freed</title></text>"#,
+                        x + bar / 2.0,
+                        top + 10.0,
+                        esc(b),
+                        esc(scenario)
+                    );
+                }
+                _ => {}
+            }
+        }
+        let cx = x0 + backends.len() as f64 * (bar + gap) / 2.0;
+        let _ = write!(
+            s,
+            r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            top + plot_h + 16.0,
+            esc(scenario)
+        );
+    }
+    for (i, b) in backends.iter().enumerate() {
+        let x = left + (i % 4) as f64 * 150.0;
+        let y = top + plot_h + 40.0 + (i / 4) as f64 * 18.0;
+        let _ = write!(
+            s,
+            r#"<rect x="{x:.0}" y="{:.0}" width="10" height="10" fill="{}"/><text x="{:.0}" y="{y:.0}">{}</text>"#,
+            y - 9.0,
+            COLORS[i % COLORS.len()],
+            x + 14.0,
+            esc(b)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{left}" y="{:.0}">× at the top: no other holder got the lock within the bound (not freed)</text></svg>"#,
+        height - 8.0
+    );
+    s
+}
+
+fn html_table(r: &Report, text: impl Fn(&Cell) -> String) -> String {
+    let cols = measured_scenarios(r);
+    let mut h = String::from("<table><tr><th>backend</th>");
+    for c in &cols {
+        let _ = write!(h, "<th>{}</th>", esc(c));
+    }
+    h.push_str("</tr>");
+    for b in backends_of(r) {
+        let _ = write!(h, "<tr><th>{}</th>", esc(b));
+        for s in &cols {
+            let t = cell(r, b, s).map_or_else(|| "—".into(), &text);
+            let _ = write!(h, "<td>{}</td>", esc(&t));
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table>");
+    h
+}
+
+/// `index.html`: self-contained (no external files), the failover chart as inline SVG and
+/// the two tables.
+pub fn html(r: &Report) -> String {
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>dlock: backend vs reliability</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}
+th{{background:#f4f4f4;text-align:left}}</style></head><body>
+<h1>dlock: backend vs reliability</h1>
+<p>Measured on <code>{host}</code> ({cpus} CPUs), {repeat} repetition(s) per cell, in {dur:.0} s.
+Faults: {faults}. Full data: <a href="comparison.json">comparison.json</a>; reading guide:
+<a href="comparison.md">comparison.md</a>.</p>
+<h2>Failover time (median, log scale)</h2>
+{svg}
+<h2>Failover time, ms: median (min–max)</h2>
+{failover}
+<h2>Safety</h2>
+{safety}
+</body></html>
+"#,
+        host = esc(&r.run.host),
+        cpus = r.run.cpus,
+        repeat = r.run.repeat,
+        dur = r.run.duration_s,
+        faults = esc(&r.run.fault_injection),
+        svg = failover_svg(r),
+        failover = html_table(r, failover_text),
+        safety = html_table(r, safety_text),
+    )
 }

@@ -8,9 +8,9 @@
 //! backend has none) cannot be checked and is accepted.
 //!
 //! Timestamps have millisecond resolution, so two sections that share a millisecond do not
-//! count as overlapping by time alone. The resource also takes the harness's order of events
-//! as evidence: a write by a holder that is inside while another holder is inside (as the
-//! harness recorded them, in causal order) is an overlap too.
+//! count as overlapping by time alone. A write is evidence too: a write made at `t` by a holder
+//! that had not yet left (its exit is at `t` or later) while another holder was inside at `t`
+//! is an overlap, even when the sections only share that millisecond.
 
 use std::collections::BTreeMap;
 
@@ -60,8 +60,6 @@ pub struct FencedResource {
     open: BTreeMap<HolderId, usize>,
     highest: Option<u64>,
     writes: Vec<(HolderId, Option<u64>, i64, WriteOutcome)>,
-    /// Writes made from inside while another holder was inside: (writer, other, t_ms).
-    concurrent: Vec<(HolderId, HolderId, i64)>,
 }
 
 impl FencedResource {
@@ -101,11 +99,6 @@ impl FencedResource {
 
     /// A write by `holder` with `token` at `t_ms`.
     pub fn write(&mut self, holder: HolderId, token: Option<u64>, t_ms: i64) -> WriteOutcome {
-        if self.open.contains_key(&holder) {
-            if let Some(other) = self.open.keys().find(|h| **h != holder) {
-                self.concurrent.push((holder, *other, t_ms));
-            }
-        }
         let outcome = match (token, self.highest) {
             (None, _) => WriteOutcome::Unfenced,
             (Some(t), Some(h)) if t < h => WriteOutcome::RejectedStale {
@@ -148,14 +141,31 @@ impl FencedResource {
 
     /// Writes made from inside the critical section while another holder was inside:
     /// (writer, other holder, t_ms).
-    pub fn concurrent_writes(&self) -> &[(HolderId, HolderId, i64)] {
-        &self.concurrent
+    pub fn concurrent_writes(&self) -> Vec<(HolderId, HolderId, i64)> {
+        let mut found = Vec::new();
+        for &(w, _, t, _) in &self.writes {
+            let writer_inside = self
+                .sections
+                .iter()
+                .any(|s| s.holder == w && s.enter_ms <= t && s.exit_ms.is_none_or(|e| t <= e));
+            if !writer_inside {
+                continue;
+            }
+            if let Some(o) = self
+                .sections
+                .iter()
+                .find(|s| s.holder != w && s.enter_ms <= t && s.exit_ms.is_none_or(|e| t < e))
+            {
+                found.push((w, o.holder, t));
+            }
+        }
+        found
     }
 
     /// Whether any two holders were inside at once: intersecting sections, or a write from
     /// inside while another holder was inside.
     pub fn overlap_observed(&self) -> bool {
-        !self.overlaps().is_empty() || !self.concurrent.is_empty()
+        !self.overlaps().is_empty() || !self.concurrent_writes().is_empty()
     }
 
     /// The rejected writes: (holder, its token, the highest token accepted before).
@@ -213,7 +223,7 @@ mod tests {
         r.write(0, Some(1), 200);
         r.exit(0, 200);
         assert!(r.overlaps().is_empty());
-        assert_eq!(r.concurrent_writes(), &[(0, 1, 200)]);
+        assert_eq!(r.concurrent_writes(), [(0, 1, 200)]);
         assert!(r.overlap_observed());
         // A late write from outside is not an overlap.
         let mut late = FencedResource::new();
@@ -222,6 +232,13 @@ mod tests {
         late.enter(1, Some(2), 200);
         late.write(0, Some(1), 250);
         assert!(!late.overlap_observed());
+        // Learned (and left) before the other holder's grant, recorded in any order.
+        let mut first = FencedResource::new();
+        first.enter(0, Some(1), 100);
+        first.enter(1, Some(2), 300);
+        first.write(1, Some(2), 300);
+        first.exit(0, 200);
+        assert!(!first.overlap_observed());
     }
 
     #[test]

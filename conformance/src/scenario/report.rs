@@ -168,6 +168,10 @@ pub fn markdown(r: &Report) -> String {
          server can see: its kernel keeps talking to the proxy, so a lock that the server \
          frees only when the client's TCP connection dies (PostgreSQL) stays taken here \
          (`not freed`). Redlock's three servers are not proxied yet.\n\
+         - **server_restart**: the server is SIGKILLed and started again on the same port and \
+         data; the failover includes the restart time (in the notes). A waiter that gives up \
+         when its connection dies is replaced by a fresh one (holder 2 in the notes). `not \
+         freed`: the lock survived the restart for the whole bound.\n\
          - The waiter is given {} ms after starting to connect and queue before the fault (the \
          holder process prints nothing while waiting); this can only make a failover look \
          slower, never faster.\n\

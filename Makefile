@@ -3,7 +3,7 @@
 #   make lint     rustfmt and clippy, as CI-clean as the code must be
 CARGO ?= cargo
 
-.PHONY: test lint fmt servers build bench
+.PHONY: test lint fmt servers build bench compare
 
 test:
 	scripts/install-servers
@@ -31,3 +31,10 @@ servers:
 bench:
 	scripts/install-servers
 	$(CARGO) bench -p benches
+
+# The failure-scenario comparison: starts its own servers, runs every backend x scenario cell
+# and writes report/comparison.json and report/comparison.md.
+compare:
+	scripts/install-servers
+	$(CARGO) build --release -p conformance --bin dlock
+	$${CARGO_TARGET_DIR:-target}/release/dlock compare

@@ -4,4 +4,5 @@
 pub mod cli;
 pub mod faults;
 pub mod fixtures;
+pub mod scenario;
 pub mod suite;

@@ -60,6 +60,7 @@ pub fn main() -> i32 {
             Command::Hold(args) => hold::hold(args).await,
             Command::Backends => backends(),
             Command::Conformance(args) => conformance(args).await,
+            Command::Compare(args) => compare(args).await,
             Command::Servers(ServersCommand::Up { cluster }) => {
                 match crate::fixtures::servers_up(cluster).await {
                     Ok(()) => EXIT_OK,
@@ -285,6 +286,63 @@ async fn conformance(args: opt::ConformanceArgs) -> i32 {
         started.elapsed().as_secs_f64()
     );
     if failed == 0 { EXIT_OK } else { 1 }
+}
+
+async fn compare(args: opt::CompareArgs) -> i32 {
+    use crate::scenario::{self, CompareOptions};
+    let dlock_bin = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("dlock: cannot find the running dlock binary: {e}");
+            return EXIT_SOFTWARE;
+        }
+    };
+    let all = |v: Vec<String>, names: &[&str]| {
+        if v.is_empty() {
+            names.iter().map(|s| s.to_string()).collect()
+        } else {
+            v
+        }
+    };
+    let opts = CompareOptions {
+        dlock_bin,
+        repeat: args.repeat.unwrap_or(if args.quick { 1 } else { 3 }),
+        backends: all(args.backends, &scenario::BACKENDS),
+        scenarios: all(args.scenarios, &scenario::SCENARIOS),
+        ttl: args.ttl,
+        out: args.out,
+    };
+    if opts.ttl.is_zero() {
+        return usage("--ttl must be more than 0");
+    }
+    let report = match scenario::compare(&opts, args.quick).await {
+        Ok(r) => r,
+        Err(e) => return usage(&format!("{e:#}")),
+    };
+    if let Err(e) = scenario::report::write(&report, &opts.out) {
+        eprintln!("dlock: {e:#}");
+        return EXIT_SOFTWARE;
+    }
+    println!(
+        "Failover time, ms: median (min–max), {} repetition(s)\n",
+        opts.repeat
+    );
+    print!("{}", scenario::report::main_table(&report));
+    println!(
+        "\nReport: {}, {} and {}",
+        opts.out.join("comparison.md").display(),
+        opts.out.join("comparison.json").display(),
+        opts.out.join("index.html").display()
+    );
+    if report
+        .scenarios
+        .iter()
+        .any(|c| c.status == scenario::Status::Failed)
+    {
+        eprintln!("dlock: some cells failed; see the report");
+        return 1;
+    }
+    EXIT_OK
 }
 
 fn backends() -> i32 {

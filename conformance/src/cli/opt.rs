@@ -47,6 +47,41 @@ pub enum Command {
     /// Start local test servers (PostgreSQL, Redis, etcd, ZooKeeper) until Ctrl-C.
     #[command(subcommand)]
     Servers(ServersCommand),
+    /// Run the failure scenarios against every backend and write the comparison report.
+    ///
+    /// Starts its own servers on loopback, runs each backend × scenario cell --repeat times
+    /// with `dlock hold` holder processes, and writes comparison.json, comparison.md and
+    /// index.html (inline SVG chart) into --out; prints the main table at the end.
+    Compare(CompareArgs),
+}
+
+/// `dlock compare` arguments.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Smoke run: one repetition per cell (unless --repeat is given).
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Repetitions per measured cell (default 3; 1 with --quick).
+    #[arg(long)]
+    pub repeat: Option<usize>,
+
+    /// Comma-separated backends (default: all): postgres, redis, redlock, etcd, zookeeper,
+    /// shedlock-postgres, shedlock-redis.
+    #[arg(long, value_delimiter = ',')]
+    pub backends: Vec<String>,
+
+    /// Comma-separated scenarios (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub scenarios: Vec<String>,
+
+    /// Lease / session timeout / at_most given to the holders (etcd's minimum is 2s).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub ttl: Duration,
+
+    /// Output directory.
+    #[arg(long, default_value = "report")]
+    pub out: std::path::PathBuf,
 }
 
 /// `dlock conformance` arguments.

@@ -1,0 +1,1135 @@
+//! Failure scenarios and the comparison report (`dlock compare`).
+//!
+//! Each scenario runs a holder and a waiter as `dlock hold` child processes ([`holder`]),
+//! injects one fault into the holder, and measures with a harness-owned fenced resource
+//! ([`resource`]) whether two holders were ever inside at once, whether a late write of the
+//! previous holder was rejected by its fencing token, and how long the lock took to reach the
+//! waiter (the failover time). Every backend × scenario cell of the matrix is present in the
+//! report: measured, `not_applicable` (with the reason) or `not_measured` (not implemented yet
+//! — never an invented number).
+
+pub mod holder;
+pub mod report;
+pub mod resource;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use serde::Serialize;
+
+use crate::faults::{Fault, FaultProxy};
+use crate::fixtures;
+use holder::{Event, EventKind, HoldSpec, Holder, wall_ms};
+use resource::FencedResource;
+
+/// The backends of the matrix, in report order.
+pub const BACKENDS: [&str; 7] = [
+    "postgres",
+    "redis",
+    "redlock",
+    "etcd",
+    "zookeeper",
+    "shedlock-postgres",
+    "shedlock-redis",
+];
+
+/// The scenarios of the matrix, in report order.
+pub const SCENARIOS: [&str; 9] = [
+    "clean_handoff",
+    "holder_killed",
+    "holder_paused",
+    "holder_partitioned",
+    "connection_reset",
+    "server_restart",
+    "latency",
+    "quorum_loss",
+    "clock_skew",
+];
+
+/// The scenarios this build measures.
+pub const MEASURED: [&str; 6] = [
+    "clean_handoff",
+    "holder_killed",
+    "holder_paused",
+    "holder_partitioned",
+    "connection_reset",
+    "server_restart",
+];
+
+/// Scenarios whose fault sits in a [`FaultProxy`] between the holder and its one server.
+const PROXIED: [&str; 2] = ["holder_partitioned", "connection_reset"];
+
+/// How long the proxy resets connections in `connection_reset` before passing traffic
+/// again: the fault's length (long enough for every relay to see it), not a synchronisation.
+pub const RESET_FOR: Duration = Duration::from_millis(200);
+
+/// How long the waiter gets after it was started to connect and queue before the fault is
+/// injected. `dlock hold` prints nothing while it waits, so this is a settle time, not a
+/// handshake; a waiter that had not queued yet would make the failover look slower, never
+/// faster.
+pub const WAITER_SETTLE: Duration = Duration::from_millis(500);
+
+/// What `dlock compare` runs.
+#[derive(Debug, Clone)]
+pub struct CompareOptions {
+    /// The `dlock` binary whose `hold` subcommand the holders run.
+    pub dlock_bin: PathBuf,
+    /// Repetitions per measured cell.
+    pub repeat: usize,
+    /// Backends to run (names from [`BACKENDS`]).
+    pub backends: Vec<String>,
+    /// Scenarios to run (names from [`SCENARIOS`]); the others are reported `not_measured`.
+    pub scenarios: Vec<String>,
+    /// Lease / session timeout / `at_most` given to every holder (etcd's minimum is 2 s).
+    pub ttl: Duration,
+    /// Where the report goes.
+    pub out: PathBuf,
+}
+
+/// Median, minimum and maximum over the repetitions.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Stats {
+    /// Median (mean of the middle two for an even count).
+    pub median: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl Stats {
+    /// The statistics of `values`, `None` when empty.
+    pub fn of(values: &[f64]) -> Option<Stats> {
+        if values.is_empty() {
+            return None;
+        }
+        let mut v = values.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Stats {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+}
+
+/// Whether a cell was measured.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Measured; the numbers are real.
+    Measured,
+    /// The scenario cannot apply to this backend (see `reason`).
+    NotApplicable,
+    /// Not measured by this build yet (see `reason`).
+    NotMeasured,
+    /// The run failed (see `reason`).
+    Failed,
+}
+
+/// One backend × scenario cell.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    /// Backend name.
+    pub backend: String,
+    /// Scenario id.
+    pub scenario: String,
+    /// Measured or not, and why not.
+    pub status: Status,
+    /// Why the cell is not measured (or failed).
+    pub reason: Option<String>,
+    /// Repetitions that completed.
+    pub repetitions: usize,
+    /// Two holders inside the critical section at once in any repetition.
+    pub overlap_observed: Option<bool>,
+    /// A late write with the previous holder's token was rejected in every repetition
+    /// (`null`: no stale write was possible, the previous holder still held the lock).
+    pub stale_write_rejected: Option<bool>,
+    /// Time from the fault to the next holder's grant, over the repetitions that had one.
+    pub failover_ms: Option<Stats>,
+    /// The faulty holder learned it had lost the lock before the next grant (every
+    /// repetition); `null` where it cannot learn (released on purpose, or dead).
+    pub holder_learned_before_handoff: Option<bool>,
+    /// Median of (next grant − the holder learning), ms: positive = learned that much before.
+    pub learned_before_handoff_ms: Option<f64>,
+    /// Lease / session timeout / `at_most` in force, ms (`null`: the lock has none).
+    pub ttl_ms: Option<u64>,
+    /// Observations.
+    pub notes: Vec<String>,
+}
+
+impl Cell {
+    fn empty(backend: &str, scenario: &str, status: Status, reason: Option<String>) -> Cell {
+        Cell {
+            backend: backend.to_string(),
+            scenario: scenario.to_string(),
+            status,
+            reason,
+            repetitions: 0,
+            overlap_observed: None,
+            stale_write_rejected: None,
+            failover_ms: None,
+            holder_learned_before_handoff: None,
+            learned_before_handoff_ms: None,
+            ttl_ms: None,
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// One backend as the report describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendInfo {
+    /// Name from [`BACKENDS`].
+    pub name: String,
+    /// The URL used (credentials redacted).
+    pub url: String,
+    /// Capabilities as `dlock backends` prints them.
+    pub capabilities: String,
+    /// Lease / session timeout / `at_most` in force, ms.
+    pub ttl_ms: Option<u64>,
+    /// How its lock frees itself when the holder goes silent.
+    pub frees_by: String,
+}
+
+/// Where and how the report was made.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    /// Host name.
+    pub host: String,
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// Start, ms since the Unix epoch.
+    pub started_ms: i64,
+    /// Wall time of the whole run, s.
+    pub duration_s: f64,
+    /// Repetitions per measured cell.
+    pub repeat: usize,
+    /// Whether `--quick`.
+    pub quick: bool,
+    /// How faults are injected (for the scenarios measured).
+    pub fault_injection: String,
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Where and how.
+    pub run: RunInfo,
+    /// The backends.
+    pub backends: Vec<BackendInfo>,
+    /// Every backend × scenario cell.
+    pub scenarios: Vec<Cell>,
+    /// Benchmarks (not part of this build yet: empty).
+    pub benchmarks: Vec<serde_json::Value>,
+}
+
+/// A backend's URL and the servers that keep it alive.
+struct Target {
+    url: String,
+    /// The one server's address, for backends a single proxy can sit in front of.
+    addr: Option<std::net::SocketAddr>,
+    ttl_ms: Option<u64>,
+    frees_by: &'static str,
+    /// The one server, for backends that have one (restarted by `server_restart`).
+    server: Option<fixtures::Server>,
+    /// Other server handles (dropping them stops the servers).
+    _others: Vec<fixtures::Cluster>,
+}
+
+async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
+    let ttl_ms = Some(ttl.as_millis() as u64);
+    Ok(match backend {
+        "postgres" => {
+            let pg = fixtures::postgres().await?;
+            Target {
+                url: pg.url().to_string(),
+                addr: pg.addr(),
+                ttl_ms: None,
+                frees_by: "session lock: freed when the holder's connection closes",
+                server: Some(pg),
+                _others: Vec::new(),
+            }
+        }
+        "shedlock-postgres" => {
+            let pg = fixtures::postgres().await?;
+            Target {
+                url: format!("shedlock+{}", pg.url()),
+                addr: pg.addr(),
+                ttl_ms,
+                frees_by: "lock_until in the table (at_most), renewed by the holder",
+                server: Some(pg),
+                _others: Vec::new(),
+            }
+        }
+        "redis" | "shedlock-redis" => {
+            let r = fixtures::redis().await?;
+            let (url, frees_by) = if backend == "redis" {
+                (
+                    r.url().to_string(),
+                    "key expiry (PX ttl), renewed by the holder",
+                )
+            } else {
+                (
+                    format!("shedlock+{}", r.url()),
+                    "key expiry (at_most), renewed by the holder",
+                )
+            };
+            Target {
+                url,
+                addr: r.addr(),
+                ttl_ms,
+                frees_by,
+                server: Some(r),
+                _others: Vec::new(),
+            }
+        }
+        "redlock" => {
+            let c = fixtures::redlock(3).await?;
+            Target {
+                url: c.url().to_string(),
+                addr: None,
+                ttl_ms,
+                frees_by: "key expiry on a majority of 3 instances, renewed by the holder",
+                server: None,
+                _others: vec![c],
+            }
+        }
+        "etcd" => {
+            let e = fixtures::etcd().await?;
+            Target {
+                url: e.url().to_string(),
+                addr: e.addr(),
+                ttl_ms,
+                frees_by: "lease expiry, kept alive by the holder",
+                server: Some(e),
+                _others: Vec::new(),
+            }
+        }
+        "zookeeper" => {
+            let z = fixtures::zookeeper().await?;
+            let ms = ttl.as_millis();
+            let sep = if z.url().contains('?') { '&' } else { '?' };
+            Target {
+                url: format!("{}{sep}session_timeout={ms}ms", z.url()),
+                addr: z.addr(),
+                ttl_ms,
+                frees_by: "session expiry (ephemeral node), kept alive by the client's pings",
+                server: Some(z),
+                _others: Vec::new(),
+            }
+        }
+        other => bail!("unknown backend {other:?} (known: {})", BACKENDS.join(", ")),
+    })
+}
+
+fn capabilities(url: &str) -> String {
+    let scheme = url.split("://").next().unwrap_or("");
+    for (s, status) in dlock::registry().schemes() {
+        if s == scheme {
+            if let dlock::SchemeStatus::Available(caps) = status {
+                return caps.to_string();
+            }
+        }
+    }
+    String::new()
+}
+
+/// Why a scenario does not apply to a backend, if it does not.
+fn not_applicable(backend: &str, scenario: &str) -> Option<String> {
+    match (scenario, backend) {
+        ("quorum_loss", "postgres" | "redis" | "shedlock-postgres" | "shedlock-redis") => {
+            Some("single server: there is no quorum to lose".into())
+        }
+        _ => None,
+    }
+}
+
+/// What one repetition observed.
+#[derive(Debug, Default)]
+struct Rep {
+    overlap: bool,
+    /// `None`: no stale write was possible.
+    stale_rejected: Option<bool>,
+    failover_ms: Option<f64>,
+    /// (learned before handoff, next grant − learned).
+    learned: Option<(bool, f64)>,
+    /// holder_paused: from SIGCONT to the holder's `lost`.
+    learn_after_resume_ms: Option<f64>,
+    notes: Vec<String>,
+}
+
+/// Bounds for waiting on the next grant after a fault: generous, so a slow machine reads as
+/// a slow number rather than a failure.
+fn grant_bound(ttl: Duration) -> Duration {
+    ttl * 3 + Duration::from_secs(10)
+}
+
+const FIRST_GRANT: Duration = Duration::from_secs(30);
+
+fn lock_name(backend: &str, scenario: &str, rep: usize) -> String {
+    format!(
+        "cmp-{backend}-{scenario}-{}-{rep}-{:x}",
+        std::process::id(),
+        wall_ms()
+    )
+}
+
+/// Holder A acquires, waiter B is started and settles; returns both with A's grant.
+async fn holder_and_waiter(
+    opts: &CompareOptions,
+    url_a: &str,
+    url: &str,
+    name: &str,
+    res: &mut FencedResource,
+) -> Result<(Holder, Option<u64>, Holder)> {
+    let spec = |wait_forever| HoldSpec {
+        url: if wait_forever { url } else { url_a }.to_string(),
+        name: name.to_string(),
+        ttl: opts.ttl,
+        wait_forever,
+    };
+    let mut a = Holder::spawn(&opts.dlock_bin, &spec(false))?;
+    let ev = match a.acquired(FIRST_GRANT).await {
+        Ok(Some(ev)) => ev,
+        Ok(None) => {
+            let err = a.stderr();
+            a.finish().await;
+            bail!("the first holder got no grant within {FIRST_GRANT:?}: {err}");
+        }
+        Err(e) => {
+            a.finish().await;
+            return Err(e);
+        }
+    };
+    let EventKind::Acquired { token } = ev.kind else {
+        unreachable!("acquired() returns acquired events")
+    };
+    res.enter(0, token, ev.t_ms);
+    res.write(0, token, ev.t_ms);
+    let mut b = Holder::spawn(&opts.dlock_bin, &spec(true))?;
+    // Settle: B connects and queues (see WAITER_SETTLE). An event now would be a grant while
+    // A holds: an overlap, recorded as such.
+    if let Some(ev) = b.next_event(WAITER_SETTLE).await {
+        match ev.kind {
+            EventKind::Acquired { token } => res.enter(1, token, ev.t_ms),
+            EventKind::Ended => {
+                let err = b.stderr();
+                a.finish().await;
+                b.finish().await;
+                bail!("the waiter ended before the fault: {err}");
+            }
+            _ => {}
+        }
+    }
+    Ok((a, token, b))
+}
+
+/// Waits for B's grant (unless it came already), records it, has B write. Returns the grant
+/// time and token.
+async fn await_grant(
+    b: &mut Holder,
+    res: &mut FencedResource,
+    within: Duration,
+) -> Result<Option<(i64, Option<u64>)>> {
+    await_grant_as(1, b, res, within).await
+}
+
+/// [`await_grant`] for the holder numbered `id`.
+async fn await_grant_as(
+    id: resource::HolderId,
+    b: &mut Holder,
+    res: &mut FencedResource,
+    within: Duration,
+) -> Result<Option<(i64, Option<u64>)>> {
+    if let Some(s) = res.sections().iter().find(|s| s.holder == id) {
+        let (t, tok) = (s.enter_ms, s.token);
+        res.write(id, tok, t);
+        return Ok(Some((t, tok)));
+    }
+    match b.acquired(within).await? {
+        Some(ev) => {
+            let EventKind::Acquired { token } = ev.kind else {
+                unreachable!("acquired() returns acquired events")
+            };
+            res.enter(id, token, ev.t_ms);
+            res.write(id, token, ev.t_ms);
+            Ok(Some((ev.t_ms, token)))
+        }
+        None => Ok(None),
+    }
+}
+
+async fn run_rep(
+    opts: &CompareOptions,
+    backend: &str,
+    target: &Target,
+    scenario: &str,
+    rep: usize,
+) -> Result<Rep> {
+    let name = lock_name(backend, scenario, rep);
+    let url = target.url.as_str();
+    let mut res = FencedResource::new();
+    // The holder talks to its server through a fault proxy in the proxied scenarios; the
+    // waiter always talks to it directly.
+    let (proxy, url_a) = if PROXIED.contains(&scenario) {
+        let Some(addr) = target.addr else {
+            bail!("no single server address to put a proxy in front of");
+        };
+        let proxy = FaultProxy::start(addr).await?;
+        let url_a = url.replace(&addr.to_string(), &proxy.addr().to_string());
+        if url_a == url {
+            bail!("cannot route {} through the proxy", dlock::redact(url));
+        }
+        (Some(proxy), url_a)
+    } else {
+        (None, url.to_string())
+    };
+    let (mut a, token_a, mut b) = holder_and_waiter(opts, &url_a, url, &name, &mut res).await?;
+    let mut out = Rep::default();
+    let bound = grant_bound(opts.ttl);
+    let result: Result<()> = async {
+        match scenario {
+            "clean_handoff" => {
+                // The application leaves its critical section, then releases.
+                let t0 = wall_ms();
+                res.exit(0, t0);
+                a.release();
+                let Some((t_grant, _)) = await_grant(&mut b, &mut res, bound).await? else {
+                    bail!("the waiter got no grant within {bound:?} of the release");
+                };
+                out.failover_ms = Some((t_grant - t0) as f64);
+                // A write of the previous holder that arrives late.
+                out.stale_rejected = Some(res.write(0, token_a, wall_ms()).rejected());
+            }
+            "holder_killed" => {
+                let t0 = wall_ms();
+                a.kill()?;
+                res.exit(0, t0);
+                let Some((t_grant, _)) = await_grant(&mut b, &mut res, bound).await? else {
+                    bail!("the waiter got no grant within {bound:?} of the SIGKILL");
+                };
+                out.failover_ms = Some((t_grant - t0) as f64);
+                // A write the dead holder sent just before dying, delivered late.
+                out.stale_rejected = Some(res.write(0, token_a, wall_ms()).rejected());
+            }
+            "holder_paused" => {
+                let pause_bound = (opts.ttl * 3).max(Duration::from_secs(6));
+                let t0 = wall_ms();
+                a.pause()?;
+                let grant = await_grant(&mut b, &mut res, pause_bound).await?;
+                let t_resume = wall_ms();
+                a.resume()?;
+                // The holder wakes up inside its critical section and writes at once.
+                let outcome = res.write(0, token_a, t_resume);
+                match grant {
+                    Some((t_grant, _)) => {
+                        out.failover_ms = Some((t_grant - t0) as f64);
+                        out.stale_rejected = Some(outcome.rejected());
+                        // Does the woken holder learn, and when?
+                        match a.state("lost", bound).await {
+                            Some(ev) => {
+                                res.exit(0, ev.t_ms);
+                                let margin = (t_grant - ev.t_ms) as f64;
+                                out.learned = Some((ev.t_ms < t_grant, margin));
+                                out.learn_after_resume_ms = Some((ev.t_ms - t_resume) as f64);
+                            }
+                            None => {
+                                res.exit(0, wall_ms());
+                                out.notes.push(format!(
+                                    "the resumed holder reported no loss within {bound:?}"
+                                ));
+                            }
+                        }
+                    }
+                    None => {
+                        out.notes.push(format!(
+                            "not freed within {} s of the pause: the lock stays with the \
+                             paused holder (no lease expires)",
+                            pause_bound.as_secs()
+                        ));
+                        // Still its lock: the write is legitimate. Hand over cleanly.
+                        let t1 = wall_ms();
+                        res.exit(0, t1);
+                        a.release();
+                        if await_grant(&mut b, &mut res, bound).await?.is_none() {
+                            bail!("the waiter got no grant after the paused holder released");
+                        }
+                    }
+                }
+            }
+            "holder_partitioned" | "connection_reset" => {
+                let proxy = proxy.as_ref().expect("proxied scenario has a proxy");
+                let fault_bound = (opts.ttl * 3).max(Duration::from_secs(6));
+                let t0 = wall_ms();
+                let grant = if scenario == "connection_reset" {
+                    proxy.set(Fault::Reset);
+                    tokio::time::sleep(RESET_FOR).await;
+                    proxy.set(Fault::Pass);
+                    await_grant(&mut b, &mut res, fault_bound).await?
+                } else {
+                    proxy.set(Fault::Blackhole);
+                    let g = await_grant(&mut b, &mut res, fault_bound).await?;
+                    proxy.set(Fault::Pass);
+                    g
+                };
+                // What the holder reported meanwhile (its events wait in the channel).
+                let mut lost = None;
+                let mut states = Vec::new();
+                while let Some(ev) = a.try_event() {
+                    if let EventKind::State(st) = &ev.kind {
+                        states.push(format!("{st} at +{} ms", ev.t_ms - t0));
+                        if st == "lost" && lost.is_none() {
+                            lost = Some(ev.t_ms);
+                        }
+                    }
+                }
+                if lost.is_none() && grant.is_some() {
+                    // The lock moved on; give the holder until the bound to notice.
+                    if let Some(ev) = a.state("lost", bound).await {
+                        states.push(format!("lost at +{} ms", ev.t_ms - t0));
+                        lost = Some(ev.t_ms);
+                    }
+                }
+                if !states.is_empty() {
+                    out.notes
+                        .push(format!("holder reported: {}", states.join(", ")));
+                }
+                if let Some(t) = lost {
+                    res.exit(0, t);
+                }
+                match grant {
+                    Some((t_grant, _)) => {
+                        out.failover_ms = Some((t_grant - t0) as f64);
+                        match lost {
+                            Some(t) => out.learned = Some((t < t_grant, (t_grant - t) as f64)),
+                            None => out
+                                .notes
+                                .push("the holder never reported the loss".to_string()),
+                        }
+                        // The old holder's write, sent before it knew, arrives now.
+                        out.stale_rejected = Some(res.write(0, token_a, wall_ms()).rejected());
+                        if lost.is_none() {
+                            res.exit(0, wall_ms());
+                        }
+                    }
+                    None => {
+                        let why = match (lost, scenario) {
+                            (Some(t), _) => format!(
+                                "the holder reported the loss at +{} ms but the server kept \
+                                 the lock: orphaned until the holder's session ends or it \
+                                 releases",
+                                t - t0
+                            ),
+                            (None, "holder_partitioned") => "fault proxy blackhole: the \
+                                server's kernel still sees a live peer, so server-side \
+                                keepalives cannot fire"
+                                .to_string(),
+                            (None, _) => "the holder reconnected and kept its lock".to_string(),
+                        };
+                        out.notes.push(format!(
+                            "not freed within {} s of the fault ({why})",
+                            fault_bound.as_secs()
+                        ));
+                        let t1 = wall_ms();
+                        res.exit(0, lost.unwrap_or(t1));
+                        a.release();
+                        if await_grant(&mut b, &mut res, bound).await?.is_none() {
+                            bail!("the waiter got no grant after the holder released");
+                        }
+                    }
+                }
+            }
+            "server_restart" => {
+                let Some(server) = target.server.as_ref().filter(|s| s.is_managed()) else {
+                    bail!("no managed single server to restart");
+                };
+                let restart_bound = (opts.ttl * 3).max(Duration::from_secs(6));
+                let t0 = wall_ms();
+                server.kill().await?;
+                server.start().await?;
+                let restarted_ms = wall_ms() - t0;
+                out.notes.push(format!(
+                    "server back (SIGKILL + start on the same port and data) after {restarted_ms} ms"
+                ));
+                // The waiter may give up when its connection dies; a fresh one takes over.
+                let mut grant = match await_grant(&mut b, &mut res, restart_bound).await {
+                    Ok(g) => g,
+                    Err(e) => {
+                        out.notes.push(format!(
+                            "the waiter exited when the server went away ({}); a new waiter \
+                             was started",
+                            first_line(&format!("{e:#}"))
+                        ));
+                        None
+                    }
+                };
+                let mut c = None;
+                if grant.is_none() && b_ended(&mut b).await {
+                    let mut w = Holder::spawn(
+                        &opts.dlock_bin,
+                        &HoldSpec {
+                            url: url.to_string(),
+                            name: name.clone(),
+                            ttl: opts.ttl,
+                            wait_forever: true,
+                        },
+                    )?;
+                    grant = await_grant_as(2, &mut w, &mut res, restart_bound).await?;
+                    c = Some(w);
+                }
+                let mut lost: Option<i64> = None;
+                let mut states = Vec::new();
+                while let Some(ev) = a.try_event() {
+                    match &ev.kind {
+                        EventKind::State(st) => {
+                            states.push(format!("{st} at +{} ms", ev.t_ms - t0));
+                            if st == "lost" && lost.is_none() {
+                                lost = Some(ev.t_ms);
+                            }
+                        }
+                        EventKind::Ended => states.push(format!("exited at +{} ms", ev.t_ms - t0)),
+                        _ => {}
+                    }
+                }
+                if !states.is_empty() {
+                    out.notes.push(format!("holder reported: {}", states.join(", ")));
+                }
+                if let Some(t) = lost {
+                    res.exit(0, t);
+                }
+                match grant {
+                    Some((t_grant, _)) => {
+                        out.failover_ms = Some((t_grant - t0) as f64);
+                        if lost.is_none() {
+                            // Does it learn at all, and how late?
+                            if let Some(ev) = a.state("lost", bound).await {
+                                states_late(&mut out, ev.t_ms - t0);
+                                res.exit(0, ev.t_ms);
+                                lost = Some(ev.t_ms);
+                            } else {
+                                out.notes.push(format!(
+                                    "the holder reported no loss within {} s of the new grant",
+                                    bound.as_secs()
+                                ));
+                            }
+                        }
+                        if let Some(t) = lost {
+                            out.learned = Some((t < t_grant, (t_grant - t) as f64));
+                        }
+                        out.stale_rejected = Some(res.write(0, token_a, wall_ms()).rejected());
+                    }
+                    None => out.notes.push(format!(
+                        "no other holder got the lock within {} s of the restart: it survived \
+                         the restart{}",
+                        restart_bound.as_secs(),
+                        if lost.is_some() {
+                            " although the holder reported it lost (orphaned until the holder \
+                             releases or its session ends)"
+                        } else {
+                            ""
+                        }
+                    )),
+                }
+                res.exit(0, wall_ms());
+                if let Some(w) = c {
+                    w.finish().await;
+                }
+            }
+            other => bail!("scenario {other:?} is not implemented"),
+        }
+        Ok(())
+    }
+    .await;
+    out.overlap = res.overlap_observed();
+    if out.overlap {
+        let pairs: Vec<String> = res
+            .overlaps()
+            .iter()
+            .map(|(x, y)| {
+                let end = |e: Option<i64>| e.map_or("open".into(), |e| e.to_string());
+                let tok = |t: Option<u64>| t.map_or("none".into(), |t| t.to_string());
+                format!(
+                    "holder {} (token {}) [{}, {}) and holder {} (token {}) [{}, {})",
+                    x.holder,
+                    tok(x.token),
+                    x.enter_ms,
+                    end(x.exit_ms),
+                    y.holder,
+                    tok(y.token),
+                    y.enter_ms,
+                    end(y.exit_ms)
+                )
+            })
+            .collect();
+        let writes: Vec<String> = res
+            .concurrent_writes()
+            .iter()
+            .map(|(w, o, t)| format!("holder {w} wrote at {t} while holder {o} was inside"))
+            .collect();
+        let all: Vec<String> = pairs.into_iter().chain(writes).collect();
+        out.notes.push(format!("overlap: {}", all.join("; ")));
+    }
+    for (h, t, highest) in res.rejected() {
+        if h != 0 {
+            out.notes.push(format!(
+                "the new holder's own write was rejected: its token {t} is lower than {highest}, \
+                 accepted before (tokens went backwards)"
+            ));
+        }
+    }
+    let err_a = a.stderr();
+    let err_b = b.stderr();
+    a.finish().await;
+    b.release_and_finish(Duration::from_secs(10)).await;
+    result.map_err(|e| {
+        anyhow!(
+            "{e:#}{}{}",
+            if err_a.is_empty() {
+                String::new()
+            } else {
+                format!(" (holder: {err_a})")
+            },
+            if err_b.is_empty() {
+                String::new()
+            } else {
+                format!(" (waiter: {err_b})")
+            }
+        )
+    })?;
+    Ok(out)
+}
+
+fn states_late(out: &mut Rep, after_ms: i64) {
+    out.notes.push(format!(
+        "holder reported lost at +{after_ms} ms, after the new grant"
+    ));
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+/// Whether the holder's output has ended (it exited), waiting briefly for the end.
+async fn b_ended(b: &mut Holder) -> bool {
+    // Bounded: consumes events until the end or one second without any.
+    for _ in 0..64 {
+        match b.next_event(Duration::from_secs(1)).await {
+            Some(Event {
+                kind: EventKind::Ended,
+                ..
+            }) => return true,
+            Some(_) => continue,
+            None => return false,
+        }
+    }
+    false
+}
+
+fn aggregate(cell: &mut Cell, reps: &[Rep]) {
+    cell.repetitions = reps.len();
+    cell.overlap_observed = Some(reps.iter().any(|r| r.overlap));
+    let stale: Vec<bool> = reps.iter().filter_map(|r| r.stale_rejected).collect();
+    cell.stale_write_rejected = if stale.is_empty() {
+        None
+    } else {
+        let n = stale.iter().filter(|r| **r).count();
+        if n != 0 && n != stale.len() {
+            cell.notes.push(format!(
+                "stale write rejected in {n} of {} repetitions",
+                stale.len()
+            ));
+        }
+        Some(n == stale.len())
+    };
+    let failovers: Vec<f64> = reps.iter().filter_map(|r| r.failover_ms).collect();
+    if failovers.len() != reps.len() && !failovers.is_empty() {
+        cell.notes.push(format!(
+            "failover in {} of {} repetitions",
+            failovers.len(),
+            reps.len()
+        ));
+    }
+    cell.failover_ms = Stats::of(&failovers);
+    let learned: Vec<(bool, f64)> = reps.iter().filter_map(|r| r.learned).collect();
+    if !learned.is_empty() {
+        cell.holder_learned_before_handoff = Some(learned.iter().all(|l| l.0));
+        let margins: Vec<f64> = learned.iter().map(|l| l.1).collect();
+        cell.learned_before_handoff_ms = Stats::of(&margins).map(|s| s.median);
+    }
+    let resumed: Vec<f64> = reps
+        .iter()
+        .filter_map(|r| r.learn_after_resume_ms)
+        .collect();
+    if let Some(s) = Stats::of(&resumed) {
+        cell.notes.push(format!(
+            "the resumed holder reported the loss {:.0} ms (median) after SIGCONT",
+            s.median
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for n in reps.iter().flat_map(|r| r.notes.iter()) {
+        // Notes that repeat across repetitions once; overlap details are per repetition.
+        // Notes that differ only in their numbers are the same observation.
+        let key = if n.starts_with("overlap:") || n.starts_with("holder reported:") {
+            n.split(':').next().unwrap_or("").to_string()
+        } else {
+            n.chars().filter(|c| !c.is_ascii_digit()).collect()
+        };
+        if seen.insert(key) {
+            cell.notes.push(n.clone());
+        }
+    }
+}
+
+fn scenario_note(scenario: &str) -> &'static str {
+    match scenario {
+        "clean_handoff" => "failover = release requested → waiter's grant",
+        "holder_killed" => {
+            "failover = SIGKILL → waiter's grant; the holder is dead, it cannot learn"
+        }
+        "holder_partitioned" => {
+            "holder's traffic blackholed in a fault proxy (sockets stay open) until the waiter's grant or the bound; failover = blackhole → grant"
+        }
+        "connection_reset" => {
+            "the holder's connections reset (RST) by a fault proxy for 200 ms, then traffic passes again; failover = reset → grant"
+        }
+        "server_restart" => {
+            "the server SIGKILLed and started again on the same port and data; failover = kill → another holder's grant (a new waiter is started if the first one gave up)"
+        }
+        "holder_paused" => {
+            "SIGSTOP until the waiter's grant (or the bound), SIGCONT, then the holder writes with its old token"
+        }
+        _ => "",
+    }
+}
+
+/// Runs the matrix and returns the report (also written by [`report::write`]). Progress
+/// goes to stderr.
+pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
+    for b in &opts.backends {
+        if !BACKENDS.contains(&b.as_str()) {
+            bail!("unknown backend {b:?} (known: {})", BACKENDS.join(", "));
+        }
+    }
+    for s in &opts.scenarios {
+        if !SCENARIOS.contains(&s.as_str()) {
+            bail!("unknown scenario {s:?} (known: {})", SCENARIOS.join(", "));
+        }
+    }
+    if opts.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    let started = std::time::Instant::now();
+    let started_ms = wall_ms();
+    let selected = |s: &str| opts.scenarios.iter().any(|x| x == s);
+    let to_run: Vec<&str> = SCENARIOS
+        .iter()
+        .copied()
+        .filter(|s| selected(s) && MEASURED.contains(s))
+        .collect();
+    let total = opts.backends.len() * to_run.len();
+    let mut done = 0;
+    let mut backends = Vec::new();
+    let mut cells = Vec::new();
+    for backend in BACKENDS
+        .iter()
+        .filter(|b| opts.backends.iter().any(|x| x == *b))
+    {
+        eprintln!("[compare] {backend}: starting servers");
+        let target = match start_target(backend, opts.ttl).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("[compare] {backend}: cannot start servers: {e:#}");
+                backends.push(BackendInfo {
+                    name: backend.to_string(),
+                    url: String::new(),
+                    capabilities: String::new(),
+                    ttl_ms: None,
+                    frees_by: String::new(),
+                });
+                for s in SCENARIOS {
+                    let mut c = Cell::empty(
+                        backend,
+                        s,
+                        Status::Failed,
+                        Some(format!("servers did not start: {e:#}")),
+                    );
+                    if !to_run.contains(&s) {
+                        c.status = Status::NotMeasured;
+                    }
+                    cells.push(c);
+                }
+                done += to_run.len();
+                None
+            }
+        };
+        let Some(target) = target else { continue };
+        backends.push(BackendInfo {
+            name: backend.to_string(),
+            url: dlock::redact(&target.url).to_string(),
+            capabilities: capabilities(&target.url),
+            ttl_ms: target.ttl_ms,
+            frees_by: target.frees_by.to_string(),
+        });
+        for scenario in SCENARIOS {
+            if let Some(why) = not_applicable(backend, scenario) {
+                cells.push(Cell::empty(
+                    backend,
+                    scenario,
+                    Status::NotApplicable,
+                    Some(why),
+                ));
+                continue;
+            }
+            if !MEASURED.contains(&scenario) {
+                cells.push(Cell::empty(
+                    backend,
+                    scenario,
+                    Status::NotMeasured,
+                    Some("not measured yet: this scenario is not implemented in this build".into()),
+                ));
+                continue;
+            }
+            if scenario == "server_restart"
+                && !target.server.as_ref().is_some_and(|s| s.is_managed())
+            {
+                cells.push(Cell::empty(
+                    backend,
+                    scenario,
+                    Status::NotMeasured,
+                    Some(
+                        "not measured yet: restarting several servers (or an external one) is \
+                         not implemented in this build"
+                            .into(),
+                    ),
+                ));
+                continue;
+            }
+            if PROXIED.contains(&scenario) && target.addr.is_none() {
+                cells.push(Cell::empty(
+                    backend,
+                    scenario,
+                    Status::NotMeasured,
+                    Some(
+                        "not measured yet: needs a fault proxy in front of each of several \
+                         servers (or an external server), which this build does not do"
+                            .into(),
+                    ),
+                ));
+                continue;
+            }
+            if !selected(scenario) {
+                cells.push(Cell::empty(
+                    backend,
+                    scenario,
+                    Status::NotMeasured,
+                    Some("not selected for this run (--scenarios)".into()),
+                ));
+                continue;
+            }
+            done += 1;
+            let mut cell = Cell::empty(backend, scenario, Status::Measured, None);
+            cell.ttl_ms = target.ttl_ms;
+            cell.notes.push(scenario_note(scenario).to_string());
+            let mut reps = Vec::new();
+            let mut failure = None;
+            for rep in 0..opts.repeat {
+                eprintln!(
+                    "[compare {done}/{total}] {backend} × {scenario}: repetition {}/{}",
+                    rep + 1,
+                    opts.repeat
+                );
+                match run_rep(opts, backend, &target, scenario, rep).await {
+                    Ok(r) => reps.push(r),
+                    Err(e) => {
+                        eprintln!("[compare] {backend} × {scenario}: failed: {e:#}");
+                        failure = Some(format!("repetition {}: {e:#}", rep + 1));
+                        break;
+                    }
+                }
+            }
+            if let Some(why) = failure {
+                cell.status = Status::Failed;
+                cell.reason = Some(why);
+            }
+            aggregate(&mut cell, &reps);
+            if let Some(f) = cell.failover_ms {
+                eprintln!(
+                    "[compare {done}/{total}] {backend} × {scenario}: failover median {:.0} ms, overlap {}, stale write rejected {}",
+                    f.median,
+                    report::yes_no(cell.overlap_observed),
+                    report::yes_no(cell.stale_write_rejected)
+                );
+            }
+            cells.push(cell);
+        }
+    }
+    Ok(Report {
+        run: RunInfo {
+            host: hostname(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            started_ms,
+            duration_s: started.elapsed().as_secs_f64(),
+            repeat: opts.repeat,
+            quick,
+            fault_injection: "signals to the holder process (SIGKILL, SIGSTOP/SIGCONT); \
+                              stdin close for the clean release; an in-process TCP fault proxy \
+                              between the holder and its server (blackhole, RST) — not a \
+                              network namespace; SIGKILL and restart of the server process"
+                .into(),
+        },
+        backends,
+        scenarios: cells,
+        benchmarks: Vec::new(),
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_take_the_middle() {
+        assert_eq!(Stats::of(&[]), None);
+        let s = Stats::of(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(Stats::of(&[4.0, 1.0]).unwrap().median, 2.5);
+    }
+
+    #[test]
+    fn aggregation_is_conservative() {
+        let mut c = Cell::empty("redis", "holder_killed", Status::Measured, None);
+        let reps = [
+            Rep {
+                failover_ms: Some(10.0),
+                stale_rejected: Some(true),
+                ..Rep::default()
+            },
+            Rep {
+                overlap: true,
+                failover_ms: Some(30.0),
+                stale_rejected: Some(false),
+                ..Rep::default()
+            },
+        ];
+        aggregate(&mut c, &reps);
+        assert_eq!(c.overlap_observed, Some(true));
+        assert_eq!(c.stale_write_rejected, Some(false));
+        assert_eq!(c.failover_ms.unwrap().median, 20.0);
+        assert_eq!(c.holder_learned_before_handoff, None);
+    }
+}

@@ -1,0 +1,389 @@
+//! Writing the report: `comparison.json`, `comparison.md`, `index.html` (inline SVG), and
+//! the main table for the terminal.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::{BACKENDS, Cell, Report, SCENARIOS, Status};
+
+/// `yes`, `no` or `—` for an optional flag.
+pub fn yes_no(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "—",
+    }
+}
+
+/// The failover text of a cell as the tables show it: `median (min–max)` in whole ms for a
+/// measured cell, else a word saying why there is no number.
+pub fn failover_text(c: &Cell) -> String {
+    match c.status {
+        Status::NotApplicable => "n/a".into(),
+        Status::NotMeasured => "not measured".into(),
+        Status::Failed => "failed".into(),
+        Status::Measured => match c.failover_ms {
+            Some(f) if c.repetitions > 1 => {
+                format!("{:.0} ({:.0}–{:.0})", f.median, f.min, f.max)
+            }
+            Some(f) => format!("{:.0}", f.median),
+            None => "not freed".into(),
+        },
+    }
+}
+
+/// The safety text of a cell: overlap, stale write, holder learned first.
+pub fn safety_text(c: &Cell) -> String {
+    match c.status {
+        Status::Measured => {
+            let mut s = format!(
+                "overlap {} · stale write rejected {}",
+                yes_no(c.overlap_observed),
+                yes_no(c.stale_write_rejected)
+            );
+            if let Some(l) = c.holder_learned_before_handoff {
+                let _ = write!(s, " · learned first {}", yes_no(Some(l)));
+                if let Some(ms) = c.learned_before_handoff_ms {
+                    let _ = write!(s, " ({ms:+.0} ms)");
+                }
+            }
+            s
+        }
+        _ => failover_text(c),
+    }
+}
+
+fn cell<'a>(r: &'a Report, backend: &str, scenario: &str) -> Option<&'a Cell> {
+    r.scenarios
+        .iter()
+        .find(|c| c.backend == backend && c.scenario == scenario)
+}
+
+fn backends_of(r: &Report) -> Vec<&str> {
+    BACKENDS
+        .iter()
+        .copied()
+        .filter(|b| r.backends.iter().any(|x| x.name == *b))
+        .collect()
+}
+
+/// The scenarios with at least one measured (or failed) cell: the columns worth a table.
+fn measured_scenarios(r: &Report) -> Vec<&'static str> {
+    SCENARIOS
+        .iter()
+        .copied()
+        .filter(|s| {
+            r.scenarios
+                .iter()
+                .any(|c| c.scenario == *s && matches!(c.status, Status::Measured | Status::Failed))
+        })
+        .collect()
+}
+
+fn table(r: &Report, text: impl Fn(&Cell) -> String) -> String {
+    let cols = measured_scenarios(r);
+    let mut out = String::new();
+    let _ = writeln!(out, "| backend | {} |", cols.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---|".repeat(cols.len()));
+    for b in backends_of(r) {
+        let row: Vec<String> = cols
+            .iter()
+            .map(|s| cell(r, b, s).map_or_else(|| "—".into(), &text))
+            .collect();
+        let _ = writeln!(out, "| {b} | {} |", row.join(" | "));
+    }
+    out
+}
+
+/// The main table: failover medians (ms) per backend × measured scenario.
+pub fn main_table(r: &Report) -> String {
+    table(r, failover_text)
+}
+
+/// `comparison.md`.
+pub fn markdown(r: &Report) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# dlock: backend vs reliability\n");
+    let _ = writeln!(
+        md,
+        "Measured on `{}` ({} CPUs), {} repetition(s) per cell{}, in {:.0} s. Holders are \
+         separate `dlock hold` processes; faults: {}.\n",
+        r.run.host,
+        r.run.cpus,
+        r.run.repeat,
+        if r.run.quick { " (`--quick`)" } else { "" },
+        r.run.duration_s,
+        r.run.fault_injection
+    );
+    let _ = writeln!(
+        md,
+        "## Failover time, ms: median (min–max)\n\nFrom the fault to the waiting holder's \
+         grant.\n"
+    );
+    md.push_str(&main_table(r));
+    let _ = writeln!(md, "\n## Safety\n");
+    md.push_str(&table(r, safety_text));
+    let _ = writeln!(md, "\n## Backends\n");
+    let _ = writeln!(
+        md,
+        "| backend | ttl in force | frees a silent holder by | capabilities |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|");
+    for b in &r.backends {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            b.name,
+            b.ttl_ms
+                .map_or_else(|| "none".to_string(), |t| format!("{t} ms")),
+            b.frees_by,
+            b.capabilities
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## Reading guide\n\n\
+         - **Failover** is wall-clock time from the fault (release requested, SIGKILL, SIGSTOP) \
+         to the `acquired` event of a holder that was already waiting (`dlock hold --wait \
+         forever`). Lease-based backends free a dead or frozen holder only when its lease / \
+         session / `at_most` runs out, so expect up to one ttl there (what was left of the \
+         lease when the fault hit; renewals restart it); PostgreSQL frees a \
+         killed holder as soon as its connection closes, and never frees a *paused* one whose \
+         connection stays open (`not freed`).\n\
+         - **overlap**: the harness-owned resource saw two holders inside the critical section \
+         at once (by the holders' own timestamps). A paused holder is inside until it reports \
+         the loss, so `holder_paused` shows overlap wherever the lock moved on while it slept.\n\
+         - **stale write rejected**: after the hand-over, a write carrying the previous \
+         holder's fencing token reaches the resource (a delayed request of the dead or paused \
+         holder). `yes`: the token was lower than the new holder's and the resource refused \
+         it; `no`: the backend has no fencing token (or it did not increase), so nothing could \
+         stop it; `—`: no stale write was possible (the old holder still held the lock).\n\
+         - **learned first**: the faulty holder reported `lost` before the other holder's \
+         grant (ms: by how much; negative = after). Only where the holder survives the fault.\n\
+         - **holder_partitioned / connection_reset** put an in-process TCP fault proxy between \
+         the holder and its one server (blackhole that keeps the sockets open; RST for 200 ms \
+         then pass); the waiter connects directly. A proxy blackhole is not a partition the \
+         server can see: its kernel keeps talking to the proxy, so a lock that the server \
+         frees only when the client's TCP connection dies (PostgreSQL) stays taken here \
+         (`not freed`). Redlock's three servers are not proxied yet.\n\
+         - **server_restart**: the server is SIGKILLed and started again on the same port and \
+         data; the failover includes the restart time (in the notes). A waiter that gives up \
+         when its connection dies is replaced by a fresh one (holder 2 in the notes). `not \
+         freed`: the lock survived the restart for the whole bound.\n\
+         - The waiter is given {} ms after starting to connect and queue before the fault (the \
+         holder process prints nothing while waiting); this can only make a failover look \
+         slower, never faster.\n\
+         - Cells `not measured` are scenarios this build does not run yet; `n/a` cannot apply \
+         (reason in `comparison.json`). No number in these tables is estimated.",
+        super::WAITER_SETTLE.as_millis()
+    );
+    let others: Vec<&Cell> = r
+        .scenarios
+        .iter()
+        .filter(|c| c.status != Status::Measured)
+        .collect();
+    if !others.is_empty() {
+        let _ = writeln!(md, "\n## Cells without measurements\n");
+        let _ = writeln!(md, "| backend | scenario | status | reason |");
+        let _ = writeln!(md, "|---|---|---|---|");
+        for c in others {
+            let status = match c.status {
+                Status::NotApplicable => "not_applicable",
+                Status::NotMeasured => "not_measured",
+                Status::Failed => "failed",
+                Status::Measured => "measured",
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {status} | {} |",
+                c.backend,
+                c.scenario,
+                c.reason.as_deref().unwrap_or("").replace('|', "\\|")
+            );
+        }
+    }
+    let notes: Vec<&Cell> = r
+        .scenarios
+        .iter()
+        .filter(|c| c.status == Status::Measured && c.notes.len() > 1)
+        .collect();
+    if !notes.is_empty() {
+        let _ = writeln!(md, "\n## Notes\n");
+        for c in notes {
+            for n in &c.notes[1..] {
+                let _ = writeln!(md, "- {} × {}: {n}", c.backend, c.scenario);
+            }
+        }
+    }
+    md
+}
+
+/// Writes `comparison.json`, `comparison.md` and `index.html` into `dir` (created if needed).
+pub fn write(r: &Report, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let json = serde_json::to_string_pretty(r)?;
+    let path = dir.join("comparison.json");
+    std::fs::write(&path, json + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let path = dir.join("comparison.md");
+    std::fs::write(&path, markdown(r))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let path = dir.join("index.html");
+    std::fs::write(&path, html(r)).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Escapes text for HTML.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+const COLORS: [&str; 7] = [
+    "#336699", "#cc3333", "#993399", "#339966", "#cc8800", "#5588cc", "#ee7766",
+];
+
+/// The failover chart: one group of bars per measured scenario, one bar per backend, height
+/// on a log scale (1 ms to 10 s); a cell without a grant is drawn as a marker at the top.
+pub fn failover_svg(r: &Report) -> String {
+    let cols = measured_scenarios(r);
+    let backends = backends_of(r);
+    let (bar, gap, group_gap) = (14.0, 2.0, 26.0);
+    let group_w = backends.len() as f64 * (bar + gap) + group_gap;
+    let (left, top, plot_h) = (56.0, 16.0, 260.0);
+    let width = left + cols.len() as f64 * group_w + 20.0;
+    let height = top + plot_h + 110.0;
+    let y_of = |ms: f64| top + plot_h - (ms.max(1.0).log10() / 4.0).min(1.0) * plot_h;
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="11">"#
+    );
+    for (i, label) in ["1 ms", "10 ms", "100 ms", "1 s", "10 s"]
+        .iter()
+        .enumerate()
+    {
+        let y = y_of(10f64.powi(i as i32));
+        let _ = write!(
+            s,
+            r##"<line x1="{left}" x2="{:.0}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.0}" y="{:.1}" text-anchor="end">{label}</text>"##,
+            width - 10.0,
+            left - 4.0,
+            y + 4.0
+        );
+    }
+    for (g, scenario) in cols.iter().enumerate() {
+        let x0 = left + g as f64 * group_w + group_gap / 2.0;
+        for (i, b) in backends.iter().enumerate() {
+            let x = x0 + i as f64 * (bar + gap);
+            let Some(c) = cell(r, b, scenario) else {
+                continue;
+            };
+            let color = COLORS[i % COLORS.len()];
+            match (c.status, c.failover_ms) {
+                (Status::Measured, Some(f)) => {
+                    let y = y_of(f.median);
+                    let _ = write!(
+                        s,
+                        r#"<rect x="{x:.1}" y="{y:.1}" width="{bar}" height="{:.1}" fill="{color}"><title>{} × {}: median {:.0} ms (min {:.0}, max {:.0})</title></rect>"#,
+                        top + plot_h - y,
+                        esc(b),
+                        esc(scenario),
+                        f.median,
+                        f.min,
+                        f.max
+                    );
+                }
+                (Status::Measured, None) => {
+                    let _ = write!(
+                        s,
+                        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="{color}" font-weight="bold">×<title>{} × {}: not freed</title></text>"#,
+                        x + bar / 2.0,
+                        top + 10.0,
+                        esc(b),
+                        esc(scenario)
+                    );
+                }
+                _ => {}
+            }
+        }
+        let cx = x0 + backends.len() as f64 * (bar + gap) / 2.0;
+        let _ = write!(
+            s,
+            r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            top + plot_h + 16.0,
+            esc(scenario)
+        );
+    }
+    for (i, b) in backends.iter().enumerate() {
+        let x = left + (i % 4) as f64 * 150.0;
+        let y = top + plot_h + 40.0 + (i / 4) as f64 * 18.0;
+        let _ = write!(
+            s,
+            r#"<rect x="{x:.0}" y="{:.0}" width="10" height="10" fill="{}"/><text x="{:.0}" y="{y:.0}">{}</text>"#,
+            y - 9.0,
+            COLORS[i % COLORS.len()],
+            x + 14.0,
+            esc(b)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{left}" y="{:.0}">× at the top: no other holder got the lock within the bound (not freed)</text></svg>"#,
+        height - 8.0
+    );
+    s
+}
+
+fn html_table(r: &Report, text: impl Fn(&Cell) -> String) -> String {
+    let cols = measured_scenarios(r);
+    let mut h = String::from("<table><tr><th>backend</th>");
+    for c in &cols {
+        let _ = write!(h, "<th>{}</th>", esc(c));
+    }
+    h.push_str("</tr>");
+    for b in backends_of(r) {
+        let _ = write!(h, "<tr><th>{}</th>", esc(b));
+        for s in &cols {
+            let t = cell(r, b, s).map_or_else(|| "—".into(), &text);
+            let _ = write!(h, "<td>{}</td>", esc(&t));
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table>");
+    h
+}
+
+/// `index.html`: self-contained (no external files), the failover chart as inline SVG and
+/// the two tables.
+pub fn html(r: &Report) -> String {
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>dlock: backend vs reliability</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}
+th{{background:#f4f4f4;text-align:left}}</style></head><body>
+<h1>dlock: backend vs reliability</h1>
+<p>Measured on <code>{host}</code> ({cpus} CPUs), {repeat} repetition(s) per cell, in {dur:.0} s.
+Faults: {faults}. Full data: <a href="comparison.json">comparison.json</a>; reading guide:
+<a href="comparison.md">comparison.md</a>.</p>
+<h2>Failover time (median, log scale)</h2>
+{svg}
+<h2>Failover time, ms: median (min–max)</h2>
+{failover}
+<h2>Safety</h2>
+{safety}
+</body></html>
+"#,
+        host = esc(&r.run.host),
+        cpus = r.run.cpus,
+        repeat = r.run.repeat,
+        dur = r.run.duration_s,
+        faults = esc(&r.run.fault_injection),
+        svg = failover_svg(r),
+        failover = html_table(r, failover_text),
+        safety = html_table(r, safety_text),
+    )
+}

@@ -12,7 +12,6 @@ use crate::backend::{Backend, BoxFuture, Capabilities};
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::guard::{FencingToken, Grant, Guard, Lease, LeaseMonitor, lease_deadline};
 use crate::name::LockName;
-use crate::observe;
 use crate::options::{LockMode, LockOptions, Wait};
 use crate::registry::ConnectUrl;
 
@@ -277,7 +276,6 @@ impl MemoryBackend {
                             ),
                         )
                     };
-                    observe::acquire_failed(NAME, err.kind());
                     return Err(err);
                 }
             }
@@ -304,17 +302,7 @@ impl Backend for MemoryBackend {
         name: &'a LockName,
         opts: &'a LockOptions,
     ) -> BoxFuture<'a, Result<Guard>> {
-        let span = tracing::debug_span!(
-            "acquire",
-            lock = %name,
-            backend = NAME,
-            instance = %self.shared.instance,
-            mode = %opts.mode()
-        );
-        Box::pin(tracing::Instrument::instrument(
-            self.acquire_inner(name, opts),
-            span,
-        ))
+        crate::observe::instrument_acquire(NAME, name, opts, self.acquire_inner(name, opts))
     }
 }
 

@@ -10,7 +10,7 @@ use etcd_client::{
 };
 use lock_core::{
     Error, ErrorKind, FencingToken, Grant, Guard, LeaseMonitor, LockMode, LockName, LockOptions,
-    Operation, Result, Wait, observe,
+    Operation, Result, Wait,
 };
 use tokio::time::Instant;
 
@@ -32,11 +32,7 @@ pub(crate) async fn acquire(
     name: &LockName,
     opts: &LockOptions,
 ) -> Result<Guard> {
-    let result = acquire_inner(backend, name, opts).await;
-    if let Err(e) = &result {
-        observe::acquire_failed(NAME, e.kind());
-    }
-    result
+    acquire_inner(backend, name, opts).await
 }
 
 async fn acquire_inner(

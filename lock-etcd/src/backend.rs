@@ -187,10 +187,11 @@ impl Backend for EtcdBackend {
         name: &'a LockName,
         opts: &'a LockOptions,
     ) -> BoxFuture<'a, Result<Guard>> {
-        let span = tracing::debug_span!("acquire", lock = %name, backend = NAME);
-        Box::pin(tracing::Instrument::instrument(
+        lock_core::observe::instrument_acquire(
+            NAME,
+            name,
+            opts,
             crate::acquire::acquire(self, name, opts),
-            span,
-        ))
+        )
     }
 }

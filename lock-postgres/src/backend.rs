@@ -8,7 +8,7 @@ use std::time::Duration;
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
     Lease, LeaseMonitor, LockMode, LockName, LockOptions, Operation, Renew, Result, Wait,
-    lease_deadline, observe,
+    lease_deadline,
 };
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -89,7 +89,6 @@ impl PgBackend {
         }
         let wait = match opts.wait() {
             Wait::No | Wait::For(Duration::ZERO) => {
-                observe::acquire_failed(BACKEND, ErrorKind::Contended);
                 return Err(Error::new(
                     ErrorKind::Contended,
                     BACKEND,
@@ -112,10 +111,7 @@ impl PgBackend {
                 self.finish(name, opts, dedicated, grant, sent, requested_at)
                     .await
             }
-            Err(e) => {
-                observe::acquire_failed(BACKEND, e.kind());
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 
@@ -197,12 +193,7 @@ impl Backend for PgBackend {
         name: &'a LockName,
         opts: &'a LockOptions,
     ) -> BoxFuture<'a, Result<Guard>> {
-        let span =
-            tracing::debug_span!("acquire", lock = %name, backend = BACKEND, mode = %opts.mode());
-        Box::pin(tracing::Instrument::instrument(
-            self.acquire_inner(name, opts),
-            span,
-        ))
+        lock_core::observe::instrument_acquire(BACKEND, name, opts, self.acquire_inner(name, opts))
     }
 }
 

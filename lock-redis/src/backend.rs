@@ -193,16 +193,7 @@ impl Backend for RedisBackend {
         name: &'a LockName,
         opts: &'a LockOptions,
     ) -> BoxFuture<'a, Result<Guard>> {
-        let span = tracing::debug_span!(
-            "acquire",
-            lock = %name,
-            backend = NAME,
-            redis = %self.shared.node.label
-        );
-        Box::pin(tracing::Instrument::instrument(
-            self.acquire_inner(name, opts),
-            span,
-        ))
+        lock_core::observe::instrument_acquire(NAME, name, opts, self.acquire_inner(name, opts))
     }
 }
 

@@ -305,16 +305,7 @@ impl Backend for RedlockBackend {
         name: &'a LockName,
         opts: &'a LockOptions,
     ) -> BoxFuture<'a, Result<Guard>> {
-        let span = tracing::debug_span!(
-            "acquire",
-            lock = %name,
-            backend = NAME,
-            instances = self.shared.nodes.len()
-        );
-        Box::pin(tracing::Instrument::instrument(
-            self.acquire_inner(name, opts),
-            span,
-        ))
+        lock_core::observe::instrument_acquire(NAME, name, opts, self.acquire_inner(name, opts))
     }
 }
 

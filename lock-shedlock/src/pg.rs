@@ -7,7 +7,7 @@ use std::time::Duration;
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
     Lease, LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Wait,
-    lease_deadline, observe,
+    lease_deadline,
 };
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio::sync::{OnceCell, broadcast};
@@ -299,7 +299,6 @@ impl ShedPgBackend {
                 } else {
                     ErrorKind::Contended
                 };
-                observe::acquire_failed(BACKEND_PG, kind);
                 return Err(Error::new(
                     kind,
                     BACKEND_PG,
@@ -424,11 +423,12 @@ impl Backend for ShedPgBackend {
         name: &'a LockName,
         opts: &'a LockOptions,
     ) -> BoxFuture<'a, Result<Guard>> {
-        let span = tracing::debug_span!("acquire", lock = %name, backend = BACKEND_PG);
-        Box::pin(tracing::Instrument::instrument(
+        lock_core::observe::instrument_acquire(
+            BACKEND_PG,
+            name,
+            opts,
             self.acquire_inner(name, opts),
-            span,
-        ))
+        )
     }
 }
 

@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, Grant, Guard, Lease,
     LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Wait, lease_deadline,
-    observe,
 };
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
@@ -276,7 +275,6 @@ impl ShedRedisBackend {
                 } else {
                     ErrorKind::Contended
                 };
-                observe::acquire_failed(BACKEND_REDIS, kind);
                 return Err(Error::new(
                     kind,
                     BACKEND_REDIS,
@@ -319,11 +317,12 @@ impl Backend for ShedRedisBackend {
         name: &'a LockName,
         opts: &'a LockOptions,
     ) -> BoxFuture<'a, Result<Guard>> {
-        let span = tracing::debug_span!("acquire", lock = %name, backend = BACKEND_REDIS);
-        Box::pin(tracing::Instrument::instrument(
+        lock_core::observe::instrument_acquire(
+            BACKEND_REDIS,
+            name,
+            opts,
             self.acquire_inner(name, opts),
-            span,
-        ))
+        )
     }
 }
 

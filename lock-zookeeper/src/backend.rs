@@ -7,7 +7,6 @@ use std::time::Duration;
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
     LeaseMonitor, LockMode, LockName, LockOptions, Operation, Renew, Result, Wait, lease_deadline,
-    observe,
 };
 use tokio::time::Instant;
 use zookeeper_client::Error as ZkError;
@@ -170,17 +169,7 @@ impl Backend for ZkBackend {
         name: &'a LockName,
         opts: &'a LockOptions,
     ) -> BoxFuture<'a, Result<Guard>> {
-        let span = tracing::debug_span!("acquire", lock = %name, backend = NAME);
-        Box::pin(tracing::Instrument::instrument(
-            async move {
-                let result = self.acquire_inner(name, opts).await;
-                if let Err(e) = &result {
-                    observe::acquire_failed(NAME, e.kind());
-                }
-                result
-            },
-            span,
-        ))
+        lock_core::observe::instrument_acquire(NAME, name, opts, self.acquire_inner(name, opts))
     }
 }
 

@@ -21,6 +21,18 @@ fn forever() -> LockOptions {
     LockOptions::new().with_wait(Wait::Forever)
 }
 
+/// A client waiting (forever) for `n` in the background; yields when it was granted.
+fn spawn_waiter(
+    b: &Arc<dyn Backend>,
+    n: &LockName,
+) -> tokio::task::JoinHandle<(Instant, dlock::Guard)> {
+    let (b, n) = (b.clone(), n.clone());
+    tokio::spawn(async move {
+        let g = b.acquire(&n, &forever()).await.unwrap();
+        (Instant::now(), g)
+    })
+}
+
 /// Two clients exclude each other; release hands the lock to a waiter.
 #[tokio::test]
 async fn two_clients_exclude_each_other_and_hand_over() {
@@ -31,13 +43,7 @@ async fn two_clients_exclude_each_other_and_hand_over() {
     let err = b.acquire(&n, &LockOptions::new()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Contended, "{err}");
     // a waiter is woken by the server the moment the lock is released
-    let waiter = {
-        let (b, n) = (b.clone(), n.clone());
-        tokio::spawn(async move {
-            let g = b.acquire(&n, &forever()).await.unwrap();
-            (Instant::now(), g)
-        })
-    };
+    let waiter = spawn_waiter(&b, &n);
     wait_for_waiters(pg.url(), 1).await;
     let released = Instant::now();
     assert!(g.release().await.unwrap());
@@ -328,13 +334,7 @@ async fn blackholed_holder_learns_before_anyone_else_acquires() {
     let other = connect(pg.url()).await;
     let n = unique("blackhole");
     let g = holder.acquire(&n, &LockOptions::new()).await.unwrap();
-    let waiter = {
-        let (other, n) = (other.clone(), n.clone());
-        tokio::spawn(async move {
-            let g = other.acquire(&n, &forever()).await.unwrap();
-            (Instant::now(), g)
-        })
-    };
+    let waiter = spawn_waiter(&other, &n);
     wait_for_waiters(pg.url(), 1).await;
     let cut = Instant::now();
     proxy.set(Fault::Blackhole);

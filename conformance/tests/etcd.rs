@@ -1008,7 +1008,9 @@ async fn cluster_without_quorum_grants_nothing_and_the_holder_learns_first() -> 
     ensure!(err.kind() == ErrorKind::Connection, "{err}");
     let msg = err.to_string();
     ensure!(
-        msg.contains("no leader") || msg.contains("did not answer"),
+        // Which of the three the client hits depends on the endpoint it picks: the survivor
+        // (no leader, or no answer in time) or a killed member (connection refused).
+        msg.contains("no leader") || msg.contains("did not answer") || msg.contains("unreachable"),
         "{msg}"
     );
     let state = timeout(Duration::from_secs(6), watch.lost_or_released()).await?;

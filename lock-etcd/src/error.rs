@@ -20,6 +20,8 @@ pub(crate) fn from_etcd(op: Operation, what: &str, e: EtcdError) -> Error {
             | grpc::UNAVAILABLE => {
                 let hint = if status.message().contains("no leader") {
                     " (the etcd cluster has no leader: has it lost its quorum?)"
+                } else if status.code() as i32 == grpc::UNAVAILABLE {
+                    " (the etcd member is unreachable: is it down?)"
                 } else {
                     ""
                 };

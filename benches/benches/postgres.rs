@@ -91,13 +91,24 @@ fn bench(c: &mut Criterion) {
             .unwrap();
         report_vs_floor("diag: our statements on a raw connection", &ours, &floor);
     }
-    // Interleaved rounds, so drift on the machine hits both sides alike.
+    // Warm up both paths, then alternate one floor and one dlock operation, so that load
+    // from other processes on this shared machine hits both alike; three rounds.
+    rt.block_on(Samples::collect(WARMUP, 0, raw_op)).unwrap();
+    rt.block_on(Samples::collect(WARMUP, 0, dlock_op)).unwrap();
     for round in 1..=ROUNDS {
-        let floor = rt
-            .block_on(Samples::collect(WARMUP, SAMPLES, raw_op))
-            .unwrap();
-        let ours = rt
-            .block_on(Samples::collect(WARMUP, SAMPLES, dlock_op))
+        let (floor, ours) = rt
+            .block_on(async {
+                let (mut floor, mut ours) = (Vec::new(), Vec::new());
+                for _ in 0..SAMPLES {
+                    let t = Instant::now();
+                    raw_op().await?;
+                    floor.push(t.elapsed());
+                    let t = Instant::now();
+                    dlock_op().await?;
+                    ours.push(t.elapsed());
+                }
+                anyhow::Ok((Samples::from(floor), Samples::from(ours)))
+            })
             .unwrap();
         report_vs_floor(
             &format!("postgres acquire+release (round {round})"),

@@ -147,6 +147,50 @@ async fn dropped_wait_never_leaves_the_lock_held() {
     assert!(g.release().await.unwrap());
 }
 
+/// Try-acquires on the shared session cancelled at every point of their statement (after 0
+/// to 39 yields of the task) should never leave a grant behind: afterwards another client gets the
+/// lock, and the canceller's own session still works.
+#[tokio::test]
+async fn cancelled_try_acquires_never_leave_a_grant_behind() {
+    let pg = fixtures::postgres().await.unwrap();
+    let (a, b) = (connect(pg.url()).await, connect(pg.url()).await);
+    let n = unique("cancel-try");
+    let (mut granted, mut cancelled) = (0, 0);
+    let try_only = LockOptions::new();
+    for i in 0..300u64 {
+        let yields = (i * 7) % 40;
+        let cancel = async {
+            for _ in 0..yields {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            r = a.acquire(&n, &try_only) => match r {
+                Ok(g) => {
+                    granted += 1;
+                    assert!(g.release().await.unwrap());
+                }
+                // A grant of an earlier cancelled try that is still being undone.
+                Err(e) => assert_eq!(e.kind(), ErrorKind::Contended, "{e}"),
+            },
+            _ = cancel => cancelled += 1,
+        }
+    }
+    eprintln!("{granted} granted, {cancelled} cancelled");
+    assert!(cancelled > 0, "no try was cancelled: the timeouts are too long");
+    // Undoing a late grant happens in the background: wait for it, bounded.
+    let wait = LockOptions::new().with_wait(Wait::For(Duration::from_secs(5)));
+    let g = b
+        .acquire(&n, &wait)
+        .await
+        .expect("a cancelled try must not keep the lock");
+    assert!(g.release().await.unwrap());
+    let g = a.acquire(&n, &wait).await.expect("the canceller still works");
+    assert_eq!(g.state(), LockState::Held);
+    assert!(g.release().await.unwrap());
+}
+
 /// Exclusion across processes with `dlock run` and `dlock hold`.
 #[tokio::test]
 async fn exclusion_across_processes() {

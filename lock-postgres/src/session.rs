@@ -1,15 +1,27 @@
-//! Lock sessions: a PostgreSQL connection owned by one task that runs every statement of the
-//! locks it holds, so lock and unlock always happen on the same server session.
+//! Lock sessions: a PostgreSQL connection that runs every statement of the locks it holds,
+//! so lock and unlock always happen on the same server session.
+//!
+//! Statements run on the caller's task, one at a time (an async mutex around the
+//! connection): no hand-off to another task on the hot path. A statement on a shared session
+//! that the caller stops waiting for is not abandoned half-way: [`Finish`] moves it to a
+//! spawned task that completes it, so a grant that arrives anyway is recorded and released
+//! (through [`PendingGrant`]) and the session's bookkeeping stays true. A waiting acquisition
+//! runs on a dedicated session that nothing else references: dropping it closes the
+//! connection, and the server ends the wait (or frees a grant that raced with it).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use lock_core::{Error, ErrorKind, LeaseMonitor, LockMode, Operation, Result};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Executor, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
 
 use crate::BACKEND;
 use crate::config::{Fencing, PgConfig};
@@ -17,17 +29,56 @@ use crate::key::{KeyArg, KeyId, KeyScheme, Statements, key_id};
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
-/// A handle on a lock session. Cloning shares the session.
+/// A handle on a lock session. Cloning shares the session; the connection closes when the
+/// last handle goes.
 #[derive(Clone)]
 pub(crate) struct Session {
-    tx: mpsc::UnboundedSender<Cmd>,
-    shared: Arc<Shared>,
+    inner: Arc<Inner>,
 }
 
-struct Shared {
+struct Inner {
+    id: u64,
+    /// The server process behind the connection when it was opened.
+    pid: i32,
+    cfg: Arc<PgConfig>,
+    scheme: KeyScheme,
+    exclusive: Statements,
+    shared_stmts: Statements,
     alive: AtomicBool,
     /// Guards whose locks live on this session: told when it dies.
     monitors: Mutex<HashMap<u64, LeaseMonitor>>,
+    state: Arc<tokio::sync::Mutex<State>>,
+}
+
+/// What only the statement running now may touch.
+struct State {
+    /// `None` once the session has died.
+    conn: Option<PgConnection>,
+    /// Locks this session holds, by key: mode and how many grants (shared locks stack).
+    held: HashMap<KeyId, (LockMode, u32)>,
+    fencing_ready: bool,
+    /// When the last successful session check was sent: a check asked for before that
+    /// needs no statement of its own (checks from many guards coalesce).
+    last_check_sent: Option<Instant>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone, so no guard lives on this session any more; dropping the
+        // connection closes its socket and the server frees whatever it still held.
+        if self.alive.load(Ordering::Acquire) {
+            tracing::debug!(session = self.id, pid = self.pid, "lock session closed");
+        }
+    }
+}
+
+impl Inner {
+    fn stmts(&self, mode: LockMode) -> &Statements {
+        match mode {
+            LockMode::Exclusive => &self.exclusive,
+            LockMode::Shared => &self.shared_stmts,
+        }
+    }
 }
 
 /// A granted lock that has not been handed to a guard yet. Dropping it unlocks, so a grant
@@ -35,58 +86,84 @@ struct Shared {
 pub(crate) struct PendingGrant {
     pub key: KeyId,
     pub mode: LockMode,
-    tx: Option<mpsc::UnboundedSender<Cmd>>,
+    session: Option<Session>,
 }
 
 impl PendingGrant {
+    fn new(inner: &Arc<Inner>, key: KeyId, mode: LockMode) -> Self {
+        PendingGrant {
+            key,
+            mode,
+            session: Some(Session {
+                inner: Arc::clone(inner),
+            }),
+        }
+    }
+
     /// The caller has taken responsibility for the lock.
     pub fn disarm(mut self) {
-        self.tx = None;
+        self.session = None;
     }
 }
 
 impl Drop for PendingGrant {
     fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let (reply, _) = oneshot::channel();
-            let _ = tx.send(Cmd::Unlock {
-                key: self.key,
-                mode: self.mode,
-                reply,
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let (key, mode) = (self.key, self.mode);
+        // Without a runtime (it is shutting down) the lock stays until the session closes,
+        // which happens when the runtime's tasks and this process's handles are gone.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = session.unlock(key, mode).await;
             });
         }
     }
 }
 
-enum Cmd {
-    Try {
-        arg: KeyArg,
-        mode: LockMode,
-        reply: oneshot::Sender<Result<Option<PendingGrant>>>,
-    },
-    /// Blocking lock with `lock_timeout` (`None`: no timeout).
-    Lock {
-        arg: KeyArg,
-        mode: LockMode,
-        timeout: Option<Duration>,
-        reply: oneshot::Sender<Result<PendingGrant>>,
-    },
-    Unlock {
-        key: KeyId,
-        mode: LockMode,
-        reply: oneshot::Sender<Result<bool>>,
-    },
-    Check {
-        reply: oneshot::Sender<Result<bool>>,
-    },
-    Fence {
-        name: String,
-        reply: oneshot::Sender<Result<i64>>,
-    },
+/// Runs a statement's future on the caller's task; if the caller drops it before it is done,
+/// a spawned task finishes it and drops its result (a [`PendingGrant`] in it then unlocks).
+struct Finish<T: Send + 'static> {
+    fut: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+}
+
+impl<T: Send + 'static> Finish<T> {
+    fn new(fut: impl Future<Output = T> + Send + 'static) -> Self {
+        Finish {
+            fut: Some(Box::pin(fut)),
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for Finish<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let Some(fut) = self.fut.as_mut() else {
+            // Polled again after it completed: a caller bug, never reached by our code.
+            return Poll::Pending;
+        };
+        let out = std::task::ready!(fut.as_mut().poll(cx));
+        self.fut = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<T: Send + 'static> Drop for Finish<T> {
+    fn drop(&mut self) {
+        if let Some(fut) = self.fut.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    drop(fut.await);
+                });
+            }
+        }
+    }
 }
 
 impl Session {
-    /// Opens a connection, applies the keepalive settings, and starts the session task.
+    /// Opens a connection and applies the keepalive settings.
     pub async fn open(cfg: Arc<PgConfig>, scheme: KeyScheme) -> Result<Session> {
         let connect = async {
             let mut conn = PgConnection::connect_with(&cfg.connect)
@@ -136,75 +213,93 @@ impl Session {
                 )
             })??;
         let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            alive: AtomicBool::new(true),
-            monitors: Mutex::new(HashMap::new()),
-        });
-        let task = SessionTask {
-            id,
-            conn: Some(conn),
-            pid,
-            cfg,
-            scheme,
-            exclusive: Statements::new(scheme, LockMode::Exclusive),
-            shared_stmts: Statements::new(scheme, LockMode::Shared),
-            held: HashMap::new(),
-            fencing_ready: false,
-            tx: tx.downgrade(),
-            shared: shared.clone(),
-        };
-        tokio::spawn(task.run(rx));
         tracing::debug!(session = id, pid, "lock session opened");
-        Ok(Session { tx, shared })
+        Ok(Session {
+            inner: Arc::new(Inner {
+                id,
+                pid,
+                cfg,
+                scheme,
+                exclusive: Statements::new(scheme, LockMode::Exclusive),
+                shared_stmts: Statements::new(scheme, LockMode::Shared),
+                alive: AtomicBool::new(true),
+                monitors: Mutex::new(HashMap::new()),
+                state: Arc::new(tokio::sync::Mutex::new(State {
+                    conn: Some(conn),
+                    held: HashMap::new(),
+                    fencing_ready: false,
+                    last_check_sent: None,
+                })),
+            }),
+        })
     }
 
     pub fn is_alive(&self) -> bool {
-        self.shared.alive.load(Ordering::Acquire)
+        self.inner.alive.load(Ordering::Acquire)
     }
 
     pub fn watch(&self, grant: u64, monitor: LeaseMonitor) {
-        lock(&self.shared.monitors).insert(grant, monitor);
+        lock(&self.inner.monitors).insert(grant, monitor);
         if !self.is_alive() {
-            if let Some(m) = lock(&self.shared.monitors).remove(&grant) {
+            if let Some(m) = lock(&self.inner.monitors).remove(&grant) {
                 m.report_lost("the lock session ended");
             }
         }
     }
 
     pub fn unwatch(&self, grant: u64) {
-        lock(&self.shared.monitors).remove(&grant);
+        lock(&self.inner.monitors).remove(&grant);
     }
 
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Cmd) -> Result<T> {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(make(reply)).is_err() {
-            return Err(dead());
-        }
-        rx.await.unwrap_or_else(|_| Err(dead()))
+    /// Waits for the connection, then runs `op` on it to completion even if the caller goes
+    /// away meanwhile (see [`Finish`]).
+    async fn run<T, F>(&self, op: impl FnOnce(Arc<Inner>, OwnedMutexGuard<State>) -> F) -> T
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        let st = Arc::clone(&self.inner.state).lock_owned().await;
+        Finish::new(op(Arc::clone(&self.inner), st)).await
     }
 
     pub async fn try_lock(&self, arg: KeyArg, mode: LockMode) -> Result<Option<PendingGrant>> {
-        self.call(|reply| Cmd::Try { arg, mode, reply }).await
+        self.run(move |inner, mut st| async move {
+            let mut cx = Ctx::new(&inner, &mut st)?;
+            cx.try_lock(&arg, mode).await.map_err(Failure::into_error)
+        })
+        .await
     }
 
+    /// A blocking lock with `lock_timeout` (`None`: no timeout). Only for a dedicated
+    /// session: nothing else may wait behind it, and dropping the call (with the session)
+    /// closes the connection.
     pub async fn lock(
         &self,
         arg: KeyArg,
         mode: LockMode,
         timeout: Option<Duration>,
     ) -> Result<PendingGrant> {
-        self.call(|reply| Cmd::Lock {
-            arg,
-            mode,
-            timeout,
-            reply,
-        })
-        .await
+        let mut st = self.inner.state.lock().await;
+        let mut cx = Ctx::new(&self.inner, &mut st)?;
+        cx.lock(&arg, mode, timeout)
+            .await
+            .map_err(Failure::into_error)
     }
 
+    /// `Ok(true)`: the lock was ours until now; `Ok(false)`: it was not (or the session is
+    /// gone, and its locks with it).
     pub async fn unlock(&self, key: KeyId, mode: LockMode) -> Result<bool> {
-        self.call(|reply| Cmd::Unlock { key, mode, reply }).await
+        self.run(move |inner, mut st| async move {
+            let Ok(mut cx) = Ctx::new(&inner, &mut st) else {
+                return Ok(false);
+            };
+            match cx.unlock(key, mode).await {
+                Ok(b) => Ok(b),
+                Err(Failure::Gone(_)) => Ok(false),
+                Err(f) => Err(f.into_error()),
+            }
+        })
+        .await
     }
 
     /// `Ok(true)`: the session answered after this call was made; `Ok(false)`: the session
@@ -213,15 +308,38 @@ impl Session {
         if !self.is_alive() {
             return Ok(false);
         }
-        match self.call(|reply| Cmd::Check { reply }).await {
-            Err(e) if !self.is_alive() && e.kind() == ErrorKind::Lost => Ok(false),
-            other => other,
-        }
+        let asked = Instant::now();
+        self.run(move |inner, mut st| async move {
+            if st.conn.is_none() {
+                return Ok(false);
+            }
+            // A check sent after this one was asked for already confirmed the session.
+            if st.last_check_sent.is_some_and(|t| t >= asked) {
+                return Ok(true);
+            }
+            let sent = Instant::now();
+            let Ok(mut cx) = Ctx::new(&inner, &mut st) else {
+                return Ok(false);
+            };
+            match cx.check().await {
+                Ok(()) => {
+                    st.last_check_sent = Some(sent);
+                    Ok(true)
+                }
+                Err(Failure::Gone(_)) => Ok(false),
+                Err(Failure::Timeout(e) | Failure::Statement(e)) => Err(e),
+            }
+        })
+        .await
     }
 
     pub async fn fence(&self, name: &str) -> Result<i64> {
         let name = name.to_string();
-        self.call(|reply| Cmd::Fence { name, reply }).await
+        self.run(move |inner, mut st| async move {
+            let mut cx = Ctx::new(&inner, &mut st)?;
+            cx.fence(&name).await.map_err(Failure::into_error)
+        })
+        .await
     }
 }
 
@@ -267,19 +385,10 @@ fn is_connection_error(e: &sqlx::Error) -> bool {
     )
 }
 
-struct SessionTask {
-    id: u64,
-    conn: Option<PgConnection>,
-    pid: i32,
-    cfg: Arc<PgConfig>,
-    scheme: KeyScheme,
-    exclusive: Statements,
-    shared_stmts: Statements,
-    /// Locks this session holds, by key: mode and how many grants (shared locks stack).
-    held: HashMap<KeyId, (LockMode, u32)>,
-    fencing_ready: bool,
-    tx: mpsc::WeakUnboundedSender<Cmd>,
-    shared: Arc<Shared>,
+/// One statement's view of the session: the shared parts and the connection, locked.
+struct Ctx<'a> {
+    inner: &'a Arc<Inner>,
+    st: &'a mut State,
 }
 
 /// Why an operation failed.
@@ -294,124 +403,36 @@ enum Failure {
 
 type Op<T> = std::result::Result<T, Failure>;
 
-async fn reply_closed<T>(reply: &mut oneshot::Sender<T>) {
-    reply.closed().await
-}
-
-fn fail(cmd: Cmd) {
-    match cmd {
-        Cmd::Try { reply, .. } => drop(reply.send(Err(dead()))),
-        Cmd::Lock { reply, .. } => drop(reply.send(Err(dead()))),
-        // The session is gone, so are its locks: not ours any more.
-        Cmd::Unlock { reply, .. } => drop(reply.send(Ok(false))),
-        Cmd::Check { reply } => drop(reply.send(Ok(false))),
-        Cmd::Fence { reply, .. } => drop(reply.send(Err(dead()))),
-    }
-}
-
-impl SessionTask {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
-        let mut backlog: VecDeque<Cmd> = VecDeque::new();
-        loop {
-            let cmd = match backlog.pop_front() {
-                Some(c) => c,
-                None => match rx.recv().await {
-                    Some(c) => c,
-                    None => break,
-                },
-            };
-            if self.conn.is_none() {
-                fail(cmd);
-                continue;
-            }
-            match cmd {
-                Cmd::Check { reply } => {
-                    // Coalesce the checks already queued into this one statement: each was
-                    // asked for before it is sent, so the caller's "sent" time stays
-                    // conservative.
-                    let mut replies = vec![reply];
-                    while let Ok(next) = rx.try_recv() {
-                        match next {
-                            Cmd::Check { reply } => replies.push(reply),
-                            other => backlog.push_back(other),
-                        }
-                    }
-                    let r = match self.check().await {
-                        Ok(()) => Ok(true),
-                        Err(Failure::Gone(_)) => Ok(false),
-                        Err(Failure::Timeout(e) | Failure::Statement(e)) => Err(e),
-                    };
-                    for reply in replies {
-                        let _ = reply.send(r.as_ref().map(|b| *b).map_err(clone_error));
-                    }
-                }
-                Cmd::Try { arg, mode, reply } => {
-                    let r = self.try_lock(&arg, mode).await.map_err(Failure::into_error);
-                    if let Err(Ok(Some(grant))) = reply.send(r) {
-                        drop(grant); // the caller gave up: unlock (queued behind us)
-                    }
-                }
-                Cmd::Lock {
-                    arg,
-                    mode,
-                    timeout,
-                    mut reply,
-                } => {
-                    let r = tokio::select! {
-                        r = self.lock(&arg, mode, timeout) => r,
-                        _ = reply_closed(&mut reply) => {
-                            // The waiter gave up mid-statement: close the connection; the
-                            // server ends the wait (or frees a grant that raced with it) as
-                            // soon as it sees the client gone.
-                            self.die("the waiting acquire was cancelled");
-                            continue;
-                        }
-                    };
-                    if let Err(Ok(grant)) = reply.send(r.map_err(Failure::into_error)) {
-                        drop(grant);
-                    }
-                }
-                Cmd::Unlock { key, mode, reply } => {
-                    let r = match self.unlock(key, mode).await {
-                        Ok(b) => Ok(b),
-                        Err(Failure::Gone(_)) => Ok(false),
-                        Err(f) => Err(f.into_error()),
-                    };
-                    let _ = reply.send(r);
-                }
-                Cmd::Fence { name, reply } => {
-                    let r = self.fence(&name).await.map_err(Failure::into_error);
-                    let _ = reply.send(r);
-                }
-            }
+impl<'a> Ctx<'a> {
+    /// `Err` when the session has already died.
+    fn new(inner: &'a Arc<Inner>, st: &'a mut State) -> Result<Self> {
+        if st.conn.is_none() {
+            return Err(dead());
         }
-        for cmd in backlog {
-            fail(cmd);
-        }
-        self.die("the session was closed");
+        Ok(Ctx { inner, st })
     }
 
     /// Closes the connection and tells every guard on it.
     fn die(&mut self, reason: &str) {
-        self.shared.alive.store(false, Ordering::Release);
-        if let Some(conn) = self.conn.take() {
+        self.inner.alive.store(false, Ordering::Release);
+        if let Some(conn) = self.st.conn.take() {
             // Dropping the connection closes its socket at once; no goodbye is needed.
             drop(conn);
             tracing::debug!(
-                session = self.id,
-                pid = self.pid,
+                session = self.inner.id,
+                pid = self.inner.pid,
                 reason,
                 "lock session closed"
             );
         }
-        let monitors: Vec<LeaseMonitor> = lock(&self.shared.monitors)
+        let monitors: Vec<LeaseMonitor> = lock(&self.inner.monitors)
             .drain()
             .map(|(_, m)| m)
             .collect();
         for m in monitors {
             m.report_lost(&format!("the lock session ended: {reason}"));
         }
-        self.held.clear();
+        self.st.held.clear();
     }
 
     /// Turns a statement's outcome into an [`Op`], ending the session when it cannot be
@@ -429,7 +450,7 @@ impl SessionTask {
             }
             Ok(Err(e)) => Err(Failure::Statement(db_error(e, op))),
             Err(_) => {
-                let limit = self.cfg.check_timeout;
+                let limit = self.inner.cfg.check_timeout;
                 self.die(&format!("no answer within {limit:?}"));
                 Err(Failure::Timeout(Error::new(
                     ErrorKind::Connection,
@@ -444,7 +465,7 @@ impl SessionTask {
     }
 
     fn check_pid(&mut self, pid: i32, op: Operation) -> Op<()> {
-        if pid == self.pid {
+        if pid == self.inner.pid {
             return Ok(());
         }
         let msg = format!(
@@ -452,7 +473,7 @@ impl SessionTask {
              connection goes through a transaction-pooling proxy (PgBouncer in transaction \
              mode?), where session advisory locks do not work. Connect to PostgreSQL directly \
              or use a session-pooling port",
-            self.pid
+            self.inner.pid
         );
         self.die("pooler detected");
         Err(Failure::Statement(Error::new(
@@ -463,24 +484,9 @@ impl SessionTask {
         )))
     }
 
-    fn stmts(&self, mode: LockMode) -> &Statements {
-        match mode {
-            LockMode::Exclusive => &self.exclusive,
-            LockMode::Shared => &self.shared_stmts,
-        }
-    }
-
-    fn pending(&self, key: KeyId, mode: LockMode) -> PendingGrant {
-        PendingGrant {
-            key,
-            mode,
-            tx: self.tx.upgrade(),
-        }
-    }
-
     async fn check(&mut self) -> Op<()> {
-        let limit = Some(self.cfg.check_timeout);
-        let Some(conn) = self.conn.as_mut() else {
+        let limit = Some(self.inner.cfg.check_timeout);
+        let Some(conn) = self.st.conn.as_mut() else {
             return Err(Failure::Gone(dead()));
         };
         let r = with_limit(
@@ -493,12 +499,13 @@ impl SessionTask {
     }
 
     async fn try_lock(&mut self, arg: &KeyArg, mode: LockMode) -> Op<Option<PendingGrant>> {
-        let limit = Some(self.cfg.check_timeout);
-        let sql = self.stmts(mode).try_lock.clone();
-        let Some(conn) = self.conn.as_mut() else {
+        let limit = Some(self.inner.cfg.check_timeout);
+        let inner = self.inner;
+        let sql = inner.stmts(mode).try_lock.as_str();
+        let Some(conn) = self.st.conn.as_mut() else {
             return Err(Failure::Gone(dead()));
         };
-        let r = with_limit(limit, bind(sqlx::query(&sql), arg).fetch_one(conn)).await;
+        let r = with_limit(limit, bind(sqlx::query(sql), arg).fetch_one(conn)).await;
         let row = self.classify(Operation::Acquire, r)?;
         let decode =
             |row: &sqlx::postgres::PgRow| -> std::result::Result<(bool, i32, i64), sqlx::Error> {
@@ -510,17 +517,17 @@ impl SessionTask {
         if !acquired {
             return Ok(None);
         }
-        let key = key_id(self.scheme, key);
+        let key = key_id(self.inner.scheme, key);
         // Session locks are re-entrant: a second grant of a key this session already holds
         // would let two guards of this process in at once. Undo it and report contention.
-        if let Some((held_mode, _)) = self.held.get(&key) {
+        if let Some((held_mode, _)) = self.st.held.get(&key) {
             if mode == LockMode::Exclusive || *held_mode == LockMode::Exclusive {
                 self.unlock_stmt(key, mode).await?;
                 return Ok(None);
             }
         }
         self.note_held(key, mode);
-        Ok(Some(self.pending(key, mode)))
+        Ok(Some(PendingGrant::new(self.inner, key, mode)))
     }
 
     async fn lock(
@@ -529,8 +536,9 @@ impl SessionTask {
         mode: LockMode,
         timeout: Option<Duration>,
     ) -> Op<PendingGrant> {
-        let sql = self.stmts(mode).lock.clone();
-        let Some(conn) = self.conn.as_mut() else {
+        let inner = self.inner;
+        let sql = inner.stmts(mode).lock.as_str();
+        let Some(conn) = self.st.conn.as_mut() else {
             return Err(Failure::Gone(dead()));
         };
         // lock_timeout bounds the server-side wait; 0 means no limit.
@@ -542,8 +550,8 @@ impl SessionTask {
         .await
         .map(|r| r.map(|_| ()));
         self.classify(Operation::Acquire, r)?;
-        let conn = self.conn.as_mut().ok_or_else(|| Failure::Gone(dead()))?;
-        let r = with_limit(None, bind(sqlx::query(&sql), arg).fetch_one(conn)).await;
+        let conn = self.st.conn.as_mut().ok_or_else(|| Failure::Gone(dead()))?;
+        let r = with_limit(None, bind(sqlx::query(sql), arg).fetch_one(conn)).await;
         let row = match self.classify(Operation::Acquire, r) {
             Err(Failure::Statement(e)) if is_lock_timeout(&e) => {
                 return Err(Failure::Statement(Error::new(
@@ -559,38 +567,39 @@ impl SessionTask {
             (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))()
                 .map_err(|e| Failure::Statement(db_error(e, Operation::Acquire)))?;
         self.check_pid(pid, Operation::Acquire)?;
-        let key = key_id(self.scheme, key);
+        let key = key_id(self.inner.scheme, key);
         self.note_held(key, mode);
-        Ok(self.pending(key, mode))
+        Ok(PendingGrant::new(self.inner, key, mode))
     }
 
     fn note_held(&mut self, key: KeyId, mode: LockMode) {
-        let entry = self.held.entry(key).or_insert((mode, 0));
+        let entry = self.st.held.entry(key).or_insert((mode, 0));
         entry.1 += 1;
     }
 
     async fn unlock(&mut self, key: KeyId, mode: LockMode) -> Op<bool> {
         let was = self.unlock_stmt(key, mode).await?;
-        if let Some(entry) = self.held.get_mut(&key) {
+        if let Some(entry) = self.st.held.get_mut(&key) {
             entry.1 = entry.1.saturating_sub(1);
             if entry.1 == 0 {
-                self.held.remove(&key);
+                self.st.held.remove(&key);
             }
         }
         Ok(was)
     }
 
     async fn unlock_stmt(&mut self, key: KeyId, mode: LockMode) -> Op<bool> {
-        let limit = Some(self.cfg.check_timeout);
-        let stmts = self.stmts(mode);
+        let limit = Some(self.inner.cfg.check_timeout);
+        let inner = self.inner;
+        let stmts = inner.stmts(mode);
         let (sql, big, pair) = match key {
-            KeyId::Big(k) => (stmts.unlock_big.clone(), Some(k), None),
-            KeyId::Pair(a, b) => (stmts.unlock_pair.clone(), None, Some((a, b))),
+            KeyId::Big(k) => (stmts.unlock_big.as_str(), Some(k), None),
+            KeyId::Pair(a, b) => (stmts.unlock_pair.as_str(), None, Some((a, b))),
         };
-        let Some(conn) = self.conn.as_mut() else {
+        let Some(conn) = self.st.conn.as_mut() else {
             return Err(Failure::Gone(dead()));
         };
-        let mut q = sqlx::query(&sql);
+        let mut q = sqlx::query(sql);
         if let Some(k) = big {
             q = q.bind(k);
         }
@@ -607,7 +616,7 @@ impl SessionTask {
     }
 
     async fn fence(&mut self, name: &str) -> Op<i64> {
-        let Fencing::Table(table) = &self.cfg.fencing else {
+        let Fencing::Table(table) = &self.inner.cfg.fencing else {
             return Err(Failure::Statement(Error::new(
                 ErrorKind::Unsupported,
                 BACKEND,
@@ -616,13 +625,13 @@ impl SessionTask {
             )));
         };
         let table = table.clone();
-        let limit = Some(self.cfg.check_timeout);
-        if !self.fencing_ready {
+        let limit = Some(self.inner.cfg.check_timeout);
+        if !self.st.fencing_ready {
             // The table name is a validated identifier (config.rs), never user text.
             let create = format!(
                 "CREATE TABLE IF NOT EXISTS {table} (name text PRIMARY KEY, token bigint NOT NULL)"
             );
-            let conn = self.conn.as_mut().ok_or_else(|| Failure::Gone(dead()))?;
+            let conn = self.st.conn.as_mut().ok_or_else(|| Failure::Gone(dead()))?;
             let r = with_limit(limit, conn.execute(create.as_str())).await;
             match self.classify(Operation::Acquire, r) {
                 Ok(_) => {}
@@ -630,13 +639,13 @@ impl SessionTask {
                 Err(Failure::Statement(e)) if is_duplicate(&e) => {}
                 Err(f) => return Err(f),
             }
-            self.fencing_ready = true;
+            self.st.fencing_ready = true;
         }
         let sql = format!(
             "INSERT INTO {table} AS t (name, token) VALUES ($1, 1) \
              ON CONFLICT (name) DO UPDATE SET token = t.token + 1 RETURNING token"
         );
-        let conn = self.conn.as_mut().ok_or_else(|| Failure::Gone(dead()))?;
+        let conn = self.st.conn.as_mut().ok_or_else(|| Failure::Gone(dead()))?;
         let r = with_limit(
             limit,
             sqlx::query_scalar::<_, i64>(&sql)
@@ -654,10 +663,6 @@ impl Failure {
             Failure::Statement(e) | Failure::Timeout(e) | Failure::Gone(e) => e,
         }
     }
-}
-
-fn clone_error(e: &Error) -> Error {
-    Error::new(e.kind(), e.backend(), e.operation(), e.to_string())
 }
 
 fn bind<'q>(

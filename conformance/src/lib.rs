@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod cli;
 pub mod faults;
 pub mod fixtures;

@@ -89,7 +89,6 @@ fn compare_quick_writes_a_consistent_report() {
     );
 
     // Shape.
-    assert_eq!(json["benchmarks"], Value::Array(vec![]));
     let backends: Vec<&str> = json["backends"]
         .as_array()
         .expect("backends")
@@ -97,6 +96,44 @@ fn compare_quick_writes_a_consistent_report() {
         .map(|b| b["name"].as_str().expect("backend name"))
         .collect();
     assert_eq!(backends, ["postgres", "redis"]);
+    assert_eq!(json["benchmark_failures"], Value::Array(vec![]));
+    let benches = json["benchmarks"].as_array().expect("benchmarks");
+    for b in &backends {
+        let entry = |metric: &str| {
+            benches
+                .iter()
+                .find(|e| e["backend"] == *b && e["metric"] == metric)
+                .unwrap_or_else(|| panic!("no benchmark {b} {metric}: {benches:?}"))
+        };
+        let p50 = entry("acquire_release_p50");
+        assert_eq!(p50["unit"], "us", "{p50}");
+        let (value, floor) = (p50["value"].as_f64(), p50["floor"].as_f64());
+        assert!(value.is_some_and(|v| v > 0.0), "{p50}");
+        assert!(floor.is_some_and(|v| v > 0.0), "{p50}");
+        // The table shows the same number as the JSON.
+        assert!(
+            md.contains(&format!("{:.0} ({:.0}, ", value.unwrap(), floor.unwrap())),
+            "{md}"
+        );
+        for (metric, unit) in [
+            ("handoff_p50", "us"),
+            ("throughput_64_tasks", "ops/s"),
+            ("hold_many_seconds", "s"),
+            ("hold_many_connections", "connections"),
+        ] {
+            let e = entry(metric);
+            assert_eq!(e["unit"], unit, "{e}");
+            assert!(e["value"].as_f64().is_some_and(|v| v > 0.0), "{e}");
+        }
+    }
+    // One lock session holds all of PostgreSQL's locks; Redis multiplexes one connection.
+    for b in &backends {
+        let c = benches
+            .iter()
+            .find(|e| e["backend"] == *b && e["metric"] == "hold_many_connections")
+            .unwrap();
+        assert_eq!(c["value"], 1.0, "{c}");
+    }
     let cells = json["scenarios"].as_array().expect("scenarios");
     assert_eq!(cells.len(), 2 * SCENARIOS.len(), "every cell is present");
     for b in &backends {

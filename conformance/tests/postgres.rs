@@ -178,7 +178,10 @@ async fn cancelled_try_acquires_never_leave_a_grant_behind() {
         }
     }
     eprintln!("{granted} granted, {cancelled} cancelled");
-    assert!(cancelled > 0, "no try was cancelled: the timeouts are too long");
+    assert!(
+        cancelled > 0,
+        "no try was cancelled: the timeouts are too long"
+    );
     // Undoing a late grant happens in the background: wait for it, bounded.
     let wait = LockOptions::new().with_wait(Wait::For(Duration::from_secs(5)));
     let g = b
@@ -186,7 +189,10 @@ async fn cancelled_try_acquires_never_leave_a_grant_behind() {
         .await
         .expect("a cancelled try must not keep the lock");
     assert!(g.release().await.unwrap());
-    let g = a.acquire(&n, &wait).await.expect("the canceller still works");
+    let g = a
+        .acquire(&n, &wait)
+        .await
+        .expect("the canceller still works");
     assert_eq!(g.state(), LockState::Held);
     assert!(g.release().await.unwrap());
 }

@@ -425,10 +425,8 @@ impl<'a> Ctx<'a> {
                 "lock session closed"
             );
         }
-        let monitors: Vec<LeaseMonitor> = lock(&self.inner.monitors)
-            .drain()
-            .map(|(_, m)| m)
-            .collect();
+        let monitors: Vec<LeaseMonitor> =
+            lock(&self.inner.monitors).drain().map(|(_, m)| m).collect();
         for m in monitors {
             m.report_lost(&format!("the lock session ended: {reason}"));
         }

@@ -61,6 +61,7 @@ pub fn main() -> i32 {
             Command::Backends => backends(),
             Command::Conformance(args) => conformance(args).await,
             Command::Compare(args) => compare(args).await,
+            Command::HoldMany(args) => hold_many(args).await,
             Command::Servers(ServersCommand::Up { cluster }) => {
                 match crate::fixtures::servers_up(cluster).await {
                     Ok(()) => EXIT_OK,
@@ -311,6 +312,11 @@ async fn compare(args: opt::CompareArgs) -> i32 {
         scenarios: all(args.scenarios, &scenario::SCENARIOS),
         ttl: args.ttl,
         out: args.out,
+        bench: match (args.no_bench, args.quick) {
+            (true, _) => None,
+            (false, true) => Some(crate::bench::BenchPlan::quick()),
+            (false, false) => Some(crate::bench::BenchPlan::short()),
+        },
     };
     if opts.ttl.is_zero() {
         return usage("--ttl must be more than 0");
@@ -343,6 +349,36 @@ async fn compare(args: opt::CompareArgs) -> i32 {
         return 1;
     }
     EXIT_OK
+}
+
+async fn hold_many(args: opt::HoldManyArgs) -> i32 {
+    if args.count == 0 {
+        return usage("--count must be at least 1");
+    }
+    let url = args.url.clone();
+    match crate::bench::hold_many(
+        || async move { Ok(dlock::connect(&url).await?) },
+        args.count,
+    )
+    .await
+    {
+        Ok(m) => {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "locks": m.locks,
+                    "acquire_s": m.acquire.as_secs_f64(),
+                    "rss_mib": m.rss_mib,
+                    "connections": m.connections,
+                })
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("dlock: hold-many failed: {e:#}");
+            EXIT_UNAVAILABLE
+        }
+    }
 }
 
 fn backends() -> i32 {

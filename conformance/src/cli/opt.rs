@@ -53,6 +53,22 @@ pub enum Command {
     /// with `dlock hold` holder processes, and writes comparison.json, comparison.md and
     /// index.html (inline SVG chart) into --out; prints the main table at the end.
     Compare(CompareArgs),
+    /// Benchmark helper of `dlock compare`: acquire COUNT distinct locks at URL, hold them all
+    /// at once, print one JSON line with the time, this process's resident-memory growth and
+    /// its sockets, then release them. Its own process, so that the memory is its own.
+    #[command(hide = true)]
+    HoldMany(HoldManyArgs),
+}
+
+/// `dlock hold-many` arguments.
+#[derive(Debug, Args)]
+pub struct HoldManyArgs {
+    /// How many locks.
+    #[arg(long, default_value_t = 10_000)]
+    pub count: usize,
+
+    /// Lock service URL.
+    pub url: String,
 }
 
 /// `dlock compare` arguments.
@@ -82,6 +98,11 @@ pub struct CompareArgs {
     /// Output directory.
     #[arg(long, default_value = "report")]
     pub out: std::path::PathBuf,
+
+    /// Skip the benchmarks (latency beside the raw floor, handoff, throughput, many locks)
+    /// that run after each backend's scenarios.
+    #[arg(long)]
+    pub no_bench: bool,
 }
 
 /// `dlock conformance` arguments.

@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
+use crate::bench::{self, BenchEntry, BenchPlan};
 use crate::faults::{Fault, FaultProxy};
 use crate::fixtures;
 use holder::{Event, EventKind, HoldSpec, Holder, wall_ms};
@@ -85,6 +86,8 @@ pub struct CompareOptions {
     pub ttl: Duration,
     /// Where the report goes.
     pub out: PathBuf,
+    /// The benchmarks to run after each backend's scenarios (`None`: none).
+    pub bench: Option<BenchPlan>,
 }
 
 /// Median, minimum and maximum over the repetitions.
@@ -227,8 +230,19 @@ pub struct Report {
     pub backends: Vec<BackendInfo>,
     /// Every backend × scenario cell.
     pub scenarios: Vec<Cell>,
-    /// Benchmarks (not part of this build yet: empty).
-    pub benchmarks: Vec<serde_json::Value>,
+    /// Benchmarks (the short set of [`crate::bench`]; empty with `--no-bench`).
+    pub benchmarks: Vec<BenchEntry>,
+    /// Backends whose benchmarks failed, and why.
+    pub benchmark_failures: Vec<BenchFailure>,
+}
+
+/// A backend whose benchmarks could not run to the end.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchFailure {
+    /// Backend name.
+    pub backend: String,
+    /// What went wrong.
+    pub reason: String,
 }
 
 /// A backend's URL and the servers that keep it alive.
@@ -939,6 +953,8 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
     let mut done = 0;
     let mut backends = Vec::new();
     let mut cells = Vec::new();
+    let mut benchmarks = Vec::new();
+    let mut benchmark_failures = Vec::new();
     for backend in BACKENDS
         .iter()
         .filter(|b| opts.backends.iter().any(|x| x == *b))
@@ -1071,6 +1087,19 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             }
             cells.push(cell);
         }
+        if let Some(plan) = &opts.bench {
+            eprintln!("[compare] {backend}: benchmarks");
+            match bench::run_backend(backend, &target.url, plan, Some(&opts.dlock_bin)).await {
+                Ok(entries) => benchmarks.extend(entries),
+                Err(e) => {
+                    eprintln!("[compare] {backend}: benchmarks failed: {e:#}");
+                    benchmark_failures.push(BenchFailure {
+                        backend: backend.to_string(),
+                        reason: format!("{e:#}"),
+                    });
+                }
+            }
+        }
     }
     Ok(Report {
         run: RunInfo {
@@ -1088,7 +1117,8 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
         },
         backends,
         scenarios: cells,
-        benchmarks: Vec::new(),
+        benchmarks,
+        benchmark_failures,
     })
 }
 

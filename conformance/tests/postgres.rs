@@ -197,6 +197,60 @@ async fn cancelled_try_acquires_never_leave_a_grant_behind() {
     assert!(g.release().await.unwrap());
 }
 
+/// Behind a transaction-pooling PgBouncer (whose consecutive transactions land on different
+/// server sessions) acquiring should fail with a clear Unsupported error that names the
+/// pooler — never report a lock that the next statement's session does not hold.
+#[tokio::test]
+async fn a_transaction_pooler_is_detected_and_refused() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let bouncer = fixtures::pgbouncer(&pg).await.unwrap();
+    // A busy pooler: two transactions at once make it open both server connections, which
+    // it then uses in turn. (With a single server connection in the pool, every statement
+    // reaches the same server session and nothing is observable from the client: the lock
+    // then lives on a session that other clients share. The backend's README says so.)
+    let (mut c1, mut c2) = (
+        sqlx::PgConnection::connect(bouncer.url()).await.unwrap(),
+        sqlx::PgConnection::connect(bouncer.url()).await.unwrap(),
+    );
+    sqlx::raw_sql("BEGIN; SELECT 1")
+        .execute(&mut c1)
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; SELECT 1")
+        .execute(&mut c2)
+        .await
+        .unwrap();
+    sqlx::raw_sql("COMMIT").execute(&mut c1).await.unwrap();
+    sqlx::raw_sql("COMMIT").execute(&mut c2).await.unwrap();
+    let n = unique("pooled");
+    let mut errors = Vec::new();
+    // A few rounds: a pooler that happens to give the same session twice must be caught on
+    // a later statement.
+    for _ in 0..5 {
+        let err = match dlock::connect(bouncer.url()).await {
+            Err(e) => e,
+            Ok(b) => match b.acquire(&n, &LockOptions::new()).await {
+                Err(e) => e,
+                Ok(g) => match g.release().await {
+                    Err(e) => e,
+                    Ok(ours) => panic!(
+                        "a lock was granted and released ({ours}) through a transaction pooler"
+                    ),
+                },
+            },
+        };
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("pooling proxy"), "{msg}");
+        errors.push(msg);
+    }
+    eprintln!("{}", errors[0]);
+    // Directly on the server the same name works.
+    let direct = connect(pg.url()).await;
+    let g = direct.acquire(&n, &LockOptions::new()).await.unwrap();
+    assert!(g.release().await.unwrap());
+}
+
 /// Exclusion across processes with `dlock run` and `dlock hold`.
 #[tokio::test]
 async fn exclusion_across_processes() {

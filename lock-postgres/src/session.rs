@@ -40,6 +40,8 @@ struct Inner {
     id: u64,
     /// The server process behind the connection when it was opened.
     pid: i32,
+    /// The value of `dlock.session` set on that server session at open.
+    marker: String,
     cfg: Arc<PgConfig>,
     scheme: KeyScheme,
     exclusive: Statements,
@@ -165,6 +167,7 @@ impl<T: Send + 'static> Drop for Finish<T> {
 impl Session {
     /// Opens a connection and applies the keepalive settings.
     pub async fn open(cfg: Arc<PgConfig>, scheme: KeyScheme) -> Result<Session> {
+        let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let connect = async {
             let mut conn = PgConnection::connect_with(&cfg.connect)
                 .await
@@ -189,6 +192,13 @@ impl Session {
             conn.execute(setup.as_str())
                 .await
                 .map_err(|e| db_error(e, Operation::Connect))?;
+            // Mark the server session, then read the mark back twice over the simple-query
+            // protocol: a pooler that hands consecutive transactions to different server
+            // sessions shows up here already (later statements check it again).
+            let marker = new_marker(id);
+            conn.execute(format!("SET dlock.session = '{marker}'").as_str())
+                .await
+                .map_err(|e| db_error(e, Operation::Connect))?;
             // PostgreSQL 14+: notice a vanished client while a blocking lock call waits.
             let _ = conn
                 .execute("SET client_connection_check_interval = 1000")
@@ -196,10 +206,30 @@ impl Session {
             let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
                 .fetch_one(&mut conn)
                 .await
-                .map_err(|e| db_error(e, Operation::Connect))?;
-            Ok::<_, Error>((conn, pid))
+                .map_err(|e| {
+                    if is_prepared_statement_gone(&e) {
+                        let what = format!("the new session's prepared statements do not match the server session ({e})");
+                        pooler_error(Operation::Connect, &what)
+                    } else {
+                        db_error(e, Operation::Connect)
+                    }
+                })?;
+            for _ in 0..2 {
+                // A bare string without arguments goes over the simple-query protocol.
+                let row = conn
+                    .fetch_one(CHECK)
+                    .await
+                    .map_err(|e| db_error(e, Operation::Connect))?;
+                let got: (i32, Option<String>) =
+                    (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))()
+                        .map_err(|e| db_error(e, Operation::Connect))?;
+                if let Some(what) = session_mismatch(pid, &marker, got.0, got.1.as_deref()) {
+                    return Err(pooler_error(Operation::Connect, &what));
+                }
+            }
+            Ok::<_, Error>((conn, pid, marker))
         };
-        let (conn, pid) = tokio::time::timeout(cfg.connect_timeout, connect)
+        let (conn, pid, marker) = tokio::time::timeout(cfg.connect_timeout, connect)
             .await
             .map_err(|_| {
                 Error::new(
@@ -212,12 +242,12 @@ impl Session {
                     ),
                 )
             })??;
-        let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(session = id, pid, "lock session opened");
         Ok(Session {
             inner: Arc::new(Inner {
                 id,
                 pid,
+                marker,
                 cfg,
                 scheme,
                 exclusive: Statements::new(scheme, LockMode::Exclusive),
@@ -365,6 +395,60 @@ pub(crate) fn db_error(e: sqlx::Error, op: Operation) -> Error {
     Error::new(kind, BACKEND, op, "PostgreSQL statement failed").with_source(e)
 }
 
+/// The session check: backend pid and session marker.
+const CHECK: &str = "SELECT pg_backend_pid(), current_setting('dlock.session', true)";
+
+/// Why a statement's (pid, marker) show that it ran on another server session than the one
+/// the lock session was opened on (`pid0`, `marker0`), if they do.
+fn session_mismatch(pid0: i32, marker0: &str, pid: i32, marker: Option<&str>) -> Option<String> {
+    if pid != pid0 {
+        return Some(format!(
+            "the lock session's backend pid changed from {pid0} to {pid} between statements"
+        ));
+    }
+    if marker != Some(marker0) {
+        return Some(format!(
+            "the lock session's marker (dlock.session = {marker0}) was {} on the server \
+             session that answered",
+            marker.map_or_else(|| "not set".to_string(), |m| format!("{m:?}"))
+        ));
+    }
+    None
+}
+
+/// A value no other lock session has: random keys of the std hasher over the time and a
+/// counter.
+fn new_marker(id: u64) -> String {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let r = std::collections::hash_map::RandomState::new().hash_one((nanos, id));
+    format!("{:016x}-{id}-{}", r, std::process::id())
+}
+
+/// SQLSTATE 26000 (invalid_sql_statement_name: a statement this connection prepared does not
+/// exist on the server session that got the next message) or 42P05 (duplicate_prepared_statement:
+/// a name this new connection never used is already taken there): consecutive messages reached
+/// different, shared server sessions — what a transaction-pooling proxy does.
+fn is_prepared_statement_gone(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("26000" | "42P05")))
+}
+
+/// The error for a lock session that is not one server session.
+fn pooler_error(op: Operation, what: &str) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        BACKEND,
+        op,
+        format!(
+            "{what}: the connection goes through a transaction-pooling proxy (PgBouncer in \
+             transaction mode?), where session advisory locks do not work. Connect to \
+             PostgreSQL directly or use a session-pooling port"
+        ),
+    )
+}
+
 /// Errors after which the connection cannot be trusted any more: I/O and protocol errors,
 /// and the server's own "this session is over" errors (SQLSTATE class 08 connection
 /// exception, 57P0x operator intervention such as `pg_terminate_backend` or a shutdown).
@@ -446,6 +530,13 @@ impl<'a> Ctx<'a> {
                 self.die(&format!("connection error: {e}"));
                 Err(Failure::Gone(db_error(e, op)))
             }
+            Ok(Err(e)) if is_prepared_statement_gone(&e) => {
+                self.die("pooler detected");
+                let what = format!(
+                    "the lock session's prepared statements do not match the server session ({e})"
+                );
+                Err(Failure::Statement(pooler_error(op, &what)))
+            }
             Ok(Err(e)) => Err(Failure::Statement(db_error(e, op))),
             Err(_) => {
                 let limit = self.inner.cfg.check_timeout;
@@ -462,24 +553,14 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn check_pid(&mut self, pid: i32, op: Operation) -> Op<()> {
-        if pid == self.inner.pid {
+    /// Fails (and closes the session) unless the statement ran on the session this lock
+    /// session was opened on: same backend pid, our marker.
+    fn check_session(&mut self, pid: i32, marker: Option<&str>, op: Operation) -> Op<()> {
+        let Some(what) = session_mismatch(self.inner.pid, &self.inner.marker, pid, marker) else {
             return Ok(());
-        }
-        let msg = format!(
-            "the lock session's backend pid changed from {} to {pid} between statements: the \
-             connection goes through a transaction-pooling proxy (PgBouncer in transaction \
-             mode?), where session advisory locks do not work. Connect to PostgreSQL directly \
-             or use a session-pooling port",
-            self.inner.pid
-        );
+        };
         self.die("pooler detected");
-        Err(Failure::Statement(Error::new(
-            ErrorKind::Unsupported,
-            BACKEND,
-            op,
-            msg,
-        )))
+        Err(Failure::Statement(pooler_error(op, &what)))
     }
 
     async fn check(&mut self) -> Op<()> {
@@ -487,13 +568,9 @@ impl<'a> Ctx<'a> {
         let Some(conn) = self.st.conn.as_mut() else {
             return Err(Failure::Gone(dead()));
         };
-        let r = with_limit(
-            limit,
-            sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(conn),
-        )
-        .await;
-        let pid = self.classify(Operation::Extend, r)?;
-        self.check_pid(pid, Operation::Extend)
+        let r = with_limit(limit, sqlx::query_as(CHECK).fetch_one(conn)).await;
+        let (pid, marker): (i32, Option<String>) = self.classify(Operation::Extend, r)?;
+        self.check_session(pid, marker.as_deref(), Operation::Extend)
     }
 
     async fn try_lock(&mut self, arg: &KeyArg, mode: LockMode) -> Op<Option<PendingGrant>> {
@@ -505,13 +582,18 @@ impl<'a> Ctx<'a> {
         };
         let r = with_limit(limit, bind(sqlx::query(sql), arg).fetch_one(conn)).await;
         let row = self.classify(Operation::Acquire, r)?;
-        let decode =
-            |row: &sqlx::postgres::PgRow| -> std::result::Result<(bool, i32, i64), sqlx::Error> {
-                Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
-            };
-        let (acquired, pid, key) =
+        type Cols = (bool, i32, i64, Option<String>);
+        let decode = |row: &sqlx::postgres::PgRow| -> std::result::Result<Cols, sqlx::Error> {
+            Ok((
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+            ))
+        };
+        let (acquired, pid, key, marker) =
             decode(&row).map_err(|e| Failure::Statement(db_error(e, Operation::Acquire)))?;
-        self.check_pid(pid, Operation::Acquire)?;
+        self.check_session(pid, marker.as_deref(), Operation::Acquire)?;
         if !acquired {
             return Ok(None);
         }
@@ -561,10 +643,10 @@ impl<'a> Ctx<'a> {
             }
             other => other?,
         };
-        let (pid, key): (i32, i64) =
-            (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))()
+        let (pid, key, marker): (i32, i64, Option<String>) =
+            (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(3)?)))()
                 .map_err(|e| Failure::Statement(db_error(e, Operation::Acquire)))?;
-        self.check_pid(pid, Operation::Acquire)?;
+        self.check_session(pid, marker.as_deref(), Operation::Acquire)?;
         let key = key_id(self.inner.scheme, key);
         self.note_held(key, mode);
         Ok(PendingGrant::new(self.inner, key, mode))
@@ -606,10 +688,10 @@ impl<'a> Ctx<'a> {
         }
         let r = with_limit(limit, q.fetch_one(conn)).await;
         let row = self.classify(Operation::Release, r)?;
-        let (was, pid): (bool, i32) =
-            (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))()
+        let (was, pid, marker): (bool, i32, Option<String>) =
+            (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))()
                 .map_err(|e| Failure::Statement(db_error(e, Operation::Release)))?;
-        self.check_pid(pid, Operation::Release)?;
+        self.check_session(pid, marker.as_deref(), Operation::Release)?;
         Ok(was)
     }
 

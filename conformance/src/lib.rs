@@ -4,5 +4,6 @@
 pub mod cli;
 pub mod faults;
 pub mod fixtures;
+pub mod netns;
 pub mod scenario;
 pub mod suite;

@@ -116,11 +116,9 @@ impl fmt::Display for NetnsError {
             NetnsError::Unsupported => {
                 f.write_str("network namespaces need Linux; this is not Linux")
             }
-            NetnsError::NotRoot { euid } => write!(
-                f,
-                "network namespaces need root (running as uid {euid}); run as root, e.g. \
-                 `sudo -E cargo test …` or in CI, which runs as root"
-            ),
+            NetnsError::NotRoot { euid } => {
+                write!(f, "network namespaces need root (running as uid {euid})")
+            }
             NetnsError::MissingTool { tool, package } => write!(
                 f,
                 "`{tool}` not found (looked in PATH and /usr/sbin, /sbin); install {package} \

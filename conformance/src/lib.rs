@@ -5,5 +5,6 @@ pub mod bench;
 pub mod cli;
 pub mod faults;
 pub mod fixtures;
+pub mod netns;
 pub mod scenario;
 pub mod suite;

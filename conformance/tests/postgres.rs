@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use common::{Holder, dlock, unique, with_query};
 use conformance::faults::{Fault, FaultProxy};
 use conformance::fixtures;
+use conformance::netns::{self, Netns};
+use conformance::scenario::holder::{EventKind, HoldSpec, Holder as ScenarioHolder};
 use dlock::{Backend, BackendExt, ErrorKind, LockMode, LockName, LockOptions, LockState, Wait};
 use sqlx::Connection;
 
@@ -468,6 +470,116 @@ async fn blackholed_holder_learns_before_anyone_else_acquires() {
         .unwrap();
     assert!(learned_lost < granted);
     drop(g2);
+}
+
+/// lock-postgres's defaults put the server's detection of a vanished client at
+/// `min(keepalives_idle + keepalives_interval × keepalives_count, user_timeout)` = 6 s after
+/// its last packet, at most about 10 s (lock-postgres/README.md).
+const PG_FREE_BOUND: Duration = Duration::from_secs(10);
+
+/// Slack on top of [`PG_FREE_BOUND`] for a loaded 2-core machine.
+const PG_FREE_SLACK: Duration = Duration::from_secs(5);
+
+/// A real partition: a `dlock hold` process inside a network namespace (veth to the host,
+/// DNAT to the loopback-only server) holds a lock, then the link goes down. The server's own
+/// TCP stack sees a vanished peer (nothing ACKs any more), ends the session within the
+/// configured bound and frees the lock; the holder's guard leaves `Held` before the other
+/// client is granted. Needs root on Linux with iproute2 and nftables; fails (never passes
+/// silently) when they are missing.
+#[tokio::test]
+async fn partitioned_holder_in_a_netns_learns_first_and_the_server_frees_the_lock() {
+    let ns = Netns::create().unwrap_or_else(|e| {
+        panic!(
+            "this test needs a network namespace and cannot make one: {e}. Run it as root on \
+             Linux with iproute2 and nftables installed (scripts/install-servers), e.g. `sudo -E \
+             cargo test -p conformance --test postgres partitioned_holder_in_a_netns`"
+        )
+    });
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let addr = pg.addr().expect("managed server");
+    let inside = ns.expose(addr.port()).unwrap();
+    let url_inside = pg.url().replace(&addr.to_string(), &inside.to_string());
+    assert_ne!(url_inside, pg.url());
+    let n = unique("netns");
+    let spec = HoldSpec {
+        url: url_inside,
+        name: n.as_str().to_string(),
+        ttl: Duration::from_secs(2),
+        wait_forever: false,
+    };
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_dlock"));
+    let mut holder = ScenarioHolder::spawn_in(bin, &spec, Some(&ns)).unwrap();
+    let got = holder.acquired(Duration::from_secs(30)).await;
+    assert!(
+        matches!(got, Ok(Some(_))),
+        "the holder in {} got no lock: {got:?} {}",
+        ns.name(),
+        holder.stderr()
+    );
+    // The server's TCP peer is the namespace, not a proxy on loopback.
+    let peers = netns::tcp_peers(addr.port()).unwrap();
+    assert!(
+        peers
+            .iter()
+            .any(|p| p.ip() == std::net::IpAddr::V4(ns.ns_addr())),
+        "no connection from {} to port {} in {peers:?}",
+        ns.ns_addr(),
+        addr.port()
+    );
+    let other = connect(pg.url()).await;
+    let waiter = spawn_waiter(&other, &n);
+    wait_for_waiters(pg.url(), 1).await;
+
+    let cut = Instant::now();
+    ns.link_down().unwrap();
+    let limit = PG_FREE_BOUND + PG_FREE_SLACK;
+    // The first state other than `held` the holder reports (when the harness read it, so
+    // a little late: the comparison below can only be biased against the holder).
+    let mut left_held = None;
+    let mut states = Vec::new();
+    while left_held.is_none() {
+        let left = limit.saturating_sub(cut.elapsed());
+        let Some(ev) = holder.next_event(left).await else {
+            break;
+        };
+        match &ev.kind {
+            EventKind::State(st) => {
+                states.push(format!("{st} at {:?}", ev.received - cut));
+                if st != "held" {
+                    left_held = Some((st.clone(), ev.received));
+                }
+            }
+            EventKind::Ended => break,
+            _ => {}
+        }
+    }
+    let Some((state, left_at)) = left_held else {
+        panic!(
+            "the holder's guard never left Held within {limit:?} of the cut ({states:?}): {}",
+            holder.stderr()
+        );
+    };
+    assert!(
+        !waiter.is_finished(),
+        "the other client was granted before the holder left Held ({state} after {:?})",
+        left_at - cut
+    );
+    let (granted, g2) = tokio::time::timeout(limit.saturating_sub(cut.elapsed()), waiter)
+        .await
+        .unwrap_or_else(|_| panic!("the server did not free the lock within {limit:?}"))
+        .unwrap();
+    let freed = granted - cut;
+    eprintln!(
+        "postgres netns partition: guard left Held ({state}) after {:?}, server freed the \
+         lock (other client granted) after {freed:?}, {:?} after the holder knew; holder \
+         states: {states:?}",
+        left_at - cut,
+        granted - left_at
+    );
+    assert!(left_at < granted);
+    assert!(freed <= limit, "freed after {freed:?}, bound {limit:?}");
+    drop(g2);
+    holder.finish().await;
 }
 
 /// Fencing tokens (`?fencing=table`) strictly increase across holders, a killed holder

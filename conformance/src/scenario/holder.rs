@@ -10,6 +10,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
+use crate::netns::Netns;
+
 /// How much of a holder's stderr is kept for error messages.
 const STDERR_KEEP: usize = 4096;
 
@@ -96,7 +98,16 @@ impl Holder {
     /// Starts `dlock hold --ttl T --wait W URL NAME` from the `dlock` binary at `bin`. The
     /// holder dies with the process that started it (parent-death signal).
     pub fn spawn(bin: &Path, spec: &HoldSpec) -> Result<Holder> {
+        Holder::spawn_in(bin, spec, None)
+    }
+
+    /// [`Holder::spawn`], inside the network namespace `netns` when given (the URL must then
+    /// name an address reachable from there, see [`Netns::expose`]).
+    pub fn spawn_in(bin: &Path, spec: &HoldSpec, netns: Option<&Netns>) -> Result<Holder> {
         let mut cmd = Command::new(bin);
+        if let Some(ns) = netns {
+            ns.enter_on_spawn(&mut cmd);
+        }
         cmd.arg("hold")
             .arg("--ttl")
             .arg(format!("{}ms", spec.ttl.as_millis()))

@@ -9,6 +9,7 @@
 //! — never an invented number).
 
 pub mod holder;
+mod partition;
 pub mod report;
 pub mod resource;
 
@@ -404,13 +405,25 @@ async fn holder_and_waiter(
     name: &str,
     res: &mut FencedResource,
 ) -> Result<(Holder, Option<u64>, Holder)> {
+    holder_and_waiter_in(opts, None, url_a, url, name, res).await
+}
+
+/// [`holder_and_waiter`] with holder A inside the network namespace `ns_a` when given.
+async fn holder_and_waiter_in(
+    opts: &CompareOptions,
+    ns_a: Option<&crate::netns::Netns>,
+    url_a: &str,
+    url: &str,
+    name: &str,
+    res: &mut FencedResource,
+) -> Result<(Holder, Option<u64>, Holder)> {
     let spec = |wait_forever| HoldSpec {
         url: if wait_forever { url } else { url_a }.to_string(),
         name: name.to_string(),
         ttl: opts.ttl,
         wait_forever,
     };
-    let mut a = Holder::spawn(&opts.dlock_bin, &spec(false))?;
+    let mut a = Holder::spawn_in(&opts.dlock_bin, &spec(false), ns_a)?;
     let ev = match a.acquired(FIRST_GRANT).await {
         Ok(Some(ev)) => ev,
         Ok(None) => {
@@ -491,9 +504,23 @@ async fn run_rep(
     let name = lock_name(backend, scenario, rep);
     let url = target.url.as_str();
     let mut res = FencedResource::new();
-    // The holder talks to its server through a fault proxy in the proxied scenarios; the
-    // waiter always talks to it directly.
-    let (proxy, url_a) = if PROXIED.contains(&scenario) {
+    // holder_partitioned: the holder runs in a network namespace where it can.
+    let mut partition_note = None;
+    let netns = match scenario {
+        "holder_partitioned" => match partition::namespace(backend, target) {
+            Ok(ns) => Some(ns),
+            Err(why) => {
+                partition_note = Some(partition::proxy_note(&why));
+                None
+            }
+        },
+        _ => None,
+    };
+    // The holder talks to its server through a fault proxy in the proxied scenarios (unless
+    // it is in a namespace); the waiter always talks to it directly.
+    let (proxy, url_a) = if let Some((_, url_ns)) = &netns {
+        (None, url_ns.clone())
+    } else if PROXIED.contains(&scenario) {
         let Some(addr) = target.addr else {
             bail!("no single server address to put a proxy in front of");
         };
@@ -506,8 +533,16 @@ async fn run_rep(
     } else {
         (None, url.to_string())
     };
-    let (mut a, token_a, mut b) = holder_and_waiter(opts, &url_a, url, &name, &mut res).await?;
+    let ns = netns.as_ref().map(|(ns, _)| ns);
+    let (mut a, token_a, mut b) = match ns {
+        Some(_) => holder_and_waiter_in(opts, ns, &url_a, url, &name, &mut res).await?,
+        None => holder_and_waiter(opts, &url_a, url, &name, &mut res).await?,
+    };
     let mut out = Rep::default();
+    if let Some(ns) = ns {
+        partition_note = Some(partition::netns_note(ns, target.addr.map(|a| a.port())));
+    }
+    out.notes.extend(partition_note);
     let bound = grant_bound(opts.ttl);
     let result: Result<()> = async {
         match scenario {
@@ -580,15 +615,25 @@ async fn run_rep(
                 }
             }
             "holder_partitioned" | "connection_reset" => {
-                let proxy = proxy.as_ref().expect("proxied scenario has a proxy");
-                let fault_bound = (opts.ttl * 3).max(Duration::from_secs(6));
+                let mut fault_bound = (opts.ttl * 3).max(Duration::from_secs(6));
+                if ns.is_some() {
+                    fault_bound = fault_bound.max(partition::NETNS_FAULT_BOUND);
+                }
+                let proxy = || proxy.as_ref().ok_or_else(|| anyhow!("no fault proxy"));
                 let t0 = wall_ms();
-                let grant = if scenario == "connection_reset" {
+                let grant = if let Some(ns) = ns {
+                    ns.link_down()?;
+                    let g = await_grant(&mut b, &mut res, fault_bound).await?;
+                    ns.link_up()?;
+                    g
+                } else if scenario == "connection_reset" {
+                    let proxy = proxy()?;
                     proxy.set(Fault::Reset);
                     tokio::time::sleep(RESET_FOR).await;
                     proxy.set(Fault::Pass);
                     await_grant(&mut b, &mut res, fault_bound).await?
                 } else {
+                    let proxy = proxy()?;
                     proxy.set(Fault::Blackhole);
                     let g = await_grant(&mut b, &mut res, fault_bound).await?;
                     proxy.set(Fault::Pass);
@@ -628,6 +673,18 @@ async fn run_rep(
                                 .notes
                                 .push("the holder never reported the loss".to_string()),
                         }
+                        if ns.is_some() {
+                            eprintln!(
+                                "[compare] {backend} × {scenario} (network namespace): link \
+                                 down → grant {} ms; holder lost at {}",
+                                t_grant - t0,
+                                lost.map_or("never".into(), |t| format!(
+                                    "+{} ms ({} ms before the grant)",
+                                    t - t0,
+                                    t_grant - t
+                                ))
+                            );
+                        }
                         // The old holder's write, sent before it knew, arrives now.
                         out.stale_rejected = Some(res.write(0, token_a, wall_ms()).rejected());
                         if lost.is_none() {
@@ -642,6 +699,9 @@ async fn run_rep(
                                  releases",
                                 t - t0
                             ),
+                            (None, "holder_partitioned") if ns.is_some() => "the link stayed \
+                                down and the server did not end the holder's session"
+                                .to_string(),
                             (None, "holder_partitioned") => "fault proxy blackhole: the \
                                 server's kernel still sees a live peer, so server-side \
                                 keepalives cannot fire"
@@ -910,7 +970,7 @@ fn scenario_note(scenario: &str) -> &'static str {
             "failover = SIGKILL → waiter's grant; the holder is dead, it cannot learn"
         }
         "holder_partitioned" => {
-            "holder's traffic blackholed in a fault proxy (sockets stay open) until the waiter's grant or the bound; failover = blackhole → grant"
+            "holder's traffic to the server blackholed (no RST, no FIN) until the waiter's grant or the bound, then healed; how: see the partition note"
         }
         "connection_reset" => {
             "the holder's connections reset (RST) by a fault proxy for 200 ms, then traffic passes again; failover = reset → grant"
@@ -1109,11 +1169,12 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             duration_s: started.elapsed().as_secs_f64(),
             repeat: opts.repeat,
             quick,
-            fault_injection: "signals to the holder process (SIGKILL, SIGSTOP/SIGCONT); \
-                              stdin close for the clean release; an in-process TCP fault proxy \
-                              between the holder and its server (blackhole, RST) — not a \
-                              network namespace; SIGKILL and restart of the server process"
-                .into(),
+            fault_injection: format!(
+                "signals to the holder process (SIGKILL, SIGSTOP/SIGCONT); stdin close for the \
+                 clean release; an in-process TCP fault proxy between the holder and its server \
+                 (blackhole, RST); SIGKILL and restart of the server process; {}",
+                partition::fault_injection(&cells)
+            ),
         },
         backends,
         scenarios: cells,

@@ -882,6 +882,56 @@ async fn a_blackholed_holder_turns_unverifiable_then_lost_before_anyone_else_acq
     Ok(())
 }
 
+/// A connection that breaks long enough for the holder's guard to turn Lost, but not long
+/// enough for the server to expire the session, reconnects to the same session, whose
+/// ephemeral node is still there: it should be deleted then, so that a lock nobody believes in
+/// does not keep everyone out until the holder releases or exits.
+#[tokio::test]
+async fn a_lock_reported_lost_during_a_disconnection_is_freed_on_reconnect() -> Result<()> {
+    init_tracing();
+    let server = fixtures::managed_zookeeper(ZooKeeperOptions::default()).await?;
+    let timeout = Duration::from_secs(4);
+    let proxy = conformance::faults::FaultProxy::start(first_addr(server.url())?).await?;
+    let base = format!("/{}", unique("orphan"));
+    let options = format!("base={base}&session_timeout=4s");
+    let holder = connect(&with_options(&format!("zk://{}", proxy.addr()), &options)).await?;
+    let direct_url = with_options(server.url(), &options);
+    let other = connect(&direct_url).await?;
+
+    let g = holder.acquire(&name("job"), &LockOptions::new()).await?;
+    let mut states = g.watch();
+    let cut = Instant::now();
+    proxy.set(conformance::faults::Fault::Reset);
+    let state = tokio::time::timeout(Duration::from_secs(10), states.lost_or_released()).await?;
+    ensure!(state == LockState::Lost, "got {state}");
+    let lost = cut.elapsed();
+    proxy.set(conformance::faults::Fault::Pass);
+    let g2 = other
+        .acquire(&name("job"), &wait_for(Duration::from_secs(20)))
+        .await?;
+    let granted = cut.elapsed();
+    eprintln!(
+        "zookeeper connection reset, session_timeout={timeout:?}: lost after {lost:?}, the \
+         other client granted after {granted:?}"
+    );
+    ensure!(
+        granted < timeout * 7 / 8,
+        "freed by deleting the node after the reconnect, not by the session expiring: {granted:?}"
+    );
+    ensure!(
+        !g.release().await?,
+        "the node was deleted: not ours any more"
+    );
+    // The holder's session survived: it works, and sees the lock taken.
+    let err = holder
+        .acquire(&name("job"), &LockOptions::new())
+        .await
+        .unwrap_err();
+    ensure!(err.kind() == ErrorKind::Contended, "{err}");
+    ensure!(g2.release().await?);
+    Ok(())
+}
+
 /// Curator's protected mode: the connection breaks after the server created our node but
 /// before its answer arrives. The client must find its node by its `_c_<uuid>` prefix instead
 /// of creating a second one (which would be an orphan ahead of it: a deadlock until the session

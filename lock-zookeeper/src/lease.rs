@@ -37,7 +37,7 @@ impl ZkLease {
         monitor: &LeaseMonitor,
         limit: Option<HoldLimit>,
     ) -> ZkLease {
-        let grant_id = session.register(monitor);
+        let grant_id = session.register(monitor, &path);
         let limit = limit.map(|limit| {
             let session = Arc::clone(&session);
             let path = path.clone();

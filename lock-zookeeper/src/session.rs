@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use lock_core::{LeaseMonitor, Operation, Result};
+use lock_core::{LeaseMonitor, LockState, Operation, Result};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use zookeeper_client::{Client, SessionState, StateWatcher};
@@ -36,7 +36,8 @@ enum Link {
 struct Grants {
     link: Link,
     next_id: u64,
-    monitors: HashMap<u64, LeaseMonitor>,
+    /// Each grant's monitor and its node's path.
+    monitors: HashMap<u64, (LeaseMonitor, String)>,
 }
 
 impl Session {
@@ -78,6 +79,7 @@ impl Session {
         }));
         let (stop, stopped) = oneshot::channel();
         tokio::spawn(watch_session(
+            client.clone(),
             client.state_watcher(),
             Arc::clone(&grants),
             lost_grace(timeout),
@@ -111,9 +113,10 @@ impl Session {
         self.client.state().is_terminated() || matches!(lock(&self.grants).link, Link::Ended)
     }
 
-    /// Starts reporting session events to `monitor`; returns the id to deregister with. A
-    /// grant that arrives while the session is already in trouble is told at once.
-    pub fn register(&self, monitor: &LeaseMonitor) -> u64 {
+    /// Starts reporting session events to `monitor` of the grant whose node is `path`;
+    /// returns the id to deregister with. A grant that arrives while the session is already in
+    /// trouble is told at once.
+    pub fn register(&self, monitor: &LeaseMonitor, path: &str) -> u64 {
         let mut grants = lock(&self.grants);
         match grants.link {
             Link::Up => {}
@@ -126,7 +129,9 @@ impl Session {
         }
         grants.next_id += 1;
         let id = grants.next_id;
-        grants.monitors.insert(id, monitor.clone());
+        grants
+            .monitors
+            .insert(id, (monitor.clone(), path.to_string()));
         id
     }
 
@@ -153,7 +158,13 @@ pub(crate) fn lost_grace(timeout: Duration) -> Duration {
 }
 
 /// Follows the session's state until it ends or the session is dropped.
+///
+/// A disconnection long enough that the guards were told `Lost` may still end in a reconnect
+/// to the same session, whose ephemeral nodes are then still there: a lock nobody believes in
+/// any more, keeping everyone else out until the guard is released or the process exits. Those
+/// nodes are deleted on the reconnect.
 async fn watch_session(
+    client: Client,
     mut states: StateWatcher,
     grants: Arc<Mutex<Grants>>,
     grace: Duration,
@@ -167,7 +178,7 @@ async fn watch_session(
                 lost_at = None;
                 let mut g = lock(&grants);
                 g.link = Link::Down { lost: true };
-                for m in g.monitors.values() {
+                for (m, _) in g.monitors.values() {
                     m.report_lost("disconnected from ZooKeeper for so long that the session may have expired");
                 }
             }
@@ -179,7 +190,7 @@ async fn watch_session(
                         if matches!(g.link, Link::Up) {
                             lost_at = Some(Instant::now() + grace);
                             g.link = Link::Down { lost: false };
-                            for m in g.monitors.values() {
+                            for (m, _) in g.monitors.values() {
                                 m.report_unverifiable("disconnected from ZooKeeper");
                             }
                         }
@@ -187,15 +198,37 @@ async fn watch_session(
                     SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
                         lost_at = None;
                         // Same session, so its ephemeral nodes are still there. Guards already
-                        // reported lost stay lost (that is sticky in LeaseMonitor).
+                        // reported lost stay lost (that is sticky in LeaseMonitor), and their
+                        // nodes go: nobody holds those locks any more.
                         g.link = Link::Up;
-                        for m in g.monitors.values() {
+                        let orphans: Vec<u64> = g
+                            .monitors
+                            .iter()
+                            .filter(|(_, (m, _))| m.state() == LockState::Lost)
+                            .map(|(id, _)| *id)
+                            .collect();
+                        let paths: Vec<String> = orphans
+                            .iter()
+                            .filter_map(|id| g.monitors.remove(id))
+                            .map(|(_, path)| path)
+                            .collect();
+                        for (m, _) in g.monitors.values() {
                             m.report_confirmed(None);
+                        }
+                        drop(g);
+                        for path in paths {
+                            let client = client.clone();
+                            tokio::spawn(async move {
+                                match client.delete(&path, None).await {
+                                    Ok(()) => tracing::info!(node = %path, "deleted the node of a lock reported lost during the disconnection"),
+                                    Err(e) => tracing::warn!(node = %path, error = %e, "could not delete the node of a lock reported lost; it goes when the session ends"),
+                                }
+                            });
                         }
                     }
                     SessionState::Expired | SessionState::Closed | SessionState::AuthFailed => {
                         g.link = Link::Ended;
-                        for m in g.monitors.values() {
+                        for (m, _) in g.monitors.values() {
                             m.report_lost(match state {
                                 SessionState::Expired => "the ZooKeeper session expired",
                                 SessionState::AuthFailed => "ZooKeeper authentication failed",

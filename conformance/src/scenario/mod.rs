@@ -556,7 +556,7 @@ async fn run_rep(
                 };
                 out.failover_ms = Some((t_grant - t0) as f64);
                 // A write of the previous holder that arrives late.
-                out.stale_rejected = Some(res.write(0, token_a, wall_ms()).rejected());
+                out.stale_rejected = Some(res.late_write(0, token_a, wall_ms()).rejected());
             }
             "holder_killed" => {
                 let t0 = wall_ms();
@@ -567,7 +567,7 @@ async fn run_rep(
                 };
                 out.failover_ms = Some((t_grant - t0) as f64);
                 // A write the dead holder sent just before dying, delivered late.
-                out.stale_rejected = Some(res.write(0, token_a, wall_ms()).rejected());
+                out.stale_rejected = Some(res.late_write(0, token_a, wall_ms()).rejected());
             }
             "holder_paused" => {
                 let pause_bound = (opts.ttl * 3).max(Duration::from_secs(6));

@@ -59,7 +59,8 @@ pub struct FencedResource {
     sections: Vec<Section>,
     open: BTreeMap<HolderId, usize>,
     highest: Option<u64>,
-    writes: Vec<(HolderId, Option<u64>, i64, WriteOutcome)>,
+    /// (writer, token, t_ms, outcome, sent from inside: `false` for a late delivery).
+    writes: Vec<(HolderId, Option<u64>, i64, WriteOutcome, bool)>,
 }
 
 impl FencedResource {
@@ -99,6 +100,24 @@ impl FencedResource {
 
     /// A write by `holder` with `token` at `t_ms`.
     pub fn write(&mut self, holder: HolderId, token: Option<u64>, t_ms: i64) -> WriteOutcome {
+        self.record_write(holder, token, t_ms, true)
+    }
+
+    /// A write that `holder` sent from inside its critical section, before leaving it, and
+    /// that reaches the resource only now, at `t_ms` (a delayed request of a holder that has
+    /// since left or died). It is checked against the fencing tokens like any write, but it
+    /// is no overlap: it was not made while another holder was inside.
+    pub fn late_write(&mut self, holder: HolderId, token: Option<u64>, t_ms: i64) -> WriteOutcome {
+        self.record_write(holder, token, t_ms, false)
+    }
+
+    fn record_write(
+        &mut self,
+        holder: HolderId,
+        token: Option<u64>,
+        t_ms: i64,
+        from_inside: bool,
+    ) -> WriteOutcome {
         let outcome = match (token, self.highest) {
             (None, _) => WriteOutcome::Unfenced,
             (Some(t), Some(h)) if t < h => WriteOutcome::RejectedStale {
@@ -110,7 +129,8 @@ impl FencedResource {
                 WriteOutcome::Accepted
             }
         };
-        self.writes.push((holder, token, t_ms, outcome));
+        self.writes
+            .push((holder, token, t_ms, outcome, from_inside));
         outcome
     }
 
@@ -143,7 +163,10 @@ impl FencedResource {
     /// (writer, other holder, t_ms).
     pub fn concurrent_writes(&self) -> Vec<(HolderId, HolderId, i64)> {
         let mut found = Vec::new();
-        for &(w, _, t, _) in &self.writes {
+        for &(w, _, t, _, from_inside) in &self.writes {
+            if !from_inside {
+                continue;
+            }
             let writer_inside = self
                 .sections
                 .iter()
@@ -232,6 +255,14 @@ mod tests {
         late.enter(1, Some(2), 200);
         late.write(0, Some(1), 250);
         assert!(!late.overlap_observed());
+        // Nor is a write sent before leaving that arrives in the millisecond of the handover.
+        let mut same_ms = FencedResource::new();
+        same_ms.enter(0, Some(1), 100);
+        same_ms.exit(0, 200);
+        same_ms.enter(1, Some(2), 200);
+        same_ms.write(1, Some(2), 200);
+        assert!(same_ms.late_write(0, Some(1), 200).rejected());
+        assert!(!same_ms.overlap_observed());
         // Learned (and left) before the other holder's grant, recorded in any order.
         let mut first = FencedResource::new();
         first.enter(0, Some(1), 100);

@@ -12,6 +12,9 @@ use sqlx::Connection;
 use tokio::sync::Mutex;
 
 const WARMUP: usize = 200;
+
+/// One measured operation.
+type BoxedOp = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
 const SAMPLES: usize = 2000;
 const ROUNDS: usize = 3;
 
@@ -66,56 +69,77 @@ fn bench(c: &mut Criterion) {
         }
     };
 
+    // A connection of its own, so that each of the three measured paths has one server
+    // process (as warm or cold as the others when its turn comes).
+    let raw2 = Arc::new(Mutex::new(
+        rt.block_on(sqlx::PgConnection::connect(&url)).unwrap(),
+    ));
     let raw_ours = || {
-        let raw = raw.clone();
+        let raw = raw2.clone();
         async move {
             let mut conn = raw.lock().await;
-            let row: (bool, i32, i64) = sqlx::query_as("SELECT pg_try_advisory_lock(k), pg_backend_pid(), k FROM (SELECT hashtextextended($1, 0) AS k) s")
+            let row: (bool, i32, i64, Option<String>) = sqlx::query_as("SELECT pg_try_advisory_lock(k), pg_backend_pid(), k, current_setting('dlock.session', true) FROM (SELECT hashtextextended($1, 0) AS k) s")
                 .bind("bench-floor2")
                 .fetch_one(&mut *conn)
                 .await?;
-            let _: (bool, i32) =
-                sqlx::query_as("SELECT pg_advisory_unlock($1::int8), pg_backend_pid()")
+            let _: (bool, i32, Option<String>) =
+                sqlx::query_as("SELECT pg_advisory_unlock($1::int8), pg_backend_pid(), current_setting('dlock.session', true)")
                     .bind(row.2)
                     .fetch_one(&mut *conn)
                     .await?;
             Ok::<(), sqlx::Error>(())
         }
     };
-    if std::env::var("DLOCK_BENCH_DIAG").is_ok() {
-        let floor = rt
-            .block_on(Samples::collect(WARMUP, SAMPLES, raw_op))
-            .unwrap();
-        let ours = rt
-            .block_on(Samples::collect(WARMUP, SAMPLES, raw_ours))
-            .unwrap();
-        report_vs_floor("diag: our statements on a raw connection", &ours, &floor);
-    }
-    // Warm up both paths, then alternate one floor and one dlock operation, so that load
-    // from other processes on this shared machine hits both alike; three rounds.
+    // Warm up every path, then alternate one floor and one dlock operation, so that load
+    // from other processes on this shared machine hits both alike; three rounds. Then the
+    // breakdown, alternated the same way: dlock's own SQL on a raw connection against the
+    // floor, which is what the server costs without dlock's client side. (Two paths at a
+    // time: with three, the server process of the one measured last has idled longest, which
+    // skews its number.)
     rt.block_on(Samples::collect(WARMUP, 0, raw_op)).unwrap();
+    rt.block_on(Samples::collect(WARMUP, 0, raw_ours)).unwrap();
     rt.block_on(Samples::collect(WARMUP, 0, dlock_op)).unwrap();
+    let alternate = |measured: &dyn Fn() -> BoxedOp, floor: &dyn Fn() -> BoxedOp| {
+        rt.block_on(async {
+            let (mut m, mut f) = (Vec::new(), Vec::new());
+            for _ in 0..SAMPLES {
+                let t = Instant::now();
+                floor().await?;
+                f.push(t.elapsed());
+                let t = Instant::now();
+                measured().await?;
+                m.push(t.elapsed());
+            }
+            anyhow::Ok((Samples::from(m), Samples::from(f)))
+        })
+        .unwrap()
+    };
+    let boxed_dlock = || -> BoxedOp {
+        let op = dlock_op();
+        Box::pin(async move { Ok(op.await?) })
+    };
+    let boxed_floor = || -> BoxedOp {
+        let op = raw_op();
+        Box::pin(async move { Ok(op.await?) })
+    };
+    let boxed_ours = || -> BoxedOp {
+        let op = raw_ours();
+        Box::pin(async move { Ok(op.await?) })
+    };
     for round in 1..=ROUNDS {
-        let (floor, ours) = rt
-            .block_on(async {
-                let (mut floor, mut ours) = (Vec::new(), Vec::new());
-                for _ in 0..SAMPLES {
-                    let t = Instant::now();
-                    raw_op().await?;
-                    floor.push(t.elapsed());
-                    let t = Instant::now();
-                    dlock_op().await?;
-                    ours.push(t.elapsed());
-                }
-                anyhow::Ok((Samples::from(floor), Samples::from(ours)))
-            })
-            .unwrap();
+        let (ours, floor) = alternate(&boxed_dlock, &boxed_floor);
         report_vs_floor(
             &format!("postgres acquire+release (round {round})"),
             &ours,
             &floor,
         );
     }
+    let (stmts, floor) = alternate(&boxed_ours, &boxed_floor);
+    report_vs_floor(
+        "  breakdown: dlock's statements, raw connection",
+        &stmts,
+        &floor,
+    );
 
     let handoff = rt.block_on(handoff(&url, 8, 20));
     println!(

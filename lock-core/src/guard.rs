@@ -15,6 +15,7 @@ use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::name::LockName;
 use crate::observe;
 use crate::options::{LockMode, LockOptions, Renew};
+use crate::supervisors::{Supervisors, Ticket};
 
 /// A fencing token: a number that strictly increases across successive grants of the same
 /// lock name. Pass it to the resource you protect and have the resource reject writes that
@@ -96,6 +97,14 @@ pub trait Lease: Send + Sync + 'static {
     /// backend. Session-based backends and backends with server-side `at_least` override it.
     fn release_after(&self, keep: Duration) -> BoxFuture<'_, Result<bool>> {
         self.extend(keep)
+    }
+
+    /// The backend's supervisor timetable, if it keeps one: then the grant's supervisor task
+    /// is started only when its first renewal or deadline comes due, and a grant released
+    /// before that never costs a task (see [`Supervisors`]). `None` (the default): the
+    /// supervisor task starts with the guard.
+    fn supervisors(&self) -> Option<&Supervisors> {
+        None
     }
 }
 
@@ -401,6 +410,9 @@ pub struct Guard {
     monitor: LeaseMonitor,
     lease: Option<Arc<dyn Lease>>,
     supervisor: Option<JoinHandle<()>>,
+    /// The grant's place in its backend's [`Supervisors`] timetable, until its supervisor
+    /// starts.
+    lazy: Option<Ticket>,
 }
 
 impl fmt::Debug for Guard {
@@ -428,13 +440,34 @@ impl Guard {
             mode = %opts.mode(),
             "acquired"
         );
-        let supervisor = grant.monitor.valid_until().map(|_| {
-            tokio::spawn(supervise(
-                Arc::downgrade(&grant.lease),
-                grant.monitor.clone(),
-                SupervisorPlan::from_options(opts, acquired_at),
-            ))
-        });
+        let (mut supervisor, mut lazy) = (None, None);
+        if let Some(deadline) = grant.monitor.valid_until() {
+            let plan = SupervisorPlan::from_options(opts, acquired_at);
+            let first_renewal = plan
+                .renew_every
+                .map(|every| acquired_at + every)
+                .filter(|at| plan.renew_until.is_none_or(|until| *at <= until));
+            match grant.lease.supervisors() {
+                Some(table) => {
+                    let first_event = first_renewal.map_or(deadline, |r| r.min(deadline));
+                    lazy = Some(table.schedule(
+                        first_event,
+                        Arc::downgrade(&grant.lease),
+                        grant.monitor.clone(),
+                        plan,
+                        first_renewal,
+                    ));
+                }
+                None => {
+                    supervisor = Some(tokio::spawn(supervise(
+                        Arc::downgrade(&grant.lease),
+                        grant.monitor.clone(),
+                        plan,
+                        first_renewal,
+                    )));
+                }
+            }
+        }
         Guard {
             name: grant.name,
             backend: grant.backend,
@@ -445,6 +478,7 @@ impl Guard {
             monitor: grant.monitor,
             lease: Some(grant.lease),
             supervisor,
+            lazy,
         }
     }
 
@@ -582,6 +616,9 @@ impl Guard {
     }
 
     fn stop_supervisor(&mut self) {
+        if let Some(ticket) = self.lazy.take() {
+            ticket.cancel();
+        }
         if let Some(handle) = self.supervisor.take() {
             handle.abort();
         }
@@ -632,7 +669,7 @@ impl Drop for Guard {
 
 /// What the supervisor does for one grant.
 #[derive(Debug, Clone, Copy)]
-struct SupervisorPlan {
+pub(crate) struct SupervisorPlan {
     ttl: Duration,
     /// `None`: no renewal, just the deadline.
     renew_every: Option<Duration>,
@@ -659,11 +696,16 @@ impl SupervisorPlan {
     }
 }
 
-/// Renews the lease on schedule and turns the deadline into `Lost`. Ends when the state is
-/// `Lost` or `Released`, or the guard is gone.
-async fn supervise(lease: std::sync::Weak<dyn Lease>, monitor: LeaseMonitor, plan: SupervisorPlan) {
+/// Renews the lease on schedule (the first renewal at `first_renewal`) and turns the deadline
+/// into `Lost`. Ends when the state is `Lost` or `Released`, or the guard is gone.
+pub(crate) async fn supervise(
+    lease: std::sync::Weak<dyn Lease>,
+    monitor: LeaseMonitor,
+    plan: SupervisorPlan,
+    first_renewal: Option<Instant>,
+) {
     let mut watch = monitor.subscribe();
-    let mut next_renewal = plan.renew_every.map(|every| Instant::now() + every);
+    let mut next_renewal = first_renewal;
     loop {
         let state = monitor.state();
         if matches!(state, LockState::Lost | LockState::Released) {

@@ -13,6 +13,7 @@ mod options;
 mod registry;
 #[cfg(feature = "cron")]
 pub mod schedule;
+mod supervisors;
 
 pub use backend::{Backend, BoxFuture, Capabilities};
 pub use election::{Election, Leadership};
@@ -26,6 +27,7 @@ pub use memory::{MemoryBackend, SCHEME as MEMORY_SCHEME};
 pub use name::LockName;
 pub use options::{LockMode, LockOptions, Renew, Wait};
 pub use registry::{ConnectFn, ConnectUrl, Registry, SchemeStatus, redact};
+pub use supervisors::Supervisors;
 
 use std::sync::Arc;
 

@@ -579,3 +579,80 @@ async fn external_confirmation_moves_the_deadline() {
     assert_eq!(guard.not_held().await, LockState::Lost);
     assert_eq!(start.elapsed(), Duration::from_millis(5500));
 }
+
+/// A lease whose backend keeps a [`lock_core::Supervisors`] timetable: counts its renewals.
+struct Counted {
+    table: lock_core::Supervisors,
+    extends: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl lock_core::Lease for Counted {
+    fn extend(&self, _ttl: Duration) -> lock_core::BoxFuture<'_, lock_core::Result<bool>> {
+        self.extends
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok(true) })
+    }
+    fn release(&self) -> lock_core::BoxFuture<'_, lock_core::Result<bool>> {
+        Box::pin(async { Ok(true) })
+    }
+    fn supervisors(&self) -> Option<&lock_core::Supervisors> {
+        Some(&self.table)
+    }
+}
+
+fn counted_guard(
+    table: &lock_core::Supervisors,
+    opts: &LockOptions,
+) -> (lock_core::Guard, Arc<std::sync::atomic::AtomicUsize>) {
+    use lock_core::{Grant, Guard, LeaseMonitor, lease_deadline};
+    let n = name("job");
+    let start = Instant::now();
+    let extends = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lease = Arc::new(Counted {
+        table: table.clone(),
+        extends: extends.clone(),
+    });
+    let monitor = LeaseMonitor::new(&n, "test", Some(lease_deadline(start, opts.ttl())));
+    let guard = Guard::new(
+        Grant {
+            name: n,
+            backend: "test",
+            token: None,
+            lease,
+            monitor,
+            requested_at: start,
+        },
+        opts,
+    );
+    (guard, extends)
+}
+
+/// With a backend timetable the supervisor starts lazily: a renewed grant is renewed on
+/// schedule all the same, a grant without renewal turns Lost at its deadline, and grants
+/// released early never renew.
+#[tokio::test(start_paused = true)]
+async fn lazily_started_supervisors_renew_and_expire_on_schedule() {
+    let table = lock_core::Supervisors::new();
+    let renewed = LockOptions::new().with_ttl(secs(3));
+    let (held, extends) = counted_guard(&table, &renewed);
+    let (short, short_extends) = counted_guard(&table, &renewed);
+    let (expiring, _) = counted_guard(&table, &no_renew(secs(2)));
+    let start = Instant::now();
+    short.release().await.unwrap();
+    assert_eq!(expiring.not_held().await, LockState::Lost);
+    let lost_after = start.elapsed();
+    assert!(
+        lost_after >= secs(1) && lost_after <= secs(2),
+        "lost after {lost_after:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    // Every ttl/3 = 1 s: ten renewals in 10.5 s (plus the 1-2 s above).
+    let n = extends.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((11..=13).contains(&n), "{n} renewals");
+    assert_eq!(held.state(), LockState::Held);
+    assert_eq!(short_extends.load(std::sync::atomic::Ordering::SeqCst), 0);
+    held.release().await.unwrap();
+    let before = extends.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(secs(5)).await;
+    assert_eq!(extends.load(std::sync::atomic::Ordering::SeqCst), before);
+}

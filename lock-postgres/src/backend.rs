@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
-    Lease, LeaseMonitor, LockMode, LockName, LockOptions, Operation, Renew, Result, Wait,
-    lease_deadline,
+    Lease, LeaseMonitor, LockMode, LockName, LockOptions, Operation, Renew, Result, Supervisors,
+    Wait, lease_deadline,
 };
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -26,6 +26,8 @@ pub struct PgBackend {
     /// The multiplexed lock session for non-waiting acquisitions (opened on first use,
     /// replaced when it dies).
     shared: Mutex<Option<Session>>,
+    /// Starts the guards' supervisors (session checks) only when due.
+    supervisors: Supervisors,
 }
 
 impl fmt::Debug for PgBackend {
@@ -58,6 +60,7 @@ impl PgBackend {
         Ok(PgBackend {
             cfg,
             shared: Mutex::new(Some(session)),
+            supervisors: Supervisors::new(),
         })
     }
 
@@ -149,6 +152,7 @@ impl PgBackend {
             mode,
             id,
             session_deadline: self.cfg.session_deadline,
+            supervisors: self.supervisors.clone(),
         });
         // The session check is the "renewal": it runs every session_deadline/3 and the
         // client-side deadline is session_deadline after each check was sent. The caller's
@@ -203,6 +207,7 @@ struct PgLease {
     mode: LockMode,
     id: u64,
     session_deadline: Duration,
+    supervisors: Supervisors,
 }
 
 impl Lease for PgLease {
@@ -225,6 +230,10 @@ impl Lease for PgLease {
             }
             self.session.check().await
         })
+    }
+
+    fn supervisors(&self) -> Option<&Supervisors> {
+        Some(&self.supervisors)
     }
 
     fn release(&self) -> BoxFuture<'_, Result<bool>> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lock_core::{
     Backend, BoxFuture, Capabilities, Error, ErrorKind, FencingToken, Grant, Guard, Lease,
-    LeaseMonitor, LockName, LockOptions, Operation, Result, lease_deadline,
+    LeaseMonitor, LockName, LockOptions, Operation, Result, Supervisors, lease_deadline,
 };
 use tokio::time::Instant;
 
@@ -47,6 +47,8 @@ struct Shared {
     /// (no lock key can equal it, since names are never empty).
     prefix: Vec<u8>,
     timeout: Duration,
+    /// Starts the guards' renewal supervisors only when due.
+    supervisors: Supervisors,
 }
 
 impl RedisBackend {
@@ -65,6 +67,7 @@ impl RedisBackend {
                 node,
                 prefix: config.prefix,
                 timeout: config.timeout,
+                supervisors: Supervisors::new(),
             }),
         })
     }
@@ -265,6 +268,10 @@ impl RedisLease {
 }
 
 impl Lease for RedisLease {
+    fn supervisors(&self) -> Option<&Supervisors> {
+        Some(&self.shared.supervisors)
+    }
+
     fn extend(&self, ttl: Duration) -> BoxFuture<'_, Result<bool>> {
         Box::pin(self.touch(ttl, false))
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::future::{join_all, select_all};
 use lock_core::{
     Backend, BoxFuture, Capabilities, Error, ErrorKind, Grant, Guard, Lease, LeaseMonitor,
-    LockName, LockOptions, Operation, Result, lease_deadline,
+    LockName, LockOptions, Operation, Result, Supervisors, lease_deadline,
 };
 use tokio::time::Instant;
 
@@ -50,6 +50,8 @@ struct Shared {
     quorum: usize,
     prefix: Vec<u8>,
     timeout: Duration,
+    /// Starts the guards' renewal supervisors only when due.
+    supervisors: Supervisors,
 }
 
 /// How one round over every instance went.
@@ -157,6 +159,7 @@ impl RedlockBackend {
                 quorum,
                 prefix: config.prefix,
                 timeout: config.timeout,
+                supervisors: Supervisors::new(),
             }),
         })
     }
@@ -370,6 +373,10 @@ impl RedlockLease {
 }
 
 impl Lease for RedlockLease {
+    fn supervisors(&self) -> Option<&Supervisors> {
+        Some(&self.shared.supervisors)
+    }
+
     fn extend(&self, ttl: Duration) -> BoxFuture<'_, Result<bool>> {
         Box::pin(self.touch(ttl, false, Operation::Extend))
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
-    Lease, LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Wait,
+    Lease, LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Supervisors, Wait,
     lease_deadline,
 };
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
@@ -85,6 +85,8 @@ impl Sql {
 
 /// ShedLock's JDBC table on PostgreSQL, in database-time mode.
 pub struct ShedPgBackend {
+    /// Starts the guards' renewal supervisors only when due.
+    supervisors: Supervisors,
     cfg: ShedPgConfig,
     pool: PgPool,
     sql: Arc<Sql>,
@@ -199,6 +201,7 @@ impl ShedPgBackend {
         let name_max = size(&cfg.layout.name);
         let locked_by_max = size(&cfg.layout.locked_by).unwrap_or(255);
         Ok(ShedPgBackend {
+            supervisors: Supervisors::new(),
             cfg,
             pool,
             sql: Arc::new(sql),
@@ -276,6 +279,7 @@ impl ShedPgBackend {
             Wait::Forever => Some(requested_at + Duration::from_secs(u32::MAX as u64)),
         };
         let lease = Arc::new(ShedPgLease {
+            supervisors: self.supervisors.clone(),
             pool: self.pool.clone(),
             sql: self.sql.clone(),
             name: name.clone(),
@@ -433,6 +437,7 @@ impl Backend for ShedPgBackend {
 }
 
 struct ShedPgLease {
+    supervisors: Supervisors,
     pool: PgPool,
     sql: Arc<Sql>,
     name: LockName,
@@ -454,6 +459,10 @@ impl ShedPgLease {
 }
 
 impl Lease for ShedPgLease {
+    fn supervisors(&self) -> Option<&Supervisors> {
+        Some(&self.supervisors)
+    }
+
     fn extend(&self, ttl: Duration) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
             let r = sqlx::query(&self.sql.extend)

@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, Grant, Guard, Lease,
-    LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Wait, lease_deadline,
+    LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Supervisors, Wait,
+    lease_deadline,
 };
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
@@ -23,6 +24,8 @@ const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return red
 /// ShedLock's Redis provider: key `job-lock:<env>:<name>`, value
 /// `ADDED:<instant>@<owner>`, `SET NX PX`.
 pub struct ShedRedisBackend {
+    /// Starts the guards' renewal supervisors only when due.
+    supervisors: Supervisors,
     display_url: String,
     prefix: String,
     link: Arc<Link>,
@@ -198,6 +201,7 @@ impl ShedRedisBackend {
             .with_boxed_source(Box::new(e))
         })?;
         Ok(ShedRedisBackend {
+            supervisors: Supervisors::new(),
             display_url: url.to_string(),
             prefix: format!("{key_prefix}:{env}:"),
             link,
@@ -229,6 +233,7 @@ impl ShedRedisBackend {
             Wait::Forever => Some(requested_at + Duration::from_secs(u32::MAX as u64)),
         };
         let lease = Arc::new(ShedRedisLease {
+            supervisors: self.supervisors.clone(),
             link: self.link.clone(),
             key: key.clone(),
             value: value.clone(),
@@ -327,12 +332,17 @@ impl Backend for ShedRedisBackend {
 }
 
 struct ShedRedisLease {
+    supervisors: Supervisors,
     link: Arc<Link>,
     key: String,
     value: String,
 }
 
 impl Lease for ShedRedisLease {
+    fn supervisors(&self) -> Option<&Supervisors> {
+        Some(&self.supervisors)
+    }
+
     fn extend(&self, ttl: Duration) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
             let n: i64 = self

@@ -253,6 +253,30 @@ async fn a_transaction_pooler_is_detected_and_refused() {
     assert!(g.release().await.unwrap());
 }
 
+/// A lock granted after a wait longer than the session deadline should be Held, dated by
+/// a session check at the grant, not by when the waiting request was sent (it used to start
+/// out past its deadline and turn Lost at once).
+#[tokio::test]
+async fn a_grant_after_a_long_wait_is_held() {
+    let pg = fixtures::postgres().await.unwrap();
+    let url = with_query(pg.url(), "session_deadline=1s&check_timeout=500ms");
+    let (a, b) = (connect(&url).await, connect(&url).await);
+    let n = unique("long-wait");
+    let g = a.acquire(&n, &LockOptions::new()).await.unwrap();
+    let waiter = spawn_waiter(&b, &n);
+    wait_for_waiters(pg.url(), 1).await;
+    // The wait must outlast the 1 s session deadline: this is the length of the wait, not a
+    // synchronisation.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(g.release().await.unwrap());
+    let (_, g2) = waiter.await.unwrap();
+    assert_eq!(g2.state(), LockState::Held);
+    // Stays held through several session checks (every deadline/3).
+    let changed = tokio::time::timeout(Duration::from_secs(2), g2.not_held()).await;
+    assert!(changed.is_err(), "the guard left Held: {changed:?}");
+    assert!(g2.release().await.unwrap());
+}
+
 /// Exclusion across processes with `dlock run` and `dlock hold`.
 #[tokio::test]
 async fn exclusion_across_processes() {

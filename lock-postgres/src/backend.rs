@@ -109,13 +109,28 @@ impl PgBackend {
         // holds the lock. The server wakes it the moment the lock is free: no polling.
         let dedicated = Session::open(self.cfg.clone(), self.cfg.key).await?;
         let sent = Instant::now();
-        match dedicated.lock(arg, opts.mode(), wait).await {
-            Ok(grant) => {
-                self.finish(name, opts, dedicated, grant, sent, requested_at)
-                    .await
+        let grant = dedicated.lock(arg, opts.mode(), wait).await?;
+        // The waiting request was sent when the wait began; after a long wait its send time is
+        // too old to date the grant by (the guard would start out past its deadline). A
+        // session check dates it now. If the check fails, `grant` unlocks as it drops.
+        let mut sent = sent;
+        if sent.elapsed() > self.cfg.session_deadline / 4 {
+            let checked = Instant::now();
+            if !dedicated.check().await? {
+                return Err(Error::new(
+                    ErrorKind::Lost,
+                    BACKEND,
+                    Operation::Acquire,
+                    format!(
+                        "lock {:?}: the session ended right after the server granted the lock",
+                        name.as_str()
+                    ),
+                ));
             }
-            Err(e) => Err(e),
+            sent = checked;
         }
+        self.finish(name, opts, dedicated, grant, sent, requested_at)
+            .await
     }
 
     async fn finish(

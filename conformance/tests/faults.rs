@@ -60,6 +60,39 @@ async fn pass_latency_blackhole_heal() {
     assert_eq!(&buf, b"ping");
 }
 
+/// Latency should delay each chunk once, in order, without adding up over a burst (a delay
+/// line, not one sleep per chunk).
+#[tokio::test]
+async fn latency_is_pipelined_and_keeps_order() {
+    let proxy = FaultProxy::start(echo_server().await).await.unwrap();
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    round_trip(&mut s).await.unwrap();
+    proxy.set(Fault::Latency(Duration::from_millis(150)));
+    let t = Instant::now();
+    // Ten chunks 20 ms apart: serial sleeps would need 10 × 300 ms for the echoes.
+    for i in 0..10u8 {
+        s.write_all(&[b'0' + i]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16];
+    while got.len() < 10 {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("echoes arrive")
+            .unwrap();
+        assert!(n > 0, "connection closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let took = t.elapsed();
+    assert_eq!(got, b"0123456789", "order kept");
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "latency added up: {took:?}"
+    );
+}
+
 #[tokio::test]
 async fn reset_sends_rst_and_close_sends_fin() {
     let proxy = FaultProxy::start(echo_server().await).await.unwrap();

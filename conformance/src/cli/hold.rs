@@ -25,11 +25,21 @@ pub(super) async fn hold(args: HoldArgs) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let guard =
-        match acquire_or_signal(&args.lock.url, &name, &opts, &mut sigterm, &mut sigint).await {
-            Ok(g) => g,
-            Err(code) => return code,
-        };
+    // `waiting`: the first try found the lock held elsewhere; the waiting request follows.
+    let announce = || emit(json!({"event": "waiting", "t_ms": now_ms()}));
+    let guard = match acquire_or_signal(
+        &args.lock.url,
+        &name,
+        &opts,
+        &mut sigterm,
+        &mut sigint,
+        announce,
+    )
+    .await
+    {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
     emit(json!({
         "event": "acquired",
         "token": guard.token().map(|t| t.get()),

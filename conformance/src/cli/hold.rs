@@ -5,7 +5,7 @@ use tokio::io::AsyncReadExt;
 
 use super::opt::HoldArgs;
 use super::{
-    EXIT_LOST, EXIT_OK, acquire_or_signal, lock_request, next_state, now_ms, signals, usage,
+    EXIT_LOST, EXIT_OK, acquire_announcing_wait, lock_request, next_state, now_ms, signals, usage,
 };
 
 /// One event per line. A reader that went away (closed pipe) is not an error worth a panic:
@@ -27,13 +27,13 @@ pub(super) async fn hold(args: HoldArgs) -> i32 {
     };
     // `waiting`: the first try found the lock held elsewhere; the waiting request follows.
     let announce = || emit(json!({"event": "waiting", "t_ms": now_ms()}));
-    let guard = match acquire_or_signal(
+    let guard = match acquire_announcing_wait(
         &args.lock.url,
         &name,
         &opts,
         &mut sigterm,
         &mut sigint,
-        announce,
+        Some(Box::new(announce)),
     )
     .await
     {

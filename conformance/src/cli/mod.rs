@@ -186,23 +186,33 @@ fn signals() -> Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal
 
 /// Connects and acquires, giving up on SIGINT (exit 130) or SIGTERM (exit 143) while
 /// connecting or waiting: a dropped acquisition leaves nothing behind (cancel safety).
-///
-/// When the options wait, the lock is first tried without waiting; if it is held elsewhere,
-/// `on_wait` runs and the waiting acquisition follows (what is left of a bounded wait). So
-/// `on_wait` means "found held, about to wait": the waiting request is sent right after it.
 async fn acquire_or_signal(
     url: &str,
     name: &LockName,
     opts: &LockOptions,
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
-    on_wait: impl FnOnce(),
+) -> Result<dlock::Guard, i32> {
+    acquire_announcing_wait(url, name, opts, sigterm, sigint, None).await
+}
+
+/// [`acquire_or_signal`] that, given `on_wait` and options that wait, first tries the lock
+/// without waiting; if it is held elsewhere, `on_wait` runs and the waiting acquisition
+/// follows (with what is left of a bounded wait). So `on_wait` means "found held, about to
+/// wait": the waiting request is sent right after it.
+async fn acquire_announcing_wait(
+    url: &str,
+    name: &LockName,
+    opts: &LockOptions,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+    on_wait: Option<Box<dyn FnOnce() + Send>>,
 ) -> Result<dlock::Guard, i32> {
     let work = async {
         let backend = connect(url).await?;
         let waits = !matches!(opts.wait(), Wait::No | Wait::For(Duration::ZERO));
         let mut opts = opts.clone();
-        if waits {
+        if let Some(on_wait) = on_wait.filter(|_| waits) {
             let started = tokio::time::Instant::now();
             match backend
                 .acquire(name, &opts.clone().with_wait(Wait::No))

@@ -21,19 +21,11 @@ pub(super) async fn run(args: RunArgs) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let guard = match acquire_or_signal(
-        &args.lock.url,
-        &name,
-        &opts,
-        &mut sigterm,
-        &mut sigint,
-        || {},
-    )
-    .await
-    {
-        Ok(g) => g,
-        Err(code) => return code,
-    };
+    let guard =
+        match acquire_or_signal(&args.lock.url, &name, &opts, &mut sigterm, &mut sigint).await {
+            Ok(g) => g,
+            Err(code) => return code,
+        };
 
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])

@@ -3,16 +3,17 @@
 //! whose wall clock is wrong (`clock_skew`).
 //!
 //! - `latency`: the holder talks to every server through a [`FaultProxy`] (one per server,
-//!   so Redlock's three instances too) that delays each chunk in each direction: by ttl /
-//!   [`ACQUIRE_LINK_DIVISOR`] while it connects and acquires (the acquisition time is
-//!   recorded), then by ttl / [`SLOW_LINK_DIVISOR`] for [`SLOW_PHASE_TTLS`] ttls (phase 1:
-//!   the holder should keep its lock — renewals still land in time — and nobody else is
-//!   granted), then by 1.5 × ttl, longer than the lease (phase 2: renewals arrive too late,
-//!   the lock moves to the waiter — failover = the delay raised → the waiter's grant — and
-//!   the holder should have learned first). Connecting is done on the milder delay because
-//!   clients bound their connection set-up (Redis: 2 s for a few round trips), which a link
-//!   with a round trip of half the lease would fail for reasons that say nothing about
-//!   holding a lock.
+//!   so Redlock's three instances too) that delays each chunk in each direction, in order.
+//!   First a probe holder (its own lock name) connects and acquires through a delay of ttl /
+//!   [`ACQUIRE_LINK_DIVISOR`]: its acquisition time, or why it failed (clients bound their
+//!   connection set-up and requests: Redis 2 s, Redlock 200 ms per instance), goes into the
+//!   notes. Then the holder connects on a clean link, and the delay goes up in steps: ttl /
+//!   [`ACQUIRE_LINK_DIVISOR`], then ttl / [`SLOW_LINK_DIVISOR`], each for
+//!   [`SLOW_PHASE_TTLS`] ttls (the holder should keep its lock — renewals still land in
+//!   time — and nobody else is granted), then 1.5 × ttl, longer than the lease (renewals
+//!   arrive too late and the lock moves to the waiter). The first step at which the holder
+//!   reports trouble or the waiter is granted ends the climb: failover = the start of that
+//!   step → the waiter's grant, and whether the holder learned first.
 //! - `quorum_loss`: on 3 servers (Redlock's instances, a 3-node etcd cluster, a 3-member
 //!   ZooKeeper ensemble) the harness SIGKILLs two (for etcd and ZooKeeper the leader and one
 //!   more), keeps them down for [`OUTAGE_TTLS`] ttls (at least [`OUTAGE_MIN`]) while watching
@@ -146,12 +147,29 @@ pub(super) async fn run_rep(
                 bail!("no server address to put a proxy in front of");
             }
             let url_a = reroute(url, &pairs)?;
+            // A probe holder (its own lock name) connects and acquires through the mildly
+            // slow link, then releases: the acquisition time, or why it failed.
+            let probe_name = format!("{name}-probe");
             let spawned = wall_ms();
+            let mut probe = Holder::spawn(
+                &opts.dlock_bin,
+                &hold_spec(&url_a, &probe_name, opts.ttl, false),
+            )?;
+            match probe.acquired(super::FIRST_GRANT).await {
+                Ok(Some(ev)) => out.acquire_ms = Some((ev.t_ms - spawned) as f64),
+                Ok(None) => {
+                    out.acquire_error = Some(format!("no grant within {:?}", super::FIRST_GRANT))
+                }
+                Err(e) => out.acquire_error = Some(super::first_line(&format!("{e:#}")).into()),
+            }
+            probe.release_and_finish(Duration::from_secs(10)).await;
+            // The holder connects on a clean link; the delays below hit an established
+            // session, which is what renewals live with.
+            for p in &proxies {
+                p.set(Fault::Pass);
+            }
             let (mut a, token_a, mut b) =
                 holder_and_waiter(opts, &url_a, url, &name, &mut res).await?;
-            if let Some(s) = res.sections().iter().find(|s| s.holder == 0) {
-                out.acquire_ms = Some((s.enter_ms - spawned) as f64);
-            }
             let result = latency(opts, &proxies, &mut a, token_a, &mut b, &mut res, &mut out).await;
             conclude(out, &res, a, b, result).await
         }
@@ -240,91 +258,82 @@ async fn latency(
     out: &mut Rep,
 ) -> Result<()> {
     let bound = grant_bound(opts.ttl);
-    let slow = opts.ttl / SLOW_LINK_DIVISOR;
-    // Phase 1: a slow link. The waiter must not get the lock; the holder should stay held.
-    for p in proxies {
-        p.set(Fault::Latency(slow));
-    }
-    let t_slow = wall_ms();
-    let window = opts.ttl * SLOW_PHASE_TTLS;
-    let early = await_grant(b, res, window).await?;
-    let mut states = Vec::new();
-    let lost = drain_states(a, 0, t_slow, res, &mut states);
-    out.kept_held = Some(states.is_empty() && early.is_none());
-    if !states.is_empty() {
-        out.notes.push(format!(
-            "phase 1 ({} ms each way): holder reported {}",
-            slow.as_millis(),
-            states.join(", ")
-        ));
-    }
-    if let Some((t_grant, _)) = early {
-        // The slow link alone cost the lock: that is the measurement.
-        out.notes.push(format!(
-            "phase 1: the waiter was granted at +{} ms of the slow link ({} ms each way)",
-            t_grant - t_slow,
-            slow.as_millis()
-        ));
-        out.failover_ms = Some((t_grant - t_slow) as f64);
-        if let Some(t) = lost {
-            out.learned = Some((t < t_grant, (t_grant - t) as f64));
-        }
-        out.stale_rejected = Some(res.write(0, token_a, wall_ms()).rejected());
-        res.exit(0, wall_ms());
-        return Ok(());
-    }
-    // Phase 2: a delay longer than the lease; renewals land too late.
-    let stall = opts.ttl * 3 / 2;
     let fault_bound = (opts.ttl * 3).max(Duration::from_secs(6));
-    let t0 = wall_ms();
-    for p in proxies {
-        p.set(Fault::Latency(stall));
-    }
-    let grant = await_grant(b, res, fault_bound).await?;
-    let mut states = Vec::new();
-    let mut lost = lost.or(drain_states(a, 0, t0, res, &mut states));
-    if lost.is_none() && grant.is_some() {
-        lost = await_lost(a, 0, t0, bound, res, &mut states).await;
-    }
-    if !states.is_empty() {
-        out.notes.push(format!(
-            "phase 2 ({} ms each way): holder reported {}",
-            stall.as_millis(),
-            states.join(", ")
-        ));
-    }
-    match grant {
-        Some((t_grant, _)) => {
-            out.failover_ms = Some((t_grant - t0) as f64);
-            match lost {
-                Some(t) => out.learned = Some((t < t_grant, (t_grant - t) as f64)),
-                None => out
-                    .notes
-                    .push("phase 2: the holder never reported the loss".to_string()),
-            }
-            out.stale_rejected = Some(res.write(0, token_a, wall_ms()).rejected());
-            res.exit(0, wall_ms());
+    let window = opts.ttl * SLOW_PHASE_TTLS;
+    // The steps: two the lock should survive, one it cannot (longer than the lease).
+    let steps = [
+        (opts.ttl / ACQUIRE_LINK_DIVISOR, Some(window)),
+        (opts.ttl / SLOW_LINK_DIVISOR, Some(window)),
+        (opts.ttl * 3 / 2, None),
+    ];
+    let mut lost = None;
+    for (delay, window) in steps {
+        let each_way = delay.as_millis() as u64;
+        for p in proxies {
+            p.set(Fault::Latency(delay));
         }
-        None => {
+        let t0 = wall_ms();
+        let mut grant = await_grant(b, res, window.unwrap_or(fault_bound)).await?;
+        let mut states = Vec::new();
+        lost = lost.or(drain_states(a, 0, t0, res, &mut states));
+        let troubled = !states.is_empty();
+        if let Some(w) = window {
+            if grant.is_none() && !troubled {
+                // Held through this step: on to a slower link.
+                out.kept_at.push((each_way, true));
+                continue;
+            }
+            out.kept_at.push((each_way, false));
+            if grant.is_none() {
+                // The holder gave up (or doubts) at this delay: the lock is on its way out.
+                grant = await_grant(b, res, fault_bound.saturating_sub(w)).await?;
+                lost = lost.or(drain_states(a, 0, t0, res, &mut states));
+            }
+        }
+        if lost.is_none() && grant.is_some() {
+            lost = await_lost(a, 0, t0, bound, res, &mut states).await;
+        }
+        if !states.is_empty() {
             out.notes.push(format!(
-                "phase 2: not freed within {} s of the delay going up ({}): the slow \
-                 connection stays open",
-                fault_bound.as_secs(),
-                if lost.is_some() {
-                    "the holder reported the loss, but the server kept the lock"
-                } else {
-                    "the holder kept its lock"
-                }
+                "at {each_way} ms each way the holder reported {}",
+                states.join(", ")
             ));
-            for p in proxies {
-                p.set(Fault::Pass);
+        }
+        match grant {
+            Some((t_grant, _)) => {
+                out.moved_at = Some(each_way);
+                out.failover_ms = Some((t_grant - t0) as f64);
+                match lost {
+                    Some(t) => out.learned = Some((t < t_grant, (t_grant - t) as f64)),
+                    None => out
+                        .notes
+                        .push("the slowed holder never reported the loss".to_string()),
+                }
+                out.stale_rejected = Some(res.write(0, token_a, wall_ms()).rejected());
+                res.exit(0, wall_ms());
             }
-            res.exit(0, lost.unwrap_or_else(wall_ms));
-            a.release();
-            if await_grant(b, res, bound).await?.is_none() {
-                bail!("the waiter got no grant after the slowed holder released");
+            None => {
+                out.notes.push(format!(
+                    "not freed within {} s at {each_way} ms each way ({}): the slow \
+                     connection stays open",
+                    fault_bound.as_secs(),
+                    if lost.is_some() {
+                        "the holder reported the loss, but the server kept the lock"
+                    } else {
+                        "the holder kept its lock"
+                    }
+                ));
+                for p in proxies {
+                    p.set(Fault::Pass);
+                }
+                res.exit(0, lost.unwrap_or_else(wall_ms));
+                a.release();
+                if await_grant(b, res, bound).await?.is_none() {
+                    bail!("the waiter got no grant after the slowed holder released");
+                }
             }
         }
+        break;
     }
     Ok(())
 }

@@ -426,11 +426,18 @@ struct Rep {
     learned: Option<(bool, f64)>,
     /// holder_paused: from SIGCONT to the holder's `lost`.
     learn_after_resume_ms: Option<f64>,
-    /// latency: from spawning the holder to its grant through the slow link.
+    /// latency: from spawning the probe holder to its grant through the ttl/10 link…
     acquire_ms: Option<f64>,
-    /// latency / clock_skew: the holder kept its lock through the degraded phase (guard
-    /// stayed held, nobody else granted).
+    /// …or why it got none.
+    acquire_error: Option<String>,
+    /// clock_skew: the skewed holders kept the lock while holding (guards stayed held,
+    /// nobody else granted).
     kept_held: Option<bool>,
+    /// latency: per step the holder went through (delay each way, ms): whether it kept the
+    /// lock (guard held, nobody else granted) for the whole step.
+    kept_at: Vec<(u64, bool)>,
+    /// latency: the delay each way (ms) of the step at which the lock moved.
+    moved_at: Option<u64>,
     /// clock_skew: the behind-clock holder's clean release → the next holder's grant.
     handoff_ms: Option<f64>,
     notes: Vec<String>,
@@ -1001,15 +1008,57 @@ fn aggregate(cell: &mut Cell, reps: &[Rep]) {
     let acquire: Vec<f64> = reps.iter().filter_map(|r| r.acquire_ms).collect();
     if let Some(s) = Stats::of(&acquire) {
         cell.notes.push(format!(
-            "the holder's acquisition through the ttl/10 link (process start and connection \
-             set-up included): {}",
+            "a probe holder's acquisition through the ttl/10 link (process start and \
+             connection set-up included): {}",
             range(s)
+        ));
+    }
+    let failed: Vec<&String> = reps
+        .iter()
+        .filter_map(|r| r.acquire_error.as_ref())
+        .collect();
+    if let Some(first) = failed.first() {
+        cell.notes.push(format!(
+            "a holder could not acquire through the ttl/10 link in {} of {} repetitions \
+             (first: {first})",
+            failed.len(),
+            reps.len()
+        ));
+    }
+    let mut steps: Vec<u64> = reps
+        .iter()
+        .flat_map(|r| r.kept_at.iter().map(|k| k.0))
+        .collect();
+    steps.sort_unstable();
+    steps.dedup();
+    for step in steps {
+        let at: Vec<bool> = reps
+            .iter()
+            .flat_map(|r| r.kept_at.iter())
+            .filter(|k| k.0 == step)
+            .map(|k| k.1)
+            .collect();
+        cell.notes.push(format!(
+            "at {step} ms each way the holder kept the lock (guard held, nobody else granted) \
+             in {} of {} repetitions",
+            at.iter().filter(|k| **k).count(),
+            at.len()
+        ));
+    }
+    let mut moved: Vec<u64> = reps.iter().filter_map(|r| r.moved_at).collect();
+    moved.sort_unstable();
+    moved.dedup();
+    for step in moved {
+        let n = reps.iter().filter(|r| r.moved_at == Some(step)).count();
+        cell.notes.push(format!(
+            "the lock moved at the {step} ms each way step in {n} of {} repetitions",
+            reps.len()
         ));
     }
     let kept: Vec<bool> = reps.iter().filter_map(|r| r.kept_held).collect();
     if !kept.is_empty() {
         cell.notes.push(format!(
-            "the holder kept the lock through the degraded phase (guard held, nobody else \
+            "the skewed holders kept the lock while holding (guards held, nobody else \
              granted) in {} of {} repetitions",
             kept.iter().filter(|k| **k).count(),
             kept.len()
@@ -1056,7 +1105,7 @@ fn scenario_note(scenario: &str) -> &'static str {
             "SIGSTOP until the waiter's grant (or the bound), SIGCONT, then the holder writes with its old token"
         }
         "latency" => {
-            "the holder's traffic to every server through a fault proxy delaying each chunk each way: ttl/10 while it connects and acquires, ttl/4 for 2 ttl (it should keep the lock), then 1.5 ttl; failover = delay raised → waiter's grant (from the ttl/4 step if the lock moved then, see the notes)"
+            "the holder's traffic to every server through a fault proxy delaying each chunk each way: a probe holder acquires through ttl/10; the holder, connected on a clean link, then gets ttl/10 and ttl/4 for 2 ttl each (it should keep the lock), then 1.5 ttl, until it reports trouble or the waiter is granted; failover = start of that step → waiter's grant (the step is in the notes)"
         }
         "quorum_loss" => {
             "2 of 3 servers SIGKILLed (etcd/ZooKeeper: the leader and one more) for 2 ttl (at least 4 s), then restarted; failover = majority answering again → another holder's grant"

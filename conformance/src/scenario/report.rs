@@ -173,11 +173,13 @@ pub fn markdown(r: &Report) -> String {
          when its connection dies is replaced by a fresh one (holder 2 in the notes). `not \
          freed`: the lock survived the restart for the whole bound.\n\
          - **latency**: the holder reaches every server (each of Redlock's three too) through \
-         a fault proxy that delays each chunk, in order, in each direction: ttl/{} while it \
-         connects and acquires (that time is in the notes), ttl/{} for {} ttl — a round trip of \
-         half the lease, which renewals should survive (`kept the lock … in N of M` in the \
-         notes) — then 1.5 ttl, longer than the lease. Failover runs from the step at which the \
-         lock moved (normally the 1.5 ttl one; the notes say when it moved earlier).\n\
+         a fault proxy that delays each chunk, in order, in each direction. A probe holder \
+         first acquires through ttl/{} (its time, or why it failed, is in the notes); the \
+         holder, connected on a clean link, then gets the same delay and ttl/{} (a round \
+         trip of half the lease), each for {} ttl — renewals should survive them (`kept the \
+         lock … in N of M` in the notes) — then 1.5 ttl, longer than the lease. The climb stops \
+         at the first step where the holder reports trouble or the waiter is granted; failover \
+         runs from the start of that step (which step: in the notes).\n\
          - **quorum_loss** (3 servers: Redlock's instances, a 3-node etcd cluster, a 3-member \
          ZooKeeper ensemble started for this scenario): two are SIGKILLed (etcd / ZooKeeper: \
          the leader and one more) for {} ttl (at least {} s), then restarted. Nothing may be \

@@ -206,6 +206,32 @@ pub(super) async fn run_rep(
     }
 }
 
+/// What a holder reported during a scenario, for the notes.
+#[derive(Debug, Default)]
+struct Reported {
+    /// `state at +ms` (from the fault), in order.
+    lines: Vec<String>,
+    /// When it first reported anything but `held` (harness clock, ms).
+    left_held: Option<i64>,
+}
+
+impl Reported {
+    fn state(&mut self, state: &str, t_ms: i64, t0: i64) {
+        self.lines.push(format!("{state} at +{} ms", t_ms - t0));
+        if state != "held" && self.left_held.is_none() {
+            self.left_held = Some(t_ms);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    fn join(&self, sep: &str) -> String {
+        self.lines.join(sep)
+    }
+}
+
 /// The `state` events a holder printed so far, as `state at +ms` (from `t0`); the first
 /// `lost` is recorded as the holder leaving the resource and returned.
 fn drain_states(
@@ -213,19 +239,19 @@ fn drain_states(
     id: super::resource::HolderId,
     t0: i64,
     res: &mut FencedResource,
-    states: &mut Vec<String>,
+    states: &mut Reported,
 ) -> Option<i64> {
     let mut lost = None;
     while let Some(ev) = h.try_event() {
         match &ev.kind {
             EventKind::State(st) => {
-                states.push(format!("{st} at +{} ms", ev.t_ms - t0));
+                states.state(st, ev.t_ms, t0);
                 if st == "lost" && lost.is_none() {
                     lost = Some(ev.t_ms);
                     res.exit(id, ev.t_ms);
                 }
             }
-            EventKind::Ended => states.push(format!("exited at +{} ms", ev.t_ms - t0)),
+            EventKind::Ended => states.lines.push(format!("exited at +{} ms", ev.t_ms - t0)),
             _ => {}
         }
     }
@@ -239,10 +265,10 @@ async fn await_lost(
     t0: i64,
     within: Duration,
     res: &mut FencedResource,
-    states: &mut Vec<String>,
+    states: &mut Reported,
 ) -> Option<i64> {
     let ev = h.state("lost", within).await?;
-    states.push(format!("lost at +{} ms", ev.t_ms - t0));
+    states.state("lost", ev.t_ms, t0);
     res.exit(id, ev.t_ms);
     Some(ev.t_ms)
 }
@@ -274,7 +300,7 @@ async fn latency(
         }
         let t0 = wall_ms();
         let mut grant = await_grant(b, res, window.unwrap_or(fault_bound)).await?;
-        let mut states = Vec::new();
+        let mut states = Reported::default();
         lost = lost.or(drain_states(a, 0, t0, res, &mut states));
         let troubled = !states.is_empty();
         if let Some(w) = window {
@@ -397,7 +423,7 @@ async fn quorum_loss(
     // waiter may have exited at once).
     let left = outage.saturating_sub(Duration::from_millis((wall_ms() - t0).max(0) as u64));
     tokio::time::sleep(left).await;
-    let mut states = Vec::new();
+    let mut states = Reported::default();
     let mut lost = drain_states(a, 0, t0, res, &mut states);
     let t_restart = wall_ms();
     cluster.restart_members(&down).await?;
@@ -434,6 +460,7 @@ async fn quorum_loss(
     if lost.is_none() && grant.is_some() {
         lost = await_lost(a, 0, t0, bound, res, &mut states).await;
     }
+    out.left_held_ms = states.left_held.map(|t| (t - t0) as f64);
     if !states.is_empty() {
         out.notes
             .push(format!("holder reported: {}", states.join(", ")));
@@ -508,7 +535,7 @@ async fn clock_skew(
     // The ahead-clock holder holds; nobody else may be granted, its guard should stay held.
     let t_hold = wall_ms();
     let early = await_grant(b, res, hold).await?;
-    let mut states = Vec::new();
+    let mut states = Reported::default();
     drain_states(a, 0, t_hold, res, &mut states);
     let mut kept = states.is_empty() && early.is_none();
     if !states.is_empty() {
@@ -554,7 +581,7 @@ async fn clock_skew(
         }
         let t_hold_b = wall_ms();
         let early_c = await_grant_as(2, &mut c, res, hold).await?;
-        let mut states = Vec::new();
+        let mut states = Reported::default();
         drain_states(b, 1, t_hold_b, res, &mut states);
         if !states.is_empty() || early_c.is_some() {
             kept = false;

@@ -438,6 +438,9 @@ struct Rep {
     kept_at: Vec<(u64, bool)>,
     /// latency: the delay each way (ms) of the step at which the lock moved.
     moved_at: Option<u64>,
+    /// quorum_loss: from the majority going down to the holder's first state other than
+    /// `held`.
+    left_held_ms: Option<f64>,
     /// clock_skew: the behind-clock holder's clean release → the next holder's grant.
     handoff_ms: Option<f64>,
     notes: Vec<String>,
@@ -1022,6 +1025,16 @@ fn aggregate(cell: &mut Cell, reps: &[Rep]) {
             "a holder could not acquire through the ttl/10 link in {} of {} repetitions \
              (first: {first})",
             failed.len(),
+            reps.len()
+        ));
+    }
+    let left: Vec<f64> = reps.iter().filter_map(|r| r.left_held_ms).collect();
+    if let Some(s) = Stats::of(&left) {
+        cell.notes.push(format!(
+            "the holder's guard left held {} after the majority went down, in {} of {} \
+             repetitions",
+            range(s),
+            left.len(),
             reps.len()
         ));
     }

@@ -160,7 +160,7 @@ pub(super) async fn run_rep(
                 Ok(None) => {
                     out.acquire_error = Some(format!("no grant within {:?}", super::FIRST_GRANT))
                 }
-                Err(e) => out.acquire_error = Some(super::first_line(&format!("{e:#}")).into()),
+                Err(e) => out.acquire_error = Some(cause(&e, &probe_name)),
             }
             probe.release_and_finish(Duration::from_secs(10)).await;
             // The holder connects on a clean link; the delays below hit an established
@@ -204,6 +204,12 @@ pub(super) async fn run_rep(
         }
         other => bail!("scenario {other:?} is not implemented"),
     }
+}
+
+/// The first line of a holder's error, with the lock name (unique per repetition) replaced,
+/// so that the same cause reads the same in every repetition's note.
+fn cause(e: &anyhow::Error, name: &str) -> String {
+    super::first_line(&format!("{e:#}")).replace(name, "<lock>")
 }
 
 /// What a holder reported during a scenario, for the notes.
@@ -408,7 +414,7 @@ async fn quorum_loss(
             out.notes.push(format!(
                 "the waiter exited during the outage ({}); a new waiter was started after \
                  the restart",
-                super::first_line(&format!("{e:#}"))
+                cause(&e, name)
             ));
             None
         }
@@ -441,7 +447,7 @@ async fn quorum_loss(
             Err(e) => {
                 out.notes.push(format!(
                     "the waiter exited after the restart ({}); a new waiter was started",
-                    super::first_line(&format!("{e:#}"))
+                    cause(&e, name)
                 ));
                 b_gone = true;
                 None

@@ -8,6 +8,7 @@
 //! that need the server to notice a vanished client need a real blackhole (a network
 //! namespace whose link goes down).
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,13 +18,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// What the proxy does to the traffic right now (applies to existing connections too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Forward everything.
     Pass,
-    /// Forward everything, each chunk delayed by this much (each direction).
+    /// Forward everything, each chunk delayed by this much (each direction), in order.
+    /// Chunks are pipelined (a delay line): a burst is delayed by `d`, not by `d` per chunk.
+    /// Chunks already delayed keep their due time when the fault changes to `Pass`.
     Latency(Duration),
     /// Forward nothing, keep every socket open. Healing (`Pass`) resumes the flow.
     Blackhole,
@@ -106,52 +110,64 @@ async fn relay(client: TcpStream, server: TcpStream, fault: Arc<watch::Sender<Fa
     let _ = tokio::join!(up, down);
 }
 
+/// How many chunks one direction may hold in its delay line before it stops reading (the
+/// sender then stalls on its full socket buffer, as on a slow link).
+const DELAY_LINE_CHUNKS: usize = 256;
+
 /// Copies one direction, obeying the fault. On `Reset`, the socket is closed with RST.
+///
+/// Every chunk read gets a due time: now for `Pass`, now + d for `Latency(d)`. Chunks leave
+/// in order, each at its due time, while later chunks are already being read: a delay line,
+/// so latency adds to each chunk once instead of accumulating over a burst. While
+/// blackholed nothing leaves and reading stops after the first held chunk.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut fault: watch::Receiver<Fault>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
+    let mut line: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    let mut eof = false;
     loop {
-        let n = tokio::select! {
-            r = from.read(&mut buf) => match r {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            },
-            changed = fault.changed() => {
-                if changed.is_err() { break; }
-                match *fault.borrow_and_update() {
-                    Fault::Reset => { reset(to); return; }
-                    Fault::Close => break,
-                    _ => continue,
-                }
+        let current = *fault.borrow_and_update();
+        match current {
+            Fault::Reset => {
+                reset(to);
+                return;
             }
-        };
-        // Hold the chunk while blackholed; the kernel buffers fill and the sender stalls,
-        // exactly as on a link that stopped delivering.
-        loop {
-            let current = *fault.borrow_and_update();
-            match current {
-                Fault::Pass => break,
-                Fault::Latency(d) => {
-                    tokio::time::sleep(d).await;
-                    break;
+            Fault::Close => break,
+            Fault::Pass | Fault::Latency(_) | Fault::Blackhole => {}
+        }
+        if eof && line.is_empty() {
+            break;
+        }
+        let blackholed = current == Fault::Blackhole;
+        // While blackholed, one chunk is held and reading stops (the sender stalls).
+        let may_read = !eof && line.len() < DELAY_LINE_CHUNKS && (!blackholed || line.is_empty());
+        let due = line.front().map(|(t, _)| *t).filter(|_| !blackholed);
+        tokio::select! {
+            r = from.read(&mut buf), if may_read => match r {
+                Ok(0) | Err(_) => eof = true,
+                Ok(n) => {
+                    let delay = match current {
+                        Fault::Latency(d) => d,
+                        _ => Duration::ZERO,
+                    };
+                    line.push_back((Instant::now() + delay, buf[..n].to_vec()));
                 }
-                Fault::Reset => {
-                    reset(to);
-                    return;
-                }
-                Fault::Close => return,
-                Fault::Blackhole => {
-                    if fault.changed().await.is_err() {
-                        return;
+            },
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                if let Some((_, chunk)) = line.pop_front() {
+                    if to.write_all(&chunk).await.is_err() {
+                        break;
                     }
                 }
             }
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
+            changed = fault.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
         }
     }
     let _ = to.shutdown().await;

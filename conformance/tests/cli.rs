@@ -142,6 +142,22 @@ fn hold_for_prints_acquired_then_released() {
     assert!(ev[0]["t_ms"].as_u64().unwrap() > 1_600_000_000_000);
     assert_eq!(ev[1]["event"], "released");
     assert_eq!(ev[1]["ours"], true);
+
+    // With --wait on a free lock there is nothing to wait for: no `waiting` event.
+    let o = dlock(&[
+        "hold",
+        "--wait",
+        "5s",
+        "--for",
+        "50ms",
+        "--no-stdin",
+        "memory://",
+        "job",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let ev = events(&o.stdout);
+    let kinds: Vec<&str> = ev.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(kinds, ["acquired", "released"], "{ev:?}");
 }
 
 #[test]

@@ -186,6 +186,40 @@ fn compare_quick_writes_a_consistent_report() {
     );
     assert_eq!(cell("redis", "holder_killed")["ttl_ms"], 2000);
     assert!(cell("postgres", "holder_killed")["ttl_ms"].is_null());
+    // Single servers have no quorum; the slow link is measured on both; a skewed wall clock
+    // changes nothing for locks whose leases run on monotonic or server clocks.
+    for b in &backends {
+        assert_eq!(cell(b, "quorum_loss")["status"], "not_applicable", "{b}");
+        let latency = cell(b, "latency");
+        assert_eq!(latency["status"], "measured", "{b}: {latency}");
+        assert!(
+            latency["failover_ms"]["median"].is_number(),
+            "{b}: {latency}"
+        );
+        let skew = cell(b, "clock_skew");
+        if skew["status"] == "not_measured" {
+            // Only when libfaketime is missing, and then the reason says so.
+            assert!(
+                skew["reason"].as_str().unwrap().contains("libfaketime"),
+                "{skew}"
+            );
+            continue;
+        }
+        assert_eq!(skew["status"], "measured", "{b}: {skew}");
+        assert_eq!(skew["overlap_observed"], false, "{b}: {skew}");
+        assert!(skew["failover_ms"]["median"].is_number(), "{b}: {skew}");
+        let notes = skew["notes"].as_array().unwrap();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.as_str().unwrap().contains("holder +1.0 h, waiter -1.0 h")),
+            "the skew was not verified: {skew}"
+        );
+    }
+    if cell("redis", "clock_skew")["status"] == "measured" {
+        // The killed +1 h holder's late write carries a lower token than the new grant.
+        assert_eq!(cell("redis", "clock_skew")["stale_write_rejected"], true);
+    }
 
     // The markdown's failover table carries the JSON's medians.
     let table = md_table(&md, "## Failover time");

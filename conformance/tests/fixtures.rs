@@ -355,6 +355,15 @@ async fn etcd_cluster_writes_with_one_member_down_not_two() -> Result<()> {
     let members = etcdctl(p[0], "5s", &["member", "list"]).await?;
     assert_eq!(members.lines().count(), 3, "{members}");
     etcdctl(p[0], "5s", &["put", "k", "all up"]).await?;
+    // Exactly one member says it leads, and Cluster::leader() names it.
+    let mut leading = Vec::new();
+    for (i, &port) in p.iter().enumerate() {
+        if fixtures::etcd::is_leader(addr(port)).await? {
+            leading.push(i);
+        }
+    }
+    assert_eq!(leading.len(), 1, "{leading:?}");
+    assert_eq!(c.leader().await?, Some(leading[0]));
 
     c.kill_member(0).await?;
     eventually(
@@ -467,6 +476,8 @@ async fn zookeeper_ensemble_writes_with_one_member_down_not_two() -> Result<()> 
         2,
         "{modes:?}"
     );
+    let leader = modes.iter().position(|m| m.contains("leader"));
+    assert_eq!(c.leader().await?, leader, "{modes:?}");
     zk_create(p[0], "/all-up", b"").await?;
 
     c.kill_member(0).await?;

@@ -343,6 +343,9 @@ async fn killed_holder_frees_the_lock_within_its_ttl() -> Result<()> {
     let mut a = Holder::spawn(&["--ttl", "2s", url, name.as_str()])?;
     let t1 = token(&a.expect("acquired", Duration::from_secs(10)).await?)?;
     let mut b = Holder::spawn(&["--ttl", "2s", "--wait", "20s", url, name.as_str()])?;
+    // `waiting` comes first: the try found the lock held.
+    let waiting = b.next(Duration::from_secs(10)).await?;
+    assert_eq!(waiting["event"], "waiting", "{waiting}");
     waiters_on(url, &format!("dlock:{name}"), 1).await?;
     a.signal(libc::SIGKILL);
     let killed_at = Instant::now();

@@ -184,9 +184,12 @@ impl Holder {
         Ok(serde_json::from_str(&line)?)
     }
 
-    /// Waits for the `acquired` event; its token.
+    /// Waits for the `acquired` event (after a `waiting` event, if it waited); its token.
     async fn acquired(&mut self) -> Result<u64> {
-        let e = self.event(Duration::from_secs(20)).await?;
+        let mut e = self.event(Duration::from_secs(20)).await?;
+        if e["event"] == "waiting" {
+            e = self.event(Duration::from_secs(20)).await?;
+        }
         ensure!(e["event"] == "acquired", "expected acquired, got {e}");
         e["token"].as_u64().context("no token")
     }

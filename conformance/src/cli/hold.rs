@@ -5,7 +5,7 @@ use tokio::io::AsyncReadExt;
 
 use super::opt::HoldArgs;
 use super::{
-    EXIT_LOST, EXIT_OK, acquire_or_signal, lock_request, next_state, now_ms, signals, usage,
+    EXIT_LOST, EXIT_OK, acquire_announcing_wait, lock_request, next_state, now_ms, signals, usage,
 };
 
 /// One event per line. A reader that went away (closed pipe) is not an error worth a panic:
@@ -25,11 +25,21 @@ pub(super) async fn hold(args: HoldArgs) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let guard =
-        match acquire_or_signal(&args.lock.url, &name, &opts, &mut sigterm, &mut sigint).await {
-            Ok(g) => g,
-            Err(code) => return code,
-        };
+    // `waiting`: the first try found the lock held elsewhere; the waiting request follows.
+    let announce = || emit(json!({"event": "waiting", "t_ms": now_ms()}));
+    let guard = match acquire_announcing_wait(
+        &args.lock.url,
+        &name,
+        &opts,
+        &mut sigterm,
+        &mut sigint,
+        Some(Box::new(announce)),
+    )
+    .await
+    {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
     emit(json!({
         "event": "acquired",
         "token": guard.token().map(|t| t.get()),

@@ -194,10 +194,44 @@ async fn acquire_or_signal(
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
 ) -> Result<dlock::Guard, i32> {
+    acquire_announcing_wait(url, name, opts, sigterm, sigint, None).await
+}
+
+/// [`acquire_or_signal`] that, given `on_wait` and options that wait, first tries the lock
+/// without waiting; if it is held elsewhere, `on_wait` runs and the waiting acquisition
+/// follows (with what is left of a bounded wait). So `on_wait` means "found held, about to
+/// wait": the waiting request is sent right after it.
+async fn acquire_announcing_wait(
+    url: &str,
+    name: &LockName,
+    opts: &LockOptions,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+    on_wait: Option<Box<dyn FnOnce() + Send>>,
+) -> Result<dlock::Guard, i32> {
     let work = async {
         let backend = connect(url).await?;
+        let waits = !matches!(opts.wait(), Wait::No | Wait::For(Duration::ZERO));
+        let mut opts = opts.clone();
+        if let Some(on_wait) = on_wait.filter(|_| waits) {
+            let started = tokio::time::Instant::now();
+            match backend
+                .acquire(name, &opts.clone().with_wait(Wait::No))
+                .await
+            {
+                Ok(guard) => return Ok(guard),
+                Err(e) if e.kind() == ErrorKind::Contended => {}
+                Err(e) => return Err(report_acquire_error(name, &e)),
+            }
+            on_wait();
+            if let Wait::For(d) = opts.wait() {
+                // At least 1 ms: a zero wait would mean "do not wait" (Contended, not Timeout).
+                let left = d.saturating_sub(started.elapsed());
+                opts = opts.with_wait(Wait::For(left.max(Duration::from_millis(1))));
+            }
+        }
         backend
-            .acquire(name, opts)
+            .acquire(name, &opts)
             .await
             .map_err(|e| report_acquire_error(name, &e))
     };

@@ -31,7 +31,8 @@ pub enum Command {
     Run(RunArgs),
     /// Acquire NAME and hold it, printing one JSON event per line on stdout.
     ///
-    /// Events: {"event":"acquired","token":N|null,"t_ms":…},
+    /// Events: {"event":"waiting","t_ms":…} (with --wait: the lock was found held elsewhere
+    /// and the waiting request follows), {"event":"acquired","token":N|null,"t_ms":…},
     /// {"event":"state","state":"held"|"unverifiable"|"lost","t_ms":…},
     /// {"event":"released","ours":true|false,"t_ms":…}. t_ms is wall-clock milliseconds since the
     /// Unix epoch. Holds until --for elapses, stdin closes (unless --no-stdin), or

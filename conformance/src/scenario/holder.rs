@@ -18,6 +18,8 @@ const STDERR_KEEP: usize = 4096;
 /// What a holder printed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {
+    /// `{"event":"waiting"}`: a first try found the lock held; the waiting request follows.
+    Waiting,
     /// `{"event":"acquired","token":N|null}`.
     Acquired {
         /// The fencing token, if the backend has them.
@@ -41,9 +43,14 @@ pub enum EventKind {
 pub struct Event {
     /// What happened.
     pub kind: EventKind,
-    /// The holder's `t_ms` (wall-clock ms since the Unix epoch); for `Ended` and `Other`,
-    /// the harness's wall clock when it read the line.
+    /// The holder's `t_ms` (wall-clock ms since the Unix epoch) minus the clock skew the
+    /// harness gave it ([`HoldSpec::skew`]), so that it is on the harness's clock; for `Ended`
+    /// and `Other`, the harness's wall clock when it read the line.
     pub t_ms: i64,
+    /// How far the holder's own clock read ahead of the harness's (ms, negative = behind),
+    /// from its uncorrected `t_ms` and the harness's clock when the line was read (so a few
+    /// ms of pipe delay are included); `None` for `Ended` and `Other`.
+    pub clock_ahead_ms: Option<i64>,
     /// When the harness read it.
     pub received: Instant,
 }
@@ -61,6 +68,7 @@ fn parse_line(line: &str) -> EventKind {
         return EventKind::Other(line.to_string());
     };
     match v["event"].as_str() {
+        Some("waiting") => EventKind::Waiting,
         Some("acquired") => EventKind::Acquired {
             token: v["token"].as_u64(),
         },
@@ -70,6 +78,27 @@ fn parse_line(line: &str) -> EventKind {
         },
         _ => EventKind::Other(line.to_string()),
     }
+}
+
+/// `s` without ANSI escape sequences (`ESC [ … letter`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.next() == Some('[') {
+            // Parameters and intermediates up to the final byte (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// How a holder is started.
@@ -83,6 +112,42 @@ pub struct HoldSpec {
     pub ttl: Duration,
     /// `--wait forever` when true; otherwise `--wait` of 30 s.
     pub wait_forever: bool,
+    /// Run the holder with its wall clock shifted (libfaketime), or `None`.
+    pub skew: Option<ClockSkew>,
+}
+
+/// A wall-clock shift for a holder process, by libfaketime (`LD_PRELOAD`).
+///
+/// Only the wall clock (`CLOCK_REALTIME`) is shifted: `FAKETIME_DONT_FAKE_MONOTONIC=1` keeps
+/// `CLOCK_MONOTONIC` true, which is what happens on a host whose clock was set wrong or
+/// stepped by NTP. Lease deadlines run on the monotonic clock, so they must not care.
+#[derive(Debug, Clone)]
+pub struct ClockSkew {
+    /// The libfaketime shared object (see [`find_libfaketime`]).
+    pub lib: std::path::PathBuf,
+    /// The shift, ms (positive = the holder's clock is ahead).
+    pub offset_ms: i64,
+}
+
+/// Where libfaketime's shared object is: `DLOCK_LIBFAKETIME` if set, else the usual
+/// install locations (the multi-threaded variant first: holders are multi-threaded).
+pub fn find_libfaketime() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("DLOCK_LIBFAKETIME").filter(|p| !p.is_empty()) {
+        let p = std::path::PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    let dirs = [
+        "/usr/lib/x86_64-linux-gnu/faketime",
+        "/usr/lib/aarch64-linux-gnu/faketime",
+        "/usr/lib64/faketime",
+        "/usr/lib/faketime",
+        "/usr/local/lib/faketime",
+        "/opt/homebrew/lib/faketime",
+    ];
+    let names = ["libfaketimeMT.so.1", "libfaketime.so.1"];
+    dirs.iter()
+        .flat_map(|d| names.iter().map(move |n| Path::new(d).join(n)))
+        .find(|p| p.is_file())
 }
 
 /// A running `dlock hold` process.
@@ -92,6 +157,7 @@ pub struct Holder {
     events: mpsc::UnboundedReceiver<Event>,
     stderr: Arc<Mutex<String>>,
     pid: u32,
+    clock_ahead_ms: Option<i64>,
 }
 
 impl Holder {
@@ -119,6 +185,14 @@ impl Holder {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        let offset_ms = spec.skew.as_ref().map_or(0, |s| s.offset_ms);
+        if let Some(skew) = &spec.skew {
+            // libfaketime: "+N"/"-N" is an offset in seconds from the real time.
+            let secs = skew.offset_ms / 1000;
+            cmd.env("LD_PRELOAD", &skew.lib)
+                .env("FAKETIME", format!("{secs:+}"))
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         // SAFETY: prctl is async-signal-safe and touches only the child's own state: a holder
         // never outlives the harness.
         unsafe {
@@ -141,22 +215,24 @@ impl Holder {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let kind = parse_line(&line);
-                let t_ms = match &line {
-                    _ if matches!(kind, EventKind::Other(_)) => wall_ms(),
-                    l => serde_json::from_str::<serde_json::Value>(l)
+                let now = wall_ms();
+                let own = match kind {
+                    EventKind::Other(_) => None,
+                    _ => serde_json::from_str::<serde_json::Value>(&line)
                         .ok()
-                        .and_then(|v| v["t_ms"].as_i64())
-                        .unwrap_or_else(wall_ms),
+                        .and_then(|v| v["t_ms"].as_i64()),
                 };
                 let _ = tx.send(Event {
                     kind,
-                    t_ms,
+                    t_ms: own.map_or(now, |t| t - offset_ms),
+                    clock_ahead_ms: own.map(|t| t - now),
                     received: Instant::now(),
                 });
             }
             let _ = tx.send(Event {
                 kind: EventKind::Ended,
                 t_ms: wall_ms(),
+                clock_ahead_ms: None,
                 received: Instant::now(),
             });
         });
@@ -180,6 +256,7 @@ impl Holder {
             events,
             stderr,
             pid,
+            clock_ahead_ms: None,
         })
     }
 
@@ -188,23 +265,39 @@ impl Holder {
         self.pid
     }
 
-    /// What the holder wrote on stderr so far (the first few KB).
+    /// What the holder wrote on stderr so far (the first few KB), without terminal colour
+    /// codes (its log lines may carry them).
     pub fn stderr(&self) -> String {
-        self.stderr
+        let raw = self
+            .stderr
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .trim()
-            .to_string()
+            .clone();
+        strip_ansi(raw.trim())
+    }
+
+    /// How far the holder's clock read ahead of the harness's (ms, negative = behind), from
+    /// the first of its events the harness has consumed; `None` before that.
+    pub fn clock_ahead_ms(&self) -> Option<i64> {
+        self.clock_ahead_ms
+    }
+
+    fn seen(&mut self, ev: Event) -> Event {
+        if self.clock_ahead_ms.is_none() {
+            self.clock_ahead_ms = ev.clock_ahead_ms;
+        }
+        ev
     }
 
     /// The next event, or `None` if none arrives within `within`.
     pub async fn next_event(&mut self, within: Duration) -> Option<Event> {
         match tokio::time::timeout(within, self.events.recv()).await {
-            Ok(Some(ev)) => Some(ev),
+            Ok(Some(ev)) => Some(self.seen(ev)),
             // The reader task ended after sending `Ended`: keep answering `Ended`.
             Ok(None) => Some(Event {
                 kind: EventKind::Ended,
                 t_ms: wall_ms(),
+                clock_ahead_ms: None,
                 received: Instant::now(),
             }),
             Err(_) => None,
@@ -213,11 +306,13 @@ impl Holder {
 
     /// An event that is already there, without waiting.
     pub fn try_event(&mut self) -> Option<Event> {
-        self.events.try_recv().ok()
+        let ev = self.events.try_recv().ok()?;
+        Some(self.seen(ev))
     }
 
     /// Waits up to `within` for the `acquired` event; returns it (token in its kind). Errors
-    /// if the holder ends first or prints anything else first (other than `state` events).
+    /// if the holder ends first or prints anything else first (other than `state` and
+    /// `waiting` events).
     pub async fn acquired(&mut self, within: Duration) -> Result<Option<Event>> {
         let deadline = tokio::time::Instant::now() + within;
         // Bounded: each turn consumes one event or ends at the deadline.
@@ -228,7 +323,7 @@ impl Holder {
             };
             match ev.kind {
                 EventKind::Acquired { .. } => return Ok(Some(ev)),
-                EventKind::State(_) => continue,
+                EventKind::State(_) | EventKind::Waiting => continue,
                 EventKind::Ended => {
                     return Err(anyhow!(
                         "holder {} ended before acquiring: {}",
@@ -238,6 +333,24 @@ impl Holder {
                 }
                 other => return Err(anyhow!("holder {}: unexpected {other:?}", self.pid)),
             }
+        }
+    }
+
+    /// Waits up to `within` for the first event of a holder started with a wait: `waiting`
+    /// (the lock was held; its waiting request follows) or `acquired` (it was free). Errors if
+    /// the holder ends first; `None` if nothing came within `within`.
+    pub async fn waiting_or_acquired(&mut self, within: Duration) -> Result<Option<Event>> {
+        match self.next_event(within).await {
+            None => Ok(None),
+            Some(ev) => match ev.kind {
+                EventKind::Waiting | EventKind::Acquired { .. } => Ok(Some(ev)),
+                EventKind::Ended => Err(anyhow!(
+                    "holder {} ended before waiting: {}",
+                    self.pid,
+                    self.stderr()
+                )),
+                other => Err(anyhow!("holder {}: unexpected {other:?}", self.pid)),
+            },
         }
     }
 
@@ -329,6 +442,10 @@ mod tests {
             EventKind::Acquired { token: None }
         );
         assert_eq!(
+            parse_line(r#"{"event":"waiting","t_ms":1}"#),
+            EventKind::Waiting
+        );
+        assert_eq!(
             parse_line(r#"{"event":"state","state":"lost","t_ms":1}"#),
             EventKind::State("lost".into())
         );
@@ -337,5 +454,14 @@ mod tests {
             EventKind::Released { ours: false }
         );
         assert!(matches!(parse_line("garbage"), EventKind::Other(_)));
+    }
+
+    #[test]
+    fn colour_codes_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m lost"),
+            "2026  WARN lost"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
     }
 }

@@ -4,10 +4,18 @@
 //! injects one fault into the holder, and measures with a harness-owned fenced resource
 //! ([`resource`]) whether two holders were ever inside at once, whether a late write of the
 //! previous holder was rejected by its fencing token, and how long the lock took to reach the
-//! waiter (the failover time). Every backend × scenario cell of the matrix is present in the
-//! report: measured, `not_applicable` (with the reason) or `not_measured` (not implemented yet
-//! — never an invented number).
+//! waiter (the failover time). The fault is injected once the waiter has printed `waiting`
+//! (its first try found the lock held) plus [`WAITER_SETTLE`].
+//!
+//! Faults on the holder: `clean_handoff`, `holder_killed`, `holder_paused`,
+//! `holder_partitioned`, `connection_reset`; on the server: `server_restart`; on the holder's
+//! surroundings ([`degraded`]): `latency` (a slow link to every server), `quorum_loss` (2 of 3
+//! servers down, then back) and `clock_skew` (the holders' wall clocks shifted by an hour).
+//! Every backend × scenario cell of the matrix is present in the report: measured,
+//! `not_applicable` (with the reason) or `not_measured` (with the reason: something the cell
+//! needs is missing here, e.g. libfaketime) — never an invented number.
 
+pub mod degraded;
 pub mod holder;
 mod partition;
 pub mod report;
@@ -49,15 +57,9 @@ pub const SCENARIOS: [&str; 9] = [
     "clock_skew",
 ];
 
-/// The scenarios this build measures.
-pub const MEASURED: [&str; 6] = [
-    "clean_handoff",
-    "holder_killed",
-    "holder_paused",
-    "holder_partitioned",
-    "connection_reset",
-    "server_restart",
-];
+/// The scenarios this build measures (all of them; a cell may still be `not_applicable`,
+/// or `not_measured` when what it needs is missing, e.g. libfaketime for `clock_skew`).
+pub const MEASURED: [&str; 9] = SCENARIOS;
 
 /// Scenarios whose fault sits in a [`FaultProxy`] between the holder and its one server.
 const PROXIED: [&str; 2] = ["holder_partitioned", "connection_reset"];
@@ -66,11 +68,12 @@ const PROXIED: [&str; 2] = ["holder_partitioned", "connection_reset"];
 /// again: the fault's length (long enough for every relay to see it), not a synchronisation.
 pub const RESET_FOR: Duration = Duration::from_millis(200);
 
-/// How long the waiter gets after it was started to connect and queue before the fault is
-/// injected. `dlock hold` prints nothing while it waits, so this is a settle time, not a
-/// handshake; a waiter that had not queued yet would make the failover look slower, never
-/// faster.
-pub const WAITER_SETTLE: Duration = Duration::from_millis(500);
+/// How long the waiter gets after its `waiting` event before the fault is injected. The
+/// harness synchronises on that event (the waiter's first try found the lock held); the
+/// waiting request itself (a blocking call, a subscription, a watch) is sent right after it
+/// and prints nothing, so this short settle covers that one request. A waiter that had not
+/// queued yet would make the failover look slower, never faster.
+pub const WAITER_SETTLE: Duration = Duration::from_millis(100);
 
 /// What `dlock compare` runs.
 #[derive(Debug, Clone)]
@@ -251,12 +254,57 @@ struct Target {
     url: String,
     /// The one server's address, for backends a single proxy can sit in front of.
     addr: Option<std::net::SocketAddr>,
+    /// Every server address in the URL (one proxy each in `latency`); empty when unknown
+    /// (external servers).
+    members: Vec<std::net::SocketAddr>,
     ttl_ms: Option<u64>,
     frees_by: &'static str,
     /// The one server, for backends that have one (restarted by `server_restart`).
     server: Option<fixtures::Server>,
-    /// Other server handles (dropping them stops the servers).
-    _others: Vec<fixtures::Cluster>,
+    /// The servers of a multi-server backend (Redlock's instances, an etcd cluster, a
+    /// ZooKeeper ensemble); `quorum_loss` kills and restarts their members. Dropping it stops
+    /// them.
+    cluster: Option<fixtures::Cluster>,
+}
+
+impl Target {
+    fn single(
+        url: String,
+        server: fixtures::Server,
+        ttl_ms: Option<u64>,
+        frees_by: &'static str,
+    ) -> Target {
+        Target {
+            url,
+            addr: server.addr(),
+            members: server.addr().into_iter().collect(),
+            ttl_ms,
+            frees_by,
+            server: Some(server),
+            cluster: None,
+        }
+    }
+
+    fn multi(
+        url: String,
+        cluster: fixtures::Cluster,
+        ttl_ms: Option<u64>,
+        frees_by: &'static str,
+    ) -> Target {
+        Target {
+            url,
+            addr: None,
+            members: cluster
+                .ports()
+                .into_iter()
+                .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)))
+                .collect(),
+            ttl_ms,
+            frees_by,
+            server: None,
+            cluster: Some(cluster),
+        }
+    }
 }
 
 async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
@@ -264,25 +312,21 @@ async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
     Ok(match backend {
         "postgres" => {
             let pg = fixtures::postgres().await?;
-            Target {
-                url: pg.url().to_string(),
-                addr: pg.addr(),
-                ttl_ms: None,
-                frees_by: "session lock: freed when the holder's connection closes",
-                server: Some(pg),
-                _others: Vec::new(),
-            }
+            Target::single(
+                pg.url().to_string(),
+                pg,
+                None,
+                "session lock: freed when the holder's connection closes",
+            )
         }
         "shedlock-postgres" => {
             let pg = fixtures::postgres().await?;
-            Target {
-                url: format!("shedlock+{}", pg.url()),
-                addr: pg.addr(),
+            Target::single(
+                format!("shedlock+{}", pg.url()),
+                pg,
                 ttl_ms,
-                frees_by: "lock_until in the table (at_most), renewed by the holder",
-                server: Some(pg),
-                _others: Vec::new(),
-            }
+                "lock_until in the table (at_most), renewed by the holder",
+            )
         }
         "redis" | "shedlock-redis" => {
             let r = fixtures::redis().await?;
@@ -297,51 +341,70 @@ async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
                     "key expiry (at_most), renewed by the holder",
                 )
             };
-            Target {
-                url,
-                addr: r.addr(),
-                ttl_ms,
-                frees_by,
-                server: Some(r),
-                _others: Vec::new(),
-            }
+            Target::single(url, r, ttl_ms, frees_by)
         }
         "redlock" => {
             let c = fixtures::redlock(3).await?;
-            Target {
-                url: c.url().to_string(),
-                addr: None,
+            Target::multi(
+                c.url().to_string(),
+                c,
                 ttl_ms,
-                frees_by: "key expiry on a majority of 3 instances, renewed by the holder",
-                server: None,
-                _others: vec![c],
-            }
+                "key expiry on a majority of 3 instances, renewed by the holder",
+            )
         }
         "etcd" => {
             let e = fixtures::etcd().await?;
-            Target {
-                url: e.url().to_string(),
-                addr: e.addr(),
+            Target::single(
+                e.url().to_string(),
+                e,
                 ttl_ms,
-                frees_by: "lease expiry, kept alive by the holder",
-                server: Some(e),
-                _others: Vec::new(),
-            }
+                "lease expiry, kept alive by the holder",
+            )
         }
         "zookeeper" => {
             let z = fixtures::zookeeper().await?;
-            let ms = ttl.as_millis();
-            let sep = if z.url().contains('?') { '&' } else { '?' };
-            Target {
-                url: format!("{}{sep}session_timeout={ms}ms", z.url()),
-                addr: z.addr(),
+            let url = zk_url(z.url(), ttl);
+            Target::single(
+                url,
+                z,
                 ttl_ms,
-                frees_by: "session expiry (ephemeral node), kept alive by the client's pings",
-                server: Some(z),
-                _others: Vec::new(),
-            }
+                "session expiry (ephemeral node), kept alive by the client's pings",
+            )
         }
         other => bail!("unknown backend {other:?} (known: {})", BACKENDS.join(", ")),
+    })
+}
+
+/// A ZooKeeper URL asking for `ttl` as the session timeout.
+fn zk_url(url: &str, ttl: Duration) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}session_timeout={}ms", ttl.as_millis())
+}
+
+/// The 3-member cluster `quorum_loss` needs for etcd and ZooKeeper (always managed: the
+/// scenario kills and restarts members). Other backends use their usual target.
+async fn start_cluster_target(backend: &str, ttl: Duration) -> Result<Target> {
+    let ttl_ms = Some(ttl.as_millis() as u64);
+    Ok(match backend {
+        "etcd" => {
+            let c = fixtures::etcd_cluster(3, fixtures::EtcdOptions::default()).await?;
+            Target::multi(
+                c.url().to_string(),
+                c,
+                ttl_ms,
+                "lease expiry, kept alive by the holder",
+            )
+        }
+        "zookeeper" => {
+            let c = fixtures::zookeeper_ensemble(3, fixtures::ZooKeeperOptions::default()).await?;
+            Target::multi(
+                zk_url(c.url(), ttl),
+                c,
+                ttl_ms,
+                "session expiry (ephemeral node), kept alive by the client's pings",
+            )
+        }
+        other => bail!("{other} has no cluster target"),
     })
 }
 
@@ -378,6 +441,23 @@ struct Rep {
     learned: Option<(bool, f64)>,
     /// holder_paused: from SIGCONT to the holder's `lost`.
     learn_after_resume_ms: Option<f64>,
+    /// latency: from spawning the probe holder to its grant through the ttl/10 link…
+    acquire_ms: Option<f64>,
+    /// …or why it got none.
+    acquire_error: Option<String>,
+    /// clock_skew: the skewed holders kept the lock while holding (guards stayed held,
+    /// nobody else granted).
+    kept_held: Option<bool>,
+    /// latency: per step the holder went through (delay each way, ms): whether it kept the
+    /// lock (guard held, nobody else granted) for the whole step.
+    kept_at: Vec<(u64, bool)>,
+    /// latency: the delay each way (ms) of the step at which the lock moved.
+    moved_at: Option<u64>,
+    /// quorum_loss: from the majority going down to the holder's first state other than
+    /// `held`.
+    left_held_ms: Option<f64>,
+    /// clock_skew: the behind-clock holder's clean release → the next holder's grant.
+    handoff_ms: Option<f64>,
     notes: Vec<String>,
 }
 
@@ -395,6 +475,17 @@ fn lock_name(backend: &str, scenario: &str, rep: usize) -> String {
         std::process::id(),
         wall_ms()
     )
+}
+
+/// How `dlock hold` is started for holder A (`wait_forever` false) or a waiter.
+fn hold_spec(url: &str, name: &str, ttl: Duration, wait_forever: bool) -> HoldSpec {
+    HoldSpec {
+        url: url.to_string(),
+        name: name.to_string(),
+        ttl,
+        wait_forever,
+        skew: None,
+    }
 }
 
 /// Holder A acquires, waiter B is started and settles; returns both with A's grant.
@@ -417,13 +508,25 @@ async fn holder_and_waiter_in(
     name: &str,
     res: &mut FencedResource,
 ) -> Result<(Holder, Option<u64>, Holder)> {
-    let spec = |wait_forever| HoldSpec {
-        url: if wait_forever { url } else { url_a }.to_string(),
-        name: name.to_string(),
-        ttl: opts.ttl,
-        wait_forever,
-    };
-    let mut a = Holder::spawn_in(&opts.dlock_bin, &spec(false), ns_a)?;
+    holder_and_waiter_with(
+        opts,
+        ns_a,
+        hold_spec(url_a, name, opts.ttl, false),
+        hold_spec(url, name, opts.ttl, true),
+        res,
+    )
+    .await
+}
+
+/// [`holder_and_waiter_in`] with the two holders' specs given.
+async fn holder_and_waiter_with(
+    opts: &CompareOptions,
+    ns_a: Option<&crate::netns::Netns>,
+    spec_a: HoldSpec,
+    spec_b: HoldSpec,
+    res: &mut FencedResource,
+) -> Result<(Holder, Option<u64>, Holder)> {
+    let mut a = Holder::spawn_in(&opts.dlock_bin, &spec_a, ns_a)?;
     let ev = match a.acquired(FIRST_GRANT).await {
         Ok(Some(ev)) => ev,
         Ok(None) => {
@@ -441,19 +544,41 @@ async fn holder_and_waiter_in(
     };
     res.enter(0, token, ev.t_ms);
     res.write(0, token, ev.t_ms);
-    let mut b = Holder::spawn(&opts.dlock_bin, &spec(true))?;
-    // Settle: B connects and queues (see WAITER_SETTLE). An event now would be a grant while
-    // A holds: an overlap, recorded as such.
-    if let Some(ev) = b.next_event(WAITER_SETTLE).await {
-        match ev.kind {
-            EventKind::Acquired { token } => res.enter(1, token, ev.t_ms),
-            EventKind::Ended => {
-                let err = b.stderr();
-                a.finish().await;
-                b.finish().await;
-                bail!("the waiter ended before the fault: {err}");
+    let mut b = Holder::spawn(&opts.dlock_bin, &spec_b)?;
+    let b_ended = |err: String| anyhow!("the waiter ended before the fault: {err}");
+    // B tries once, finds the lock held and says `waiting`; a grant instead is an overlap
+    // (A holds), recorded as such.
+    match b.waiting_or_acquired(FIRST_GRANT).await {
+        Ok(Some(Event {
+            kind: EventKind::Acquired { token },
+            t_ms,
+            ..
+        })) => res.enter(1, token, t_ms),
+        Ok(Some(_)) => {
+            // Settle: the waiting request is sent right after the event (see WAITER_SETTLE).
+            if let Some(ev) = b.next_event(WAITER_SETTLE).await {
+                match ev.kind {
+                    EventKind::Acquired { token } => res.enter(1, token, ev.t_ms),
+                    EventKind::Ended => {
+                        let err = b.stderr();
+                        a.finish().await;
+                        b.finish().await;
+                        return Err(b_ended(err));
+                    }
+                    _ => {}
+                }
             }
-            _ => {}
+        }
+        Ok(None) => {
+            let err = b.stderr();
+            a.finish().await;
+            b.finish().await;
+            bail!("the waiter printed neither waiting nor acquired within {FIRST_GRANT:?}: {err}");
+        }
+        Err(e) => {
+            a.finish().await;
+            b.finish().await;
+            return Err(b_ended(format!("{e:#}")));
         }
     }
     Ok((a, token, b))
@@ -501,6 +626,9 @@ async fn run_rep(
     scenario: &str,
     rep: usize,
 ) -> Result<Rep> {
+    if degraded::SCENARIOS.contains(&scenario) {
+        return degraded::run_rep(opts, backend, target, scenario, rep).await;
+    }
     let name = lock_name(backend, scenario, rep);
     let url = target.url.as_str();
     let mut res = FencedResource::new();
@@ -749,12 +877,7 @@ async fn run_rep(
                 if grant.is_none() && b_ended(&mut b).await {
                     let mut w = Holder::spawn(
                         &opts.dlock_bin,
-                        &HoldSpec {
-                            url: url.to_string(),
-                            name: name.clone(),
-                            ttl: opts.ttl,
-                            wait_forever: true,
-                        },
+                        &hold_spec(url, &name, opts.ttl, true),
                     )?;
                     grant = await_grant_as(2, &mut w, &mut res, restart_bound).await?;
                     c = Some(w);
@@ -822,6 +945,18 @@ async fn run_rep(
         Ok(())
     }
     .await;
+    conclude(out, &res, a, b, result).await
+}
+
+/// The end of every repetition: overlap and rejection notes from the resource, the two
+/// holders stopped, an error carrying their stderr.
+async fn conclude(
+    mut out: Rep,
+    res: &FencedResource,
+    a: Holder,
+    b: Holder,
+    result: Result<()>,
+) -> Result<Rep> {
     out.overlap = res.overlap_observed();
     if out.overlap {
         let pairs: Vec<String> = res
@@ -948,6 +1083,83 @@ fn aggregate(cell: &mut Cell, reps: &[Rep]) {
             s.median
         ));
     }
+    let range = |s: Stats| format!("{:.0} ms (median; {:.0}–{:.0})", s.median, s.min, s.max);
+    let acquire: Vec<f64> = reps.iter().filter_map(|r| r.acquire_ms).collect();
+    if let Some(s) = Stats::of(&acquire) {
+        cell.notes.push(format!(
+            "a probe holder's acquisition through the ttl/10 link (process start and \
+             connection set-up included): {}",
+            range(s)
+        ));
+    }
+    let failed: Vec<&String> = reps
+        .iter()
+        .filter_map(|r| r.acquire_error.as_ref())
+        .collect();
+    if let Some(first) = failed.first() {
+        cell.notes.push(format!(
+            "a holder could not acquire through the ttl/10 link in {} of {} repetitions \
+             (first: {first})",
+            failed.len(),
+            reps.len()
+        ));
+    }
+    let left: Vec<f64> = reps.iter().filter_map(|r| r.left_held_ms).collect();
+    if let Some(s) = Stats::of(&left) {
+        cell.notes.push(format!(
+            "the holder's guard left held {} after the majority went down, in {} of {} \
+             repetitions",
+            range(s),
+            left.len(),
+            reps.len()
+        ));
+    }
+    let mut steps: Vec<u64> = reps
+        .iter()
+        .flat_map(|r| r.kept_at.iter().map(|k| k.0))
+        .collect();
+    steps.sort_unstable();
+    steps.dedup();
+    for step in steps {
+        let at: Vec<bool> = reps
+            .iter()
+            .flat_map(|r| r.kept_at.iter())
+            .filter(|k| k.0 == step)
+            .map(|k| k.1)
+            .collect();
+        cell.notes.push(format!(
+            "at {step} ms each way the holder kept the lock (guard held, nobody else granted) \
+             in {} of {} repetitions",
+            at.iter().filter(|k| **k).count(),
+            at.len()
+        ));
+    }
+    let mut moved: Vec<u64> = reps.iter().filter_map(|r| r.moved_at).collect();
+    moved.sort_unstable();
+    moved.dedup();
+    for step in moved {
+        let n = reps.iter().filter(|r| r.moved_at == Some(step)).count();
+        cell.notes.push(format!(
+            "the lock moved at the {step} ms each way step in {n} of {} repetitions",
+            reps.len()
+        ));
+    }
+    let kept: Vec<bool> = reps.iter().filter_map(|r| r.kept_held).collect();
+    if !kept.is_empty() {
+        cell.notes.push(format!(
+            "the skewed holders kept the lock while holding (guards held, nobody else \
+             granted) in {} of {} repetitions",
+            kept.iter().filter(|k| **k).count(),
+            kept.len()
+        ));
+    }
+    let handoff: Vec<f64> = reps.iter().filter_map(|r| r.handoff_ms).collect();
+    if let Some(s) = Stats::of(&handoff) {
+        cell.notes.push(format!(
+            "clean release by the -1 h holder → the unskewed waiter's grant: {}",
+            range(s)
+        ));
+    }
     let mut seen = std::collections::BTreeSet::new();
     for n in reps.iter().flat_map(|r| r.notes.iter()) {
         // Notes that repeat across repetitions once; overlap details are per repetition.
@@ -980,6 +1192,15 @@ fn scenario_note(scenario: &str) -> &'static str {
         }
         "holder_paused" => {
             "SIGSTOP until the waiter's grant (or the bound), SIGCONT, then the holder writes with its old token"
+        }
+        "latency" => {
+            "the holder's traffic to every server through a fault proxy delaying each chunk each way: a probe holder acquires through ttl/10; the holder, connected on a clean link, then gets ttl/10 and ttl/4 for 2 ttl each (it should keep the lock), then 1.5 ttl, until it reports trouble or the waiter is granted; failover = start of that step → waiter's grant (the step is in the notes)"
+        }
+        "quorum_loss" => {
+            "2 of 3 servers SIGKILLed (etcd/ZooKeeper: the leader and one more) for 2 ttl (at least 4 s), then restarted; failover = majority answering again → another holder's grant"
+        }
+        "clock_skew" => {
+            "holder's wall clock +1 h, waiter's -1 h (libfaketime, monotonic clock untouched); each holds 1.5 ttl against a waiter; failover = SIGKILL of the +1 h holder → the -1 h waiter's grant"
         }
         _ => "",
     }
@@ -1112,9 +1333,46 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
                 continue;
             }
             done += 1;
+            // quorum_loss on etcd and ZooKeeper runs on a 3-member cluster of its own (the
+            // other scenarios use a single server); it stops when the cell is done.
+            let cluster_target;
+            let target = if scenario == "quorum_loss" && matches!(*backend, "etcd" | "zookeeper") {
+                eprintln!("[compare] {backend}: starting a 3-member cluster for {scenario}");
+                match start_cluster_target(backend, opts.ttl).await {
+                    Ok(t) => {
+                        cluster_target = t;
+                        &cluster_target
+                    }
+                    Err(e) => {
+                        eprintln!("[compare] {backend}: cannot start the cluster: {e:#}");
+                        cells.push(Cell::empty(
+                            backend,
+                            scenario,
+                            Status::Failed,
+                            Some(format!("the 3-member cluster did not start: {e:#}")),
+                        ));
+                        continue;
+                    }
+                }
+            } else {
+                &target
+            };
+            if let Some(why) = degraded::not_measurable(scenario, target) {
+                cells.push(Cell::empty(
+                    backend,
+                    scenario,
+                    Status::NotMeasured,
+                    Some(why),
+                ));
+                continue;
+            }
             let mut cell = Cell::empty(backend, scenario, Status::Measured, None);
             cell.ttl_ms = target.ttl_ms;
             cell.notes.push(scenario_note(scenario).to_string());
+            if target.cluster.is_some() && scenario == "quorum_loss" {
+                cell.notes
+                    .push(format!("servers: {}", dlock::redact(&target.url)));
+            }
             let mut reps = Vec::new();
             let mut failure = None;
             for rep in 0..opts.repeat {
@@ -1123,7 +1381,7 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
                     rep + 1,
                     opts.repeat
                 );
-                match run_rep(opts, backend, &target, scenario, rep).await {
+                match run_rep(opts, backend, target, scenario, rep).await {
                     Ok(r) => reps.push(r),
                     Err(e) => {
                         eprintln!("[compare] {backend} × {scenario}: failed: {e:#}");
@@ -1171,8 +1429,10 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             quick,
             fault_injection: format!(
                 "signals to the holder process (SIGKILL, SIGSTOP/SIGCONT); stdin close for the \
-                 clean release; an in-process TCP fault proxy between the holder and its server \
-                 (blackhole, RST); SIGKILL and restart of the server process; {}",
+                 clean release; an in-process TCP fault proxy between the holder and its \
+                 server(s) (blackhole, RST, added latency); SIGKILL and restart of the server \
+                 process, or of 2 of 3 cluster members; the holder's wall clock shifted with \
+                 libfaketime; {}",
                 partition::fault_injection(&cells)
             ),
         },

@@ -173,11 +173,38 @@ pub fn markdown(r: &Report) -> String {
          data; the failover includes the restart time (in the notes). A waiter that gives up \
          when its connection dies is replaced by a fresh one (holder 2 in the notes). `not \
          freed`: the lock survived the restart for the whole bound.\n\
-         - The waiter is given {} ms after starting to connect and queue before the fault (the \
-         holder process prints nothing while waiting); this can only make a failover look \
-         slower, never faster.\n\
-         - Cells `not measured` are scenarios this build does not run yet; `n/a` cannot apply \
-         (reason in `comparison.json`). No number in these tables is estimated.",
+         - **latency**: the holder reaches every server (each of Redlock's three too) through \
+         a fault proxy that delays each chunk, in order, in each direction. A probe holder \
+         first acquires through ttl/{} (its time, or why it failed, is in the notes); the \
+         holder, connected on a clean link, then gets the same delay and ttl/{} (a round \
+         trip of half the lease), each for {} ttl — renewals should survive them (`kept the \
+         lock … in N of M` in the notes) — then 1.5 ttl, longer than the lease. The climb stops \
+         at the first step where the holder reports trouble or the waiter is granted; failover \
+         runs from the start of that step (which step: in the notes).\n\
+         - **quorum_loss** (3 servers: Redlock's instances, a 3-node etcd cluster, a 3-member \
+         ZooKeeper ensemble started for this scenario): two are SIGKILLed (etcd / ZooKeeper: \
+         the leader and one more) for {} ttl (at least {} s), then restarted. Nothing may be \
+         granted while the majority is down (a grant would be in the notes); failover runs \
+         from the majority answering again to another holder's grant (a waiter that gave up \
+         during the outage is replaced). Single servers: `n/a`.\n\
+         - **clock_skew**: the holder's wall clock is {} h ahead, the waiter's as far behind \
+         (libfaketime; `CLOCK_MONOTONIC` untouched, as when a host's clock is set wrong or \
+         stepped). Each holds 1.5 ttl against a waiting holder (the notes say whether the lock \
+         stayed put); failover = SIGKILL of the ahead holder → the behind waiter's grant; the \
+         behind holder then releases cleanly to an unskewed one. The skew is verified from the \
+         holders' own timestamps, which the harness shifts back before using them.\n\
+         - The fault is injected once the waiter has printed `waiting` (its first try found the \
+         lock held) and {} ms more for its waiting request to reach the server; a waiter that \
+         had not queued yet could only make a failover look slower, never faster.\n\
+         - Cells `not measured` could not be run here (the reason says why, e.g. libfaketime \
+         missing, external servers); `n/a` cannot apply (reason in `comparison.json`). No \
+         number in these tables is estimated.",
+        super::degraded::ACQUIRE_LINK_DIVISOR,
+        super::degraded::SLOW_LINK_DIVISOR,
+        super::degraded::SLOW_PHASE_TTLS,
+        super::degraded::OUTAGE_TTLS,
+        super::degraded::OUTAGE_MIN.as_secs(),
+        super::degraded::SKEW_MS / 3_600_000,
         super::WAITER_SETTLE.as_millis()
     );
     if let Some(table) = bench_markdown(r) {

@@ -61,11 +61,17 @@ impl Holder {
         Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
     }
 
-    /// Waits for the `acquired` event and returns its token.
+    /// Waits for the `acquired` event (after a `waiting` event, if it waited) and returns its
+    /// token.
     pub fn acquired(&mut self) -> Option<u64> {
-        let ev = self
+        let mut ev = self
             .next_event()
             .expect("dlock hold ended before acquiring");
+        if ev["event"] == "waiting" {
+            ev = self
+                .next_event()
+                .expect("dlock hold ended before acquiring");
+        }
         assert_eq!(ev["event"], "acquired", "{ev}");
         ev["token"].as_u64()
     }

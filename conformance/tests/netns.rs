@@ -9,6 +9,15 @@ use std::process::Command;
 use conformance::fixtures::process_alive;
 use conformance::netns::{self, Netns};
 
+/// The tests here change machine-wide state (namespaces, interfaces, nftables tables, and
+/// the sweep of leftovers); they take turns. (Run side by side, the sweep test once found the
+/// live namespace of a concurrent test gone; not explained yet.)
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn create() -> Netns {
     Netns::create().unwrap_or_else(|e| {
         panic!(
@@ -41,6 +50,7 @@ fn exists(ns: &str, ifname: &str, table: &str) -> (bool, bool, bool) {
 /// namespace, the host end of the veth and the nftables table.
 #[test]
 fn a_namespace_is_made_and_removed_whole() {
+    let _serial = serial();
     let ns = create();
     let (name, ifname) = (ns.name().to_string(), ns.host_ifname().to_string());
     let table = name.replace('-', "_");
@@ -74,6 +84,7 @@ fn a_namespace_is_made_and_removed_whole() {
 /// create; what a live process has stays.
 #[test]
 fn leftovers_of_dead_processes_are_swept_and_live_ones_kept() {
+    let _serial = serial();
     let live = create();
     // A pid that is not running (pid_max is at most 4194304).
     let dead = (3_000_000u32..4_000_000)
@@ -112,6 +123,7 @@ fn leftovers_of_dead_processes_are_swept_and_live_ones_kept() {
 /// The /30s of two namespaces do not overlap.
 #[test]
 fn two_namespaces_get_different_subnets() {
+    let _serial = serial();
     let (a, b) = (create(), create());
     let net = |ip: Ipv4Addr| u32::from(ip) & !3;
     assert_ne!(net(a.host_addr()), net(b.host_addr()), "{a:?} {b:?}");

@@ -1,6 +1,7 @@
 //! The `etcd://` backend: connecting, capabilities, the ttl rules.
 
 use std::fmt;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, Guard, LockName, LockOptions,
     Operation, Result,
 };
+use tokio::time::Instant;
 
 use crate::NAME;
 use crate::config::Config;
@@ -29,6 +31,10 @@ pub(crate) struct Inner {
     /// The smallest lease TTL this server grants, in seconds (probed at connect).
     pub min_ttl_secs: i64,
     pub pool: Mutex<LeasePool>,
+    /// The round trip of the last answered keepalive, in microseconds (0: none yet).
+    pub last_rtt_micros: AtomicU64,
+    /// When the connections were last replaced (see [`crate::link::reconnect`]).
+    pub last_reconnect: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for EtcdBackend {
@@ -129,6 +135,8 @@ impl EtcdBackend {
                 config,
                 min_ttl_secs,
                 pool: Mutex::new(LeasePool::default()),
+                last_rtt_micros: AtomicU64::new(0),
+                last_reconnect: Mutex::new(None),
             }),
         })
     }

@@ -31,7 +31,8 @@ pub(crate) struct Inner {
     /// The smallest lease TTL this server grants, in seconds (probed at connect).
     pub min_ttl_secs: i64,
     pub pool: Mutex<LeasePool>,
-    /// The round trip of the last answered keepalive, in microseconds (0: none yet).
+    /// The round trip of the last answered keepalive (at first: of the probe's revoke), in
+    /// microseconds; 0 when unknown.
     pub last_rtt_micros: AtomicU64,
     /// When the connections were last replaced (see [`crate::link::reconnect`]).
     pub last_reconnect: Mutex<Option<Instant>>,
@@ -121,13 +122,20 @@ impl EtcdBackend {
         )
         .await?;
         let min_ttl_secs = probe.ttl().max(1);
-        let _ = call(
+        // The revoke travels on the connection the grant opened: its round trip is the first
+        // estimate of how long a keepalive takes (see `lease::keep_alive`).
+        let revoking = Instant::now();
+        let revoked = call(
             Operation::Connect,
             &what,
             config.request_timeout,
             leases.revoke(probe.id()),
         )
         .await;
+        let first_rtt = match revoked {
+            Ok(_) => u64::try_from(revoking.elapsed().as_micros()).unwrap_or(u64::MAX),
+            Err(_) => 0,
+        };
         tracing::debug!(url = %config.display, min_ttl_secs, "connected to etcd");
         Ok(EtcdBackend {
             inner: Arc::new(Inner {
@@ -135,7 +143,7 @@ impl EtcdBackend {
                 config,
                 min_ttl_secs,
                 pool: Mutex::new(LeasePool::default()),
-                last_rtt_micros: AtomicU64::new(0),
+                last_rtt_micros: AtomicU64::new(first_rtt),
                 last_reconnect: Mutex::new(None),
             }),
         })

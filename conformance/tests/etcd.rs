@@ -766,6 +766,43 @@ async fn a_200ms_burst_of_connection_resets_does_not_cost_the_lock() -> Result<(
     Ok(())
 }
 
+/// Over a slow link (100 ms added to every chunk each way, so that a keepalive and the key
+/// check after it take a few hundred milliseconds of a 667 ms renewal budget) the guard should
+/// stay `Held` through several renewals: a keepalive that is merely slow may be doubled on a
+/// fresh connection, but must not be abandoned or make the guard unverifiable.
+#[tokio::test]
+async fn a_slow_link_keeps_the_lock_held_through_renewals() -> Result<()> {
+    init_tracing();
+    let server = fixtures::managed_etcd(fast()).await?;
+    let upstream = server.addr().context("a managed etcd has an address")?;
+    let proxy = FaultProxy::start(upstream).await?;
+    let holder = EtcdBackend::connect(&format!("etcd://{}", proxy.addr())).await?;
+    let name = unique("slow-link");
+    let ttl = Duration::from_secs(2);
+    let g = holder
+        .acquire(&name, &LockOptions::new().with_ttl(ttl))
+        .await?;
+    let mut states = record_states(g.watch());
+    proxy.set(Fault::Latency(Duration::from_millis(100)));
+    let first = g.valid_until().context("etcd guards have a deadline")?;
+    // Four renewals' worth: if any had failed past the deadline, the guard would be Lost by
+    // then, and one that failed at all would have shown as Unverifiable.
+    let end = first + ttl;
+    let changed = timeout_at(end, states.recv()).await;
+    let renewed_to = g.valid_until();
+    proxy.set(Fault::Pass);
+    ensure!(
+        changed.is_err(),
+        "the guard changed state over a slow link: {changed:?}"
+    );
+    ensure!(
+        renewed_to.is_some_and(|d| d > end),
+        "the lease was not renewed over the slow link"
+    );
+    ensure!(g.release().await?, "still ours");
+    Ok(())
+}
+
 /// `at_least` should keep the lock taken after an early release (on a lease nobody keeps
 /// alive), and the lock should free itself afterwards.
 #[tokio::test]

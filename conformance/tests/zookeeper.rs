@@ -744,7 +744,7 @@ async fn a_killed_holder_frees_the_lock_after_about_one_session_timeout() -> Res
 
 /// SIGSTOP the holder past its session timeout: the lock is handed on (the server cannot tell a
 /// pause from a crash), and once resumed the holder learns from the session's expiry that it
-/// lost the lock: well before dlock's own disconnection timer (2/5 of the timeout) could say
+/// lost the lock: well before dlock's own disconnection timer (about 57 % of the timeout) could say
 /// so, which shows the expired-session path turning the guard `Lost`.
 #[tokio::test]
 async fn a_paused_holder_learns_of_the_loss_soon_after_it_resumes() -> Result<()> {

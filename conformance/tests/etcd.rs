@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use conformance::faults::{Fault, FaultProxy};
 use conformance::fixtures::{self, EtcdOptions};
 use dlock::etcd::EtcdBackend;
 use dlock::etcd::etcd_client::{GetOptions, SortOrder, SortTarget};
@@ -20,7 +21,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, timeout, timeout_at};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -647,6 +648,158 @@ async fn missed_keepalives_make_the_guard_unverifiable_then_lost_at_its_deadline
         "server paused: unverifiable after {unverifiable_after:?}, lost after {:?}",
         lost_at - paused
     );
+    Ok(())
+}
+
+/// Every state change of a guard with when it happened, until it is `Lost` or released.
+fn record_states(mut watch: dlock::StateWatch) -> mpsc::UnboundedReceiver<(LockState, Instant)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let state = watch.changed().await;
+            if tx.send((state, watch.state_since())).is_err()
+                || matches!(state, LockState::Lost | LockState::Released)
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// A 200 ms burst of connection resets between the holder and etcd, well inside a 2 s lease,
+/// should cost the holder nothing: its keepalives resume once the link is back, its guard goes
+/// at worst `Unverifiable` and then `Held` again (never `Lost`), the lock stays its own (release
+/// says so), and a client queued straight at the server is granted only after that release.
+#[tokio::test]
+async fn a_200ms_burst_of_connection_resets_does_not_cost_the_lock() -> Result<()> {
+    init_tracing();
+    let server = fixtures::managed_etcd(fast()).await?;
+    let upstream = server.addr().context("a managed etcd has an address")?;
+    let proxy = FaultProxy::start(upstream).await?;
+    let holder = EtcdBackend::connect(&format!("etcd://{}", proxy.addr())).await?;
+    let direct = EtcdBackend::connect(server.url()).await?;
+    let name = unique("reset-blip");
+    let ttl = Duration::from_secs(2);
+    let g = holder
+        .acquire(&name, &LockOptions::new().with_ttl(ttl))
+        .await?;
+    let mut states = record_states(g.watch());
+    let waiter = tokio::spawn({
+        let direct = direct.clone();
+        let name = name.clone();
+        async move {
+            let g = direct
+                .acquire(&name, &opts(2000).with_wait(Wait::Forever))
+                .await?;
+            anyhow::Ok((g, Instant::now()))
+        }
+    });
+    queue_len_is(&direct, &name, 2).await?;
+
+    // Start the resets 50 ms before the guard's next keepalive, so that the keepalive meets
+    // them: the renewal is sent a third of the ttl after the last acknowledged one, whose send
+    // time the deadline gives away.
+    let deadline = g.valid_until().context("etcd guards have a deadline")?;
+    let last_sent = deadline - (ttl - dlock::drift_allowance(ttl));
+    let mut start = last_sent + ttl / 3 - Duration::from_millis(50);
+    while start < Instant::now() + Duration::from_millis(10) {
+        start += ttl / 3;
+    }
+    tokio::time::sleep_until(start).await;
+    // The deadline the resets threaten: unless a keepalive sent after this point is answered,
+    // the guard turns Lost here.
+    let threatened = g.valid_until().context("etcd guards have a deadline")?;
+    proxy.set(Fault::Reset);
+    // The length of the fault, not a synchronisation.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.set(Fault::Pass);
+    let healed = Instant::now();
+
+    // Measurement probe (not a synchronisation): the first instant the guard is Held with a
+    // deadline beyond the threatened one, i.e. a keepalive got through after the resets.
+    let held_again = timeout_at(threatened + Duration::from_millis(300), async {
+        loop {
+            match g.state() {
+                LockState::Held if g.valid_until().is_some_and(|d| d > threatened) => {
+                    return Some(Instant::now());
+                }
+                LockState::Lost | LockState::Released => return None,
+                _ => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    })
+    .await;
+    let mut history = Vec::new();
+    while let Ok((state, at)) = states.try_recv() {
+        history.push((state, at.saturating_duration_since(healed)));
+    }
+    let held_again = match held_again {
+        Ok(Some(at)) => at,
+        _ => bail!(
+            "the guard did not renew its lease after a 200 ms reset (state {}; changes, from \
+             the end of the resets: {history:?})",
+            g.state()
+        ),
+    };
+    eprintln!(
+        "etcd connection reset for 200 ms: keepalives answered again {:?} after the network \
+         was back; guard state changes: {history:?}",
+        held_again.saturating_duration_since(healed)
+    );
+    ensure!(
+        history.iter().all(|(s, _)| *s != LockState::Lost),
+        "the guard turned lost: {history:?}"
+    );
+    ensure!(
+        !waiter.is_finished(),
+        "the queued client was granted the lock while we held it"
+    );
+    let releasing = Instant::now();
+    ensure!(g.release().await?, "the lock should still have been ours");
+    let (g2, granted) = timeout(Duration::from_secs(10), waiter).await???;
+    ensure!(granted >= releasing, "granted before our release");
+    ensure!(g2.release().await?);
+    while let Ok((s, _)) = states.try_recv() {
+        ensure!(s != LockState::Lost, "the guard turned lost");
+    }
+    Ok(())
+}
+
+/// Over a slow link (100 ms added to every chunk each way, so that a keepalive and the key
+/// check after it take a few hundred milliseconds of a 667 ms renewal budget) the guard should
+/// stay `Held` through several renewals: a keepalive that is merely slow may be doubled on a
+/// fresh connection, but must not be abandoned or make the guard unverifiable.
+#[tokio::test]
+async fn a_slow_link_keeps_the_lock_held_through_renewals() -> Result<()> {
+    init_tracing();
+    let server = fixtures::managed_etcd(fast()).await?;
+    let upstream = server.addr().context("a managed etcd has an address")?;
+    let proxy = FaultProxy::start(upstream).await?;
+    let holder = EtcdBackend::connect(&format!("etcd://{}", proxy.addr())).await?;
+    let name = unique("slow-link");
+    let ttl = Duration::from_secs(2);
+    let g = holder
+        .acquire(&name, &LockOptions::new().with_ttl(ttl))
+        .await?;
+    let mut states = record_states(g.watch());
+    proxy.set(Fault::Latency(Duration::from_millis(100)));
+    let first = g.valid_until().context("etcd guards have a deadline")?;
+    // Four renewals' worth: if any had failed past the deadline, the guard would be Lost by
+    // then, and one that failed at all would have shown as Unverifiable.
+    let end = first + ttl;
+    let changed = timeout_at(end, states.recv()).await;
+    let renewed_to = g.valid_until();
+    proxy.set(Fault::Pass);
+    ensure!(
+        changed.is_err(),
+        "the guard changed state over a slow link: {changed:?}"
+    );
+    ensure!(
+        renewed_to.is_some_and(|d| d > end),
+        "the lease was not renewed over the slow link"
+    );
+    ensure!(g.release().await?, "still ours");
     Ok(())
 }
 

@@ -747,7 +747,7 @@ async fn a_killed_holder_frees_the_lock_after_about_one_session_timeout() -> Res
 
 /// SIGSTOP the holder past its session timeout: the lock is handed on (the server cannot tell a
 /// pause from a crash), and once resumed the holder learns from the session's expiry that it
-/// lost the lock: well before dlock's own disconnection timer (2/5 of the timeout) could say
+/// lost the lock: well before dlock's own disconnection timer (about 57 % of the timeout) could say
 /// so, which shows the expired-session path turning the guard `Lost`.
 #[tokio::test]
 async fn a_paused_holder_learns_of_the_loss_soon_after_it_resumes() -> Result<()> {
@@ -932,6 +932,107 @@ async fn a_lock_reported_lost_during_a_disconnection_is_freed_on_reconnect() -> 
         .unwrap_err();
     ensure!(err.kind() == ErrorKind::Contended, "{err}");
     ensure!(g2.release().await?);
+    Ok(())
+}
+
+/// Every state change of a guard with when it happened (as the guard learned it), until it is
+/// `Lost` or released.
+fn record_states(
+    mut watch: dlock::StateWatch,
+) -> tokio::sync::mpsc::UnboundedReceiver<(LockState, tokio::time::Instant)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let state = watch.changed().await;
+            if tx.send((state, watch.state_since())).is_err()
+                || matches!(state, LockState::Lost | LockState::Released)
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// A 200 ms burst of connection resets between the holder and its server, well inside a 2 s
+/// session timeout, should cost the holder nothing: its client reconnects to the same session,
+/// the guard goes `Unverifiable` and then `Held` again (never `Lost`), release reports the lock
+/// was still ours, and a client queued straight at the server is granted only after that
+/// release.
+#[tokio::test]
+async fn a_200ms_burst_of_connection_resets_does_not_cost_the_lock() -> Result<()> {
+    use conformance::faults::{Fault, FaultProxy};
+    use tokio::time::Instant;
+    init_tracing();
+    let server = fixtures::managed_zookeeper(ZooKeeperOptions::default()).await?;
+    let proxy = FaultProxy::start(first_addr(server.url())?).await?;
+    let base = format!("/{}", unique("reset-blip"));
+    let options = format!("base={base}&session_timeout=2s");
+    let holder = connect(&with_options(&format!("zk://{}", proxy.addr()), &options)).await?;
+    let direct_url = with_options(server.url(), &options);
+    let other = connect(&direct_url).await?;
+
+    let g = holder.acquire(&name("job"), &LockOptions::new()).await?;
+    let mut states = record_states(g.watch());
+    let waiter = tokio::spawn({
+        let other = Arc::clone(&other);
+        async move {
+            let g = other
+                .acquire(&name("job"), &wait_for(Duration::from_secs(60)))
+                .await?;
+            anyhow::Ok((g, Instant::now()))
+        }
+    });
+    children_count_is(&direct_url, &format!("{base}/job"), 2).await?;
+
+    proxy.set(Fault::Reset);
+    // The length of the fault, not a synchronisation.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.set(Fault::Pass);
+    let healed = Instant::now();
+
+    let (first, _) = tokio::time::timeout(Duration::from_secs(10), states.recv())
+        .await
+        .context("the reset should have disconnected the holder")?
+        .context("state recorder ended")?;
+    let held_again = if first == LockState::Held {
+        // Unverifiable and back before the recorder looked.
+        Instant::now()
+    } else {
+        ensure!(
+            first == LockState::Unverifiable,
+            "a reset should make the guard unverifiable, not {first}"
+        );
+        let (next, at) = tokio::time::timeout(Duration::from_secs(10), states.recv())
+            .await
+            .context("the guard never turned back to held")?
+            .context("state recorder ended")?;
+        ensure!(
+            next == LockState::Held,
+            "after a 200 ms reset, the guard should turn held again, not {next} ({:?} after \
+             the network was back)",
+            at.saturating_duration_since(healed)
+        );
+        at
+    };
+    eprintln!(
+        "zookeeper connection reset for 200 ms, session_timeout=2s: held again {:?} after the \
+         network was back",
+        held_again.saturating_duration_since(healed)
+    );
+    ensure!(g.state() == LockState::Held, "got {}", g.state());
+    ensure!(
+        !waiter.is_finished(),
+        "the queued client was granted the lock while we held it"
+    );
+    let releasing = Instant::now();
+    ensure!(g.release().await?, "the lock should still have been ours");
+    let (g2, granted) = tokio::time::timeout(Duration::from_secs(10), waiter).await???;
+    ensure!(granted >= releasing, "granted before our release");
+    ensure!(g2.release().await?);
+    while let Ok((s, _)) = states.try_recv() {
+        ensure!(s != LockState::Lost, "the guard turned lost");
+    }
     Ok(())
 }
 

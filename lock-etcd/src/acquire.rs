@@ -236,7 +236,7 @@ async fn take_lease(inner: &Arc<Inner>, secs: i64, ttl: Duration) -> Result<Leas
         if age < ttl / 2 {
             let sent = Instant::now();
             let limit = renewal_limit(ttl, inner.config.request_timeout);
-            if let Ok(true) = keep_alive(&inner.client, lease.id, limit, Operation::Acquire).await {
+            if let Ok(true) = keep_alive(inner, lease.id, limit, Operation::Acquire).await {
                 lease.acked_sent = sent;
                 return Ok(lease);
             }

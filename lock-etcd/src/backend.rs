@@ -1,6 +1,7 @@
 //! The `etcd://` backend: connecting, capabilities, the ttl rules.
 
 use std::fmt;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, Guard, LockName, LockOptions,
     Operation, Result,
 };
+use tokio::time::Instant;
 
 use crate::NAME;
 use crate::config::Config;
@@ -29,6 +31,11 @@ pub(crate) struct Inner {
     /// The smallest lease TTL this server grants, in seconds (probed at connect).
     pub min_ttl_secs: i64,
     pub pool: Mutex<LeasePool>,
+    /// The round trip of the last answered keepalive (at first: of the probe's revoke), in
+    /// microseconds; 0 when unknown.
+    pub last_rtt_micros: AtomicU64,
+    /// When the connections were last replaced (see [`crate::link::reconnect`]).
+    pub last_reconnect: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for EtcdBackend {
@@ -115,13 +122,20 @@ impl EtcdBackend {
         )
         .await?;
         let min_ttl_secs = probe.ttl().max(1);
-        let _ = call(
+        // The revoke travels on the connection the grant opened: its round trip is the first
+        // estimate of how long a keepalive takes (see `lease::keep_alive`).
+        let revoking = Instant::now();
+        let revoked = call(
             Operation::Connect,
             &what,
             config.request_timeout,
             leases.revoke(probe.id()),
         )
         .await;
+        let first_rtt = match revoked {
+            Ok(_) => u64::try_from(revoking.elapsed().as_micros()).unwrap_or(u64::MAX),
+            Err(_) => 0,
+        };
         tracing::debug!(url = %config.display, min_ttl_secs, "connected to etcd");
         Ok(EtcdBackend {
             inner: Arc::new(Inner {
@@ -129,6 +143,8 @@ impl EtcdBackend {
                 config,
                 min_ttl_secs,
                 pool: Mutex::new(LeasePool::default()),
+                last_rtt_micros: AtomicU64::new(first_rtt),
+                last_reconnect: Mutex::new(None),
             }),
         })
     }

@@ -7,16 +7,19 @@
 //! recent (at most a third of the ttl old, or refreshed with one keepalive while younger than
 //! half the ttl), and is otherwise left to expire.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use lock_core::{BoxFuture, Error, ErrorKind, Lease, Operation, Result, lease_deadline};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::NAME;
 use crate::backend::Inner;
 use crate::error::{call, from_etcd, retry, timed_out};
+use crate::link::{Backoff, reconnect};
 
 /// At most this many idle leases are pooled; more are left to expire.
 const POOL_MAX: usize = 16;
@@ -75,23 +78,90 @@ pub(crate) fn renewal_limit(ttl: Duration, request_timeout: Duration) -> Duratio
         .min(request_timeout)
 }
 
-/// One keepalive round trip: `Ok(true)` when the server renewed the lease, `Ok(false)` when
-/// the lease no longer exists.
+/// One keepalive of lease `id`, on a fresh connection if need be: `Ok(true)` when the server
+/// renewed the lease, `Ok(false)` when the lease no longer exists, an error when no attempt was
+/// answered within `limit`.
+///
+/// The first attempt goes down the current connection. When it has no answer after
+/// [`stall_after`] (four times the last keepalive round trip, between 50 ms and half of
+/// `limit`), or fails, the connection is replaced ([`reconnect`]) and another attempt sent,
+/// earlier ones staying in flight; then again after pauses of 25 ms, 50 ms, … (jittered, at
+/// most a quarter of `limit`) until one is answered or `limit` has passed. Callers measure the
+/// lease deadline from before this call, so an answer to a later attempt never moves the
+/// deadline further than an answer to the first one would have.
 pub(crate) async fn keep_alive(
-    client: &Client,
+    inner: &Inner,
     id: i64,
     limit: Duration,
     op: Operation,
 ) -> Result<bool> {
-    let mut leases = client.lease_client();
-    match tokio::time::timeout(limit, leases.keep_alive(id)).await {
-        // The stream (and its request sender) close when dropped here.
-        Ok(Ok(_)) => Ok(true),
-        // etcd-client's wording for a keepalive answered with TTL 0.
-        Ok(Err(etcd_client::Error::LeaseKeepAliveError(m))) if m.contains("not found") => Ok(false),
-        Ok(Err(e)) => Err(from_etcd(op, "lease keepalive", e)),
-        Err(_) => Err(timed_out(op, "lease keepalive", limit)),
+    let until = Instant::now() + limit;
+    let mut backoff = Backoff::new(Duration::from_millis(25), limit / 4);
+    let mut attempts = JoinSet::new();
+    spawn_keep_alive(&mut attempts, inner, id);
+    let mut next_try = Instant::now() + stall_after(inner, limit);
+    let mut last_error = None;
+    loop {
+        tokio::select! {
+            done = attempts.join_next(), if !attempts.is_empty() => {
+                match done {
+                    Some(Ok((Ok(()), rtt))) => {
+                        let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+                        inner.last_rtt_micros.store(micros, Ordering::Relaxed);
+                        return Ok(true);
+                    }
+                    // etcd-client's wording for a keepalive answered with TTL 0.
+                    Some(Ok((Err(etcd_client::Error::LeaseKeepAliveError(m)), _)))
+                        if m.contains("not found") => return Ok(false),
+                    Some(Ok((Err(e), _))) => {
+                        let e = from_etcd(op, "lease keepalive", e);
+                        if e.kind() != ErrorKind::Connection {
+                            return Err(e);
+                        }
+                        tracing::debug!(lease = id, error = %e, "keepalive failed");
+                        last_error = Some(e);
+                    }
+                    // A task cannot panic here; a cancelled one is simply gone.
+                    Some(Err(_)) | None => {}
+                }
+                if attempts.is_empty() {
+                    // Nothing left in flight: the next attempt need not wait for a stall.
+                    next_try = next_try.min(Instant::now() + backoff.pause());
+                }
+            }
+            _ = tokio::time::sleep_until(next_try), if next_try < until => {
+                reconnect(inner, until).await;
+                spawn_keep_alive(&mut attempts, inner, id);
+                next_try = Instant::now() + backoff.pause();
+            }
+            _ = tokio::time::sleep_until(until) => {
+                // Dropping the set aborts the attempts still in flight.
+                return Err(last_error.unwrap_or_else(|| timed_out(op, "lease keepalive", limit)));
+            }
+        }
     }
+}
+
+/// How long a keepalive may go unanswered before its connection counts as stalled: four times
+/// the last keepalive round trip, at least 50 ms, at most half of `limit`.
+fn stall_after(inner: &Inner, limit: Duration) -> Duration {
+    let rtt = Duration::from_micros(inner.last_rtt_micros.load(Ordering::Relaxed));
+    (rtt * 4).max(Duration::from_millis(50)).min(limit / 2)
+}
+
+/// Sends one keepalive of `id` in its own task; it yields the outcome and its round trip.
+fn spawn_keep_alive(
+    attempts: &mut JoinSet<(std::result::Result<(), etcd_client::Error>, Duration)>,
+    inner: &Inner,
+    id: i64,
+) {
+    let mut leases = inner.client.lease_client();
+    attempts.spawn(async move {
+        let sent = Instant::now();
+        // The stream (and its request sender) close when dropped here.
+        let outcome = leases.keep_alive(id).await.map(drop);
+        (outcome, sent.elapsed())
+    });
 }
 
 /// Revokes `id` on the current runtime without waiting (cancelled acquisitions, leases whose
@@ -146,7 +216,7 @@ impl EtcdLease {
         let inner = &self.inner;
         let limit = renewal_limit(ttl, inner.config.request_timeout);
         let sent = Instant::now();
-        if !keep_alive(&inner.client, handle.id, limit, Operation::Extend).await? {
+        if !keep_alive(inner, handle.id, limit, Operation::Extend).await? {
             return Ok(false);
         }
         self.lease

@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod layout;
 mod lease;
+mod link;
 mod wait;
 
 use std::sync::Arc;

@@ -183,8 +183,7 @@ impl Waiter<'_> {
     async fn keep_alive(&mut self) -> Result<bool> {
         let limit = renewal_limit(self.ttl, self.inner.config.request_timeout);
         let sent = Instant::now();
-        let alive =
-            keep_alive(&self.inner.client, self.lease.id, limit, Operation::Acquire).await?;
+        let alive = keep_alive(self.inner, self.lease.id, limit, Operation::Acquire).await?;
         if alive {
             self.lease.acked_sent = sent;
             self.next_keepalive = sent + self.ttl / 3;

@@ -43,8 +43,12 @@ struct Grants {
 impl Session {
     /// Opens a session with the servers in `config`.
     pub async fn open(config: &Config) -> Result<Arc<Session>> {
+        let configured = connection_timeout(config.session_timeout);
         let mut connector = Client::connector()
             .with_session_timeout(config.session_timeout)
+            // See `connection_timeout`: a reconnection whose connection never answers is given
+            // up after a quarter of the session timeout, not 2/5 of it.
+            .with_connection_timeout(configured)
             // Fail at once when no server accepts a connection, rather than after the
             // session timeout (only affects this first connect).
             .with_fail_eagerly();
@@ -67,9 +71,11 @@ impl Session {
                 Err(_) => return Err(error::no_answer(Operation::Connect, &what, limit)),
             };
         let timeout = client.session_timeout();
+        let connection = effective_connection_timeout(timeout, configured);
         tracing::debug!(
             session = %client.session_id(),
             timeout_ms = timeout.as_millis() as u64,
+            connection_timeout_ms = connection.as_millis() as u64,
             "ZooKeeper session open"
         );
         let grants = Arc::new(Mutex::new(Grants {
@@ -82,7 +88,7 @@ impl Session {
             client.clone(),
             client.state_watcher(),
             Arc::clone(&grants),
-            lost_grace(timeout),
+            lost_grace(timeout, connection),
             stopped,
         ));
         Ok(Arc::new(Session {
@@ -141,20 +147,51 @@ impl Session {
     }
 }
 
+/// The connection timeout dlock gives the client: a quarter of the session timeout.
+///
+/// zookeeper-client uses this one value for two things: an established connection that has
+/// not heard from the server for this long is declared dead (the client pings after 3/8 of it
+/// of silence), and a connection attempt — TCP connect, then the session handshake — that has
+/// not completed after this long is abandoned, after which the client tries again (100–200 ms
+/// later with one server). The first reconnection attempt starts at once after a connection
+/// breaks, so after a short outage it is often a connection opened *during* the outage; if
+/// that one never answers (a half-open socket, a lost handshake), only this timeout ends the
+/// wait. The client's default, 2/5 of the session timeout, leaves no time for the second
+/// attempt before a guard must turn `Lost`; a quarter of it does (see [`lost_grace`]), at the
+/// price of tolerating round trips only up to about an eighth of the session timeout (the
+/// ping after 3/8 of silence, plus one 1/8 check tick, must be answered within the timeout).
+pub(crate) fn connection_timeout(session_timeout: Duration) -> Duration {
+    session_timeout / 4
+}
+
+/// The connection timeout the client ends up using with the negotiated session timeout
+/// `session`: the configured one, unless it exceeds 3/5 of the session timeout (a server that
+/// lowered the timeout we asked for), in which case the client falls back to 2/5 of it.
+pub(crate) fn effective_connection_timeout(session: Duration, configured: Duration) -> Duration {
+    if configured.is_zero() || configured > session * 3 / 5 {
+        session * 2 / 5
+    } else {
+        configured
+    }
+}
+
 /// How long after a disconnection the session may still be alive on the server, minus a
 /// safety margin: the guard turns `Lost` then, before the server can expire the session and
 /// hand the lock to someone else.
 ///
-/// The client declares a connection dead after 2/5 of the session timeout without hearing from
-/// the server, checked every 1/20 of it. The server's timer runs from the last request it
+/// The client declares a connection dead after `connection` without hearing from the server,
+/// checked every eighth of `connection`. The server's timer runs from the last request it
 /// received, which was sent before the last reply we got; so when the client reports the
-/// disconnection, at least `timeout × (1 − 2/5 − 1/20)` = 11/20 of the timeout (less one
-/// round trip) remains before the server may expire the session. We wait 2/5 of the timeout
-/// minus the usual drift allowance (1 % + 2 ms), which leaves 3/20 of it as margin for a slow
-/// scheduler or network.
-pub(crate) fn lost_grace(timeout: Duration) -> Duration {
+/// disconnection, at least `timeout − connection × 9/8` (less one round trip) remains before
+/// the server may expire the session. We keep a margin of 3/20 of the timeout plus the usual
+/// drift allowance (1 % + 2 ms) for a slow scheduler or network. With the client's default
+/// connection timeout (2/5) that is 2/5 of the timeout minus the drift; with dlock's (1/4) it
+/// is about 57 % of it.
+pub(crate) fn lost_grace(timeout: Duration, connection: Duration) -> Duration {
+    let detection = connection + connection / 8;
+    let margin = timeout * 3 / 20;
     let drift = timeout / 100 + Duration::from_millis(2);
-    (timeout * 2 / 5).saturating_sub(drift)
+    timeout.saturating_sub(detection + margin + drift)
 }
 
 /// Follows the session's state until it ends or the session is dropped.
@@ -265,11 +302,33 @@ mod tests {
     fn the_grace_ends_before_the_server_can_expire_the_session() {
         for ms in [400u64, 2_000, 10_000, 40_000] {
             let t = Duration::from_millis(ms);
-            let grace = lost_grace(t);
-            // Detection after 2/5 plus one 1/20 check tick: the server's timer has at least
-            // 11/20 left; keep a margin of at least 3/20.
-            assert!(grace <= t * 8 / 20, "{t:?}: {grace:?}");
-            assert!(grace > t * 7 / 20, "{t:?}: {grace:?} is needlessly short");
+            for connection in [connection_timeout(t), t * 2 / 5] {
+                let grace = lost_grace(t, connection);
+                // Detection after the connection timeout plus one check tick: at least a
+                // margin of 3/20 of the session timeout is left when the guard turns Lost.
+                assert!(
+                    connection + connection / 8 + grace <= t * 17 / 20,
+                    "{t:?}/{connection:?}: {grace:?}"
+                );
+                assert!(
+                    grace > t * 7 / 20,
+                    "{t:?}/{connection:?}: {grace:?} is needlessly short"
+                );
+            }
+            // The client's own default gives the grace dlock always used.
+            let drift = t / 100 + Duration::from_millis(2);
+            assert_eq!(lost_grace(t, t * 2 / 5), (t * 2 / 5).saturating_sub(drift));
         }
+    }
+
+    #[test]
+    fn the_client_falls_back_to_two_fifths_when_the_configured_timeout_is_too_long() {
+        let s = Duration::from_secs(10);
+        assert_eq!(
+            effective_connection_timeout(s, connection_timeout(s)),
+            s / 4
+        );
+        assert_eq!(effective_connection_timeout(s, s), s * 2 / 5);
+        assert_eq!(effective_connection_timeout(s, Duration::ZERO), s * 2 / 5);
     }
 }

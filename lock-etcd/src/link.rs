@@ -1,0 +1,121 @@
+//! Getting a fresh connection when the current one broke or went silent.
+//!
+//! etcd-client sends every request through one tonic channel, which keeps one HTTP/2
+//! connection per endpoint and opens a new one, with no pause, only when the old one has
+//! *failed* (an RST, a FIN, a refused connect). A connection that stays open but carries
+//! nothing — one opened while the link was down and never answered, a half-open socket after
+//! a reset — is not noticed before its HTTP/2 ping times out (10 s + 5 s here: etcd refuses
+//! pings more often than every 5 s). Meanwhile every request on it waits, so a lease's
+//! keepalives stop although the network is back, and the lease expires.
+//!
+//! [`reconnect`] replaces the channel's connections: every endpoint is removed and inserted
+//! again, so the next request waits for a newly opened connection instead of being sent down
+//! the silent one (a plain insert would replace the old connection only once the new one is
+//! ready, and the balancer could still pick the old one). Requests already in flight finish
+//! (or time out) on the old connection, which closes after them.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::backend::Inner;
+
+/// Two reconnections of one backend are at least this far apart: renewals of several
+/// guards that stall together share one new connection.
+const MIN_RECONNECT_GAP: Duration = Duration::from_millis(20);
+
+/// Replaces the connections of `inner`'s client with fresh ones (see the module docs),
+/// unless another task did so within the last [`MIN_RECONNECT_GAP`]. Gives up at `until`.
+pub(crate) async fn reconnect(inner: &Inner, until: Instant) {
+    {
+        let mut last = inner
+            .last_reconnect
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|at| now < at + MIN_RECONNECT_GAP) {
+            return;
+        }
+        *last = Some(now);
+    }
+    let client = &inner.client;
+    let swap = async {
+        for endpoint in &inner.config.endpoints {
+            if let Err(e) = client.remove_endpoint(endpoint).await {
+                tracing::debug!(endpoint, error = %e, "could not drop the connection");
+            }
+            if let Err(e) = client.add_endpoint(endpoint).await {
+                tracing::debug!(endpoint, error = %e, "could not queue a new connection");
+            }
+        }
+    };
+    if tokio::time::timeout_at(until, swap).await.is_err() {
+        tracing::debug!("reconnecting to etcd did not finish in time");
+    } else {
+        tracing::debug!(url = %inner.config.display, "reconnecting to etcd");
+    }
+}
+
+/// Pauses between reconnection attempts: from `first`, doubling up to `cap`, each drawn at
+/// random from its upper half so that many clients cut off together do not come back in step.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+    cap: Duration,
+    random: u64,
+}
+
+impl Backoff {
+    /// A backoff starting at `first` (at least 1 ms) and never above `cap` (at least `first`).
+    pub fn new(first: Duration, cap: Duration) -> Backoff {
+        let first = first.max(Duration::from_millis(1));
+        Backoff {
+            next: first,
+            cap: cap.max(first),
+            random: RandomState::new().build_hasher().finish() | 1,
+        }
+    }
+
+    /// The next pause.
+    pub fn pause(&mut self) -> Duration {
+        let full = self.next;
+        self.next = (self.next * 2).min(self.cap);
+        // xorshift64: plenty for jitter, and no dependency.
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        let fraction = (self.random >> 11) as f64 / (1u64 << 53) as f64;
+        full / 2 + full.mul_f64(fraction / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_grow_with_jitter_up_to_the_cap() {
+        let first = Duration::from_millis(25);
+        let cap = Duration::from_millis(160);
+        let mut b = Backoff::new(first, cap);
+        let mut full = first;
+        for _ in 0..10 {
+            let p = b.pause();
+            assert!(
+                p >= full / 2 && p <= full,
+                "{p:?} outside [{:?}, {full:?}]",
+                full / 2
+            );
+            full = (full * 2).min(cap);
+        }
+    }
+
+    #[test]
+    fn degenerate_bounds_are_raised() {
+        let mut b = Backoff::new(Duration::ZERO, Duration::ZERO);
+        let p = b.pause();
+        assert!(p <= Duration::from_millis(1), "{p:?}");
+    }
+}

@@ -530,6 +530,7 @@ async fn partitioned_holder_in_a_netns_learns_first_and_the_server_frees_the_loc
         name: n.as_str().to_string(),
         ttl: Duration::from_secs(2),
         wait_forever: false,
+        skew: None,
     };
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_dlock"));
     let mut holder = ScenarioHolder::spawn_in(bin, &spec, Some(&ns)).unwrap();

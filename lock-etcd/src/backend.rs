@@ -8,7 +8,7 @@ use std::time::Duration;
 use etcd_client::{Client, ConnectOptions};
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, Guard, LockName, LockOptions,
-    Operation, Result,
+    Operation, Result, Supervisors,
 };
 use tokio::time::Instant;
 
@@ -36,6 +36,8 @@ pub(crate) struct Inner {
     pub last_rtt_micros: AtomicU64,
     /// When the connections were last replaced (see [`crate::link::reconnect`]).
     pub last_reconnect: Mutex<Option<Instant>>,
+    /// Starts the guards' keepalive supervisors only when due.
+    pub supervisors: Supervisors,
 }
 
 impl fmt::Debug for EtcdBackend {
@@ -145,6 +147,7 @@ impl EtcdBackend {
                 pool: Mutex::new(LeasePool::default()),
                 last_rtt_micros: AtomicU64::new(first_rtt),
                 last_reconnect: Mutex::new(None),
+                supervisors: Supervisors::new(),
             }),
         })
     }

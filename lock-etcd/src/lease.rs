@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
-use lock_core::{BoxFuture, Error, ErrorKind, Lease, Operation, Result, lease_deadline};
+use lock_core::{
+    BoxFuture, Error, ErrorKind, Lease, Operation, Result, Supervisors, lease_deadline,
+};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -330,6 +332,10 @@ impl EtcdLease {
 }
 
 impl Lease for EtcdLease {
+    fn supervisors(&self) -> Option<&Supervisors> {
+        Some(&self.inner.supervisors)
+    }
+
     fn extend(&self, ttl: Duration) -> BoxFuture<'_, Result<bool>> {
         Box::pin(self.extend_inner(ttl))
     }

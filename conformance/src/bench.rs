@@ -754,7 +754,7 @@ pub async fn run_backend(
             Some(micros(raw.p99())),
             notes,
         ));
-        eprintln!(
+        crate::say!(
             "[bench] {backend}: acquire+release p50 {:.0} µs (floor {:.0} µs, {:.2}×), p99 {:.0} µs",
             micros(ours.p50()),
             micros(raw.p50()),
@@ -795,7 +795,7 @@ pub async fn run_backend(
         rtt.as_ref().map(|r| micros(r.p99())),
         notes,
     ));
-    eprintln!(
+    crate::say!(
         "[bench] {backend}: handoff with {} waiters p50 {:.0} µs, p99 {:.0} µs",
         plan.waiters,
         micros(h.p50()),
@@ -812,7 +812,7 @@ pub async fn run_backend(
             plan.tasks, plan.per_task
         ),
     ));
-    eprintln!(
+    crate::say!(
         "[bench] {backend}: {} tasks: {tp:.0} acquire+release/s",
         plan.tasks
     );
@@ -851,7 +851,7 @@ pub async fn run_backend(
         None,
         notes,
     ));
-    eprintln!(
+    crate::say!(
         "[bench] {backend}: {} locks held at once: acquired in {:.1} s, +{:.1} MiB resident, {} connections",
         many.locks,
         many.acquire.as_secs_f64(),

@@ -802,7 +802,7 @@ async fn run_rep(
                                 .push("the holder never reported the loss".to_string()),
                         }
                         if ns.is_some() {
-                            eprintln!(
+                            crate::say!(
                                 "[compare] {backend} × {scenario} (network namespace): link \
                                  down → grant {} ms; holder lost at {}",
                                 t_grant - t0,
@@ -1232,6 +1232,7 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
         .collect();
     let total = opts.backends.len() * to_run.len();
     let mut done = 0;
+    crate::progress::start(total);
     let mut backends = Vec::new();
     let mut cells = Vec::new();
     let mut benchmarks = Vec::new();
@@ -1240,11 +1241,11 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
         .iter()
         .filter(|b| opts.backends.iter().any(|x| x == *b))
     {
-        eprintln!("[compare] {backend}: starting servers");
+        crate::say!("[compare] {backend}: starting servers");
         let target = match start_target(backend, opts.ttl).await {
             Ok(t) => Some(t),
             Err(e) => {
-                eprintln!("[compare] {backend}: cannot start servers: {e:#}");
+                crate::say!("[compare] {backend}: cannot start servers: {e:#}");
                 backends.push(BackendInfo {
                     name: backend.to_string(),
                     url: String::new(),
@@ -1337,14 +1338,14 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             // other scenarios use a single server); it stops when the cell is done.
             let cluster_target;
             let target = if scenario == "quorum_loss" && matches!(*backend, "etcd" | "zookeeper") {
-                eprintln!("[compare] {backend}: starting a 3-member cluster for {scenario}");
+                crate::say!("[compare] {backend}: starting a 3-member cluster for {scenario}");
                 match start_cluster_target(backend, opts.ttl).await {
                     Ok(t) => {
                         cluster_target = t;
                         &cluster_target
                     }
                     Err(e) => {
-                        eprintln!("[compare] {backend}: cannot start the cluster: {e:#}");
+                        crate::say!("[compare] {backend}: cannot start the cluster: {e:#}");
                         cells.push(Cell::empty(
                             backend,
                             scenario,
@@ -1376,15 +1377,23 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             let mut reps = Vec::new();
             let mut failure = None;
             for rep in 0..opts.repeat {
-                eprintln!(
+                crate::say!(
                     "[compare {done}/{total}] {backend} × {scenario}: repetition {}/{}",
                     rep + 1,
                     opts.repeat
                 );
+                crate::progress::set(
+                    done - 1,
+                    format!(
+                        "{backend} × {scenario}, repetition {}/{}",
+                        rep + 1,
+                        opts.repeat
+                    ),
+                );
                 match run_rep(opts, backend, target, scenario, rep).await {
                     Ok(r) => reps.push(r),
                     Err(e) => {
-                        eprintln!("[compare] {backend} × {scenario}: failed: {e:#}");
+                        crate::say!("[compare] {backend} × {scenario}: failed: {e:#}");
                         failure = Some(format!("repetition {}: {e:#}", rep + 1));
                         break;
                     }
@@ -1396,7 +1405,7 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             }
             aggregate(&mut cell, &reps);
             if let Some(f) = cell.failover_ms {
-                eprintln!(
+                crate::say!(
                     "[compare {done}/{total}] {backend} × {scenario}: failover median {:.0} ms, overlap {}, stale write rejected {}",
                     f.median,
                     report::yes_no(cell.overlap_observed),
@@ -1406,11 +1415,12 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             cells.push(cell);
         }
         if let Some(plan) = &opts.bench {
-            eprintln!("[compare] {backend}: benchmarks");
+            crate::say!("[compare] {backend}: benchmarks");
+            crate::progress::set(done, format!("{backend}: benchmarks"));
             match bench::run_backend(backend, &target.url, plan, Some(&opts.dlock_bin)).await {
                 Ok(entries) => benchmarks.extend(entries),
                 Err(e) => {
-                    eprintln!("[compare] {backend}: benchmarks failed: {e:#}");
+                    crate::say!("[compare] {backend}: benchmarks failed: {e:#}");
                     benchmark_failures.push(BenchFailure {
                         backend: backend.to_string(),
                         reason: format!("{e:#}"),
@@ -1419,6 +1429,7 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             }
         }
     }
+    crate::progress::finish();
     Ok(Report {
         run: RunInfo {
             host: hostname(),

@@ -162,6 +162,20 @@ fn compare_quick_writes_a_consistent_report() {
                 for k in ["median", "min", "max"] {
                     assert!(f[k].as_f64().is_some_and(|v| v >= 0.0), "{c}");
                 }
+                // The timeline: the faulty holder entered before the fault, the next holder's
+                // grant is at the failover time.
+                let sections = c["timeline"]["sections"].as_array().expect("timeline");
+                let first = |h: u64| sections.iter().find(|x| x["holder"] == h);
+                let a = first(0).expect("the faulty holder's section");
+                assert!(a["from_ms"].as_i64().is_some_and(|t| t <= 0), "{c}");
+                let b = first(1)
+                    .or_else(|| first(2))
+                    .expect("the next holder's section");
+                let median = f["median"].as_f64().unwrap();
+                assert!(
+                    (b["from_ms"].as_i64().unwrap() as f64 - median).abs() <= 1.0,
+                    "{c}"
+                );
             }
         }
     }

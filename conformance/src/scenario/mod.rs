@@ -170,6 +170,54 @@ pub struct Cell {
     pub ttl_ms: Option<u64>,
     /// Observations.
     pub notes: Vec<String>,
+    /// Who was inside the critical section around the fault, in the first repetition that
+    /// had a failover (for the report's timeline chart).
+    pub timeline: Option<Timeline>,
+}
+
+/// The critical sections of one repetition, in ms relative to the fault (the next grant minus
+/// the failover time).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Timeline {
+    /// Sections as (holder, from, to); `to` is `None` for a section still open at the end.
+    pub sections: Vec<TimelineSection>,
+}
+
+/// One holder's stay in the critical section, relative to the fault.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct TimelineSection {
+    /// 0: the holder the fault hit; 1, 2: the waiters.
+    pub holder: usize,
+    /// Entered, ms from the fault (negative: before it).
+    pub from_ms: i64,
+    /// Left (released, or learned it had lost the lock), ms from the fault; `None`: still
+    /// inside when the repetition ended.
+    pub to_ms: Option<i64>,
+}
+
+impl Timeline {
+    /// The sections of `res`, relative to the fault: the first grant to a holder other than
+    /// 0 minus `failover_ms`.
+    fn of(res: &FencedResource, failover_ms: f64) -> Option<Timeline> {
+        let grant = res
+            .sections()
+            .iter()
+            .filter(|s| s.holder != 0)
+            .map(|s| s.enter_ms)
+            .min()?;
+        let fault = grant - failover_ms.round() as i64;
+        Some(Timeline {
+            sections: res
+                .sections()
+                .iter()
+                .map(|s| TimelineSection {
+                    holder: s.holder,
+                    from_ms: s.enter_ms - fault,
+                    to_ms: s.exit_ms.map(|e| e - fault),
+                })
+                .collect(),
+        })
+    }
 }
 
 impl Cell {
@@ -187,6 +235,7 @@ impl Cell {
             learned_before_handoff_ms: None,
             ttl_ms: None,
             notes: Vec::new(),
+            timeline: None,
         }
     }
 }
@@ -434,6 +483,8 @@ fn not_applicable(backend: &str, scenario: &str) -> Option<String> {
 #[derive(Debug, Default)]
 struct Rep {
     overlap: bool,
+    /// The critical sections around the fault.
+    timeline: Option<Timeline>,
     /// `None`: no stale write was possible.
     stale_rejected: Option<bool>,
     failover_ms: Option<f64>,
@@ -958,6 +1009,9 @@ async fn conclude(
     result: Result<()>,
 ) -> Result<Rep> {
     out.overlap = res.overlap_observed();
+    if let Some(f) = out.failover_ms {
+        out.timeline = Timeline::of(res, f);
+    }
     if out.overlap {
         let pairs: Vec<String> = res
             .overlaps()
@@ -1044,6 +1098,7 @@ async fn b_ended(b: &mut Holder) -> bool {
 
 fn aggregate(cell: &mut Cell, reps: &[Rep]) {
     cell.repetitions = reps.len();
+    cell.timeline = reps.iter().find_map(|r| r.timeline.clone());
     cell.overlap_observed = Some(reps.iter().any(|r| r.overlap));
     let stale: Vec<bool> = reps.iter().filter_map(|r| r.stale_rejected).collect();
     cell.stale_write_rejected = if stale.is_empty() {

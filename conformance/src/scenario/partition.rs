@@ -109,17 +109,18 @@ pub(super) fn fault_injection(cells: &[Cell]) -> String {
             proxy.push(c.backend.as_str());
         }
     }
-    let list = |v: &[&str]| {
-        if v.is_empty() {
-            "none".to_string()
-        } else {
-            v.join(", ")
-        }
-    };
-    format!(
-        "holder_partitioned: network namespace + veth link down (Linux, root) for {}; fault \
-         proxy blackhole for {}",
-        list(&ns),
-        list(&proxy)
-    )
+    let mut parts = Vec::new();
+    if !ns.is_empty() {
+        parts.push(format!(
+            "network namespace + veth link down (Linux, root) for {}",
+            ns.join(", ")
+        ));
+    }
+    if !proxy.is_empty() {
+        parts.push(format!("fault proxy blackhole for {}", proxy.join(", ")));
+    }
+    if parts.is_empty() {
+        return "holder_partitioned: not run".to_string();
+    }
+    format!("holder_partitioned: {}", parts.join("; "))
 }

@@ -93,7 +93,7 @@ pub(super) fn not_measurable(scenario: &str, target: &Target) -> Option<String> 
 
 /// Replaces every server address of `url` by its proxy's (`host:port` followed by a
 /// non-digit or the end, so `…:5432` never matches inside `…:54321`).
-fn reroute(url: &str, pairs: &[(SocketAddr, SocketAddr)]) -> Result<String> {
+pub(super) fn reroute(url: &str, pairs: &[(SocketAddr, SocketAddr)]) -> Result<String> {
     let mut out = url.to_string();
     for (from, to) in pairs {
         let needle = from.to_string();

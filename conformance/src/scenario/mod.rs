@@ -61,7 +61,8 @@ pub const SCENARIOS: [&str; 9] = [
 /// or `not_measured` when what it needs is missing, e.g. libfaketime for `clock_skew`).
 pub const MEASURED: [&str; 9] = SCENARIOS;
 
-/// Scenarios whose fault sits in a [`FaultProxy`] between the holder and its one server.
+/// Scenarios whose fault sits in a [`FaultProxy`] between the holder and each of its servers
+/// (unless the holder runs in a network namespace).
 const PROXIED: [&str; 2] = ["holder_partitioned", "connection_reset"];
 
 /// How long the proxy resets connections in `connection_reset` before passing traffic
@@ -697,20 +698,24 @@ async fn run_rep(
     };
     // The holder talks to its server through a fault proxy in the proxied scenarios (unless
     // it is in a namespace); the waiter always talks to it directly.
-    let (proxy, url_a) = if let Some((_, url_ns)) = &netns {
-        (None, url_ns.clone())
+    let (proxies, url_a) = if let Some((_, url_ns)) = &netns {
+        (Vec::new(), url_ns.clone())
     } else if PROXIED.contains(&scenario) {
-        let Some(addr) = target.addr else {
-            bail!("no single server address to put a proxy in front of");
-        };
-        let proxy = FaultProxy::start(addr).await?;
-        let url_a = url.replace(&addr.to_string(), &proxy.addr().to_string());
-        if url_a == url {
-            bail!("cannot route {} through the proxy", dlock::redact(url));
+        // One proxy in front of every server (Redlock: each instance).
+        if target.members.is_empty() {
+            bail!("no server address to put a proxy in front of");
         }
-        (Some(proxy), url_a)
+        let mut proxies = Vec::new();
+        let mut pairs = Vec::new();
+        for m in &target.members {
+            let p = FaultProxy::start(*m).await?;
+            pairs.push((*m, p.addr()));
+            proxies.push(p);
+        }
+        let url_a = degraded::reroute(url, &pairs)?;
+        (proxies, url_a)
     } else {
-        (None, url.to_string())
+        (Vec::new(), url.to_string())
     };
     let ns = netns.as_ref().map(|(ns, _)| ns);
     let (mut a, token_a, mut b) = match ns {
@@ -798,7 +803,14 @@ async fn run_rep(
                 if ns.is_some() {
                     fault_bound = fault_bound.max(partition::NETNS_FAULT_BOUND);
                 }
-                let proxy = || proxy.as_ref().ok_or_else(|| anyhow!("no fault proxy"));
+                let set_all = |f: Fault| {
+                    for p in &proxies {
+                        p.set(f);
+                    }
+                };
+                if ns.is_none() && proxies.is_empty() {
+                    bail!("no fault proxy");
+                }
                 let t0 = wall_ms();
                 let grant = if let Some(ns) = ns {
                     ns.link_down()?;
@@ -806,16 +818,14 @@ async fn run_rep(
                     ns.link_up()?;
                     g
                 } else if scenario == "connection_reset" {
-                    let proxy = proxy()?;
-                    proxy.set(Fault::Reset);
+                    set_all(Fault::Reset);
                     tokio::time::sleep(RESET_FOR).await;
-                    proxy.set(Fault::Pass);
+                    set_all(Fault::Pass);
                     await_grant(&mut b, &mut res, fault_bound).await?
                 } else {
-                    let proxy = proxy()?;
-                    proxy.set(Fault::Blackhole);
+                    set_all(Fault::Blackhole);
                     let g = await_grant(&mut b, &mut res, fault_bound).await?;
-                    proxy.set(Fault::Pass);
+                    set_all(Fault::Pass);
                     g
                 };
                 // What the holder reported meanwhile (its events wait in the channel).
@@ -901,16 +911,26 @@ async fn run_rep(
                 }
             }
             "server_restart" => {
-                let Some(server) = target.server.as_ref().filter(|s| s.is_managed()) else {
-                    bail!("no managed single server to restart");
-                };
                 let restart_bound = (opts.ttl * 3).max(Duration::from_secs(6));
                 let t0 = wall_ms();
-                server.kill().await?;
-                server.start().await?;
+                let what = match (&target.server, &target.cluster) {
+                    (Some(server), _) if server.is_managed() => {
+                        server.kill().await?;
+                        server.start().await?;
+                        "server"
+                    }
+                    (_, Some(cluster)) if cluster.is_managed() => {
+                        // Every instance at once (Redlock: the whole set).
+                        cluster.kill().await?;
+                        let all: Vec<usize> = (0..cluster.len()).collect();
+                        cluster.restart_members(&all).await?;
+                        "every server"
+                    }
+                    _ => bail!("no managed server to restart"),
+                };
                 let restarted_ms = wall_ms() - t0;
                 out.notes.push(format!(
-                    "server back (SIGKILL + start on the same port and data) after {restarted_ms} ms"
+                    "{what} back (SIGKILL + start on the same port and data) after {restarted_ms} ms"
                 ));
                 // The waiter may give up when its connection dies; a fresh one takes over.
                 let mut grant = match await_grant(&mut b, &mut res, restart_bound).await {
@@ -1353,27 +1373,28 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             }
             if scenario == "server_restart"
                 && !target.server.as_ref().is_some_and(|s| s.is_managed())
+                && !target.cluster.as_ref().is_some_and(|c| c.is_managed())
             {
                 cells.push(Cell::empty(
                     backend,
                     scenario,
                     Status::NotMeasured,
                     Some(
-                        "not measured yet: restarting several servers (or an external one) is \
-                         not implemented in this build"
+                        "not measured: the servers are external (DLOCK_TEST_*_URL); only servers \
+                         this run started can be killed and restarted"
                             .into(),
                     ),
                 ));
                 continue;
             }
-            if PROXIED.contains(&scenario) && target.addr.is_none() {
+            if PROXIED.contains(&scenario) && target.members.is_empty() {
                 cells.push(Cell::empty(
                     backend,
                     scenario,
                     Status::NotMeasured,
                     Some(
-                        "not measured yet: needs a fault proxy in front of each of several \
-                         servers (or an external server), which this build does not do"
+                        "not measured: the server addresses are not known (external servers), so \
+                         no fault proxy can be put in front of them"
                             .into(),
                     ),
                 ));

@@ -164,13 +164,16 @@ pub fn markdown(r: &Report) -> String {
          - **learned first**: the faulty holder reported `lost` before the other holder's \
          grant (ms: by how much; negative = after). Only where the holder survives the fault.\n\
          - **holder_partitioned / connection_reset** put an in-process TCP fault proxy between \
-         the holder and its one server (blackhole that keeps the sockets open; RST for 200 ms \
-         then pass); the waiter connects directly. A proxy blackhole is not a partition the \
-         server can see: its kernel keeps talking to the proxy, so a lock that the server \
-         frees only when the client's TCP connection dies (PostgreSQL) stays taken here \
-         (`not freed`). Redlock's three servers are not proxied yet.\n\
-         - **server_restart**: the server is SIGKILLed and started again on the same port and \
-         data; the failover includes the restart time (in the notes). A waiter that gives up \
+         the holder and each of its servers (blackhole that keeps the sockets open; RST for \
+         200 ms then pass); the waiter connects directly. Where the run is root on Linux, \
+         `holder_partitioned` instead puts the holder in a network namespace and takes its \
+         link down (the cell's partition note says which): a real partition, which the \
+         server's TCP stack sees. A proxy blackhole is not: the server's kernel keeps talking \
+         to the proxy, so a lock that the server frees only when the client's TCP connection \
+         dies (PostgreSQL) stays taken there (`not freed`). `not freed` after a 200 ms reset \
+         means the holder reconnected and kept its lock.\n\
+         - **server_restart**: the server (Redlock: all three) is SIGKILLed and started again \
+         on the same port and data; the failover includes the restart time (in the notes). A waiter that gives up \
          when its connection dies is replaced by a fresh one (holder 2 in the notes). `not \
          freed`: the lock survived the restart for the whole bound.\n\
          - **latency**: the holder reaches every server (each of Redlock's three too) through \

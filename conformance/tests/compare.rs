@@ -131,11 +131,16 @@ fn compare_quick_writes_a_consistent_report() {
     assert!(md.contains("## Targets"), "{md}");
     for b in &backends {
         assert!(
-            md.contains(&format!("| {b} | acquire + release p50 ≤ 1.10× the raw floor |")),
+            md.contains(&format!(
+                "| {b} | acquire + release p50 ≤ 1.10× the raw floor |"
+            )),
             "{md}"
         );
     }
-    assert!(md.contains("| postgres | SIGKILL failover < 100 ms |"), "{md}");
+    assert!(
+        md.contains("| postgres | SIGKILL failover < 100 ms |"),
+        "{md}"
+    );
     // One lock session holds all of PostgreSQL's locks; Redis multiplexes one connection.
     for b in &backends {
         let c = benches

@@ -18,7 +18,7 @@
 //!   ZooKeeper ensemble) the harness SIGKILLs two (for etcd and ZooKeeper the leader and one
 //!   more), keeps them down for [`OUTAGE_TTLS`] ttls (at least [`OUTAGE_MIN`]) while watching
 //!   that nobody is granted and what the holder's guard reports, then restarts them;
-//!   failover = the members answering again → another holder's grant.
+//!   failover = the restart of the majority begins → another holder's grant (the servers' start-up included; a readiness probe that answers later is no reference: the quorum can be back before every restarted member says so).
 //! - `clock_skew`: the holder runs with its wall clock [`SKEW_MS`] ahead (libfaketime, the
 //!   monotonic clock untouched), the waiter with its clock as far behind. The holder holds
 //!   for [`SKEW_HOLD_TTLS`] ttls (it should stay held, nobody else granted), is SIGKILLed
@@ -477,7 +477,7 @@ async fn quorum_loss(
     match grant {
         Some((t_grant, _)) => {
             if early.is_none() {
-                out.failover_ms = Some((t_grant - t_back) as f64);
+                out.failover_ms = Some((t_grant - t_restart) as f64);
             }
             if let Some(t) = lost {
                 out.learned = Some((t < t_grant, (t_grant - t) as f64));

@@ -1272,7 +1272,7 @@ fn scenario_note(scenario: &str) -> &'static str {
             "the holder's traffic to every server through a fault proxy delaying each chunk each way: a probe holder acquires through ttl/10; the holder, connected on a clean link, then gets ttl/10 and ttl/4 for 2 ttl each (it should keep the lock), then 1.5 ttl, until it reports trouble or the waiter is granted; failover = start of that step → waiter's grant (the step is in the notes)"
         }
         "quorum_loss" => {
-            "2 of 3 servers SIGKILLed (etcd/ZooKeeper: the leader and one more) for 2 ttl (at least 4 s), then restarted; failover = majority answering again → another holder's grant"
+            "2 of 3 servers SIGKILLed (etcd/ZooKeeper: the leader and one more) for 2 ttl (at least 4 s), then restarted; failover = restart of the majority begins → another holder's grant (start-up included)"
         }
         "clock_skew" => {
             "holder's wall clock +1 h, waiter's -1 h (libfaketime, monotonic clock untouched); each holds 1.5 ttl against a waiter; failover = SIGKILL of the +1 h holder → the -1 h waiter's grant"

@@ -188,7 +188,8 @@ pub fn markdown(r: &Report) -> String {
          ZooKeeper ensemble started for this scenario): two are SIGKILLed (etcd / ZooKeeper: \
          the leader and one more) for {} ttl (at least {} s), then restarted. Nothing may be \
          granted while the majority is down (a grant would be in the notes); failover runs \
-         from the majority answering again to another holder's grant (a waiter that gave up \
+         from the restart of the majority to another holder's grant (the servers' start-up \
+         included) (a waiter that gave up \
          during the outage is replaced). Single servers: `n/a`.\n\
          - **clock_skew**: the holder's wall clock is {} h ahead, the waiter's as far behind \
          (libfaketime; `CLOCK_MONOTONIC` untouched, as when a host's clock is set wrong or \

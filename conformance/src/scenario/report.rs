@@ -308,7 +308,7 @@ pub fn failover_svg(r: &Report) -> String {
     let height = top + plot_h + 110.0;
     let y_of = |ms: f64| top + plot_h - (ms.max(1.0).log10() / 4.0).min(1.0) * plot_h;
     let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="11">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" style="max-width:100%;height:auto" font-family="sans-serif" font-size="11">"#
     );
     for (i, label) in ["1 ms", "10 ms", "100 ms", "1 s", "10 s"]
         .iter()
@@ -546,7 +546,7 @@ pub fn latency_svg(r: &Report) -> Option<String> {
     let height = top + rows.len() as f64 * row_h + 60.0;
     let x_of = |us: f64| left + ((us.max(10.0).log10() - 1.0) / 4.0).min(1.0) * plot_w;
     let mut s = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="11">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" style="max-width:100%;height:auto" font-family="sans-serif" font-size="11">"#
     );
     for (i, label) in ["10 µs", "100 µs", "1 ms", "10 ms", "100 ms"]
         .iter()
@@ -694,7 +694,7 @@ pub fn timeline_svg(r: &Report) -> Option<String> {
         let x_of = |ms: f64| left + (ms.clamp(lo, hi) - lo) / (hi - lo) * plot_w;
         let _ = write!(
             out,
-            r#"<h3>{}</h3><svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="11">"#,
+            r#"<h3>{}</h3><svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" style="max-width:100%;height:auto" font-family="sans-serif" font-size="11">"#,
             esc(scenario)
         );
         let step = tick_step(hi - lo);

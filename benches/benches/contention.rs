@@ -1,6 +1,8 @@
 //! The contention driver: for every backend of the comparison, on servers started by the
-//! fixtures, throughput with 64 tasks on distinct names, handoff latency with 8 waiters, and
-//! 10,000 locks held at once by this process (time, resident memory, sockets).
+//! fixtures, uncontended acquire + release beside the backend's raw floor
+//! (`conformance::bench::Floor`, 2000 samples each, alternating), throughput with 64 tasks
+//! on distinct names, handoff latency with 8 waiters, and 10,000 locks held at once by this
+//! process (time, resident memory, sockets).
 //!
 //! `cargo bench -p benches --bench contention [-- BACKEND…]` (default: all seven);
 //! `DLOCK_BENCH_MANY` changes the 10,000.
@@ -80,7 +82,29 @@ fn main() -> Result<()> {
     {
         rt.block_on(async {
             let (url, _servers, _clusters) = start(backend).await?;
+            // First, while no other connection of this run is opening or closing: the sockets
+            // counted are the fresh backend's own.
+            let m = bench::hold_many(
+                || async { Ok(dlock::connect(&url).await?) },
+                plan.many,
+            )
+            .await?;
+            println!(
+                "{backend}: {} locks held at once: acquired in {:.2} s, +{:.1} MiB resident (this process; allocator reuse makes later backends read low), {} sockets",
+                m.locks,
+                m.acquire.as_secs_f64(),
+                m.rss_mib,
+                m.connections
+            );
             let client = dlock::connect(&url).await?;
+            if let Some(floor) = bench::Floor::connect(backend, &url).await? {
+                let (ours, raw) = bench::uncontended(&*client, &floor, 2000).await?;
+                bench::report_vs_floor(
+                    &format!("{backend}: acquire+release vs {}", floor.describe()),
+                    &ours,
+                    &raw,
+                );
+            }
             let tp = bench::throughput(Arc::clone(&client), plan.tasks, plan.per_task).await?;
             println!(
                 "{backend}: {} tasks on distinct names: {tp:.0} acquire+release/s",
@@ -102,18 +126,6 @@ fn main() -> Result<()> {
                 micros(h.p50()),
                 micros(h.p99()),
                 h.len()
-            );
-            let m = bench::hold_many(
-                || async { Ok(dlock::connect(&url).await?) },
-                plan.many,
-            )
-            .await?;
-            println!(
-                "{backend}: {} locks held at once: acquired in {:.2} s, +{:.1} MiB resident (this process; allocator reuse makes later backends read low), {} sockets",
-                m.locks,
-                m.acquire.as_secs_f64(),
-                m.rss_mib,
-                m.connections
             );
             anyhow::Ok(())
         })?;

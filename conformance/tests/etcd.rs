@@ -6,6 +6,8 @@
 //! Cross-process tests run the `dlock` binary (`dlock hold`) and `etcdctl lock`. Every test
 //! uses its own lock names, so they run in parallel.
 
+mod common;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -651,22 +653,6 @@ async fn missed_keepalives_make_the_guard_unverifiable_then_lost_at_its_deadline
     Ok(())
 }
 
-/// Every state change of a guard with when it happened, until it is `Lost` or released.
-fn record_states(mut watch: dlock::StateWatch) -> mpsc::UnboundedReceiver<(LockState, Instant)> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let state = watch.changed().await;
-            if tx.send((state, watch.state_since())).is_err()
-                || matches!(state, LockState::Lost | LockState::Released)
-            {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 /// A 200 ms burst of connection resets between the holder and etcd, well inside a 2 s lease,
 /// should cost the holder nothing: its keepalives resume once the link is back, its guard goes
 /// at worst `Unverifiable` and then `Held` again (never `Lost`), the lock stays its own (release
@@ -684,7 +670,7 @@ async fn a_200ms_burst_of_connection_resets_does_not_cost_the_lock() -> Result<(
     let g = holder
         .acquire(&name, &LockOptions::new().with_ttl(ttl))
         .await?;
-    let mut states = record_states(g.watch());
+    let mut states = common::record_states(g.watch());
     let waiter = tokio::spawn({
         let direct = direct.clone();
         let name = name.clone();
@@ -782,7 +768,7 @@ async fn a_slow_link_keeps_the_lock_held_through_renewals() -> Result<()> {
     let g = holder
         .acquire(&name, &LockOptions::new().with_ttl(ttl))
         .await?;
-    let mut states = record_states(g.watch());
+    let mut states = common::record_states(g.watch());
     proxy.set(Fault::Latency(Duration::from_millis(100)));
     let first = g.valid_until().context("etcd guards have a deadline")?;
     // Four renewals' worth: if any had failed past the deadline, the guard would be Lost by

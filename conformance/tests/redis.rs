@@ -193,6 +193,21 @@ async fn exclusion_across_processes() -> Result<()> {
     Ok(())
 }
 
+/// A waiter (up to 20 s) that releases at once; its task returns when it was granted.
+fn spawn_timed_waiter(
+    waiter: Arc<dyn Backend>,
+    name: &LockName,
+) -> tokio::task::JoinHandle<Result<Instant>> {
+    let name = name.clone();
+    tokio::spawn(async move {
+        let opts = ttl(Duration::from_secs(30)).with_wait(Wait::For(Duration::from_secs(20)));
+        let g = waiter.acquire(&name, &opts).await?;
+        let at = Instant::now();
+        g.release().await?;
+        anyhow::Ok(at)
+    })
+}
+
 /// Should wake a waiter by the release's publish, long before the lease or the fallback
 /// re-check would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,14 +220,7 @@ async fn waiters_are_woken_by_the_release() -> Result<()> {
     let holder = connect(url).await?;
     let waiter = connect(url).await?;
     let g = holder.acquire(&name, &ttl(Duration::from_secs(30))).await?;
-    let wname = name.clone();
-    let wait = tokio::spawn(async move {
-        let opts = ttl(Duration::from_secs(30)).with_wait(Wait::For(Duration::from_secs(20)));
-        let g = waiter.acquire(&wname, &opts).await?;
-        let at = Instant::now();
-        g.release().await?;
-        anyhow::Ok(at)
-    });
+    let wait = spawn_timed_waiter(waiter, &name);
     waiters_on(url, &key, 1).await?;
     let released_at = Instant::now();
     assert!(g.release().await?);
@@ -238,14 +246,7 @@ async fn waiters_survive_a_killed_pubsub_connection() -> Result<()> {
     let holder = connect(url).await?;
     let waiter = connect(url).await?;
     let g = holder.acquire(&name, &ttl(Duration::from_secs(30))).await?;
-    let wname = name.clone();
-    let wait = tokio::spawn(async move {
-        let opts = ttl(Duration::from_secs(30)).with_wait(Wait::For(Duration::from_secs(20)));
-        let g = waiter.acquire(&wname, &opts).await?;
-        let at = Instant::now();
-        g.release().await?;
-        anyhow::Ok(at)
-    });
+    let wait = spawn_timed_waiter(waiter, &name);
     waiters_on(url, &key, 1).await?;
     let killed = redis_cli(url, &["CLIENT", "KILL", "TYPE", "pubsub"]).await?;
     assert_ne!(killed, "0", "no pub/sub connection was killed");

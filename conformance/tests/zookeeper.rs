@@ -7,6 +7,8 @@
 //! Apache Curator's format independently of dlock's code; holders in other processes are
 //! `dlock hold`; network faults come from the small TCP proxy in `fault_proxy` below.
 
+mod common;
+
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -935,25 +937,6 @@ async fn a_lock_reported_lost_during_a_disconnection_is_freed_on_reconnect() -> 
     Ok(())
 }
 
-/// Every state change of a guard with when it happened (as the guard learned it), until it is
-/// `Lost` or released.
-fn record_states(
-    mut watch: dlock::StateWatch,
-) -> tokio::sync::mpsc::UnboundedReceiver<(LockState, tokio::time::Instant)> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let state = watch.changed().await;
-            if tx.send((state, watch.state_since())).is_err()
-                || matches!(state, LockState::Lost | LockState::Released)
-            {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 /// A 200 ms burst of connection resets between the holder and its server, well inside a 2 s
 /// session timeout, should cost the holder nothing: its client reconnects to the same session,
 /// the guard goes `Unverifiable` and then `Held` again (never `Lost`), release reports the lock
@@ -973,7 +956,7 @@ async fn a_200ms_burst_of_connection_resets_does_not_cost_the_lock() -> Result<(
     let other = connect(&direct_url).await?;
 
     let g = holder.acquire(&name("job"), &LockOptions::new()).await?;
-    let mut states = record_states(g.watch());
+    let mut states = common::record_states(g.watch());
     let waiter = tokio::spawn({
         let other = Arc::clone(&other);
         async move {

@@ -113,3 +113,22 @@ pub fn dlock(args: &[&str]) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Every state change of a guard with when the guard learned it, until it is `Lost` or
+/// released.
+pub fn record_states(
+    mut watch: dlock::StateWatch,
+) -> tokio::sync::mpsc::UnboundedReceiver<(dlock::LockState, tokio::time::Instant)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let state = watch.changed().await;
+            if tx.send((state, watch.state_since())).is_err()
+                || matches!(state, dlock::LockState::Lost | dlock::LockState::Released)
+            {
+                return;
+            }
+        }
+    });
+    rx
+}

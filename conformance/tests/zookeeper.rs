@@ -816,7 +816,7 @@ async fn a_blackholed_holder_turns_unverifiable_then_lost_before_anyone_else_acq
     init_tracing();
     let server = fixtures::managed_zookeeper(ZooKeeperOptions::default()).await?;
     let timeout = Duration::from_secs(2);
-    let proxy = fault_proxy::FaultProxy::start(first_addr(server.url())?).await?;
+    let proxy = conformance::faults::FaultProxy::start(first_addr(server.url())?).await?;
     let base = format!("/{}", unique("blackhole"));
     let options = format!("base={base}&session_timeout=2s");
     let holder_url = with_options(&format!("zk://{}", proxy.addr()), &options);
@@ -838,7 +838,7 @@ async fn a_blackholed_holder_turns_unverifiable_then_lost_before_anyone_else_acq
     children_count_is(&direct_url, &format!("{base}/job"), 2).await?;
 
     let cut = Instant::now();
-    proxy.set_blackhole(true);
+    proxy.set(conformance::faults::Fault::Blackhole);
     let first = tokio::time::timeout(Duration::from_secs(10), states.not_held()).await?;
     let unverifiable = Instant::now();
     ensure!(first == LockState::Unverifiable, "first {first}");
@@ -868,7 +868,7 @@ async fn a_blackholed_holder_turns_unverifiable_then_lost_before_anyone_else_acq
 
     // Heal the network: the old session is gone, so the old guard's release frees nothing,
     // and the backend carries on with a new session.
-    proxy.set_blackhole(false);
+    proxy.set(conformance::faults::Fault::Pass);
     ensure!(
         !g.release().await?,
         "the expired session's lock is not ours any more"
@@ -1188,9 +1188,9 @@ async fn tokens_keep_increasing_across_a_server_restart() -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 
-/// A TCP proxy for one upstream that can stop forwarding while keeping every socket open
-/// (a blackhole: no RST, no FIN), or cut a connection right after the server answered a
-/// request containing a given byte pattern (the answer is never delivered).
+/// A TCP proxy for one upstream that can cut a connection right after the server answered a
+/// request containing a given byte pattern (the answer is never delivered): the one fault the
+/// shared `conformance::faults::FaultProxy` (used for everything else) does not have.
 mod fault_proxy {
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -1204,7 +1204,6 @@ mod fault_proxy {
 
     #[derive(Default)]
     struct Faults {
-        blackhole: AtomicBool,
         cut_pattern: Mutex<Option<Vec<u8>>>,
         cuts: AtomicUsize,
         connections: AtomicUsize,
@@ -1272,11 +1271,6 @@ mod fault_proxy {
             self.addr
         }
 
-        /// Stops (or resumes) forwarding in both directions; sockets stay open.
-        pub fn set_blackhole(&self, on: bool) {
-            self.faults.blackhole.store(on, Ordering::SeqCst);
-        }
-
         /// Once: after the next client chunk containing `pattern` is forwarded, the server's
         /// next answer is dropped and both sides of that connection are closed.
         pub fn cut_reply_after(&self, pattern: &[u8]) {
@@ -1316,9 +1310,6 @@ mod fault_proxy {
                 },
                 _ = closed.wait_for(|c| *c) => break,
             };
-            if faults.blackhole.load(Ordering::SeqCst) {
-                continue;
-            }
             let chunk = &buf[..n];
             match direction {
                 Direction::Up => {

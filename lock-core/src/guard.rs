@@ -443,19 +443,13 @@ impl Guard {
         let (mut supervisor, mut lazy) = (None, None);
         if let Some(deadline) = grant.monitor.valid_until() {
             let plan = SupervisorPlan::from_options(opts, acquired_at);
-            let first_renewal = plan
-                .renew_every
-                .map(|every| acquired_at + every)
-                .filter(|at| plan.renew_until.is_none_or(|until| *at <= until));
             match grant.lease.supervisors() {
                 Some(table) => {
-                    let first_event = first_renewal.map_or(deadline, |r| r.min(deadline));
                     lazy = Some(table.schedule(
-                        first_event,
+                        plan.first_event(deadline),
                         Arc::downgrade(&grant.lease),
                         grant.monitor.clone(),
                         plan,
-                        first_renewal,
                     ));
                 }
                 None => {
@@ -463,7 +457,6 @@ impl Guard {
                         Arc::downgrade(&grant.lease),
                         grant.monitor.clone(),
                         plan,
-                        first_renewal,
                     )));
                 }
             }
@@ -675,37 +668,47 @@ pub(crate) struct SupervisorPlan {
     renew_every: Option<Duration>,
     /// No renewal is *sent* after this instant.
     renew_until: Option<Instant>,
+    /// The first renewal (one interval after the grant), unless past `renew_until`.
+    first_renewal: Option<Instant>,
 }
 
 impl SupervisorPlan {
     fn from_options(opts: &LockOptions, acquired_at: Instant) -> Self {
-        match opts.renew() {
-            Renew::Off => SupervisorPlan {
-                ttl: opts.ttl(),
-                renew_every: None,
-                renew_until: None,
-            },
-            Renew::Auto { max_hold } => SupervisorPlan {
-                ttl: opts.ttl(),
-                renew_every: Some(opts.renew_interval().max(Duration::from_millis(1))),
+        let (renew_every, renew_until) = match opts.renew() {
+            Renew::Off => (None, None),
+            Renew::Auto { max_hold } => (
+                Some(opts.renew_interval().max(Duration::from_millis(1))),
                 // The last renewal may extend the lease by one ttl, so stop sending one ttl
                 // before the maximum hold.
-                renew_until: max_hold.map(|m| acquired_at + m.saturating_sub(opts.ttl())),
-            },
+                max_hold.map(|m| acquired_at + m.saturating_sub(opts.ttl())),
+            ),
+        };
+        let first_renewal = renew_every
+            .map(|every| acquired_at + every)
+            .filter(|at| renew_until.is_none_or(|until| *at <= until));
+        SupervisorPlan {
+            ttl: opts.ttl(),
+            renew_every,
+            renew_until,
+            first_renewal,
         }
+    }
+
+    /// The supervisor's first job: the first renewal, or the deadline if that comes first.
+    pub(crate) fn first_event(&self, deadline: Instant) -> Instant {
+        self.first_renewal.map_or(deadline, |r| r.min(deadline))
     }
 }
 
-/// Renews the lease on schedule (the first renewal at `first_renewal`) and turns the deadline
-/// into `Lost`. Ends when the state is `Lost` or `Released`, or the guard is gone.
+/// Renews the lease on schedule (the first renewal at `plan.first_renewal`) and turns the
+/// deadline into `Lost`. Ends when the state is `Lost` or `Released`, or the guard is gone.
 pub(crate) async fn supervise(
     lease: std::sync::Weak<dyn Lease>,
     monitor: LeaseMonitor,
     plan: SupervisorPlan,
-    first_renewal: Option<Instant>,
 ) {
     let mut watch = monitor.subscribe();
-    let mut next_renewal = first_renewal;
+    let mut next_renewal = plan.first_renewal;
     loop {
         let state = monitor.state();
         if matches!(state, LockState::Lost | LockState::Released) {

@@ -73,7 +73,6 @@ struct Job {
     lease: Weak<dyn Lease>,
     monitor: LeaseMonitor,
     plan: SupervisorPlan,
-    first_renewal: Option<Instant>,
 }
 
 impl Job {
@@ -83,12 +82,7 @@ impl Job {
         {
             return;
         }
-        tokio::spawn(supervise(
-            self.lease,
-            self.monitor,
-            self.plan,
-            self.first_renewal,
-        ));
+        tokio::spawn(supervise(self.lease, self.monitor, self.plan));
     }
 }
 
@@ -121,7 +115,6 @@ impl Supervisors {
         lease: Weak<dyn Lease>,
         monitor: LeaseMonitor,
         plan: SupervisorPlan,
-        first_renewal: Option<Instant>,
     ) -> Ticket {
         let (key, start_timer, wake) = {
             let mut st = self.inner.lock();
@@ -133,7 +126,6 @@ impl Supervisors {
                     lease,
                     monitor,
                     plan,
-                    first_renewal,
                 },
             );
             let start_timer = !st.timer_running;

@@ -153,11 +153,14 @@ impl PgBackend {
         let (key, mode) = (grant.key, grant.mode);
         grant.disarm();
         let id = NEXT_GRANT.fetch_add(1, Ordering::Relaxed);
-        // The client-side deadline after each session check; never longer than the hold the
+        // The client-side deadline after each session check: never longer than the hold the
         // caller allows without renewal (`at_most` below session_deadline is honoured too).
-        let deadline = match opts.renew() {
-            Renew::Off => self.cfg.session_deadline.min(opts.ttl()),
-            Renew::Auto { .. } => self.cfg.session_deadline,
+        // The session check is the "renewal": it runs every session_deadline/3 and the
+        // client-side deadline is session_deadline after each check was sent. The caller's
+        // ttl bounds the hold only when renewal is off (ShedLock's at_most), through max_hold.
+        let (deadline, max_hold) = match opts.renew() {
+            Renew::Off => (self.cfg.session_deadline.min(opts.ttl()), Some(opts.ttl())),
+            Renew::Auto { max_hold } => (self.cfg.session_deadline, max_hold),
         };
         let monitor = LeaseMonitor::new(name, BACKEND, Some(lease_deadline(sent, deadline)));
         session.watch(id, monitor.clone());
@@ -169,13 +172,6 @@ impl PgBackend {
             session_deadline: self.cfg.session_deadline,
             supervisors: self.supervisors.clone(),
         });
-        // The session check is the "renewal": it runs every session_deadline/3 and the
-        // client-side deadline is session_deadline after each check was sent. The caller's
-        // ttl bounds the hold only when renewal is off (ShedLock's at_most), through max_hold.
-        let max_hold = match opts.renew() {
-            Renew::Off => Some(opts.ttl()),
-            Renew::Auto { max_hold } => max_hold,
-        };
         let guard_opts = opts
             .clone()
             .with_ttl(deadline)

@@ -52,19 +52,6 @@ impl fmt::Debug for PgConfig {
     }
 }
 
-const OURS: &[&str] = &[
-    "key",
-    "fencing",
-    "fencing_table",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "user_timeout",
-    "session_deadline",
-    "check_timeout",
-    "connect_timeout",
-];
-
 impl PgConfig {
     /// Parses a `postgres://` or `postgresql://` URL. dlock's own query options are removed
     /// before the rest is handed to sqlx.
@@ -131,7 +118,6 @@ impl PgConfig {
         if fencing_on {
             cfg.fencing = Fencing::Table(fencing_table);
         }
-        debug_assert!(OURS.iter().all(|o| !rest.iter().any(|(k, _)| k == o)));
         {
             let mut q = parsed.query_pairs_mut();
             q.clear();

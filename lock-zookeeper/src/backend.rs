@@ -16,7 +16,7 @@ use crate::contender::{Contender, Entered};
 use crate::error;
 use crate::layout::{self, Standing};
 use crate::lease::{HoldLimit, ZkLease};
-use crate::session::Session;
+use crate::session::{Session, sleep_until_opt};
 use crate::{CAPABILITIES, NAME};
 
 /// Locks on a ZooKeeper ensemble. One session serves every lock of the backend; when it
@@ -212,11 +212,4 @@ fn timed_out(name: &LockName, opts: &LockOptions) -> Error {
             name.as_str()
         ),
     )
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }

@@ -281,7 +281,7 @@ async fn watch_session(
     }
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

@@ -57,10 +57,6 @@ pub const SCENARIOS: [&str; 9] = [
     "clock_skew",
 ];
 
-/// The scenarios this build measures (all of them; a cell may still be `not_applicable`,
-/// or `not_measured` when what it needs is missing, e.g. libfaketime for `clock_skew`).
-pub const MEASURED: [&str; 9] = SCENARIOS;
-
 /// Scenarios whose fault sits in a [`FaultProxy`] between the holder and each of its servers
 /// (unless the holder runs in a network namespace).
 const PROXIED: [&str; 2] = ["holder_partitioned", "connection_reset"];
@@ -519,6 +515,29 @@ fn grant_bound(ttl: Duration) -> Duration {
     ttl * 3 + Duration::from_secs(10)
 }
 
+/// A fault proxy in front of every server of `target` (Redlock: each instance) and `url`
+/// rerouted through them.
+async fn proxy_members(target: &Target, url: &str) -> Result<(Vec<FaultProxy>, String)> {
+    if target.members.is_empty() {
+        bail!("no server address to put a proxy in front of");
+    }
+    let mut proxies = Vec::new();
+    let mut pairs = Vec::new();
+    for m in &target.members {
+        let p = FaultProxy::start(*m).await?;
+        pairs.push((*m, p.addr()));
+        proxies.push(p);
+    }
+    let rerouted = degraded::reroute(url, &pairs)?;
+    Ok((proxies, rerouted))
+}
+
+/// How long a fault (pause, blackhole, reset, restart) is given to produce a grant: three
+/// ttls, at least 6 s.
+fn fault_bound(ttl: Duration) -> Duration {
+    (ttl * 3).max(Duration::from_secs(6))
+}
+
 const FIRST_GRANT: Duration = Duration::from_secs(30);
 
 fn lock_name(backend: &str, scenario: &str, rep: usize) -> String {
@@ -701,27 +720,13 @@ async fn run_rep(
     let (proxies, url_a) = if let Some((_, url_ns)) = &netns {
         (Vec::new(), url_ns.clone())
     } else if PROXIED.contains(&scenario) {
-        // One proxy in front of every server (Redlock: each instance).
-        if target.members.is_empty() {
-            bail!("no server address to put a proxy in front of");
-        }
-        let mut proxies = Vec::new();
-        let mut pairs = Vec::new();
-        for m in &target.members {
-            let p = FaultProxy::start(*m).await?;
-            pairs.push((*m, p.addr()));
-            proxies.push(p);
-        }
-        let url_a = degraded::reroute(url, &pairs)?;
-        (proxies, url_a)
+        proxy_members(target, url).await?
     } else {
         (Vec::new(), url.to_string())
     };
     let ns = netns.as_ref().map(|(ns, _)| ns);
-    let (mut a, token_a, mut b) = match ns {
-        Some(_) => holder_and_waiter_in(opts, ns, &url_a, url, &name, &mut res).await?,
-        None => holder_and_waiter(opts, &url_a, url, &name, &mut res).await?,
-    };
+    let (mut a, token_a, mut b) =
+        holder_and_waiter_in(opts, ns, &url_a, url, &name, &mut res).await?;
     let mut out = Rep::default();
     if let Some(ns) = ns {
         partition_note = Some(partition::netns_note(ns, target.addr.map(|a| a.port())));
@@ -754,7 +759,7 @@ async fn run_rep(
                 out.stale_rejected = Some(res.late_write(0, token_a, wall_ms()).rejected());
             }
             "holder_paused" => {
-                let pause_bound = (opts.ttl * 3).max(Duration::from_secs(6));
+                let pause_bound = fault_bound(opts.ttl);
                 let t0 = wall_ms();
                 a.pause()?;
                 let grant = await_grant(&mut b, &mut res, pause_bound).await?;
@@ -799,9 +804,9 @@ async fn run_rep(
                 }
             }
             "holder_partitioned" | "connection_reset" => {
-                let mut fault_bound = (opts.ttl * 3).max(Duration::from_secs(6));
+                let mut bound = fault_bound(opts.ttl);
                 if ns.is_some() {
-                    fault_bound = fault_bound.max(partition::NETNS_FAULT_BOUND);
+                    bound = bound.max(partition::NETNS_FAULT_BOUND);
                 }
                 let set_all = |f: Fault| {
                     for p in &proxies {
@@ -814,17 +819,17 @@ async fn run_rep(
                 let t0 = wall_ms();
                 let grant = if let Some(ns) = ns {
                     ns.link_down()?;
-                    let g = await_grant(&mut b, &mut res, fault_bound).await?;
+                    let g = await_grant(&mut b, &mut res, bound).await?;
                     ns.link_up()?;
                     g
                 } else if scenario == "connection_reset" {
                     set_all(Fault::Reset);
                     tokio::time::sleep(RESET_FOR).await;
                     set_all(Fault::Pass);
-                    await_grant(&mut b, &mut res, fault_bound).await?
+                    await_grant(&mut b, &mut res, bound).await?
                 } else {
                     set_all(Fault::Blackhole);
-                    let g = await_grant(&mut b, &mut res, fault_bound).await?;
+                    let g = await_grant(&mut b, &mut res, bound).await?;
                     set_all(Fault::Pass);
                     g
                 };
@@ -899,7 +904,7 @@ async fn run_rep(
                         };
                         out.notes.push(format!(
                             "not freed within {} s of the fault ({why})",
-                            fault_bound.as_secs()
+                            bound.as_secs()
                         ));
                         let t1 = wall_ms();
                         res.exit(0, lost.unwrap_or(t1));
@@ -911,7 +916,7 @@ async fn run_rep(
                 }
             }
             "server_restart" => {
-                let restart_bound = (opts.ttl * 3).max(Duration::from_secs(6));
+                let restart_bound = fault_bound(opts.ttl);
                 let t0 = wall_ms();
                 let what = match (&target.server, &target.cluster) {
                     (Some(server), _) if server.is_managed() => {
@@ -1300,11 +1305,7 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
     let started = std::time::Instant::now();
     let started_ms = wall_ms();
     let selected = |s: &str| opts.scenarios.iter().any(|x| x == s);
-    let to_run: Vec<&str> = SCENARIOS
-        .iter()
-        .copied()
-        .filter(|s| selected(s) && MEASURED.contains(s))
-        .collect();
+    let to_run: Vec<&str> = SCENARIOS.iter().copied().filter(|s| selected(s)).collect();
     let total = opts.backends.len() * to_run.len();
     let mut done = 0;
     crate::progress::start(total);
@@ -1359,15 +1360,6 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
                     scenario,
                     Status::NotApplicable,
                     Some(why),
-                ));
-                continue;
-            }
-            if !MEASURED.contains(&scenario) {
-                cells.push(Cell::empty(
-                    backend,
-                    scenario,
-                    Status::NotMeasured,
-                    Some("not measured yet: this scenario is not implemented in this build".into()),
                 ));
                 continue;
             }

@@ -44,13 +44,12 @@ pub(super) fn namespace(backend: &str, target: &Target) -> Result<(Netns, String
     }
     let ns = Netns::create().map_err(|e| e.to_string())?;
     let inside = ns.expose(addr.port()).map_err(|e| e.to_string())?;
-    let url = target.url.replace(&addr.to_string(), &inside.to_string());
-    if url == target.url {
-        return Err(format!(
+    let url = super::degraded::reroute(&target.url, &[(addr, inside)]).map_err(|_| {
+        format!(
             "cannot route {} through the namespace",
             dlock::redact(&target.url)
-        ));
-    }
+        )
+    })?;
     Ok((ns, url))
 }
 

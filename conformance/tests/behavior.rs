@@ -28,12 +28,13 @@ fn main() -> anyhow::Result<()> {
                 trials.push(Trial::test(name, || Ok(())).with_ignored_flag(true));
                 continue;
             }
-            let (url, rt) = (url.clone(), rt.clone());
+            let (url, rt, trial) = (url.clone(), rt.clone(), name.clone());
             trials.push(Trial::test(name, move || {
                 match rt.block_on(suite::run(&b, &url)) {
                     Outcome::Passed => Ok(()),
                     Outcome::Skipped(reason) => {
-                        eprintln!("skipped at run time: {reason}");
+                        // libtest-mimic cannot turn a trial into `ignored` once it runs.
+                        eprintln!("SKIPPED {trial} (at run time): {reason}");
                         Ok(())
                     }
                     Outcome::Failed(why) => Err(Failed::from(why)),

@@ -71,6 +71,7 @@ async fn latency_is_pipelined_and_keeps_order() {
     proxy.set(Fault::Latency(Duration::from_millis(400)));
     let t = Instant::now();
     s.write_all(b"a").await.unwrap();
+    // The gap between the two chunks under test, not a synchronisation.
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.write_all(b"b").await.unwrap();
     let mut got = Vec::new();

@@ -258,7 +258,8 @@ async fn a_transaction_pooler_is_detected_and_refused() {
 /// out past its deadline and turn Lost at once).
 #[tokio::test]
 async fn a_grant_after_a_long_wait_is_held() {
-    let pg = fixtures::postgres().await.unwrap();
+    // Managed: the waiter count below must not see other tests' waiters.
+    let pg = fixtures::managed_postgres().await.unwrap();
     let url = with_query(pg.url(), "session_deadline=1s&check_timeout=500ms");
     let (a, b) = (connect(&url).await, connect(&url).await);
     let n = unique("long-wait");
@@ -696,24 +697,7 @@ async fn interrupted_wait_exits_130_and_leaves_no_waiter() {
         .unwrap();
     assert_eq!(out.status.code(), Some(130));
     assert!(out.stdout.is_empty(), "the command must not run");
-    let mut conn = sqlx::PgConnection::connect(pg.url()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        if waiting == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the abandoned waiter is still queued"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_waiter_count(pg.url(), |w| w == 0, "the abandoned waiter is still queued").await;
     let (events, code) = holder.finish();
     assert_eq!(code, Some(0), "{events:?}");
 }

@@ -5,7 +5,8 @@
 //!
 //! "Another client" is played by the fixtures' raw-protocol `ZkSession`, which writes nodes in
 //! Apache Curator's format independently of dlock's code; holders in other processes are
-//! `dlock hold`; network faults come from the small TCP proxy in `fault_proxy` below.
+//! `dlock hold`; network faults come from `conformance::faults::FaultProxy`, and the one it
+//! lacks (cut the answer to a given request) from the small proxy in `fault_proxy` below.
 
 mod common;
 

@@ -572,6 +572,7 @@ async fn external_confirmation_moves_the_deadline() {
         },
         &no_renew(secs(1)),
     );
+    // Sleeps here advance tokio's paused clock.
     tokio::time::sleep(Duration::from_millis(500)).await;
     monitor.report_confirmed(Some(Instant::now() + secs(5)));
     tokio::time::sleep(secs(2)).await;
@@ -645,6 +646,7 @@ async fn lazily_started_supervisors_renew_and_expire_on_schedule() {
         lost_after >= secs(1) && lost_after <= secs(2),
         "lost after {lost_after:?}"
     );
+    // Advances tokio's paused clock.
     tokio::time::sleep(Duration::from_millis(10_500)).await;
     // Every ttl/3 = 1 s: ten renewals in 10.5 s (plus the 1-2 s above).
     let n = extends.load(std::sync::atomic::Ordering::SeqCst);

@@ -115,7 +115,13 @@ mod tests {
     #[test]
     fn degenerate_bounds_are_raised() {
         let mut b = Backoff::new(Duration::ZERO, Duration::ZERO);
-        let p = b.pause();
-        assert!(p <= Duration::from_millis(1), "{p:?}");
+        // First and cap raised to 1 ms: pauses are jittered halves to wholes of 1 ms, never 0.
+        for _ in 0..3 {
+            let p = b.pause();
+            assert!(
+                p >= Duration::from_micros(500) && p <= Duration::from_millis(1),
+                "{p:?}"
+            );
+        }
     }
 }

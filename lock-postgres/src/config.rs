@@ -261,6 +261,12 @@ mod tests {
         assert_eq!(c.fencing, Fencing::Table("locks.tokens".into()));
         assert_eq!(c.keepalives_idle, Duration::from_secs(5));
         assert_eq!(c.session_deadline, Duration::from_secs(5));
+        assert_eq!(c.user_timeout, Duration::from_secs(9));
+        assert_eq!(c.connect.get_database(), Some("db"));
+        assert!(matches!(
+            c.connect.get_ssl_mode(),
+            sqlx::postgres::PgSslMode::Disable
+        ));
     }
 
     #[test]

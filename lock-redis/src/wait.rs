@@ -178,8 +178,14 @@ mod tests {
         assert_eq!(next_check(now, 10), now + Duration::from_millis(11));
         let far = next_check(now, 60_000) - now;
         assert!(far <= Duration::from_millis(1200) && far >= Duration::from_millis(800));
-        let none = next_check(now, -1) - now;
-        assert!(none <= Duration::from_millis(1200));
+        // No expiry (-1) or no key (-2): the jittered fallback, never a tight loop.
+        for pttl in [-1, -2] {
+            let none = next_check(now, pttl) - now;
+            assert!(
+                none <= Duration::from_millis(1200) && none >= Duration::from_millis(800),
+                "{pttl}: {none:?}"
+            );
+        }
     }
 
     #[test]

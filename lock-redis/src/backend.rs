@@ -204,6 +204,8 @@ impl Backend for RedisBackend {
 /// reply was useless), it releases the lock in the background on the same connection, where
 /// the release is queued behind the acquisition; the release is token-checked, so it never
 /// touches anyone else's lock.
+/// (Not `lock_core::PendingLease`: that one releases through `RedisLease::release`, on
+/// whatever connection is current, which could overtake the acquisition still in flight.)
 struct Pending {
     shared: Arc<Shared>,
     link: Link,

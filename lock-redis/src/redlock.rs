@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::future::{join_all, select_all};
 use lock_core::{
     Backend, BoxFuture, Capabilities, Error, ErrorKind, Grant, Guard, Lease, LeaseMonitor,
-    LockName, LockOptions, Operation, Result, Supervisors, lease_deadline,
+    LockName, LockOptions, Operation, PendingLease, Result, Supervisors, lease_deadline,
 };
 use tokio::time::Instant;
 
@@ -215,32 +215,27 @@ impl RedlockBackend {
             let _ = join_all(interests.iter().map(Interest::subscribe)).await;
             interests.iter_mut().for_each(Interest::mark_seen);
             let token = new_token();
-            let pending = Pending {
+            let lease = Arc::new(RedlockLease {
                 shared: Arc::clone(shared),
+                name: name.clone(),
                 key: key.clone(),
                 token: token.clone(),
                 ttl,
-                armed: true,
-            };
+            });
+            // Dropped armed (the caller gave up mid-round), it releases the attempt's token
+            // on every instance in the background.
+            let pending = PendingLease::new(lease);
             let sent = Instant::now();
             let t = self.try_all(&key, &token, ttl).await;
             let valid_until = lease_deadline(sent, ttl);
             if t.yes >= shared.quorum && Instant::now() < valid_until {
-                pending.disarm();
                 // No await from here to `Guard::new`.
-                let lease = Arc::new(RedlockLease {
-                    shared: Arc::clone(shared),
-                    name: name.clone(),
-                    key,
-                    token,
-                    ttl,
-                });
                 return Ok(Guard::new(
                     Grant {
                         name: name.clone(),
                         backend: NAME,
                         token: None,
-                        lease,
+                        lease: pending.into_lease(),
                         monitor: LeaseMonitor::new(name, NAME, Some(valid_until)),
                         requested_at: plan.requested_at,
                     },
@@ -309,40 +304,6 @@ impl Backend for RedlockBackend {
         opts: &'a LockOptions,
     ) -> BoxFuture<'a, Result<Guard>> {
         lock_core::observe::instrument_acquire(NAME, name, opts, self.acquire_inner(name, opts))
-    }
-}
-
-/// A round whose outcome was not acted on; dropped armed (the caller gave up), it releases
-/// the attempt's token on every instance in the background.
-struct Pending {
-    shared: Arc<Shared>,
-    key: Vec<u8>,
-    token: String,
-    ttl: Duration,
-    armed: bool,
-}
-
-impl Pending {
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let shared = Arc::clone(&self.shared);
-        let key = std::mem::take(&mut self.key);
-        let token = std::mem::take(&mut self.token);
-        let ttl = self.ttl;
-        rt.spawn(async move {
-            shared.release_all(&key, &token, ttl).await;
-        });
     }
 }
 

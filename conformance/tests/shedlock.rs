@@ -205,35 +205,30 @@ async fn skewed_holder_clock_changes_nothing() {
     let pg = fixtures::postgres().await.unwrap();
     let url = shed_url(pg.url());
     let n = unique("skew");
-    let faketime = which("faketime").expect(
-        "faketime is missing: run scripts/install-servers (Debian: apt-get install faketime)",
+    use conformance::scenario::holder::{ClockSkew, HoldSpec, Holder, find_libfaketime};
+    let lib = find_libfaketime().expect(
+        "libfaketime is missing: run scripts/install-servers (Debian: apt-get install faketime)",
     );
-    let mut child = std::process::Command::new(faketime)
-        .args([
-            "-f",
-            "+2h",
-            env!("CARGO_BIN_EXE_dlock"),
-            "hold",
-            "--ttl",
-            "30s",
-            &url,
-            n.as_str(),
-        ])
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-    let ev: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(ev["event"], "acquired");
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let spec = HoldSpec {
+        url: url.clone(),
+        name: n.as_str().to_string(),
+        ttl: Duration::from_secs(30),
+        wait_forever: false,
+        skew: Some(ClockSkew {
+            lib,
+            offset_ms: 2 * 3_600_000,
+        }),
+    };
+    let mut holder = Holder::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_dlock")), &spec)
+        .expect("start dlock hold");
+    let ev = holder
+        .acquired(Duration::from_secs(30))
+        .await
+        .expect("dlock hold")
+        .expect("the skewed holder got no lock within 30 s");
     assert!(
-        ev["t_ms"].as_i64().unwrap() - now_ms > 3_600_000,
-        "the holder's clock must really be skewed: {ev}"
+        ev.clock_ahead_ms.is_some_and(|ahead| ahead > 3_600_000),
+        "the holder's clock must really be skewed: {ev:?}"
     );
     let mut sql = PgConnection::connect(pg.url()).await.unwrap();
     let left: f64 = sqlx::query_scalar(
@@ -249,16 +244,7 @@ async fn skewed_holder_clock_changes_nothing() {
         d.acquire(&n, &LockOptions::new()).await.unwrap_err().kind(),
         ErrorKind::Contended
     );
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn which(bin: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| std::path::Path::new(d).join(bin))
-        .find(|p| p.is_file())
+    holder.finish().await;
 }
 
 /// Unusual but legal table and column names are quoted; a name longer than the column is

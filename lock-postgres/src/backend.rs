@@ -56,7 +56,7 @@ impl PgBackend {
     /// kept as the shared lock session).
     pub async fn connect(url: &ConnectUrl) -> Result<Self> {
         let cfg = Arc::new(PgConfig::from_url(url)?);
-        let session = Session::open(cfg.clone(), cfg.key).await?;
+        let session = Session::open(cfg.clone()).await?;
         Ok(PgBackend {
             cfg,
             shared: Mutex::new(Some(session)),
@@ -74,7 +74,7 @@ impl PgBackend {
         if let Some(s) = slot.as_ref().filter(|s| s.is_alive()) {
             return Ok(s.clone());
         }
-        let s = Session::open(self.cfg.clone(), self.cfg.key).await?;
+        let s = Session::open(self.cfg.clone()).await?;
         *slot = Some(s.clone());
         Ok(s)
     }
@@ -107,7 +107,7 @@ impl PgBackend {
         };
         // Waiting blocks a session in the server, so it gets a session of its own, which then
         // holds the lock. The server wakes it the moment the lock is free: no polling.
-        let dedicated = Session::open(self.cfg.clone(), self.cfg.key).await?;
+        let dedicated = Session::open(self.cfg.clone()).await?;
         let sent = Instant::now();
         let grant = dedicated.lock(arg, opts.mode(), wait).await?;
         // The waiting request was sent when the wait began; after a long wait its send time is

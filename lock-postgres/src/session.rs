@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::BACKEND;
 use crate::config::{Fencing, PgConfig};
-use crate::key::{KeyArg, KeyId, KeyScheme, Statements, key_id};
+use crate::key::{KeyArg, KeyId, Statements, key_id};
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
@@ -43,7 +43,6 @@ struct Inner {
     /// The value of `dlock.session` set on that server session at open.
     marker: String,
     cfg: Arc<PgConfig>,
-    scheme: KeyScheme,
     exclusive: Statements,
     shared_stmts: Statements,
     alive: AtomicBool,
@@ -166,7 +165,8 @@ impl<T: Send + 'static> Drop for Finish<T> {
 
 impl Session {
     /// Opens a connection and applies the keepalive settings.
-    pub async fn open(cfg: Arc<PgConfig>, scheme: KeyScheme) -> Result<Session> {
+    pub async fn open(cfg: Arc<PgConfig>) -> Result<Session> {
+        let scheme = cfg.key;
         let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let connect = async {
             let mut conn = PgConnection::connect_with(&cfg.connect)
@@ -249,7 +249,6 @@ impl Session {
                 pid,
                 marker,
                 cfg,
-                scheme,
                 exclusive: Statements::new(scheme, LockMode::Exclusive),
                 shared_stmts: Statements::new(scheme, LockMode::Shared),
                 alive: AtomicBool::new(true),
@@ -597,7 +596,7 @@ impl<'a> Ctx<'a> {
         if !acquired {
             return Ok(None);
         }
-        let key = key_id(self.inner.scheme, key);
+        let key = key_id(self.inner.cfg.key, key);
         // Session locks are re-entrant: a second grant of a key this session already holds
         // would let two guards of this process in at once. Undo it and report contention.
         if let Some((held_mode, _)) = self.st.held.get(&key) {
@@ -647,7 +646,7 @@ impl<'a> Ctx<'a> {
             (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(3)?)))()
                 .map_err(|e| Failure::Statement(db_error(e, Operation::Acquire)))?;
         self.check_session(pid, marker.as_deref(), Operation::Acquire)?;
-        let key = key_id(self.inner.scheme, key);
+        let key = key_id(self.inner.cfg.key, key);
         self.note_held(key, mode);
         Ok(PendingGrant::new(self.inner, key, mode))
     }

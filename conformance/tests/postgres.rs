@@ -16,7 +16,7 @@ use sqlx::Connection;
 async fn connect(url: &str) -> Arc<dyn Backend> {
     dlock::connect(url)
         .await
-        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+        .unwrap_or_else(|e| panic!("connect {}: {e}", dlock::redact(url)))
 }
 
 fn forever() -> LockOptions {

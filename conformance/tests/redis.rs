@@ -51,7 +51,7 @@ fn ms(n: u64) -> Duration {
 async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
     dlock::connect(url)
         .await
-        .with_context(|| format!("connecting to {url}"))
+        .with_context(|| format!("connecting to {}", dlock::redact(url)))
 }
 
 /// `redis-cli -u URL ARGS…` (the URL without dlock's query options); trimmed stdout.

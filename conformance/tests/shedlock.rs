@@ -19,7 +19,7 @@ fn shed_url(pg_url: &str) -> String {
 async fn connect(url: &str) -> Arc<dyn Backend> {
     dlock::connect(url)
         .await
-        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+        .unwrap_or_else(|e| panic!("connect {}: {e}", dlock::redact(url)))
 }
 
 /// ShedLock's JDBC provider, database time, PostgreSQL: the insert for a new name.

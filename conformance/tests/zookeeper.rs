@@ -78,7 +78,7 @@ async fn foreign_session(url: &str) -> Result<ZkSession> {
 async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
     dlock::connect(url)
         .await
-        .with_context(|| format!("connecting to {url}"))
+        .with_context(|| format!("connecting to {}", dlock::redact(url)))
 }
 
 fn name(n: &str) -> LockName {

@@ -160,16 +160,12 @@ struct Tools {
 }
 
 fn find_tool(name: &'static str, package: &'static str) -> Result<PathBuf, NetnsError> {
-    let in_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    in_path
-        .into_iter()
-        .chain(SBIN.iter().map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            use std::os::unix::fs::PermissionsExt;
-            fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    use crate::fixtures::process::{find_in_path, is_executable};
+    find_in_path(name)
+        .or_else(|| {
+            SBIN.iter()
+                .map(|dir| std::path::Path::new(dir).join(name))
+                .find(|p| is_executable(p))
         })
         .ok_or(NetnsError::MissingTool {
             tool: name,

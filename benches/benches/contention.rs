@@ -62,10 +62,7 @@ fn main() -> Result<()> {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let many = std::env::var("DLOCK_BENCH_MANY")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let many = benches::env_usize("DLOCK_BENCH_MANY", 10_000);
     let plan = BenchPlan {
         handoffs: 160,
         per_task: 100,

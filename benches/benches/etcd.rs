@@ -13,20 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use benches::{Samples, micros, report_vs_floor};
+use benches::{Samples, env_usize, micros, once, report_vs_floor};
 use criterion::Criterion;
 use dlock::etcd::EtcdBackend;
 use dlock::etcd::etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use dlock::{Backend, LockName, LockOptions, Wait};
 
 const WAITERS: usize = 8;
-
-fn env_usize(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The floor: put-if-absent txn + delete, on the raw client.
 async fn floor_op(client: &Client, key: &str) -> Result<()> {
@@ -37,15 +30,6 @@ async fn floor_op(client: &Client, key: &str) -> Result<()> {
     let resp = kv.txn(txn).await?;
     anyhow::ensure!(resp.succeeded(), "floor key {key} already existed");
     kv.delete(key, None).await?;
-    Ok(())
-}
-
-async fn dlock_op(backend: &EtcdBackend, name: &LockName, opts: &LockOptions) -> Result<()> {
-    let guard = backend.acquire(name, opts).await?;
-    anyhow::ensure!(
-        guard.release().await?,
-        "release reported the lock was not ours"
-    );
     Ok(())
 }
 
@@ -61,7 +45,7 @@ async fn interleaved(
 ) -> Result<(Samples, Samples)> {
     Samples::collect(30, 0, || async {
         floor_op(client, floor_key).await?;
-        dlock_op(backend, name, opts).await
+        once(backend, name, opts).await
     })
     .await?;
     let (mut measured, mut floor) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -69,7 +53,7 @@ async fn interleaved(
         for side in [i % 2, 1 - i % 2] {
             let t = Instant::now();
             if side == 0 {
-                dlock_op(backend, name, opts).await?;
+                once(backend, name, opts).await?;
                 measured.push(t.elapsed());
             } else {
                 floor_op(client, floor_key).await?;
@@ -169,7 +153,7 @@ fn main() -> Result<()> {
     let mut group = c.benchmark_group("etcd");
     group.bench_function("acquire_release", |b| {
         b.to_async(&rt)
-            .iter(|| async { dlock_op(&backend, &name, &opts).await.unwrap() })
+            .iter(|| async { once(&backend, &name, &opts).await.unwrap() })
     });
     group.bench_function("floor_txn_put_if_absent_delete", |b| {
         b.to_async(&rt)

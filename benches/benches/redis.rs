@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use benches::{Samples, micros, report_vs_floor};
+use benches::{Samples, env_usize, micros, once, report_vs_floor};
 use criterion::Criterion;
-use dlock::{Backend, LockName, LockOptions, Wait};
+use dlock::{LockName, LockOptions, Wait};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisConnectionInfo, Script};
 
@@ -132,19 +132,6 @@ impl Floor {
     }
 }
 
-async fn dlock_once(backend: &dyn Backend, name: &LockName, opts: &LockOptions) -> Result<()> {
-    let g = backend.acquire(name, opts).await?;
-    anyhow::ensure!(g.release().await?, "release said not ours");
-    Ok(())
-}
-
-fn samples_per_side() -> usize {
-    std::env::var("DLOCK_BENCH_SAMPLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000)
-}
-
 /// p50/p99 of acquire + release beside the floor.
 async fn latency_vs_floor(url: &str, run: &str) -> Result<f64> {
     let backend = dlock::connect(url).await?;
@@ -152,12 +139,12 @@ async fn latency_vs_floor(url: &str, run: &str) -> Result<f64> {
     let name = LockName::new(format!("bench-{run}-lat"))?;
     let floor_key = format!("bench-{run}-floor");
     let opts = LockOptions::new();
-    let n = samples_per_side();
+    let n = env_usize("DLOCK_BENCH_SAMPLES", 2000);
     // Warm up every path, then alternate one floor, one scripts-only and one dlock operation,
     // so that load from other processes on this shared machine hits all three alike.
     Samples::collect(200, 0, || floor.lock_unlock(&floor_key)).await?;
     Samples::collect(200, 0, || floor.scripts_only(&floor_key)).await?;
-    Samples::collect(200, 0, || dlock_once(&*backend, &name, &opts)).await?;
+    Samples::collect(200, 0, || once(&*backend, &name, &opts)).await?;
     let (mut raw, mut scripts, mut mine) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
         let t = Instant::now();
@@ -167,7 +154,7 @@ async fn latency_vs_floor(url: &str, run: &str) -> Result<f64> {
         floor.scripts_only(&floor_key).await?;
         scripts.push(t.elapsed());
         let t = Instant::now();
-        dlock_once(&*backend, &name, &opts).await?;
+        once(&*backend, &name, &opts).await?;
         mine.push(t.elapsed());
     }
     let raw = Samples::from(raw);
@@ -193,7 +180,7 @@ async fn throughput(url: &str, run: &str) -> Result<()> {
         tasks.push(tokio::spawn(async move {
             let opts = LockOptions::new();
             for _ in 0..per_task {
-                dlock_once(&*backend, &name, &opts).await?;
+                once(&*backend, &name, &opts).await?;
             }
             anyhow::Ok(())
         }));
@@ -266,7 +253,7 @@ fn criterion_group(c: &mut Criterion, rt: &tokio::runtime::Runtime, url: &str) -
         .measurement_time(Duration::from_secs(2));
     group.bench_function("acquire_release", |b| {
         b.to_async(rt)
-            .iter(|| async { dlock_once(&*backend, &name, &opts).await.unwrap() })
+            .iter(|| async { once(&*backend, &name, &opts).await.unwrap() })
     });
     group.bench_function("floor_set_nx_px_release_script", |b| {
         b.to_async(rt)

@@ -32,10 +32,7 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let samples: usize = std::env::var("ZK_BENCH_SAMPLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3000);
+    let samples = benches::env_usize("ZK_BENCH_SAMPLES", 3000);
 
     let server = rt.block_on(fixtures::managed_zookeeper(ZooKeeperOptions {
         extra_jvm_args: vec!["-XX:TieredStopAtLevel=4".into()],

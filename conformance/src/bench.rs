@@ -476,7 +476,8 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-async fn once(backend: &dyn Backend, name: &LockName, opts: &LockOptions) -> Result<()> {
+/// One acquire + release of `name`, failing if the release says the lock was not ours.
+pub async fn once(backend: &dyn Backend, name: &LockName, opts: &LockOptions) -> Result<()> {
     let g = backend.acquire(name, opts).await?;
     anyhow::ensure!(g.release().await?, "release said the lock was not ours");
     Ok(())

@@ -14,6 +14,7 @@ mod registry;
 #[cfg(feature = "cron")]
 pub mod schedule;
 mod supervisors;
+mod wait_plan;
 
 pub use backend::{Backend, BoxFuture, Capabilities};
 pub use election::{Election, Leadership};
@@ -28,6 +29,7 @@ pub use name::LockName;
 pub use options::{LockMode, LockOptions, Renew, Wait};
 pub use registry::{ConnectFn, ConnectUrl, Registry, SchemeStatus, redact};
 pub use supervisors::Supervisors;
+pub use wait_plan::WaitPlan;
 
 use std::sync::Arc;
 

@@ -9,10 +9,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::backend::{Backend, BoxFuture, Capabilities};
-use crate::error::{Error, ErrorKind, Operation, Result};
+use crate::error::{Error, Result};
 use crate::guard::{FencingToken, Grant, Guard, Lease, LeaseMonitor, lease_deadline};
 use crate::name::LockName;
-use crate::options::{LockMode, LockOptions, Wait};
+use crate::options::{LockMode, LockOptions};
 use crate::registry::ConnectUrl;
 
 /// The URL scheme of the in-memory backend.
@@ -201,12 +201,8 @@ impl MemoryBackend {
 
     async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
         opts.validate().map_err(|e| e.in_backend(NAME))?;
-        let requested_at = Instant::now();
-        let deadline = match opts.wait() {
-            Wait::No => Some(requested_at),
-            Wait::For(d) => Some(requested_at + d),
-            Wait::Forever => None,
-        };
+        let plan = crate::WaitPlan::new(opts);
+        let (requested_at, deadline) = (plan.requested_at, plan.deadline);
         loop {
             let (mut notified, next_expiry) = {
                 let now = Instant::now();
@@ -253,31 +249,8 @@ impl MemoryBackend {
                 notified.as_mut().enable();
                 (notified, entry.next_expiry())
             };
-            let now = Instant::now();
-            if let Some(deadline) = deadline {
-                if deadline <= now {
-                    let err = if opts.wait() == Wait::No || opts.wait() == Wait::For(Duration::ZERO)
-                    {
-                        Error::new(
-                            ErrorKind::Contended,
-                            NAME,
-                            Operation::Acquire,
-                            format!("lock {:?} is held by someone else", name.as_str()),
-                        )
-                    } else {
-                        Error::new(
-                            ErrorKind::Timeout,
-                            NAME,
-                            Operation::Acquire,
-                            format!(
-                                "lock {:?} was still held when the wait of {:?} ran out",
-                                name.as_str(),
-                                deadline - requested_at
-                            ),
-                        )
-                    };
-                    return Err(err);
-                }
+            if plan.expired(Instant::now()) {
+                return Err(plan.busy_error(NAME, name, ""));
             }
             tokio::select! {
                 _ = &mut notified => {}

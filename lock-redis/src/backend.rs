@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::node::{Link, Node};
 use crate::scripts::{self, Attempt, FenceSlot};
-use crate::wait::{WaitPlan, check_options, key_of, new_token, next_check};
+use crate::wait::{check_options, key_of, new_token, next_check};
+use lock_core::WaitPlan;
 
 pub(crate) const NAME: &str = "redis";
 

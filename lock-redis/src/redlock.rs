@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::node::{Node, NodeError};
 use crate::notify::Interest;
 use crate::scripts::{self, Attempt};
-use crate::wait::{WaitPlan, check_options, jittered, key_of, new_token, next_check};
+use crate::wait::{check_options, jittered, key_of, new_token, next_check};
+use lock_core::WaitPlan;
 
 pub(crate) const NAME: &str = "redlock";
 

@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use lock_core::{Error, ErrorKind, LockMode, LockName, LockOptions, Operation, Wait};
+use lock_core::{Error, ErrorKind, LockMode, LockName, LockOptions, Operation};
 use tokio::time::Instant;
 
 /// How long a waiter sleeps at most before it re-checks a lock whose release it may have
@@ -78,67 +78,6 @@ pub(crate) fn check_options(
         ));
     }
     Ok(())
-}
-
-/// The waiting policy of one `acquire` call.
-pub(crate) struct WaitPlan {
-    pub requested_at: Instant,
-    pub deadline: Option<Instant>,
-    wait: Wait,
-}
-
-impl WaitPlan {
-    pub fn new(opts: &LockOptions) -> WaitPlan {
-        let requested_at = Instant::now();
-        let deadline = match opts.wait() {
-            Wait::No => Some(requested_at),
-            Wait::For(d) => Some(requested_at + d),
-            Wait::Forever => None,
-        };
-        WaitPlan {
-            requested_at,
-            deadline,
-            wait: opts.wait(),
-        }
-    }
-
-    /// Whether this call may wait at all (then waiters subscribe before trying).
-    pub fn may_wait(&self) -> bool {
-        self.deadline.is_none_or(|d| d > self.requested_at)
-    }
-
-    /// Whether the wait is over.
-    pub fn expired(&self, now: Instant) -> bool {
-        self.deadline.is_some_and(|d| d <= now)
-    }
-
-    /// The error for a lock still busy when the wait ended.
-    pub fn busy_error(&self, backend: &'static str, name: &LockName, detail: &str) -> Error {
-        if matches!(self.wait, Wait::No | Wait::For(Duration::ZERO)) {
-            Error::new(
-                ErrorKind::Contended,
-                backend,
-                Operation::Acquire,
-                format!("lock {:?} is held by someone else{detail}", name.as_str()),
-            )
-        } else {
-            let waited = self.deadline.unwrap_or(self.requested_at) - self.requested_at;
-            Error::new(
-                ErrorKind::Timeout,
-                backend,
-                Operation::Acquire,
-                format!(
-                    "lock {:?} was still held when the wait of {waited:?} ran out{detail}",
-                    name.as_str()
-                ),
-            )
-        }
-    }
-
-    /// The instant to wake at: `at`, but no later than the deadline.
-    pub fn cap(&self, at: Instant) -> Instant {
-        self.deadline.map_or(at, |d| d.min(at))
-    }
 }
 
 /// The key of `name`: the prefix, then the name's UTF-8 bytes, unchanged.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
-    Lease, LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Supervisors, Wait,
-    lease_deadline,
+    Lease, LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Supervisors,
+    WaitPlan, lease_deadline,
 };
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio::sync::{OnceCell, broadcast};
@@ -272,12 +272,8 @@ impl ShedPgBackend {
             ));
         }
         self.check_name(name)?;
-        let requested_at = Instant::now();
-        let deadline = match opts.wait() {
-            Wait::No | Wait::For(Duration::ZERO) => None,
-            Wait::For(d) => Some(requested_at + d),
-            Wait::Forever => Some(requested_at + Duration::from_secs(u32::MAX as u64)),
-        };
+        let plan = WaitPlan::new(opts);
+        let requested_at = plan.requested_at;
         let lease = Arc::new(ShedPgLease {
             supervisors: self.supervisors.clone(),
             pool: self.pool.clone(),
@@ -297,19 +293,9 @@ impl ShedPgBackend {
                 return self.finish(name, opts, pending, sent, requested_at).await;
             }
             pending.disarm();
-            let Some(deadline) = deadline.filter(|d| *d > Instant::now()) else {
-                let kind = if deadline.is_some() {
-                    ErrorKind::Timeout
-                } else {
-                    ErrorKind::Contended
-                };
-                return Err(Error::new(
-                    kind,
-                    BACKEND_PG,
-                    Operation::Acquire,
-                    format!("lock {:?} is held (row not expired yet)", name.as_str()),
-                ));
-            };
+            if plan.expired(Instant::now()) {
+                return Err(plan.busy_error(BACKEND_PG, name, " (row not expired yet)"));
+            }
             if !listening {
                 listening = true;
                 releases = self.release_notifications().await;
@@ -342,7 +328,7 @@ impl ShedPgBackend {
             };
             tokio::select! {
                 _ = announced => {}
-                _ = tokio::time::sleep_until(wake.min(deadline)) => {}
+                _ = tokio::time::sleep_until(plan.cap(wake)) => {}
             }
         }
     }

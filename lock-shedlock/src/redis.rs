@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, Grant, Guard, Lease,
-    LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Supervisors, Wait,
+    LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Supervisors, WaitPlan,
     lease_deadline,
 };
 use redis::aio::MultiplexedConnection;
@@ -226,12 +226,8 @@ impl ShedRedisBackend {
         let key = self.key(name);
         let value = format!("{}@{}", added_now(), owner(200));
         let ttl_ms = opts.ttl().as_millis().max(1) as u64;
-        let requested_at = Instant::now();
-        let deadline = match opts.wait() {
-            Wait::No | Wait::For(Duration::ZERO) => None,
-            Wait::For(d) => Some(requested_at + d),
-            Wait::Forever => Some(requested_at + Duration::from_secs(u32::MAX as u64)),
-        };
+        let plan = WaitPlan::new(opts);
+        let requested_at = plan.requested_at;
         let lease = Arc::new(ShedRedisLease {
             supervisors: self.supervisors.clone(),
             link: self.link.clone(),
@@ -274,19 +270,9 @@ impl ShedRedisBackend {
                 ));
             }
             pending.disarm();
-            let Some(deadline) = deadline.filter(|d| *d > Instant::now()) else {
-                let kind = if deadline.is_some() {
-                    ErrorKind::Timeout
-                } else {
-                    ErrorKind::Contended
-                };
-                return Err(Error::new(
-                    kind,
-                    BACKEND_REDIS,
-                    Operation::Acquire,
-                    format!("lock {:?} is held (key {key} exists)", name.as_str()),
-                ));
-            };
+            if plan.expired(Instant::now()) {
+                return Err(plan.busy_error(BACKEND_REDIS, name, &format!(" (key {key} exists)")));
+            }
             // ShedLock announces nothing: sleep until the key expires, but re-check at least
             // every 500 ms so an early release is noticed (bounded, not a busy loop).
             let pttl: i64 = self
@@ -298,7 +284,7 @@ impl ShedRedisBackend {
                 .await?;
             let until_expiry = Duration::from_millis(pttl.max(1) as u64);
             let nap = until_expiry.min(Duration::from_millis(500));
-            tokio::time::sleep_until((Instant::now() + nap).min(deadline)).await;
+            tokio::time::sleep_until(plan.cap(Instant::now() + nap)).await;
         }
     }
 

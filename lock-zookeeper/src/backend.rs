@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
-    LeaseMonitor, LockMode, LockName, LockOptions, Operation, Renew, Result, Wait, lease_deadline,
+    LeaseMonitor, LockMode, LockName, LockOptions, Operation, Renew, Result, WaitPlan,
+    lease_deadline,
 };
 use tokio::time::Instant;
 use zookeeper_client::Error as ZkError;
@@ -69,13 +70,9 @@ impl ZkBackend {
                 "shared locks are not supported by the ZooKeeper backend (exclusive only)",
             ));
         }
-        let requested_at = Instant::now();
-        let (try_only, deadline) = match opts.wait() {
-            Wait::No => (true, None),
-            Wait::For(d) if d.is_zero() => (true, None),
-            Wait::For(d) => (false, Some(requested_at + d)),
-            Wait::Forever => (false, None),
-        };
+        let plan = WaitPlan::new(opts);
+        let (requested_at, try_only, deadline) =
+            (plan.requested_at, !plan.may_wait(), plan.deadline);
         let session = self.session().await?;
         let lock_path = self.config.lock_path(name);
         let mut contender = Contender::new(Arc::clone(&session), lock_path.clone());
@@ -102,11 +99,11 @@ impl ZkBackend {
             };
             if try_only {
                 contender.withdraw();
-                return Err(contended(name));
+                return Err(plan.busy_error(NAME, name, ""));
             }
             if deadline.is_some_and(|d| d <= Instant::now()) {
                 contender.withdraw();
-                return Err(timed_out(name, opts));
+                return Err(plan.busy_error(NAME, name, ""));
             }
             // Watch only the node right before ours (no herd), as Curator does.
             let what = format!("watching {predecessor}");
@@ -120,7 +117,7 @@ impl ZkBackend {
                         _ = watcher.changed() => {}
                         _ = sleep_until_opt(deadline) => {
                             contender.withdraw();
-                            return Err(timed_out(name, opts));
+                            return Err(plan.busy_error(NAME, name, ""));
                         }
                     }
                 }
@@ -187,29 +184,4 @@ fn hold_limit(opts: &LockOptions, granted_at: Instant) -> Option<HoldLimit> {
         lost_at: lease_deadline(granted_at, limit),
         free_at: granted_at + limit,
     })
-}
-
-fn contended(name: &LockName) -> Error {
-    Error::new(
-        ErrorKind::Contended,
-        NAME,
-        Operation::Acquire,
-        format!("lock {:?} is held by someone else", name.as_str()),
-    )
-}
-
-fn timed_out(name: &LockName, opts: &LockOptions) -> Error {
-    let waited = match opts.wait() {
-        Wait::For(d) => format!("{d:?}"),
-        _ => "the wait".to_string(),
-    };
-    Error::new(
-        ErrorKind::Timeout,
-        NAME,
-        Operation::Acquire,
-        format!(
-            "lock {:?} was still held when the wait of {waited} ran out",
-            name.as_str()
-        ),
-    )
 }

@@ -10,6 +10,7 @@ mod memory;
 mod name;
 pub mod observe;
 mod options;
+mod random;
 mod registry;
 #[cfg(feature = "cron")]
 pub mod schedule;
@@ -27,6 +28,7 @@ pub use helpers::{BackendExt, Held, JobOutcome};
 pub use memory::{MemoryBackend, SCHEME as MEMORY_SCHEME};
 pub use name::LockName;
 pub use options::{LockMode, LockOptions, Renew, Wait};
+pub use random::{random_u64, unique_hex};
 pub use registry::{ConnectFn, ConnectUrl, Registry, SchemeStatus, redact};
 pub use supervisors::Supervisors;
 pub use wait_plan::WaitPlan;

@@ -415,15 +415,13 @@ fn session_mismatch(pid0: i32, marker0: &str, pid: i32, marker: Option<&str>) ->
     None
 }
 
-/// A value no other lock session has: random keys of the std hasher over the time and a
-/// counter.
+/// A value no other lock session has.
 fn new_marker(id: u64) -> String {
-    use std::hash::BuildHasher;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let r = std::collections::hash_map::RandomState::new().hash_one((nanos, id));
-    format!("{:016x}-{id}-{}", r, std::process::id())
+    format!(
+        "{:016x}-{id}-{}",
+        lock_core::random_u64(),
+        std::process::id()
+    )
 }
 
 /// SQLSTATE 26000 (invalid_sql_statement_name: a statement this connection prepared does not

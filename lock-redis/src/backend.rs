@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::node::{Link, Node};
 use crate::scripts::{self, Attempt, FenceSlot};
-use crate::wait::{check_options, key_of, new_token, next_check};
+use crate::wait::{check_options, key_of, next_check};
 use lock_core::WaitPlan;
 
 pub(crate) const NAME: &str = "redis";
@@ -97,7 +97,7 @@ impl RedisBackend {
                 interest.mark_seen();
             }
             let link = node.link().await.map_err(failed)?;
-            let token = new_token();
+            let token = lock_core::unique_hex();
             // From here until the reply is read, dropping this future must not leave the lock
             // behind: `pending` releases it (token-checked) unless disarmed.
             let pending = Pending {

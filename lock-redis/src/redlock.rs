@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::node::{Node, NodeError};
 use crate::notify::Interest;
 use crate::scripts::{self, Attempt};
-use crate::wait::{check_options, jittered, key_of, new_token, next_check};
+use crate::wait::{check_options, jittered, key_of, next_check};
 use lock_core::WaitPlan;
 
 pub(crate) const NAME: &str = "redlock";
@@ -215,7 +215,7 @@ impl RedlockBackend {
         loop {
             let _ = join_all(interests.iter().map(Interest::subscribe)).await;
             interests.iter_mut().for_each(Interest::mark_seen);
-            let token = new_token();
+            let token = lock_core::unique_hex();
             let lease = Arc::new(RedlockLease {
                 shared: Arc::clone(shared),
                 name: name.clone(),

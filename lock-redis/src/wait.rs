@@ -1,10 +1,7 @@
 //! What the single-instance and the Redlock backends share: option checks, per-acquisition
 //! tokens, and the waiting policy (deadline, fallback re-check with jitter).
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use lock_core::{Error, ErrorKind, LockMode, LockName, LockOptions, Operation};
 use tokio::time::Instant;
@@ -14,31 +11,9 @@ use tokio::time::Instant;
 /// that expires sooner is re-checked at its expiry; a release is seen at once by pub/sub.
 pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 
-/// 64 unpredictable bits: SipHash with the process's random keys (from the OS, via std) over
-/// a counter and the clock. Tokens only need to be unique per acquisition, not secret (anyone
-/// who can read the key can read the token).
-pub(crate) fn random_u64() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    h.write_u128(nanos);
-    h.write_u32(std::process::id());
-    h.finish()
-}
-
-/// A fresh 128-bit token (32 hex digits) for one acquisition: the value stored in the key,
-/// the proof of ownership for extend and release.
-pub(crate) fn new_token() -> String {
-    format!("{:016x}{:016x}", random_u64(), random_u64())
-}
-
 /// `d` scaled by a random factor in `[1 - spread, 1 + spread]`.
 pub(crate) fn jittered(d: Duration, spread: f64) -> Duration {
-    let unit = (random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let unit = (lock_core::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
     d.mul_f64(1.0 - spread + 2.0 * spread * unit)
 }
 
@@ -91,17 +66,6 @@ pub(crate) fn key_of(prefix: &[u8], name: &LockName) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_are_distinct_hex() {
-        let tokens: std::collections::HashSet<String> = (0..1000).map(|_| new_token()).collect();
-        assert_eq!(tokens.len(), 1000);
-        assert!(
-            tokens
-                .iter()
-                .all(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
-        );
-    }
 
     #[test]
     fn jitter_stays_in_its_band() {

@@ -158,6 +158,23 @@ impl LockOptions {
         self.ttl / 3
     }
 
+    /// [`validate`](Self::validate), then refuses shared mode where `caps` say the backend has
+    /// none (`Unsupported`); the error names `backend`. What every exclusive-only backend
+    /// checks first.
+    pub fn check_for(&self, backend: &'static str, caps: &crate::Capabilities) -> Result<()> {
+        self.validate().map_err(|e| e.in_backend(backend))?;
+        if self.mode == LockMode::Shared && !caps.shared {
+            return Err(Error::new(
+                crate::ErrorKind::Unsupported,
+                backend,
+                crate::Operation::Acquire,
+                "shared locks are not supported by this backend (exclusive only); use \
+                 LockMode::Exclusive",
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks the options; every backend calls this before touching the server.
     pub fn validate(&self) -> Result<()> {
         if self.ttl.is_zero() {

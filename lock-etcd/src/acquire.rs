@@ -9,8 +9,8 @@ use etcd_client::{
     TxnOpResponse,
 };
 use lock_core::{
-    Error, ErrorKind, FencingToken, Grant, Guard, LeaseMonitor, LockMode, LockName, LockOptions,
-    Operation, Result, Wait,
+    Error, ErrorKind, FencingToken, Grant, Guard, LeaseMonitor, LockName, LockOptions, Operation,
+    Result, Wait,
 };
 use tokio::time::Instant;
 
@@ -40,15 +40,8 @@ async fn acquire_inner(
     name: &LockName,
     opts: &LockOptions,
 ) -> Result<Guard> {
-    opts.validate().map_err(|e| e.in_backend(NAME))?;
-    if opts.mode() == LockMode::Shared {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            NAME,
-            Operation::Validate,
-            "etcd locks are exclusive only (etcd's concurrency.Mutex has no shared mode)",
-        ));
-    }
+    // etcd's concurrency.Mutex has no shared mode.
+    opts.check_for(NAME, &EtcdBackend::CAPABILITIES)?;
     let secs = backend.lease_secs(opts.ttl())?;
     let inner = &backend.inner;
     let requested_at = Instant::now();

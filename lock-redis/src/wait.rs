@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lock_core::{Error, ErrorKind, LockMode, LockName, LockOptions, Operation};
+use lock_core::{Error, ErrorKind, LockName, LockOptions, Operation};
 use tokio::time::Instant;
 
 /// How long a waiter sleeps at most before it re-checks a lock whose release it may have
@@ -32,15 +32,14 @@ pub(crate) fn check_options(
     opts: &LockOptions,
     min_ttl: Duration,
 ) -> lock_core::Result<()> {
-    opts.validate().map_err(|e| e.in_backend(backend))?;
-    if opts.mode() == LockMode::Shared {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            backend,
-            Operation::Acquire,
-            "shared locks are not supported by this backend; use LockMode::Exclusive",
-        ));
-    }
+    // Neither Redis nor Redlock has a shared mode.
+    opts.check_for(
+        backend,
+        &lock_core::Capabilities {
+            shared: false,
+            ..lock_core::Capabilities::default()
+        },
+    )?;
     if opts.ttl() < min_ttl {
         return Err(Error::new(
             ErrorKind::InvalidOptions,

@@ -262,15 +262,7 @@ impl ShedPgBackend {
     }
 
     async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
-        opts.validate().map_err(|e| e.in_backend(BACKEND_PG))?;
-        if opts.mode() == lock_core::LockMode::Shared {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                BACKEND_PG,
-                Operation::Acquire,
-                "ShedLock tables have no shared mode",
-            ));
-        }
+        opts.check_for(BACKEND_PG, &self.capabilities())?;
         self.check_name(name)?;
         let plan = WaitPlan::new(opts);
         let requested_at = plan.requested_at;

@@ -214,15 +214,7 @@ impl ShedRedisBackend {
     }
 
     async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
-        opts.validate().map_err(|e| e.in_backend(BACKEND_REDIS))?;
-        if opts.mode() == lock_core::LockMode::Shared {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                BACKEND_REDIS,
-                Operation::Acquire,
-                "ShedLock keys have no shared mode",
-            ));
-        }
+        opts.check_for(BACKEND_REDIS, &self.capabilities())?;
         let key = self.key(name);
         let value = format!("{}@{}", added_now(), owner(200));
         let ttl_ms = opts.ttl().as_millis().max(1) as u64;

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
-    LeaseMonitor, LockMode, LockName, LockOptions, Operation, Renew, Result, WaitPlan,
-    lease_deadline,
+    LeaseMonitor, LockName, LockOptions, Operation, Renew, Result, WaitPlan, lease_deadline,
 };
 use tokio::time::Instant;
 use zookeeper_client::Error as ZkError;
@@ -61,15 +60,7 @@ impl ZkBackend {
     }
 
     async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
-        opts.validate().map_err(|e| e.in_backend(NAME))?;
-        if opts.mode() == LockMode::Shared {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                NAME,
-                Operation::Acquire,
-                "shared locks are not supported by the ZooKeeper backend (exclusive only)",
-            ));
-        }
+        opts.check_for(NAME, &CAPABILITIES)?;
         let plan = WaitPlan::new(opts);
         let (requested_at, try_only, deadline) =
             (plan.requested_at, !plan.may_wait(), plan.deadline);

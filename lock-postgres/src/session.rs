@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use lock_core::{Error, ErrorKind, LeaseMonitor, LockMode, Operation, Result};
 use sqlx::postgres::PgConnection;
-use sqlx::{Connection, Executor, Row};
+use sqlx::{Connection, Executor};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
@@ -221,8 +221,7 @@ impl Session {
                     .await
                     .map_err(|e| db_error(e, Operation::Connect))?;
                 let got: (i32, Option<String>) =
-                    (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))()
-                        .map_err(|e| db_error(e, Operation::Connect))?;
+                    sqlx::FromRow::from_row(&row).map_err(|e| db_error(e, Operation::Connect))?;
                 if let Some(what) = session_mismatch(pid, &marker, got.0, got.1.as_deref()) {
                     return Err(pooler_error(Operation::Connect, &what));
                 }
@@ -579,17 +578,9 @@ impl<'a> Ctx<'a> {
         };
         let r = with_limit(limit, bind(sqlx::query(sql), arg).fetch_one(conn)).await;
         let row = self.classify(Operation::Acquire, r)?;
-        type Cols = (bool, i32, i64, Option<String>);
-        let decode = |row: &sqlx::postgres::PgRow| -> std::result::Result<Cols, sqlx::Error> {
-            Ok((
-                row.try_get(0)?,
-                row.try_get(1)?,
-                row.try_get(2)?,
-                row.try_get(3)?,
-            ))
-        };
-        let (acquired, pid, key, marker) =
-            decode(&row).map_err(|e| Failure::Statement(db_error(e, Operation::Acquire)))?;
+        let (acquired, pid, key, marker): (bool, i32, i64, Option<String>) =
+            sqlx::FromRow::from_row(&row)
+                .map_err(|e| Failure::Statement(db_error(e, Operation::Acquire)))?;
         self.check_session(pid, marker.as_deref(), Operation::Acquire)?;
         if !acquired {
             return Ok(None);
@@ -641,7 +632,9 @@ impl<'a> Ctx<'a> {
             other => other?,
         };
         let (pid, key, marker): (i32, i64, Option<String>) =
-            (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(3)?)))()
+            // Column 2 is the void result of the lock function, as text.
+            <(i32, i64, Option<String>, Option<String>) as sqlx::FromRow<_>>::from_row(&row)
+                .map(|(pid, key, _, marker)| (pid, key, marker))
                 .map_err(|e| Failure::Statement(db_error(e, Operation::Acquire)))?;
         self.check_session(pid, marker.as_deref(), Operation::Acquire)?;
         let key = key_id(self.inner.cfg.key, key);
@@ -685,9 +678,8 @@ impl<'a> Ctx<'a> {
         }
         let r = with_limit(limit, q.fetch_one(conn)).await;
         let row = self.classify(Operation::Release, r)?;
-        let (was, pid, marker): (bool, i32, Option<String>) =
-            (|| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))()
-                .map_err(|e| Failure::Statement(db_error(e, Operation::Release)))?;
+        let (was, pid, marker): (bool, i32, Option<String>) = sqlx::FromRow::from_row(&row)
+            .map_err(|e| Failure::Statement(db_error(e, Operation::Release)))?;
         self.check_session(pid, marker.as_deref(), Operation::Release)?;
         Ok(was)
     }

@@ -65,14 +65,11 @@ impl Link {
         match f(conn).await {
             Ok(v) => Ok(v),
             Err(e) => {
-                if e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_timeout()
-                    || e.is_connection_refusal()
-                {
+                let err = redis_error(op)(e);
+                if err.kind() == ErrorKind::Connection {
                     *self.conn.lock().await = None;
                 }
-                Err(redis_error(op)(e))
+                Err(err)
             }
         }
     }

@@ -214,7 +214,7 @@ fn cause(e: &anyhow::Error, name: &str) -> String {
 
 /// What a holder reported during a scenario, for the notes.
 #[derive(Debug, Default)]
-struct Reported {
+pub(super) struct Reported {
     /// `state at +ms` (from the fault), in order.
     lines: Vec<String>,
     /// When it first reported anything but `held` (harness clock, ms).
@@ -229,18 +229,18 @@ impl Reported {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.lines.is_empty()
     }
 
-    fn join(&self, sep: &str) -> String {
+    pub(super) fn join(&self, sep: &str) -> String {
         self.lines.join(sep)
     }
 }
 
 /// The `state` events a holder printed so far, as `state at +ms` (from `t0`); the first
 /// `lost` is recorded as the holder leaving the resource and returned.
-fn drain_states(
+pub(super) fn drain_states(
     h: &mut Holder,
     id: super::resource::HolderId,
     t0: i64,

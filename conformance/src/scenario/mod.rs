@@ -958,25 +958,10 @@ async fn run_rep(
                     grant = await_grant_as(2, &mut w, &mut res, restart_bound).await?;
                     c = Some(w);
                 }
-                let mut lost: Option<i64> = None;
-                let mut states = Vec::new();
-                while let Some(ev) = a.try_event() {
-                    match &ev.kind {
-                        EventKind::State(st) => {
-                            states.push(format!("{st} at +{} ms", ev.t_ms - t0));
-                            if st == "lost" && lost.is_none() {
-                                lost = Some(ev.t_ms);
-                            }
-                        }
-                        EventKind::Ended => states.push(format!("exited at +{} ms", ev.t_ms - t0)),
-                        _ => {}
-                    }
-                }
+                let mut states = degraded::Reported::default();
+                let mut lost = degraded::drain_states(&mut a, 0, t0, &mut res, &mut states);
                 if !states.is_empty() {
                     out.notes.push(format!("holder reported: {}", states.join(", ")));
-                }
-                if let Some(t) = lost {
-                    res.exit(0, t);
                 }
                 match grant {
                     Some((t_grant, _)) => {

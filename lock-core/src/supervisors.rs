@@ -50,6 +50,8 @@ struct Inner {
     /// Wakes the timer task: shared with it, so it outlives `Inner` and can tell the task the
     /// timetable is gone.
     wake: Arc<Notify>,
+    /// How many times the timer task has read the timetable.
+    rounds: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Inner {
@@ -149,6 +151,12 @@ impl Supervisors {
             key,
         }
     }
+
+    /// How many times the timer task has read the timetable since it was made: for tests
+    /// and diagnostics (a steady stream of short holds should not add to it per grant).
+    pub fn timer_rounds(&self) -> u64 {
+        self.inner.rounds.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Inner {
@@ -177,6 +185,9 @@ async fn run_timer(table: Weak<Inner>, wake: Arc<Notify>) {
     let _running = TimerRunning(table.clone());
     loop {
         let Some(inner) = table.upgrade() else { return };
+        inner
+            .rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = Instant::now();
         let (due, next) = {
             let mut st = inner.lock();
@@ -187,7 +198,17 @@ async fn run_timer(table: Weak<Inner>, wake: Arc<Notify>) {
                 }
                 due.push(entry.remove());
             }
-            let next = st.jobs.keys().next().map(|k| k.0);
+            // Keep the time a wake-up asked for even when its grant has gone since (released
+            // early, as most are): while the timer sleeps until then, later grants need not
+            // wake it. Dropping it instead made every grant of a steady stream of short holds
+            // wake the timer (the table is empty again by the time the timer runs).
+            let next = match (
+                st.jobs.keys().next().map(|k| k.0),
+                st.armed.filter(|at| *at > now),
+            ) {
+                (Some(job), Some(asked)) => Some(job.min(asked)),
+                (job, asked) => job.or(asked),
+            };
             st.armed = next;
             (due, next)
         };

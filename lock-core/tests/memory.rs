@@ -658,3 +658,33 @@ async fn lazily_started_supervisors_renew_and_expire_on_schedule() {
     tokio::time::sleep(secs(5)).await;
     assert_eq!(extends.load(std::sync::atomic::Ordering::SeqCst), before);
 }
+
+/// Registering a grant wakes the timer task only when the grant is due before the time the
+/// timer already sleeps until: in a steady stream of short holds (each released before its
+/// first renewal), the timer reads the timetable a few times, not once per grant. (It did
+/// once per grant when an emptied timetable made the timer forget the time it slept until.)
+#[tokio::test(start_paused = true)]
+async fn short_holds_do_not_wake_the_supervisor_timer_per_grant() {
+    let table = lock_core::Supervisors::new();
+    let opts = LockOptions::new().with_ttl(secs(30));
+    for _ in 0..200 {
+        let (guard, _) = counted_guard(&table, &opts);
+        guard.release().await.unwrap();
+        // Let the timer task run if it was woken: it finds the timetable empty again, as it
+        // does when a backend's release awaits the network before the timer gets a turn.
+        tokio::task::yield_now().await;
+        // Advances tokio's paused clock: 200 holds take 2 s, well before the first renewal.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rounds = table.timer_rounds();
+    assert!(
+        rounds <= 3,
+        "the timer read the timetable {rounds} times for 200 grants"
+    );
+    // And a grant that lives long enough is still renewed on schedule.
+    let (held, extends) = counted_guard(&table, &LockOptions::new().with_ttl(secs(3)));
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let n = extends.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((3..=4).contains(&n), "{n} renewals in 3.5 s with ttl 3 s");
+    held.release().await.unwrap();
+}

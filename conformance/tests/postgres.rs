@@ -503,6 +503,52 @@ async fn blackholed_holder_learns_before_anyone_else_acquires() {
     drop(g2);
 }
 
+/// A statement the server does not answer fails after `check_timeout` with an error that
+/// says so (each session keeps one statement timer that every statement moves forward), and
+/// the session is closed: the next acquisition opens a fresh one and works.
+#[tokio::test]
+async fn a_statement_without_an_answer_fails_after_check_timeout() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let addr = pg.addr().expect("managed server");
+    let proxy = FaultProxy::start(addr).await.unwrap();
+    let via_proxy = with_query(
+        &pg.url()
+            .replace(&addr.to_string(), &proxy.addr().to_string()),
+        "check_timeout=500ms",
+    );
+    let client = connect(&via_proxy).await;
+    // Several statements first, so the timer has been moved forward many times.
+    for i in 0..20 {
+        let g = client
+            .acquire(&unique(&format!("timer-{i}")), &LockOptions::new())
+            .await
+            .unwrap();
+        g.release().await.unwrap();
+    }
+    proxy.set(Fault::Blackhole);
+    let asked = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.acquire(&unique("unanswered"), &LockOptions::new()),
+    )
+    .await
+    .expect("the statement timer must end the wait")
+    .unwrap_err();
+    let took = asked.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(err.to_string().contains("did not answer within 500ms"), "{err}");
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "failed after {took:?}"
+    );
+    proxy.set(Fault::Pass);
+    let g = client
+        .acquire(&unique("after"), &LockOptions::new())
+        .await
+        .expect("a fresh session after the timed-out one");
+    assert!(g.release().await.unwrap());
+}
+
 /// lock-postgres's defaults put the server's detection of a vanished client at
 /// `min(keepalives_idle + keepalives_interval × keepalives_count, user_timeout)` = 6 s after
 /// its last packet, at most about 10 s (lock-postgres/README.md).

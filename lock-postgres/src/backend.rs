@@ -85,7 +85,7 @@ impl PgBackend {
         let requested_at = Instant::now();
         let session = self.shared_session().await?;
         let sent = Instant::now();
-        if let Some(grant) = session.try_lock(arg.clone(), opts.mode()).await? {
+        if let Some(grant) = session.try_lock(arg, opts.mode()).await? {
             return self
                 .finish(name, opts, session, grant, sent, requested_at)
                 .await;
@@ -109,6 +109,8 @@ impl PgBackend {
         // holds the lock. The server wakes it the moment the lock is free: no polling.
         let dedicated = Session::open(self.cfg.clone()).await?;
         let sent = Instant::now();
+        // Made again rather than cloned before the try: the try is the common path.
+        let arg = self.cfg.key.arg(name)?;
         let grant = dedicated.lock(arg, opts.mode(), wait).await?;
         // The waiting request was sent when the wait began; after a long wait its send time is
         // too old to date the grant by (the guard would start out past its deadline). A

@@ -588,10 +588,11 @@ impl<'a> Ctx<'a> {
             .limit(limit, bind(sqlx::query(sql), arg).fetch_one(conn))
             .await;
         let row = self.classify(Operation::Acquire, r)?;
-        let (acquired, pid, key, marker): (bool, i32, i64, Option<String>) =
+        // The marker is borrowed from the row: no allocation per statement.
+        let (acquired, pid, key, marker): (bool, i32, i64, Option<&str>) =
             sqlx::FromRow::from_row(&row)
                 .map_err(|e| Failure::Statement(db_error(e, Operation::Acquire)))?;
-        self.check_session(pid, marker.as_deref(), Operation::Acquire)?;
+        self.check_session(pid, marker, Operation::Acquire)?;
         if !acquired {
             return Ok(None);
         }
@@ -686,9 +687,9 @@ impl<'a> Ctx<'a> {
         }
         let r = self.st.timer.limit(limit, q.fetch_one(conn)).await;
         let row = self.classify(Operation::Release, r)?;
-        let (was, pid, marker): (bool, i32, Option<String>) = sqlx::FromRow::from_row(&row)
+        let (was, pid, marker): (bool, i32, Option<&str>) = sqlx::FromRow::from_row(&row)
             .map_err(|e| Failure::Statement(db_error(e, Operation::Release)))?;
-        self.check_session(pid, marker.as_deref(), Operation::Release)?;
+        self.check_session(pid, marker, Operation::Release)?;
         Ok(was)
     }
 

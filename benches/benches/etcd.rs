@@ -96,11 +96,9 @@ async fn handoff(backend: &EtcdBackend, name: &LockName, per_task: usize) -> Res
 }
 
 fn main() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = benches::runtime()?;
     let server = rt.block_on(conformance::fixtures::etcd())?;
+    benches::pin_apart(&server.pid().into_iter().collect::<Vec<_>>());
     let backend = rt.block_on(EtcdBackend::connect(server.url()))?;
     let client = backend.client().clone();
     let n = env_usize("DLOCK_BENCH_SAMPLES", 500);

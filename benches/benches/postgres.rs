@@ -19,23 +19,11 @@ const SAMPLES: usize = 2000;
 const ROUNDS: usize = 3;
 
 fn bench(c: &mut Criterion) {
-    // DLOCK_BENCH_CURRENT_THREAD=1: both sides on a single-threaded runtime (no cross-thread
-    // wake-ups), to tell the cost of task hand-offs from the cost of the statements.
-    let rt = if std::env::var_os("DLOCK_BENCH_CURRENT_THREAD").is_some() {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
+    let rt = benches::runtime().unwrap();
     let pg = rt
         .block_on(conformance::fixtures::postgres())
         .expect("PostgreSQL fixture");
+    benches::pin_apart(&pg.pid().into_iter().collect::<Vec<_>>());
     let url = pg.url().to_string();
     let backend = rt.block_on(dlock::connect(&url)).unwrap();
     let raw = Arc::new(Mutex::new(

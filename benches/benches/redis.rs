@@ -264,11 +264,9 @@ fn criterion_group(c: &mut Criterion, rt: &tokio::runtime::Runtime, url: &str) -
 }
 
 fn main() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = benches::runtime()?;
     let server = rt.block_on(conformance::fixtures::redis())?;
+    benches::pin_apart(&server.pid().into_iter().collect::<Vec<_>>());
     let url = server.url().to_string();
     let run = format!("{:x}", std::process::id());
     let mut c = Criterion::default().configure_from_args();

@@ -28,16 +28,14 @@ const WAITERS: usize = 8;
 const HANDOFFS: usize = 400;
 
 fn main() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = benches::runtime()?;
     let samples = benches::env_usize("ZK_BENCH_SAMPLES", 3000);
 
     let server = rt.block_on(fixtures::managed_zookeeper(ZooKeeperOptions {
         extra_jvm_args: vec!["-XX:TieredStopAtLevel=4".into()],
         ..ZooKeeperOptions::default()
     }))?;
+    benches::pin_apart(&server.pid().into_iter().collect::<Vec<_>>());
     let host = server.addr().context("managed server address")?.to_string();
     let url = format!("{}?base=/bench-dlock&session_timeout=10s", server.url());
 

@@ -536,7 +536,10 @@ async fn a_statement_without_an_answer_fails_after_check_timeout() {
     .unwrap_err();
     let took = asked.elapsed();
     assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
-    assert!(err.to_string().contains("did not answer within 500ms"), "{err}");
+    assert!(
+        err.to_string().contains("did not answer within 500ms"),
+        "{err}"
+    );
     assert!(
         took >= Duration::from_millis(450) && took < Duration::from_secs(3),
         "failed after {took:?}"

@@ -241,14 +241,19 @@ impl Node {
         timeout: Duration,
     ) -> Result<T, NodeError> {
         let started = tokio::time::Instant::now();
-        let link = match tokio::time::timeout(timeout, self.link()).await {
-            Ok(link) => link?,
-            Err(_) => {
-                return Err(NodeError::Timeout {
-                    addr: self.label.clone(),
-                    after: timeout,
-                });
-            }
+        // The live connection without a timer when there is one (the usual case); only a
+        // reconnection needs the time limit.
+        let link = match self.cached() {
+            Some(link) => link,
+            None => match tokio::time::timeout(timeout, self.link()).await {
+                Ok(link) => link?,
+                Err(_) => {
+                    return Err(NodeError::Timeout {
+                        addr: self.label.clone(),
+                        after: timeout,
+                    });
+                }
+            },
         };
         let left = timeout.saturating_sub(started.elapsed());
         self.eval_on(&link, invocation, left.max(Duration::from_millis(1)))

@@ -43,7 +43,10 @@ pub fn pin_apart(pids: &[u32]) -> bool {
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus < 2 || pids.is_empty() {
-        println!("pinning: skipped ({cpus} CPU(s), {} server process(es))", pids.len());
+        println!(
+            "pinning: skipped ({cpus} CPU(s), {} server process(es))",
+            pids.len()
+        );
         return false;
     }
     let server_cpu = (cpus - 1).to_string();
@@ -58,7 +61,11 @@ pub fn pin_apart(pids: &[u32]) -> bool {
     }
     println!(
         "pinning: server processes {all:?} on CPU {server_cpu}, this process on CPUs {client_cpus}{}",
-        if ok { "" } else { " (some taskset calls failed)" }
+        if ok {
+            ""
+        } else {
+            " (some taskset calls failed)"
+        }
     );
     ok
 }

@@ -16,6 +16,7 @@ use crate::name::LockName;
 use crate::observe;
 use crate::options::{LockMode, LockOptions, Renew};
 use crate::supervisors::{Supervisors, Ticket};
+use crate::wait_plan::sleep_until_opt;
 
 /// A fencing token: a number that strictly increases across successive grants of the same
 /// lock name. Pass it to the resource you protect and have the resource reject writes that
@@ -762,12 +763,5 @@ pub(crate) async fn supervise(
             }
             _ = watch.changed() => {}
         }
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

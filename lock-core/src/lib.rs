@@ -31,7 +31,7 @@ pub use options::{LockMode, LockOptions, Renew, Wait};
 pub use random::{random_u64, unique_hex};
 pub use registry::{ConnectFn, ConnectUrl, Registry, SchemeStatus, redact};
 pub use supervisors::Supervisors;
-pub use wait_plan::WaitPlan;
+pub use wait_plan::{WaitPlan, sleep_until_opt};
 
 use std::sync::Arc;
 

@@ -14,6 +14,7 @@ use crate::guard::{FencingToken, Grant, Guard, Lease, LeaseMonitor, lease_deadli
 use crate::name::LockName;
 use crate::options::{LockMode, LockOptions};
 use crate::registry::ConnectUrl;
+use crate::wait_plan::sleep_until_opt;
 
 /// The URL scheme of the in-memory backend.
 pub const SCHEME: &str = "memory";
@@ -339,11 +340,4 @@ impl Lease for MemoryLease {
 /// (every update is a single assignment), so carry on rather than propagate the panic.
 fn lock_table<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }

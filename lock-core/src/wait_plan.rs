@@ -7,6 +7,14 @@ use tokio::time::Instant;
 
 use crate::{Error, ErrorKind, LockName, LockOptions, Operation, Wait};
 
+/// Sleeps until `at`; with `None`, forever (for a `select!` branch of an optional deadline).
+pub async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The waiting policy of one `acquire` call.
 pub struct WaitPlan {
     /// When the caller asked.

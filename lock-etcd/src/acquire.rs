@@ -21,7 +21,7 @@ use crate::layout::{contender_key, is_contender, show};
 use crate::lease::{
     EtcdLease, LeaseHandle, keep_alive, lock_pool, renewal_limit, revoke_in_background,
 };
-use crate::wait::{Turn, wait_turn};
+use crate::wait::{FAILING_FOR, Turn, wait_turn};
 
 /// How often an acquisition starts over because its key vanished while it waited (its lease
 /// expired, or someone deleted it) before it gives up.
@@ -53,11 +53,12 @@ async fn acquire_inner(
     let try_only = deadline == Some(requested_at);
     let prefix = backend.key_prefix(name);
     // Connection failures (a member down, an election) are retried until the wait ends, and
-    // for at least one request timeout.
+    // for at least one request timeout; a wait without end retries as long as a waiting
+    // contender would (FAILING_FOR request timeouts without a success).
     let rt = inner.config.request_timeout;
     let retry_until = || {
         let now = Instant::now();
-        deadline.map_or(now + 3 * rt, |d| d.max(now + rt))
+        deadline.map_or(now + FAILING_FOR * rt, |d| d.max(now + rt))
     };
     for _ in 0..=MAX_REQUEUES {
         let mut lease = retry(retry_until(), || take_lease(inner, secs, opts.ttl())).await?;

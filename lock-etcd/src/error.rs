@@ -72,23 +72,26 @@ pub(crate) async fn call<T>(
 }
 
 /// Retries `op` while it fails with a [`ErrorKind::Connection`] error (a member going down,
-/// a leader election, a reconnect after a restart), pausing 50 ms, 100 ms, … up to 1 s
-/// between attempts, as long as the next attempt would start before `until`.
+/// a leader election, a reconnect after a restart), pausing as [`Backoff::retries`] says
+/// (about 50 ms, 100 ms, … up to 1 s) between attempts, as long as the next attempt would
+/// start before `until`.
+///
+/// [`Backoff::retries`]: crate::link::Backoff::retries
 pub(crate) async fn retry<T, F, Fut>(until: tokio::time::Instant, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    let mut pause = Duration::from_millis(50);
+    let mut backoff = crate::link::Backoff::retries();
     loop {
         match op().await {
-            Err(e)
-                if e.kind() == ErrorKind::Connection
-                    && tokio::time::Instant::now() + pause < until =>
-            {
+            Err(e) if e.kind() == ErrorKind::Connection => {
+                let pause = backoff.pause();
+                if tokio::time::Instant::now() + pause >= until {
+                    return Err(e);
+                }
                 tracing::debug!(error = %e, "retrying after {pause:?}");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
             }
             result => return result,
         }

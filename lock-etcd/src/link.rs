@@ -78,6 +78,11 @@ impl Backoff {
         }
     }
 
+    /// The pauses between retries of a failed request: about 50 ms, doubling up to 1 s.
+    pub fn retries() -> Backoff {
+        Backoff::new(Duration::from_millis(50), Duration::from_secs(1))
+    }
+
     /// The next pause.
     pub fn pause(&mut self) -> Duration {
         let full = self.next;

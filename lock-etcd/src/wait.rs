@@ -7,7 +7,7 @@ use std::time::Duration;
 use etcd_client::{
     EventType, GetOptions, SortOrder, SortTarget, Txn, TxnOp, WatchFilterType, WatchOptions,
 };
-use lock_core::{ErrorKind, Operation, Result};
+use lock_core::{ErrorKind, Operation, Result, sleep_until_opt};
 use tokio::time::Instant;
 
 use crate::acquire::{contender_scan, first_kv};
@@ -27,8 +27,8 @@ pub(crate) enum Turn {
 }
 
 /// How long connection failures may go on, without a success in between, before a wait
-/// gives up (in request timeouts).
-const FAILING_FOR: u32 = 3;
+/// gives up (in request timeouts); taking the lease of a wait without end retries as long.
+pub(crate) const FAILING_FOR: u32 = 3;
 
 struct Waiter<'a> {
     inner: &'a Inner,
@@ -62,20 +62,21 @@ pub(crate) async fn wait_turn(
         next_keepalive,
     };
     let mut failing_since: Option<Instant> = None;
-    let mut pause = Duration::from_millis(50);
+    let mut backoff = crate::link::Backoff::retries();
     let give_up_after = FAILING_FOR * inner.config.request_timeout;
     loop {
         match w.step().await {
             Ok(Some(turn)) => return Ok(turn),
             Ok(None) => {
                 failing_since = None;
-                pause = Duration::from_millis(50);
+                backoff = crate::link::Backoff::retries();
             }
             Err(e)
                 if e.kind() == ErrorKind::Connection
                     && failing_since.is_none_or(|t| t.elapsed() < give_up_after) =>
             {
                 failing_since.get_or_insert_with(Instant::now);
+                let pause = backoff.pause();
                 tracing::debug!(error = %e, "waiting for the lock: retrying after {pause:?}");
                 let resume = Instant::now() + pause;
                 if w.deadline.is_some_and(|d| d <= resume) {
@@ -83,7 +84,6 @@ pub(crate) async fn wait_turn(
                     return Ok(Turn::TimedOut);
                 }
                 tokio::time::sleep_until(resume).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
             }
             Err(e) => return Err(e),
         }
@@ -224,12 +224,5 @@ impl Waiter<'_> {
                 .map(|kv| (kv.key().to_vec(), kv.create_revision())),
         };
         Ok((mine, before))
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

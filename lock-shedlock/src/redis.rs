@@ -20,6 +20,11 @@ use crate::owner::owner;
 const EXTEND: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 /// Deletes only our own value.
 const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+/// The scripts, hashed once (`Script::new` computes the SHA-1 that `EVALSHA` sends).
+static EXTEND_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(EXTEND));
+static RELEASE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(RELEASE));
 
 /// ShedLock's Redis provider: key `job-lock:<env>:<name>`, value
 /// `ADDED:<instant>@<owner>`, `SET NX PX`.
@@ -323,7 +328,7 @@ impl Lease for ShedRedisLease {
             let n: i64 = self
                 .link
                 .run(Operation::Extend, |mut c| async move {
-                    redis::Script::new(EXTEND)
+                    EXTEND_SCRIPT
                         .key(&self.key)
                         .arg(&self.value)
                         .arg(ttl.as_millis().max(1) as u64)
@@ -340,7 +345,7 @@ impl Lease for ShedRedisLease {
             let n: i64 = self
                 .link
                 .run(Operation::Release, |mut c| async move {
-                    redis::Script::new(RELEASE)
+                    RELEASE_SCRIPT
                         .key(&self.key)
                         .arg(&self.value)
                         .invoke_async(&mut c)

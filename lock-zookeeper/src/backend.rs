@@ -16,8 +16,9 @@ use crate::contender::{Contender, Entered};
 use crate::error;
 use crate::layout::{self, Standing};
 use crate::lease::{HoldLimit, ZkLease};
-use crate::session::{Session, sleep_until_opt};
+use crate::session::Session;
 use crate::{CAPABILITIES, NAME};
+use lock_core::sleep_until_opt;
 
 /// Locks on a ZooKeeper ensemble. One session serves every lock of the backend; when it
 /// expires, its guards turn `Lost` and the next `acquire` opens a new one.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use lock_core::{LeaseMonitor, LockState, Operation, Result};
+use lock_core::{LeaseMonitor, LockState, Operation, Result, sleep_until_opt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use zookeeper_client::{Client, SessionState, StateWatcher};
@@ -278,13 +278,6 @@ async fn watch_session(
                 }
             }
         }
-    }
-}
-
-pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -56,14 +56,18 @@ struct Shared {
 
 #[derive(Default)]
 struct Table {
+    /// The names held or waited for; an entry goes when neither is the case any more.
     entries: HashMap<LockName, Entry>,
     next_holder: u64,
+    /// The last fencing token handed out, for any name: one counter for the table, so that
+    /// forgetting an idle name's entry never restarts its tokens.
+    last_token: u64,
 }
 
 struct Entry {
     holders: Vec<Holder>,
-    last_token: u64,
-    /// Woken on every release and every shortened lease.
+    /// Woken on every release and every shortened lease. Waiters hold clones, which is how
+    /// the table knows that someone is waiting.
     changed: Arc<Notify>,
 }
 
@@ -81,9 +85,14 @@ impl Entry {
     fn new() -> Self {
         Entry {
             holders: Vec::new(),
-            last_token: 0,
             changed: Arc::new(Notify::new()),
         }
+    }
+
+    /// Nobody holds the name (expired grants do not count) and nobody waits for it.
+    fn idle(&mut self, now: Instant) -> bool {
+        self.purge_expired(now);
+        self.holders.is_empty() && Arc::strong_count(&self.changed) == 1
     }
 
     fn purge_expired(&mut self, now: Instant) -> bool {
@@ -187,6 +196,21 @@ impl MemoryBackend {
         }
     }
 
+    /// How many names the table keeps an entry for: the ones held or waited for right now
+    /// (for tests and diagnostics; idle names are forgotten).
+    pub fn tracked_names(&self) -> usize {
+        lock_table(&self.shared.table).entries.len()
+    }
+
+    /// How many acquisitions are waiting for `name` right now (for tests and diagnostics).
+    pub fn waiters(&self, name: &LockName) -> usize {
+        let table = lock_table(&self.shared.table);
+        table
+            .entries
+            .get(name)
+            .map_or(0, |e| Arc::strong_count(&e.changed) - 1)
+    }
+
     /// How many grants of `name` are live right now (for tests and diagnostics).
     pub fn holders(&self, name: &LockName) -> usize {
         let now = Instant::now();
@@ -208,6 +232,7 @@ impl MemoryBackend {
             let (mut notified, next_expiry) = {
                 let now = Instant::now();
                 let mut table = lock_table(&self.shared.table);
+                let table = &mut *table;
                 table.next_holder += 1;
                 let id = table.next_holder;
                 let entry = table.entries.entry(name.clone()).or_insert_with(Entry::new);
@@ -215,15 +240,14 @@ impl MemoryBackend {
                     entry.changed.notify_waiters();
                 }
                 if entry.compatible(opts.mode()) {
-                    entry.last_token += 1;
-                    let token = FencingToken::new(entry.last_token);
+                    table.last_token += 1;
+                    let token = FencingToken::new(table.last_token);
                     entry.holders.push(Holder {
                         id,
                         mode: opts.mode(),
                         expires: now + opts.ttl(),
                         retired: false,
                     });
-                    drop(table);
                     // Nothing below awaits: the grant and the guard are one step.
                     let lease = Arc::new(MemoryLease {
                         shared: Arc::clone(&self.shared),
@@ -287,14 +311,17 @@ struct MemoryLease {
 }
 
 impl MemoryLease {
-    fn with_entry<T>(&self, f: impl FnOnce(&mut Entry, Instant) -> T) -> T {
+    /// Runs `f` on the name's entry (`None` when the table has forgotten the name, so
+    /// nothing of ours is in it), then forgets the entry if it has become idle.
+    fn with_entry<T>(&self, f: impl FnOnce(&mut Entry, Instant) -> T) -> Option<T> {
         let now = Instant::now();
         let mut table = lock_table(&self.shared.table);
-        let entry = table
-            .entries
-            .entry(self.name.clone())
-            .or_insert_with(Entry::new);
-        f(entry, now)
+        let entry = table.entries.get_mut(&self.name)?;
+        let out = f(entry, now);
+        if entry.idle(now) {
+            table.entries.remove(&self.name);
+        }
+        Some(out)
     }
 }
 
@@ -307,7 +334,7 @@ impl Lease for MemoryLease {
             }
             None => false,
         });
-        Box::pin(std::future::ready(Ok(ours)))
+        Box::pin(std::future::ready(Ok(ours == Some(true))))
     }
 
     fn release(&self) -> BoxFuture<'_, Result<bool>> {
@@ -319,7 +346,7 @@ impl Lease for MemoryLease {
             entry.changed.notify_waiters();
             true
         });
-        Box::pin(std::future::ready(Ok(ours)))
+        Box::pin(std::future::ready(Ok(ours == Some(true))))
     }
 
     fn release_after(&self, keep: Duration) -> BoxFuture<'_, Result<bool>> {
@@ -332,7 +359,7 @@ impl Lease for MemoryLease {
             }
             None => false,
         });
-        Box::pin(std::future::ready(Ok(ours)))
+        Box::pin(std::future::ready(Ok(ours == Some(true))))
     }
 }
 

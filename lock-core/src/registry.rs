@@ -88,7 +88,18 @@ pub fn redact(url: &str) -> String {
         Some(i) => (&url[..i + 3], &url[i + 3..]),
         None => ("", url),
     };
-    let auth_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    // The authority ends at the first `/`, `?` or `#` after the userinfo's `@`. A password
+    // written without percent-encoding may itself contain `/`, `?`, `#` or `@`: when the text
+    // before the first `@` has a `:` (user:password), everything up to that `@` is taken as
+    // userinfo, even if that hides a host in an unusual URL (`h:1/db?mail=a@b`) — hiding too
+    // much is better than printing a password.
+    let delimiter = |s: &str| s.find(['/', '?', '#']);
+    let auth_end = match after.find('@') {
+        Some(at) if delimiter(&after[..at]).is_none() || after[..at].contains(':') => {
+            at + delimiter(&after[at..]).unwrap_or(after.len() - at)
+        }
+        _ => delimiter(after).unwrap_or(after.len()),
+    };
     let (authority, tail) = after.split_at(auth_end);
     let authority = match authority.rfind('@') {
         Some(at) => {
@@ -279,6 +290,25 @@ mod tests {
             "redlock://:***@h1:1,h2:2"
         );
         assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
+        // Passwords written without percent-encoding.
+        for (url, shown) in [
+            ("postgres://u:pa/ss@h/db?x=1", "postgres://u:***@h/db?x=1"),
+            ("postgres://u:pa?ss@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:pa#ss@h:5432/db", "postgres://u:***@h:5432/db"),
+            ("postgres://u:pa@ss@h/db", "postgres://u:***@h/db"),
+            ("redlock://:a/b?c#d@h1:1,h2:2", "redlock://:***@h1:1,h2:2"),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+        // An `@` outside the userinfo is left alone.
+        assert_eq!(
+            redact("postgres://u:pw@h/db?mail=a@b"),
+            "postgres://u:***@h/db?mail=a@b"
+        );
+        assert_eq!(
+            redact("postgres://h/db?mail=a@b&password=x"),
+            "postgres://h/db?mail=a@b&password=***"
+        );
         assert_eq!(redact("etcd://user@h:2379"), "etcd://user@h:2379");
         let url = ConnectUrl::parse("Postgres://u:hunter2@h/db").unwrap();
         assert_eq!(url.scheme(), "postgres");

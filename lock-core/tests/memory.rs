@@ -688,3 +688,50 @@ async fn short_holds_do_not_wake_the_supervisor_timer_per_grant() {
     assert!((3..=4).contains(&n), "{n} renewals in 3.5 s with ttl 3 s");
     held.release().await.unwrap();
 }
+
+/// The table forgets a name once nobody holds or waits for it, and fencing tokens keep
+/// increasing across that (one counter for the table).
+#[tokio::test]
+async fn idle_names_are_forgotten_and_tokens_keep_increasing() {
+    let b = MemoryBackend::new();
+    let mut last = 0;
+    for i in 0..100 {
+        let g = b
+            .acquire(&name(&format!("n{}", i % 10)), &LockOptions::new())
+            .await
+            .unwrap();
+        let t = g.token().unwrap().get();
+        assert!(t > last, "token {t} after {last}");
+        last = t;
+        assert_eq!(b.tracked_names(), 1);
+        assert!(g.release().await.unwrap());
+        assert_eq!(b.tracked_names(), 0);
+    }
+    // A waiter keeps the entry (and its wake-up) alive until it is done.
+    let held = b.acquire(&name("busy"), &LockOptions::new()).await.unwrap();
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            let g = b
+                .acquire(
+                    &name("busy"),
+                    &LockOptions::new().with_wait(Wait::For(secs(5))),
+                )
+                .await
+                .unwrap();
+            g.release().await.unwrap()
+        })
+    };
+    // Released only once the waiter waits: forgetting the entry now would lose its wake-up.
+    while b.waiters(&name("busy")) == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert!(held.release().await.unwrap());
+    assert!(
+        tokio::time::timeout(secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap()
+    );
+    assert_eq!(b.tracked_names(), 0);
+}

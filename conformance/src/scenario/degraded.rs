@@ -52,6 +52,9 @@ pub const SLOW_LINK_DIVISOR: u32 = 4;
 /// `latency`, phase 1 lasts this many ttls (several renewals).
 pub const SLOW_PHASE_TTLS: u32 = 2;
 
+/// `latency`, phase 2: each direction is delayed by this many ttls, longer than the lease.
+pub const LOSING_LINK_TTLS: f64 = 1.5;
+
 /// `quorum_loss`: the majority stays down this many ttls…
 pub const OUTAGE_TTLS: u32 = 2;
 
@@ -296,7 +299,7 @@ async fn latency(
     let steps = [
         (opts.ttl / ACQUIRE_LINK_DIVISOR, Some(window)),
         (opts.ttl / SLOW_LINK_DIVISOR, Some(window)),
-        (opts.ttl * 3 / 2, None),
+        (opts.ttl.mul_f64(LOSING_LINK_TTLS), None),
     ];
     let mut lost = None;
     for (delay, window) in steps {

@@ -1240,34 +1240,43 @@ fn aggregate(cell: &mut Cell, reps: &[Rep]) {
     }
 }
 
-fn scenario_note(scenario: &str) -> &'static str {
+/// What a scenario does and what its failover time measures, for the report's notes. The
+/// numbers come from the constants the scenarios run with.
+fn scenario_note(scenario: &str) -> String {
+    use degraded::{
+        ACQUIRE_LINK_DIVISOR, LOSING_LINK_TTLS, OUTAGE_MIN, OUTAGE_TTLS, SKEW_HOLD_TTLS, SKEW_MS,
+        SLOW_LINK_DIVISOR, SLOW_PHASE_TTLS,
+    };
+    let skew = humantime::format_duration(Duration::from_millis(SKEW_MS.unsigned_abs()));
     match scenario {
-        "clean_handoff" => "failover = release requested → waiter's grant",
+        "clean_handoff" => "failover = release requested → waiter's grant".into(),
         "holder_killed" => {
-            "failover = SIGKILL → waiter's grant; the holder is dead, it cannot learn"
+            "failover = SIGKILL → waiter's grant; the holder is dead, it cannot learn".into()
         }
         "holder_partitioned" => {
-            "holder's traffic to the server blackholed (no RST, no FIN) until the waiter's grant or the bound, then healed; how: see the partition note"
+            "holder's traffic to the server blackholed (no RST, no FIN) until the waiter's grant or the bound, then healed; how: see the partition note".into()
         }
-        "connection_reset" => {
-            "the holder's connections reset (RST) by a fault proxy for 200 ms, then traffic passes again; failover = reset → grant"
-        }
+        "connection_reset" => format!(
+            "the holder's connections reset (RST) by a fault proxy for {}, then traffic passes again; failover = reset → grant",
+            humantime::format_duration(RESET_FOR)
+        ),
         "server_restart" => {
-            "the server SIGKILLed and started again on the same port and data; failover = kill → another holder's grant (a new waiter is started if the first one gave up)"
+            "the server SIGKILLed and started again on the same port and data; failover = kill → another holder's grant (a new waiter is started if the first one gave up)".into()
         }
         "holder_paused" => {
-            "SIGSTOP until the waiter's grant (or the bound), SIGCONT, then the holder writes with its old token"
+            "SIGSTOP until the waiter's grant (or the bound), SIGCONT, then the holder writes with its old token".into()
         }
-        "latency" => {
-            "the holder's traffic to every server through a fault proxy delaying each chunk each way: a probe holder acquires through ttl/10; the holder, connected on a clean link, then gets ttl/10 and ttl/4 for 2 ttl each (it should keep the lock), then 1.5 ttl, until it reports trouble or the waiter is granted; failover = start of that step → waiter's grant (the step is in the notes)"
-        }
-        "quorum_loss" => {
-            "2 of 3 servers SIGKILLed (etcd/ZooKeeper: the leader and one more) for 2 ttl (at least 4 s), then restarted; failover = restart of the majority begins → another holder's grant (start-up included)"
-        }
-        "clock_skew" => {
-            "holder's wall clock +1 h, waiter's -1 h (libfaketime, monotonic clock untouched); each holds 1.5 ttl against a waiter; failover = SIGKILL of the +1 h holder → the -1 h waiter's grant"
-        }
-        _ => "",
+        "latency" => format!(
+            "the holder's traffic to every server through a fault proxy delaying each chunk each way: a probe holder acquires through ttl/{ACQUIRE_LINK_DIVISOR}; the holder, connected on a clean link, then gets ttl/{ACQUIRE_LINK_DIVISOR} and ttl/{SLOW_LINK_DIVISOR} for {SLOW_PHASE_TTLS} ttl each (it should keep the lock), then {LOSING_LINK_TTLS} ttl, until it reports trouble or the waiter is granted; failover = start of that step → waiter's grant (the step is in the notes)"
+        ),
+        "quorum_loss" => format!(
+            "2 of 3 servers SIGKILLed (etcd/ZooKeeper: the leader and one more) for {OUTAGE_TTLS} ttl (at least {}), then restarted; failover = restart of the majority begins → another holder's grant (start-up included)",
+            humantime::format_duration(OUTAGE_MIN)
+        ),
+        "clock_skew" => format!(
+            "holder's wall clock +{skew}, waiter's -{skew} (libfaketime, monotonic clock untouched); each holds {SKEW_HOLD_TTLS} ttl against a waiter; failover = SIGKILL of the +{skew} holder → the -{skew} waiter's grant"
+        ),
+        _ => String::new(),
     }
 }
 
@@ -1422,7 +1431,7 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             }
             let mut cell = Cell::empty(backend, scenario, Status::Measured, None);
             cell.ttl_ms = target.ttl_ms;
-            cell.notes.push(scenario_note(scenario).to_string());
+            cell.notes.push(scenario_note(scenario));
             if target.cluster.is_some() && scenario == "quorum_loss" {
                 cell.notes
                     .push(format!("servers: {}", dlock::redact(&target.url)));
@@ -1546,5 +1555,46 @@ mod tests {
         assert_eq!(c.stale_write_rejected, Some(false));
         assert_eq!(c.failover_ms.unwrap().median, 20.0);
         assert_eq!(c.holder_learned_before_handoff, None);
+    }
+}
+
+#[cfg(test)]
+mod note_tests {
+    use super::*;
+    use degraded::{
+        ACQUIRE_LINK_DIVISOR, LOSING_LINK_TTLS, OUTAGE_MIN, OUTAGE_TTLS, SKEW_HOLD_TTLS,
+        SLOW_LINK_DIVISOR,
+    };
+
+    /// Every scenario has a note, and the numbers in the notes are the ones the scenarios run
+    /// with (a number written into a note by hand would drift from its constant).
+    #[test]
+    fn scenario_notes_follow_the_constants() {
+        for s in SCENARIOS {
+            assert!(!scenario_note(s).is_empty(), "{s} has no note");
+        }
+        let reset = scenario_note("connection_reset");
+        let reset_for = humantime::format_duration(RESET_FOR).to_string();
+        assert!(reset.contains(&format!("for {reset_for},")), "{reset}");
+        let latency = scenario_note("latency");
+        for part in [
+            format!("ttl/{ACQUIRE_LINK_DIVISOR}"),
+            format!("ttl/{SLOW_LINK_DIVISOR}"),
+            format!("then {LOSING_LINK_TTLS} ttl"),
+        ] {
+            assert!(latency.contains(&part), "{part:?} not in {latency}");
+        }
+        let quorum = scenario_note("quorum_loss");
+        let min = humantime::format_duration(OUTAGE_MIN).to_string();
+        assert!(
+            quorum.contains(&format!("for {OUTAGE_TTLS} ttl (at least {min})")),
+            "{quorum}"
+        );
+        let skew = scenario_note("clock_skew");
+        assert!(
+            skew.contains(&format!("holds {SKEW_HOLD_TTLS} ttl")),
+            "{skew}"
+        );
+        assert!(skew.contains("+1h"), "{skew}");
     }
 }

@@ -8,10 +8,12 @@
 
 mod common;
 
+use common::{unique, wall_ms};
+
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use conformance::faults::{Fault, FaultProxy};
@@ -28,31 +30,6 @@ use tokio::time::{Instant, timeout, timeout_at};
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "conformance=info,lock_etcd=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// A lock name no other test (or earlier run) uses.
-fn unique(what: &str) -> LockName {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    LockName::new(format!(
-        "dlock-test-{}-{n}-{nanos:x}-{what}",
-        std::process::id()
-    ))
-    .unwrap()
-}
-
 /// etcd with a short election timeout: 1 s minimum lease TTL.
 fn fast() -> EtcdOptions {
     EtcdOptions {
@@ -63,13 +40,6 @@ fn fast() -> EtcdOptions {
 
 fn opts(ttl_ms: u64) -> LockOptions {
     LockOptions::new().with_ttl(Duration::from_millis(ttl_ms))
-}
-
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// One contender key as etcd stores it.
@@ -281,7 +251,7 @@ fn etcdctl(url: &str) -> Command {
 /// revision; release should delete the key, and the next grant's token should be higher.
 #[tokio::test]
 async fn layout_matches_etcdctl_lock_and_token_is_the_create_revision() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::etcd().await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("layout");
@@ -320,7 +290,7 @@ async fn layout_matches_etcdctl_lock_and_token_is_the_create_revision() -> Resul
 /// minimum; a ttl that is not a whole number of seconds should be rounded up.
 #[tokio::test]
 async fn ttl_below_the_servers_minimum_is_rejected_and_fractions_round_up() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::managed_etcd(EtcdOptions::default()).await?;
     let b = EtcdBackend::connect(server.url()).await?;
     ensure!(
@@ -364,7 +334,7 @@ async fn ttl_below_the_servers_minimum_is_rejected_and_fractions_round_up() -> R
 /// showing the password.
 #[tokio::test]
 async fn bad_urls_and_unreachable_servers_are_typed_errors() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let err = dlock::connect("etcd://u:hunter2@127.0.0.1:2379?bogus=1")
         .await
         .unwrap_err();
@@ -392,7 +362,7 @@ async fn bad_urls_and_unreachable_servers_are_typed_errors() -> Result<()> {
 /// they were granted with); extending within it should work; shared mode is Unsupported.
 #[tokio::test]
 async fn extend_within_the_lease_ttl_only_and_no_shared_mode() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::etcd().await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("extend");
@@ -421,7 +391,7 @@ async fn extend_within_the_lease_ttl_only_and_no_shared_mode() -> Result<()> {
 /// after about the wait, each leaving no key behind.
 #[tokio::test]
 async fn try_and_bounded_wait_on_a_held_lock() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::etcd().await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("contended");
@@ -452,7 +422,7 @@ async fn try_and_bounded_wait_on_a_held_lock() -> Result<()> {
 /// promptly after the previous holder released.
 #[tokio::test]
 async fn waiters_are_granted_in_queue_order_one_at_a_time() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::etcd().await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("queue");
@@ -504,7 +474,7 @@ async fn waiters_are_granted_in_queue_order_one_at_a_time() -> Result<()> {
 /// blocks anyone.
 #[tokio::test]
 async fn a_dropped_acquire_removes_its_key() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::etcd().await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("cancel");
@@ -527,7 +497,7 @@ async fn a_dropped_acquire_removes_its_key() -> Result<()> {
 /// the lock: it queues again and is granted with a new key and a higher token.
 #[tokio::test]
 async fn a_waiter_whose_key_vanished_does_not_believe_it_holds() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::etcd().await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("vanished");
@@ -560,7 +530,7 @@ async fn a_waiter_whose_key_vanished_does_not_believe_it_holds() -> Result<()> {
 /// block `a`, nor a waiter on `a`.
 #[tokio::test]
 async fn nested_names_do_not_block_each_other() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::etcd().await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let outer = unique("nest");
@@ -592,7 +562,7 @@ async fn nested_names_do_not_block_each_other() -> Result<()> {
 /// and release should then report the lock was not ours.
 #[tokio::test]
 async fn a_held_lock_whose_key_vanishes_turns_lost() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::etcd().await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("deleted");
@@ -613,7 +583,7 @@ async fn a_held_lock_whose_key_vanishes_turns_lost() -> Result<()> {
 /// the server could expire the lease.
 #[tokio::test]
 async fn missed_keepalives_make_the_guard_unverifiable_then_lost_at_its_deadline() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::managed_etcd(fast()).await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("paused-server");
@@ -659,7 +629,7 @@ async fn missed_keepalives_make_the_guard_unverifiable_then_lost_at_its_deadline
 /// says so), and a client queued straight at the server is granted only after that release.
 #[tokio::test]
 async fn a_200ms_burst_of_connection_resets_does_not_cost_the_lock() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::managed_etcd(fast()).await?;
     let upstream = server.addr().context("a managed etcd has an address")?;
     let proxy = FaultProxy::start(upstream).await?;
@@ -758,7 +728,7 @@ async fn a_200ms_burst_of_connection_resets_does_not_cost_the_lock() -> Result<(
 /// fresh connection, but must not be abandoned or make the guard unverifiable.
 #[tokio::test]
 async fn a_slow_link_keeps_the_lock_held_through_renewals() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::managed_etcd(fast()).await?;
     let upstream = server.addr().context("a managed etcd has an address")?;
     let proxy = FaultProxy::start(upstream).await?;
@@ -793,7 +763,7 @@ async fn a_slow_link_keeps_the_lock_held_through_renewals() -> Result<()> {
 /// alive), and the lock should free itself afterwards.
 #[tokio::test]
 async fn at_least_keeps_the_lock_after_release_on_the_server() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::managed_etcd(fast()).await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("at-least");
@@ -831,7 +801,7 @@ async fn at_least_keeps_the_lock_after_release_on_the_server() -> Result<()> {
 /// backend should reconnect by itself.
 #[tokio::test]
 async fn tokens_keep_increasing_across_a_server_restart() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::managed_etcd(fast()).await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("restart");
@@ -858,7 +828,7 @@ async fn tokens_keep_increasing_across_a_server_restart() -> Result<()> {
 /// lock only after the holder released it, with a higher token.
 #[tokio::test]
 async fn dlock_processes_exclude_each_other() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::etcd().await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("processes");
@@ -890,7 +860,7 @@ async fn dlock_processes_exclude_each_other() -> Result<()> {
 /// should get the lock with a higher token than etcdctl's key.
 #[tokio::test]
 async fn etcdctl_lock_excludes_dlock() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::etcd().await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("etcdctl-holds");
@@ -939,7 +909,7 @@ async fn etcdctl_lock_excludes_dlock() -> Result<()> {
 /// dlock released.
 #[tokio::test]
 async fn dlock_excludes_etcdctl_lock() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::etcd().await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("dlock-holds");
@@ -971,7 +941,7 @@ async fn dlock_excludes_etcdctl_lock() -> Result<()> {
 /// expires; nobody releases it), with a higher token. The measured failover is printed.
 #[tokio::test]
 async fn a_killed_holder_frees_the_lock_after_about_one_ttl() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::etcd().await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("killed");
@@ -1007,7 +977,7 @@ async fn a_killed_holder_frees_the_lock_after_about_one_ttl() -> Result<()> {
 /// holder's deadline is a ttl minus the drift allowance after it was *sent*.
 #[tokio::test]
 async fn a_paused_holder_learns_it_lost_the_lock_when_it_resumes() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::etcd().await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("paused");
@@ -1085,7 +1055,7 @@ async fn leader_index(b: &EtcdBackend) -> Result<usize> {
 /// released with increasing tokens, a held lock stays held and exclusive.
 #[tokio::test]
 async fn cluster_with_one_member_down_keeps_working() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let cluster = fixtures::etcd_cluster(3, EtcdOptions::default()).await?;
     let url = format!("{}?request_timeout=2s", cluster.url());
     let b = EtcdBackend::connect(&url).await?;
@@ -1129,7 +1099,7 @@ async fn cluster_with_one_member_down_keeps_working() -> Result<()> {
 /// else may get the lock until the quorum is back; then the next holder's token is higher.
 #[tokio::test]
 async fn cluster_without_quorum_grants_nothing_and_the_holder_learns_first() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let cluster = fixtures::etcd_cluster(3, EtcdOptions::default()).await?;
     let url = format!("{}?request_timeout=2s", cluster.url());
     let holder = EtcdBackend::connect(&url).await?;
@@ -1207,7 +1177,7 @@ async fn cluster_without_quorum_grants_nothing_and_the_holder_learns_first() -> 
 /// names repeat) should never overlap, never deadlock, and see tokens increase in grant order.
 #[tokio::test]
 async fn busy_contention_with_reused_leases_never_overlaps_or_stalls() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::etcd().await?;
     let b = EtcdBackend::connect(server.url()).await?;
     let name = unique("busy");
@@ -1249,7 +1219,7 @@ async fn busy_contention_with_reused_leases_never_overlaps_or_stalls() -> Result
 /// should be a clear error that does not show the password.
 #[tokio::test]
 async fn credentials_in_the_url_authenticate() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info,lock_etcd=info");
     let server = fixtures::managed_etcd(EtcdOptions::default()).await?;
     for args in [
         &["user", "add", "root:s3cret", "--interactive=false"][..],

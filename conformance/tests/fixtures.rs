@@ -5,6 +5,8 @@
 //! Some tests re-run this test binary as a child process (see `child_process_entry`) to check
 //! what happens when a test process aborts, panics, or runs with a different environment.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,16 +23,6 @@ use tokio::process::Command;
 
 /// Set in the environment of a child test process to the role it plays.
 const CHILD_ENV: &str = "DLOCK_FIXTURES_TEST_CHILD";
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "conformance=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 /// Runs a command; its trimmed stdout on success, an error with stderr otherwise.
 async fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Result<String> {
@@ -107,37 +99,15 @@ fn addr(port: u16) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// Polls `f` with a short backoff until it returns `Ok(true)` or `deadline` passes.
-async fn eventually<F, Fut>(what: &str, deadline: Duration, mut f: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let until = Instant::now() + deadline;
-    let mut pause = Duration::from_millis(20);
-    loop {
-        let last = match f().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => "condition false".to_string(),
-            Err(e) => format!("{e:#}"),
-        };
-        if Instant::now() >= until {
-            bail!("{what}: not within {deadline:?} (last: {last})");
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(300));
-    }
-}
-
 /// The process is dead, the port closed and (unless `dir` is None) the directory gone.
 async fn assert_gone(pid: u32, port: u16, dir: Option<&Path>) -> Result<()> {
-    eventually(
+    common::eventually(
         &format!("pid {pid} to die"),
         Duration::from_secs(15),
         || async move { Ok(!process_alive(pid)) },
     )
     .await?;
-    eventually(
+    common::eventually(
         &format!("port {port} to close"),
         Duration::from_secs(15),
         || async move { Ok(!port_open(port)) },
@@ -160,7 +130,7 @@ fn uid_of(pid: u32) -> Option<u32> {
 
 #[tokio::test]
 async fn postgres_serves_restarts_and_keeps_data() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     let pg = fixtures::managed_postgres().await?;
     let port = pg.port().unwrap();
     assert_eq!(
@@ -207,7 +177,7 @@ async fn postgres_serves_restarts_and_keeps_data() -> Result<()> {
 
 #[tokio::test]
 async fn redis_restarts_on_same_port_and_forgets_without_persistence() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     let r = fixtures::managed_redis(RedisOptions::default()).await?;
     let port = r.port().unwrap();
     assert_eq!(r.url(), format!("redis://127.0.0.1:{port}"));
@@ -235,7 +205,7 @@ async fn redis_restarts_on_same_port_and_forgets_without_persistence() -> Result
 
 #[tokio::test]
 async fn redis_with_persistence_keeps_data_across_kill_and_restart() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     // Shared and driven from another task, as fault-injecting tests will do.
     let r = std::sync::Arc::new(fixtures::managed_redis(RedisOptions { persistent: true }).await?);
     let port = r.port().unwrap();
@@ -254,7 +224,7 @@ async fn redis_with_persistence_keeps_data_across_kill_and_restart() -> Result<(
 
 #[tokio::test]
 async fn redis_pause_and_resume() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     let r = fixtures::managed_redis(RedisOptions::default()).await?;
     let a = r.addr().unwrap();
     fixtures::redis::ping(a).await?;
@@ -276,7 +246,7 @@ async fn redis_pause_and_resume() -> Result<()> {
 
 #[tokio::test]
 async fn redlock_instances_are_independent() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     let c = fixtures::redis_instances(3, RedisOptions::default()).await?;
     let ports = c.ports();
     assert_eq!(ports.len(), 3);
@@ -318,7 +288,7 @@ async fn redlock_instances_are_independent() -> Result<()> {
 
 #[tokio::test]
 async fn etcd_serves_restarts_and_keeps_data() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     let e = fixtures::managed_etcd(EtcdOptions::default()).await?;
     let port = e.port().unwrap();
     assert_eq!(e.url(), format!("etcd://127.0.0.1:{port}"));
@@ -342,7 +312,7 @@ async fn etcd_serves_restarts_and_keeps_data() -> Result<()> {
 
 #[tokio::test]
 async fn etcd_cluster_writes_with_one_member_down_not_two() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     let c = fixtures::etcd_cluster(3, EtcdOptions::default()).await?;
     let p: [u16; 3] = c.ports().try_into().unwrap();
     assert_eq!(
@@ -366,7 +336,7 @@ async fn etcd_cluster_writes_with_one_member_down_not_two() -> Result<()> {
     assert_eq!(c.leader().await?, Some(leading[0]));
 
     c.kill_member(0).await?;
-    eventually(
+    common::eventually(
         "a write through member 2 with member 0 down",
         Duration::from_secs(30),
         || async move { Ok(etcdctl(p[2], "3s", &["put", "k", "one down"]).await? == "OK") },
@@ -385,7 +355,7 @@ async fn etcd_cluster_writes_with_one_member_down_not_two() -> Result<()> {
     );
 
     c.restart_members(&[0, 1]).await?;
-    eventually(
+    common::eventually(
         "a write through member 0 after restart",
         Duration::from_secs(30),
         || async move { Ok(etcdctl(p[0], "3s", &["put", "k", "all back"]).await? == "OK") },
@@ -416,7 +386,7 @@ async fn zk_get(port: u16, path: &str) -> Result<Option<Vec<u8>>> {
 
 #[tokio::test]
 async fn zookeeper_serves_restarts_and_keeps_data() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     let z = fixtures::managed_zookeeper(ZooKeeperOptions::default()).await?;
     let port = z.port().unwrap();
     assert_eq!(z.url(), format!("zk://127.0.0.1:{port}"));
@@ -444,7 +414,7 @@ async fn zookeeper_serves_restarts_and_keeps_data() -> Result<()> {
 
 #[tokio::test]
 async fn zookeeper_ensemble_writes_with_one_member_down_not_two() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     let c = fixtures::zookeeper_ensemble(3, ZooKeeperOptions::default()).await?;
     let p: [u16; 3] = c.ports().try_into().unwrap();
     assert_eq!(
@@ -481,7 +451,7 @@ async fn zookeeper_ensemble_writes_with_one_member_down_not_two() -> Result<()> 
     zk_create(p[0], "/all-up", b"").await?;
 
     c.kill_member(0).await?;
-    eventually(
+    common::eventually(
         "a create through member 2 with member 0 down",
         Duration::from_secs(30),
         || {
@@ -499,7 +469,7 @@ async fn zookeeper_ensemble_writes_with_one_member_down_not_two() -> Result<()> 
     assert_eq!(zk_get(p[1], "/one-down").await?, Some(b"x".to_vec()));
 
     c.kill_member(1).await?;
-    eventually(
+    common::eventually(
         "member 2 to stop serving",
         Duration::from_secs(30),
         || async move {
@@ -581,7 +551,7 @@ fn report(s: &fixtures::Server) {
 #[tokio::test]
 #[ignore = "helper: runs only as a child process of other tests"]
 async fn child_process_entry() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     let Ok(mode) = std::env::var(CHILD_ENV) else {
         return Ok(());
     };
@@ -674,7 +644,7 @@ async fn child_process_entry() -> Result<()> {
 
 #[tokio::test]
 async fn aborted_test_process_leaves_no_server_or_directory() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     let out = child("abort")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -706,7 +676,7 @@ async fn aborted_test_process_leaves_no_server_or_directory() -> Result<()> {
 
 #[tokio::test]
 async fn panicking_test_leaves_no_server_or_directory() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     let out = child("panic")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -732,7 +702,7 @@ async fn panicking_test_leaves_no_server_or_directory() -> Result<()> {
 
 #[tokio::test]
 async fn env_urls_give_external_handles_and_managed_constructors_ignore_them() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     let r = fixtures::managed_redis(RedisOptions::default()).await?;
     let out = child("env")
         .env("DLOCK_TEST_REDIS_URL", r.url())
@@ -755,7 +725,7 @@ async fn env_urls_give_external_handles_and_managed_constructors_ignore_them() -
 
 #[tokio::test]
 async fn missing_binaries_are_errors_that_say_how_to_install() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     let out = child("missing")
         .env("PATH", "/nonexistent-dlock-test-path")
         .env_remove("JAVA_HOME")
@@ -871,7 +841,7 @@ async fn servers_up_in_child(
 
 #[tokio::test]
 async fn servers_up_prints_exports_and_stops_everything_on_sigterm() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     let (took, _) = servers_up_in_child(
         "up",
         &[
@@ -893,7 +863,7 @@ async fn servers_up_prints_exports_and_stops_everything_on_sigterm() -> Result<(
 
 #[tokio::test]
 async fn servers_up_cluster_prints_cluster_urls_and_stops_everything_on_ctrl_c() -> Result<()> {
-    init_tracing();
+    common::init_tracing("conformance=info");
     let (took, exports) = servers_up_in_child(
         "up-cluster",
         &[

@@ -5,6 +5,8 @@
 //! binary and synchronise on its JSON events; the server's state is read with `redis-cli`.
 //! Every test uses its own lock names, so the tests run in parallel.
 
+mod common;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,28 +19,6 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::time::{Instant, timeout};
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// A name no other test (or earlier run against an external server) uses.
-fn unique(tag: &str) -> LockName {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    LockName::new(format!("t{:012x}-{tag}", h.finish() & 0xffff_ffff_ffff)).unwrap()
-}
 
 fn ttl(d: Duration) -> LockOptions {
     LockOptions::new().with_ttl(d)
@@ -163,10 +143,10 @@ fn token(v: &Value) -> Result<u64> {
 /// and the next holder gets a higher fencing token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exclusion_across_processes() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::redis().await?;
     let url = server.url();
-    let name = unique("excl");
+    let name = common::unique("excl");
     let mut a = Holder::spawn(&["--ttl", "5s", url, name.as_str()])?;
     let t1 = token(&a.expect("acquired", Duration::from_secs(10)).await?)?;
 
@@ -212,10 +192,10 @@ fn spawn_timed_waiter(
 /// re-check would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_are_woken_by_the_release() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::redis().await?;
     let url = server.url();
-    let name = unique("wake");
+    let name = common::unique("wake");
     let key = format!("dlock:{name}");
     let holder = connect(url).await?;
     let waiter = connect(url).await?;
@@ -238,10 +218,10 @@ async fn waiters_are_woken_by_the_release() -> Result<()> {
 /// release.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_survive_a_killed_pubsub_connection() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::redis().await?;
     let url = server.url();
-    let name = unique("resub");
+    let name = common::unique("resub");
     let key = format!("dlock:{name}");
     let holder = connect(url).await?;
     let waiter = connect(url).await?;
@@ -264,10 +244,10 @@ async fn waiters_survive_a_killed_pubsub_connection() -> Result<()> {
 /// the lock, and leave the new holder's key alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_release_after_expiry_is_refused() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::redis().await?;
     let url = server.url();
-    let name = unique("stale");
+    let name = common::unique("stale");
     let key = format!("dlock:{name}");
     let a = connect(url).await?;
     let b = connect(url).await?;
@@ -302,10 +282,10 @@ async fn stale_release_after_expiry_is_refused() -> Result<()> {
 /// holder's guard is `Lost` and its release is refused (exit 76).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_holder_loses_the_lock_and_learns_it() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::redis().await?;
     let url = server.url();
-    let name = unique("sigstop");
+    let name = common::unique("sigstop");
     let mut holder = Holder::spawn(&["--ttl", "1s", url, name.as_str()])?;
     let t1 = token(&holder.expect("acquired", Duration::from_secs(10)).await?)?;
     holder.signal(libc::SIGSTOP);
@@ -337,10 +317,10 @@ async fn paused_holder_loses_the_lock_and_learns_it() -> Result<()> {
 /// with a higher fencing token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_holder_frees_the_lock_within_its_ttl() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::redis().await?;
     let url = server.url();
-    let name = unique("sigkill");
+    let name = common::unique("sigkill");
     let mut a = Holder::spawn(&["--ttl", "2s", url, name.as_str()])?;
     let t1 = token(&a.expect("acquired", Duration::from_secs(10)).await?)?;
     let mut b = Holder::spawn(&["--ttl", "2s", "--wait", "20s", url, name.as_str()])?;
@@ -367,10 +347,10 @@ async fn killed_holder_frees_the_lock_within_its_ttl() -> Result<()> {
 /// grant's token is still higher (the counter is re-seeded from the server clock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_without_persistence_loses_the_lock_and_the_guard_notices() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::managed_redis(RedisOptions { persistent: false }).await?;
     let url = server.url();
-    let name = unique("restart");
+    let name = common::unique("restart");
     let key = format!("dlock:{name}");
     let backend = connect(url).await?;
     let g = backend.acquire(&name, &ttl(Duration::from_secs(3))).await?;
@@ -401,10 +381,10 @@ async fn restart_without_persistence_loses_the_lock_and_the_guard_notices() -> R
 /// reconnects on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_persistence_keeps_the_lock() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::managed_redis(RedisOptions { persistent: true }).await?;
     let url = server.url();
-    let name = unique("persist");
+    let name = common::unique("persist");
     let backend = connect(url).await?;
     let g = backend.acquire(&name, &ttl(Duration::from_secs(5))).await?;
     let t1 = g.token().context("token")?;
@@ -425,10 +405,10 @@ async fn restart_with_persistence_keeps_the_lock() -> Result<()> {
 /// then `Lost` at its deadline, which comes before the server-side expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_server_makes_the_guard_unverifiable_then_lost() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::managed_redis(RedisOptions::default()).await?;
     let url = format!("{}?timeout=100ms", server.url());
-    let name = unique("srvpause");
+    let name = common::unique("srvpause");
     let backend = connect(&url).await?;
     let g = backend.acquire(&name, &ttl(ms(600))).await?;
     let acquired = g.acquired_at();
@@ -455,10 +435,10 @@ async fn paused_server_makes_the_guard_unverifiable_then_lost() -> Result<()> {
 /// Should keep the lock past several ttls by renewing, and extend by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_keeps_the_lock() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::redis().await?;
     let url = server.url();
-    let name = unique("renew");
+    let name = common::unique("renew");
     let a = connect(url).await?;
     let b = connect(url).await?;
     let g = a.acquire(&name, &ttl(ms(300))).await?;
@@ -480,10 +460,10 @@ async fn renewal_keeps_the_lock() -> Result<()> {
 /// Should keep the lock taken for `at_least` after an early release, then hand it on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_outlives_an_early_release() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::redis().await?;
     let url = server.url();
-    let name = unique("atleast");
+    let name = common::unique("atleast");
     let a = connect(url).await?;
     let b = connect(url).await?;
     let g = a
@@ -510,10 +490,10 @@ async fn at_least_outlives_an_early_release() -> Result<()> {
 /// release a dropped guard promptly in the background.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_acquire_and_dropped_guard_leave_nothing_behind() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::managed_redis(RedisOptions::default()).await?;
     let url = server.url();
-    let name = unique("cancel");
+    let name = common::unique("cancel");
     let key = format!("dlock:{name}");
     let a = connect(url).await?;
     let b = connect(url).await?;
@@ -555,11 +535,11 @@ async fn cancelled_acquire_and_dropped_guard_leave_nothing_behind() -> Result<()
 /// fencing counter in the hash named by the prefix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_are_binary_safe_and_the_prefix_is_configurable() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::redis().await?;
     let url = format!("{}?prefix=app%3Ajobs%3A", server.url());
     let backend = connect(&url).await?;
-    let base = unique("names");
+    let base = common::unique("names");
     let long = "x".repeat(10_000);
     for suffix in [
         " with space",
@@ -585,7 +565,7 @@ async fn names_are_binary_safe_and_the_prefix_is_configurable() -> Result<()> {
 /// with a connection error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_typed_error() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::redis().await?;
     let url = server.url();
     for (bad, kind) in [
@@ -605,7 +585,7 @@ async fn bad_input_is_a_typed_error() -> Result<()> {
         assert!(!err.message().is_empty());
     }
     let backend = connect(url).await?;
-    let name = unique("bad");
+    let name = common::unique("bad");
     for (opts, kind) in [
         (ttl(ms(5)), ErrorKind::InvalidOptions),
         (
@@ -631,10 +611,10 @@ async fn bad_input_is_a_typed_error() -> Result<()> {
 /// order of the grants.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contention_keeps_exclusion_and_token_order() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::redis().await?;
     let url = server.url().to_string();
-    let name = unique("contend");
+    let name = common::unique("contend");
     let inside = Arc::new(AtomicUsize::new(0));
     let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
@@ -673,10 +653,10 @@ async fn contention_keeps_exclusion_and_token_order() -> Result<()> {
 /// down; Redlock grants carry no fencing token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redlock_survives_one_instance_down_but_not_two() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let cluster = fixtures::redis_instances(3, RedisOptions::default()).await?;
     let url = cluster.url();
-    let name = unique("redlock");
+    let name = common::unique("redlock");
     let a = connect(url).await?;
     let b = connect(url).await?;
     let caps = a.capabilities();
@@ -723,10 +703,10 @@ async fn redlock_survives_one_instance_down_but_not_two() -> Result<()> {
 /// Should keep Redlock exclusive under contention and hand over by notification.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redlock_contention_keeps_exclusion() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let cluster = fixtures::redlock(3).await?;
     let url = cluster.url().to_string();
-    let name = unique("rl-contend");
+    let name = common::unique("rl-contend");
     let inside = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..3 {

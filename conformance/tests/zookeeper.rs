@@ -13,10 +13,9 @@ mod common;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use conformance::fixtures::{self, Server, ZooKeeperOptions, zookeeper::ZkSession};
 use dlock::{Backend, ErrorKind, LockName, LockOptions, LockState, Renew, Wait};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -25,38 +24,9 @@ use tokio::process::{Child, ChildStdout, Command};
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
 /// A standalone server for one test, dropped (process and directory) when the test ends.
 async fn own_server() -> Result<Server> {
     fixtures::zookeeper().await
-}
-
-/// A name no other test (or earlier run) uses: every test works under its own base.
-fn unique(tag: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{tag}-{}-{nanos:x}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// `server_url` with query options appended.
-fn with_options(server_url: &str, options: &str) -> String {
-    let sep = if server_url.contains('?') { '&' } else { '?' };
-    format!("{server_url}{sep}{options}")
 }
 
 /// The first `host:port` of a `zk://` URL.
@@ -89,28 +59,6 @@ fn wait_for(d: Duration) -> LockOptions {
     LockOptions::new().with_wait(Wait::For(d))
 }
 
-/// Polls `f` (a question to the server) with a short backoff until it says yes.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut f: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let until = Instant::now() + limit;
-    let mut pause = Duration::from_millis(5);
-    loop {
-        let last = match f().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => "not yet".to_string(),
-            Err(e) => format!("{e:#}"),
-        };
-        if Instant::now() >= until {
-            bail!("{what}: not within {limit:?} ({last})");
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
-}
-
 /// The children of `path` as a fresh foreign session sees them (empty if it does not exist).
 async fn children(url: &str, path: &str) -> Result<Vec<String>> {
     let mut s = foreign_session(url).await?;
@@ -120,7 +68,7 @@ async fn children(url: &str, path: &str) -> Result<Vec<String>> {
 }
 
 async fn children_count_is(url: &str, path: &str, n: usize) -> Result<()> {
-    eventually(
+    common::eventually(
         &format!("{path} to have {n} children"),
         Duration::from_secs(10),
         || async { Ok(children(url, path).await?.len() == n) },
@@ -203,10 +151,10 @@ impl Holder {
 
 #[tokio::test]
 async fn acquire_release_and_tokens_are_creation_zxids_that_increase() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = own_server().await?;
-    let base = format!("/{}", unique("basics"));
-    let url = with_options(server.url(), &format!("base={base}"));
+    let base = format!("/{}", common::unique("basics"));
+    let url = common::with_query(server.url(), &format!("base={base}"));
     let (a, b) = (connect(&url).await?, connect(&url).await?);
     let job = name("job");
     let lock_path = format!("{base}/job");
@@ -265,10 +213,10 @@ async fn acquire_release_and_tokens_are_creation_zxids_that_increase() -> Result
 
 #[tokio::test]
 async fn waiters_are_granted_in_queue_order_when_the_holder_releases() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = own_server().await?;
-    let base = format!("/{}", unique("queue"));
-    let url = with_options(server.url(), &format!("base={base}"));
+    let base = format!("/{}", common::unique("queue"));
+    let url = common::with_query(server.url(), &format!("base={base}"));
     let holder = connect(&url).await?;
     let g = holder.acquire(&name("q"), &LockOptions::new()).await?;
     let mut waiters = Vec::new();
@@ -306,10 +254,10 @@ async fn waiters_are_granted_in_queue_order_when_the_holder_releases() -> Result
 
 #[tokio::test]
 async fn every_name_maps_to_its_own_valid_znode() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = own_server().await?;
-    let base = format!("/{}", unique("names"));
-    let url = with_options(server.url(), &format!("base={base}"));
+    let base = format!("/{}", common::unique("names"));
+    let url = common::with_query(server.url(), &format!("base={base}"));
     let b = connect(&url).await?;
     let long_ascii = "x".repeat(LockName::MAX_LEN);
     let long_emoji = "🔒".repeat(LockName::MAX_LEN / 4);
@@ -341,7 +289,7 @@ async fn every_name_maps_to_its_own_valid_znode() -> Result<()> {
     }
 
     // Directly under the root of the tree, `zookeeper` is the server's own node.
-    let root_url = with_options(server.url(), "base=/");
+    let root_url = common::with_query(server.url(), "base=/");
     let b = connect(&root_url).await?;
     let g = b.acquire(&name("zookeeper"), &LockOptions::new()).await?;
     let mut zk = foreign_session(&url).await?;
@@ -354,7 +302,7 @@ async fn every_name_maps_to_its_own_valid_znode() -> Result<()> {
 
 #[tokio::test]
 async fn bad_urls_options_and_modes_fail_with_typed_errors() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     for (url, needle) in [
         ("zk://", "no ZooKeeper host"),
         ("zk://127.0.0.1:2181?base=locks", "must start with /"),
@@ -381,9 +329,9 @@ async fn bad_urls_options_and_modes_fail_with_typed_errors() -> Result<()> {
     );
 
     let server = own_server().await?;
-    let b = connect(&with_options(
+    let b = connect(&common::with_query(
         server.url(),
-        &format!("base=/{}", unique("bad")),
+        &format!("base=/{}", common::unique("bad")),
     ))
     .await?;
     let err = b
@@ -415,10 +363,10 @@ async fn bad_urls_options_and_modes_fail_with_typed_errors() -> Result<()> {
 
 #[tokio::test]
 async fn a_curator_format_node_keeps_dlock_out_until_it_goes() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = own_server().await?;
-    let base = format!("/{}", unique("curator"));
-    let url = with_options(server.url(), &format!("base={base}"));
+    let base = format!("/{}", common::unique("curator"));
+    let url = common::with_query(server.url(), &format!("base={base}"));
     let lock_path = format!("{base}/nightly-purge");
 
     // Another client takes the lock the way Curator's InterProcessMutex does.
@@ -502,10 +450,10 @@ async fn a_curator_format_node_keeps_dlock_out_until_it_goes() -> Result<()> {
 
 #[tokio::test]
 async fn a_dropped_acquire_leaves_no_node_behind() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = own_server().await?;
-    let base = format!("/{}", unique("cancel"));
-    let url = with_options(server.url(), &format!("base={base}"));
+    let base = format!("/{}", common::unique("cancel"));
+    let url = common::with_query(server.url(), &format!("base={base}"));
     let lock_path = format!("{base}/c");
     let (a, b) = (connect(&url).await?, connect(&url).await?);
     let g = a.acquire(&name("c"), &LockOptions::new()).await?;
@@ -530,9 +478,12 @@ async fn a_dropped_acquire_leaves_no_node_behind() -> Result<()> {
 
 #[tokio::test]
 async fn at_least_keeps_the_lock_taken_after_an_early_release() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = own_server().await?;
-    let url = with_options(server.url(), &format!("base=/{}", unique("atleast")));
+    let url = common::with_query(
+        server.url(),
+        &format!("base=/{}", common::unique("atleast")),
+    );
     let (a, b) = (connect(&url).await?, connect(&url).await?);
     let at_least = Duration::from_millis(800);
     // Taken before asking, so it is no later than the grant that at_least counts from.
@@ -564,9 +515,12 @@ async fn at_least_keeps_the_lock_taken_after_an_early_release() -> Result<()> {
 
 #[tokio::test]
 async fn without_renewal_the_lock_is_held_for_at_most_one_ttl() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = own_server().await?;
-    let url = with_options(server.url(), &format!("base=/{}", unique("norenew")));
+    let url = common::with_query(
+        server.url(),
+        &format!("base=/{}", common::unique("norenew")),
+    );
     let (a, b) = (connect(&url).await?, connect(&url).await?);
     let ttl = Duration::from_millis(700);
     let opts = LockOptions::new().with_ttl(ttl).with_renew(Renew::Off);
@@ -598,10 +552,10 @@ async fn without_renewal_the_lock_is_held_for_at_most_one_ttl() -> Result<()> {
 
 #[tokio::test]
 async fn tokens_keep_increasing_when_the_lock_container_is_recreated() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = own_server().await?;
-    let base = format!("/{}", unique("container"));
-    let url = with_options(server.url(), &format!("base={base}"));
+    let base = format!("/{}", common::unique("container"));
+    let url = common::with_query(server.url(), &format!("base={base}"));
     let lock_path = format!("{base}/job");
     let b = connect(&url).await?;
     let mut last = 0;
@@ -638,9 +592,9 @@ async fn tokens_keep_increasing_when_the_lock_container_is_recreated() -> Result
 
 #[tokio::test]
 async fn processes_exclude_each_other() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = own_server().await?;
-    let url = with_options(server.url(), &format!("base=/{}", unique("procs")));
+    let url = common::with_query(server.url(), &format!("base=/{}", common::unique("procs")));
     let mut first = Holder::spawn(&url, "report", &[])?;
     let t1 = first.acquired().await?;
 
@@ -696,11 +650,11 @@ async fn processes_exclude_each_other() -> Result<()> {
 /// timeout later; then the waiter gets the lock. Measured three times.
 #[tokio::test]
 async fn a_killed_holder_frees_the_lock_after_about_one_session_timeout() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::managed_zookeeper(ZooKeeperOptions::default()).await?;
     let timeout = Duration::from_secs(2);
-    let base = format!("/{}", unique("killed"));
-    let url = with_options(server.url(), &format!("base={base}&session_timeout=2s"));
+    let base = format!("/{}", common::unique("killed"));
+    let url = common::with_query(server.url(), &format!("base={base}&session_timeout=2s"));
     let waiter_backend = connect(&url).await?;
     let mut failovers = Vec::new();
     let mut last_token = 0;
@@ -754,10 +708,10 @@ async fn a_killed_holder_frees_the_lock_after_about_one_session_timeout() -> Res
 /// so, which shows the expired-session path turning the guard `Lost`.
 #[tokio::test]
 async fn a_paused_holder_learns_of_the_loss_soon_after_it_resumes() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::managed_zookeeper(ZooKeeperOptions::default()).await?;
-    let base = format!("/{}", unique("paused"));
-    let url = with_options(server.url(), &format!("base={base}&session_timeout=2s"));
+    let base = format!("/{}", common::unique("paused"));
+    let url = common::with_query(server.url(), &format!("base={base}&session_timeout=2s"));
     let mut holder = Holder::spawn(&url, "job", &[])?;
     let t_holder = holder.acquired().await?;
     let other = connect(&url).await?;
@@ -779,7 +733,7 @@ async fn a_paused_holder_learns_of_the_loss_soon_after_it_resumes() -> Result<()
         t > t_holder,
         "token {t} after the paused holder's {t_holder}"
     );
-    let resumed_ms = wall_ms();
+    let resumed_ms = common::wall_ms();
     // SAFETY: as above.
     ensure!(unsafe { libc::kill(pid, libc::SIGCONT) } == 0);
     let lost_ms = loop {
@@ -801,27 +755,20 @@ async fn a_paused_holder_learns_of_the_loss_soon_after_it_resumes() -> Result<()
     Ok(())
 }
 
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Network faults through the proxy
 
 #[tokio::test]
 async fn a_blackholed_holder_turns_unverifiable_then_lost_before_anyone_else_acquires() -> Result<()>
 {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::managed_zookeeper(ZooKeeperOptions::default()).await?;
     let timeout = Duration::from_secs(2);
     let proxy = conformance::faults::FaultProxy::start(first_addr(server.url())?).await?;
-    let base = format!("/{}", unique("blackhole"));
+    let base = format!("/{}", common::unique("blackhole"));
     let options = format!("base={base}&session_timeout=2s");
-    let holder_url = with_options(&format!("zk://{}", proxy.addr()), &options);
-    let direct_url = with_options(server.url(), &options);
+    let holder_url = common::with_query(&format!("zk://{}", proxy.addr()), &options);
+    let direct_url = common::with_query(server.url(), &options);
     let holder = connect(&holder_url).await?;
     let other = connect(&direct_url).await?;
 
@@ -894,14 +841,18 @@ async fn a_blackholed_holder_turns_unverifiable_then_lost_before_anyone_else_acq
 /// does not keep everyone out until the holder releases or exits.
 #[tokio::test]
 async fn a_lock_reported_lost_during_a_disconnection_is_freed_on_reconnect() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::managed_zookeeper(ZooKeeperOptions::default()).await?;
     let timeout = Duration::from_secs(4);
     let proxy = conformance::faults::FaultProxy::start(first_addr(server.url())?).await?;
-    let base = format!("/{}", unique("orphan"));
+    let base = format!("/{}", common::unique("orphan"));
     let options = format!("base={base}&session_timeout=4s");
-    let holder = connect(&with_options(&format!("zk://{}", proxy.addr()), &options)).await?;
-    let direct_url = with_options(server.url(), &options);
+    let holder = connect(&common::with_query(
+        &format!("zk://{}", proxy.addr()),
+        &options,
+    ))
+    .await?;
+    let direct_url = common::with_query(server.url(), &options);
     let other = connect(&direct_url).await?;
 
     let g = holder.acquire(&name("job"), &LockOptions::new()).await?;
@@ -947,13 +898,17 @@ async fn a_lock_reported_lost_during_a_disconnection_is_freed_on_reconnect() -> 
 async fn a_200ms_burst_of_connection_resets_does_not_cost_the_lock() -> Result<()> {
     use conformance::faults::{Fault, FaultProxy};
     use tokio::time::Instant;
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::managed_zookeeper(ZooKeeperOptions::default()).await?;
     let proxy = FaultProxy::start(first_addr(server.url())?).await?;
-    let base = format!("/{}", unique("reset-blip"));
+    let base = format!("/{}", common::unique("reset-blip"));
     let options = format!("base={base}&session_timeout=2s");
-    let holder = connect(&with_options(&format!("zk://{}", proxy.addr()), &options)).await?;
-    let direct_url = with_options(server.url(), &options);
+    let holder = connect(&common::with_query(
+        &format!("zk://{}", proxy.addr()),
+        &options,
+    ))
+    .await?;
+    let direct_url = common::with_query(server.url(), &options);
     let other = connect(&direct_url).await?;
 
     let g = holder.acquire(&name("job"), &LockOptions::new()).await?;
@@ -1026,13 +981,13 @@ async fn a_200ms_burst_of_connection_resets_does_not_cost_the_lock() -> Result<(
 /// ends).
 #[tokio::test]
 async fn a_connection_loss_during_create_finds_our_own_node() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = own_server().await?;
     let proxy = fault_proxy::FaultProxy::start(first_addr(server.url())?).await?;
-    let base = format!("/{}", unique("protected"));
+    let base = format!("/{}", common::unique("protected"));
     let options = format!("base={base}&session_timeout=5s");
-    let url = with_options(&format!("zk://{}", proxy.addr()), &options);
-    let direct_url = with_options(server.url(), &options);
+    let url = common::with_query(&format!("zk://{}", proxy.addr()), &options);
+    let direct_url = common::with_query(server.url(), &options);
     let b = connect(&url).await?;
     // Parents first, so the cut hits the create of the contender node itself.
     let g = b.acquire(&name("job"), &LockOptions::new()).await?;
@@ -1065,10 +1020,10 @@ async fn a_connection_loss_during_create_finds_our_own_node() -> Result<()> {
 /// keeps the lock. Two down: no quorum, nothing is granted, the holder cannot be sure.
 #[tokio::test]
 async fn an_ensemble_works_with_one_member_down_and_refuses_with_two_down() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let cluster = fixtures::zookeeper_ensemble(3, ZooKeeperOptions::default()).await?;
-    let base = format!("/{}", unique("ensemble"));
-    let url = with_options(cluster.url(), &format!("base={base}&session_timeout=4s"));
+    let base = format!("/{}", common::unique("ensemble"));
+    let url = common::with_query(cluster.url(), &format!("base={base}&session_timeout=4s"));
     let (a, b) = (connect(&url).await?, connect(&url).await?);
     let g = a.acquire(&name("job"), &LockOptions::new()).await?;
     let t0 = g.token().context("token")?.get();
@@ -1165,11 +1120,11 @@ async fn an_ensemble_works_with_one_member_down_and_refuses_with_two_down() -> R
 
 #[tokio::test]
 async fn tokens_keep_increasing_across_a_server_restart() -> Result<()> {
-    init_tracing();
+    common::init_tracing("warn");
     let server = fixtures::managed_zookeeper(ZooKeeperOptions::default()).await?;
-    let url = with_options(
+    let url = common::with_query(
         server.url(),
-        &format!("base=/{}&session_timeout=4s", unique("restart")),
+        &format!("base=/{}&session_timeout=4s", common::unique("restart")),
     );
     let b = connect(&url).await?;
     let g = b.acquire(&name("job"), &LockOptions::new()).await?;

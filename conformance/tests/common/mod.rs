@@ -16,6 +16,52 @@ pub fn unique(prefix: &str) -> dlock::LockName {
     dlock::LockName::new(format!("{prefix}-{}-{nanos:x}-{n}", std::process::id())).unwrap()
 }
 
+/// Test logs through the test harness's writer: `RUST_LOG` if set, else `default_filter`.
+pub fn init_tracing(default_filter: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// The wall clock in ms since the Unix epoch (to compare with times other processes print).
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Polls `f` (a question to a server or a process) with a short backoff, 5 ms doubling up to
+/// 100 ms, until it says yes; an error naming `what` and the last answer after `limit`.
+pub async fn eventually<F, Fut>(
+    what: &str,
+    limit: std::time::Duration,
+    mut f: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let until = std::time::Instant::now() + limit;
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        let last = match f().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => "not yet".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        if std::time::Instant::now() >= until {
+            anyhow::bail!("{what}: not within {limit:?} (last: {last})");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(100));
+    }
+}
+
 /// `url` with `query` appended (`?` or `&` as needed).
 pub fn with_query(url: &str, query: &str) -> String {
     if query.is_empty() {

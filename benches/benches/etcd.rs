@@ -9,7 +9,7 @@
 //! (default 500), `DLOCK_BENCH_ROUNDS` the rounds (default 3). Criterion's own group follows
 //! the percentile report.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -17,7 +17,7 @@ use benches::{Samples, env_usize, micros, once, report_vs_floor};
 use criterion::Criterion;
 use dlock::etcd::EtcdBackend;
 use dlock::etcd::etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
-use dlock::{Backend, LockName, LockOptions, Wait};
+use dlock::{Backend, LockName, LockOptions};
 
 const WAITERS: usize = 8;
 
@@ -66,35 +66,6 @@ async fn interleaved(
 
 /// Time from a holder calling release to the next waiter holding the lock, with one holder
 /// and `WAITERS` waiters queued behind it the whole time.
-async fn handoff(backend: &EtcdBackend, name: &LockName, per_task: usize) -> Result<Samples> {
-    let released_at: Arc<Mutex<Option<Instant>>> = Arc::default();
-    let samples: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let opts = LockOptions::new()
-        .with_ttl(Duration::from_secs(10))
-        .with_wait(Wait::For(Duration::from_secs(60)));
-    let mut tasks = Vec::new();
-    for _ in 0..=WAITERS {
-        let (b, name, opts) = (backend.clone(), name.clone(), opts.clone());
-        let (released_at, samples) = (Arc::clone(&released_at), Arc::clone(&samples));
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..per_task {
-                let guard = b.acquire(&name, &opts).await?;
-                if let Some(t) = released_at.lock().unwrap().take() {
-                    samples.lock().unwrap().push(t.elapsed());
-                }
-                *released_at.lock().unwrap() = Some(Instant::now());
-                anyhow::ensure!(guard.release().await?, "handoff: release was not ours");
-            }
-            Ok::<_, anyhow::Error>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let v = std::mem::take(&mut *samples.lock().unwrap());
-    Ok(Samples::from(v))
-}
-
 fn main() -> Result<()> {
     let rt = benches::runtime()?;
     let server = rt.block_on(conformance::fixtures::etcd())?;
@@ -133,9 +104,19 @@ fn main() -> Result<()> {
         ratios[ratios.len() - 1]
     );
 
-    let handoff_name = LockName::new(format!("bench-{run}-handoff"))?;
+    // The handoff `dlock compare` reports, with one backend (one connection) for all the
+    // contenders.
     let per_task = env_usize("DLOCK_BENCH_HANDOFF_ROUNDS", 20);
-    let h = rt.block_on(handoff(&backend, &handoff_name, per_task))?;
+    let shared: Arc<dyn Backend> = Arc::new(backend.clone());
+    let connect = || {
+        let b = Arc::clone(&shared);
+        async move { anyhow::Ok(b) }
+    };
+    let h = rt.block_on(conformance::bench::handoff(
+        connect,
+        WAITERS,
+        per_task * (WAITERS + 1),
+    ))?;
     println!(
         "handoff with {WAITERS} waiters (release called → next holder granted): p50 {:>8.1} µs  p99 {:>8.1} µs ({} samples)",
         micros(h.p50()),

@@ -7,13 +7,12 @@
 //! `DLOCK_BENCH_SAMPLES` sets the number of latency samples (default 2000 per side).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use benches::{Samples, env_usize, micros, once, report_vs_floor};
 use criterion::Criterion;
-use dlock::{LockName, LockOptions, Wait};
+use dlock::{LockName, LockOptions};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisConnectionInfo, Script};
 
@@ -168,70 +167,19 @@ async fn latency_vs_floor(url: &str, run: &str) -> Result<f64> {
 }
 
 /// Acquire + release per second with 64 tasks on distinct names (one backend, shared
-/// connection, as a service would use it).
-async fn throughput(url: &str, run: &str) -> Result<()> {
+/// connection, as a service would use it), and the handoff to the next of 8 waiters, each on
+/// its own connection as separate processes would be: the measurements `dlock compare`
+/// reports, run longer.
+async fn throughput_and_handoff(url: &str) -> Result<()> {
     let backend = dlock::connect(url).await?;
-    let per_task = 150;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..64 {
-        let backend = Arc::clone(&backend);
-        let name = LockName::new(format!("bench-{run}-tp-{t}"))?;
-        tasks.push(tokio::spawn(async move {
-            let opts = LockOptions::new();
-            for _ in 0..per_task {
-                once(&*backend, &name, &opts).await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let took = started.elapsed();
-    let ops = 64 * per_task;
+    let (tasks, per_task) = (64, 150);
+    let rate = conformance::bench::throughput(backend, tasks, per_task).await?;
     println!(
-        "redis throughput, 64 tasks on distinct names: {:.0} acquire+release/s ({ops} in {took:.2?})",
-        ops as f64 / took.as_secs_f64()
+        "redis throughput, {tasks} tasks on distinct names: {rate:.0} acquire+release/s ({} in all)",
+        tasks * per_task
     );
-    Ok(())
-}
-
-/// Release → next holder's grant, with 9 contenders (the holder and 8 waiters), each on its
-/// own connection as separate processes would be.
-async fn handoff(url: &str, run: &str) -> Result<()> {
-    let name = LockName::new(format!("bench-{run}-handoff"))?;
-    let last_release: Arc<Mutex<Option<(usize, Instant)>>> = Arc::default();
-    let handoffs: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let target = 400;
-    let mut tasks = Vec::new();
-    for id in 0..9 {
-        let backend = dlock::connect(url).await?;
-        let (name, last_release, handoffs) = (name.clone(), last_release.clone(), handoffs.clone());
-        tasks.push(tokio::spawn(async move {
-            let opts = LockOptions::new().with_wait(Wait::For(Duration::from_secs(10)));
-            loop {
-                if handoffs.lock().unwrap().len() >= target {
-                    return anyhow::Ok(());
-                }
-                let g = backend.acquire(&name, &opts).await?;
-                let now = Instant::now();
-                if let Some((from, at)) = *last_release.lock().unwrap() {
-                    if from != id {
-                        handoffs.lock().unwrap().push(now - at);
-                    }
-                }
-                *last_release.lock().unwrap() = Some((id, Instant::now()));
-                g.release().await?;
-                // Let the others in before queueing again.
-                tokio::task::yield_now().await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let s = Samples::from(handoffs.lock().unwrap().clone());
+    let connect = || async { Ok(dlock::connect(url).await?) };
+    let s = conformance::bench::handoff(connect, 8, 400).await?;
     println!(
         "redis handoff with 8 waiters: p50 {:.1} µs  p99 {:.1} µs ({} handoffs)",
         micros(s.p50()),
@@ -273,8 +221,7 @@ fn main() -> Result<()> {
     criterion_group(&mut c, &rt, &url)?;
     rt.block_on(async {
         latency_vs_floor(&url, &run).await?;
-        throughput(&url, &run).await?;
-        handoff(&url, &run).await
+        throughput_and_handoff(&url).await
     })?;
     c.final_summary();
     Ok(())

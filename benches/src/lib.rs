@@ -38,7 +38,7 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// PostgreSQL's ratio jump between 0.96× and 1.40× from one round to the next). Uses
 /// `taskset` (util-linux). Returns whether it pinned; says what it did either way.
 pub fn pin_apart(pids: &[u32]) -> bool {
-    if !std::env::var_os("DLOCK_BENCH_PIN").is_some_and(|v| v != "0") {
+    if std::env::var_os("DLOCK_BENCH_PIN").is_none_or(|v| v == "0") {
         return false;
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

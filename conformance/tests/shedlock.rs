@@ -527,3 +527,52 @@ mod redis_flavour {
         );
     }
 }
+
+/// An acquisition dropped while its upsert is still running in the server must not leave the
+/// row locked: the upsert is finished first and the row then given back. (A release sent
+/// beside the unfinished upsert finds no row — the insert is not committed yet — and the row
+/// the insert then takes would stay locked until its `lock_until`.) A trigger makes every
+/// insert into this test's table take 300 ms, so the drop lands mid-upsert every time.
+#[tokio::test]
+async fn an_acquisition_dropped_mid_upsert_leaves_the_row_free() {
+    let pg = fixtures::postgres().await.unwrap();
+    let table = format!("slow_upsert_{}", std::process::id());
+    let url = with_query(&shed_url(pg.url()), &format!("table={table}"));
+    let first = connect(&url).await;
+    let mut sql = PgConnection::connect(pg.url()).await.unwrap();
+    for stmt in [
+        "CREATE OR REPLACE FUNCTION dlock_test_slow_insert() RETURNS trigger LANGUAGE plpgsql \
+         AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$"
+            .to_string(),
+        format!(
+            "CREATE TRIGGER slow_insert BEFORE INSERT ON {table} \
+             FOR EACH ROW EXECUTE FUNCTION dlock_test_slow_insert()"
+        ),
+    ] {
+        sqlx::query(&stmt).execute(&mut sql).await.unwrap();
+    }
+    let n = unique("mid-upsert");
+    let long = LockOptions::new()
+        .with_ttl(Duration::from_secs(60))
+        .with_renew(Renew::Off);
+    let dropped = tokio::time::timeout(Duration::from_millis(100), first.acquire(&n, &long)).await;
+    assert!(
+        dropped.is_err(),
+        "the upsert should still have been running"
+    );
+    let second = connect(&url).await;
+    let waited = Instant::now();
+    let g = second
+        .acquire(
+            &n,
+            &long.clone().with_wait(Wait::For(Duration::from_secs(5))),
+        )
+        .await
+        .expect("the dropped acquisition's row must be given back, not kept for 60 s");
+    eprintln!("granted {:?} after the drop", waited.elapsed());
+    assert!(g.release().await.unwrap());
+    sqlx::query(&format!("DROP TABLE {table}"))
+        .execute(&mut sql)
+        .await
+        .unwrap();
+}

@@ -249,16 +249,27 @@ impl ShedPgBackend {
         Some(tx.tx.subscribe())
     }
 
-    async fn try_once(&self, name: &LockName, opts: &LockOptions, owner: &str) -> Result<bool> {
+    /// One upsert attempt, as a future that owns what it needs (so that it can be finished
+    /// by a spawned task, see [`InFlight`]). `Ok(true)`: the row is ours.
+    fn attempt(
+        &self,
+        name: &LockName,
+        opts: &LockOptions,
+        owner: &str,
+    ) -> BoxFuture<'static, Result<bool>> {
+        let (pool, sql) = (self.pool.clone(), Arc::clone(&self.sql));
+        let (name, owner) = (name.as_str().to_owned(), owner.to_owned());
         let secs = opts.ttl().as_secs_f64();
-        let r = sqlx::query(&self.sql.acquire)
-            .bind(name.as_str())
-            .bind(secs)
-            .bind(owner)
-            .execute(&self.pool)
-            .await
-            .map_err(db(Operation::Acquire))?;
-        Ok(r.rows_affected() == 1)
+        Box::pin(async move {
+            let r = sqlx::query(&sql.acquire)
+                .bind(&name)
+                .bind(secs)
+                .bind(&owner)
+                .execute(&pool)
+                .await
+                .map_err(db(Operation::Acquire))?;
+            Ok(r.rows_affected() == 1)
+        })
     }
 
     async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
@@ -281,7 +292,10 @@ impl ShedPgBackend {
             // Armed before the upsert: if this future is dropped while it is in flight (or
             // while the fencing token is fetched), the row is released in the background.
             let pending = PendingLease::new(lease.clone());
-            if self.try_once(name, opts, &lease.owner).await? {
+            let attempt = self.attempt(name, opts, &lease.owner);
+            let (won, pending) = InFlight::new(attempt, pending).await;
+            // An error drops `pending`, which releases the row in case the upsert went through.
+            if won? {
                 return self.finish(name, opts, pending, sent, requested_at).await;
             }
             pending.disarm();
@@ -356,6 +370,65 @@ impl ShedPgBackend {
             },
             opts,
         ))
+    }
+}
+
+/// An upsert attempt in flight, run on the caller's task, with the release-on-drop of the
+/// row it may win. If the caller stops waiting before the upsert has answered, a spawned task
+/// finishes the upsert first and only then gives a won row back: a release sent beside an
+/// unfinished upsert could run first, find no row (an uncommitted insert is invisible to it),
+/// and leave the row the upsert then takes locked until its `lock_until`.
+struct InFlight {
+    attempt: Option<BoxFuture<'static, Result<bool>>>,
+    pending: Option<PendingLease>,
+}
+
+impl InFlight {
+    fn new(attempt: BoxFuture<'static, Result<bool>>, pending: PendingLease) -> InFlight {
+        InFlight {
+            attempt: Some(attempt),
+            pending: Some(pending),
+        }
+    }
+}
+
+impl std::future::Future for InFlight {
+    type Output = (Result<bool>, PendingLease);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(attempt) = self.attempt.as_mut() else {
+            // Polled after it completed: a caller bug, never reached by our code.
+            return std::task::Poll::Pending;
+        };
+        let won = std::task::ready!(attempt.as_mut().poll(cx));
+        self.attempt = None;
+        let pending = self
+            .pending
+            .take()
+            .expect("present until the attempt completes");
+        std::task::Poll::Ready((won, pending))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let (Some(attempt), Some(pending)) = (self.attempt.take(), self.pending.take()) else {
+            return;
+        };
+        // Without a runtime `pending` is dropped here and does what it can (the row expires
+        // at its `lock_until` at the latest).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                match attempt.await {
+                    Ok(false) => pending.disarm(),
+                    // Won, or unknown: give the row back (the release is owner-checked).
+                    Ok(true) | Err(_) => drop(pending),
+                }
+            });
+        }
     }
 }
 

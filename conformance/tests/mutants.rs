@@ -9,7 +9,7 @@ use std::time::Duration;
 use conformance::suite::{self, Connector, Outcome};
 use dlock::{
     Backend, BoxFuture, Capabilities, Error, ErrorKind, FencingToken, Grant, Guard, Lease,
-    LeaseMonitor, LockName, LockOptions, Operation, Wait, lease_deadline,
+    LeaseMonitor, LockName, LockOptions, Operation, Wait, WaitPlan, lease_deadline,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -114,12 +114,7 @@ impl Backend for Toy {
                     "exclusive only",
                 ));
             }
-            let requested = Instant::now();
-            let deadline = match opts.wait() {
-                Wait::No => Some(requested),
-                Wait::For(d) => Some(requested + d),
-                Wait::Forever => None,
-            };
+            let plan = WaitPlan::new(opts);
             loop {
                 let notified = self.released.notified();
                 tokio::pin!(notified);
@@ -157,7 +152,7 @@ impl Backend for Toy {
                                     token: Some(FencingToken::new(token)),
                                     lease,
                                     monitor: LeaseMonitor::new(name, "toy", valid_until),
-                                    requested_at: requested,
+                                    requested_at: plan.requested_at,
                                 },
                                 opts,
                             ));
@@ -165,25 +160,12 @@ impl Backend for Toy {
                     }
                 };
                 let now = Instant::now();
-                match deadline {
-                    Some(d) if d <= now => {
-                        let kind = if opts.wait() == Wait::No {
-                            ErrorKind::Contended
-                        } else {
-                            ErrorKind::Timeout
-                        };
-                        return Err(Error::new(kind, "toy", Operation::Acquire, "held"));
-                    }
-                    _ => {}
+                if plan.expired(now) {
+                    return Err(plan.busy_error("toy", name, ""));
                 }
-                let until = match (deadline, expiry) {
-                    (Some(d), Some(e)) => d.min(e),
-                    (Some(d), None) => d,
-                    (None, Some(e)) => e,
-                    (None, None) => now + Duration::from_secs(3600),
-                };
+                let until = plan.cap(expiry.unwrap_or(now + Duration::from_secs(3600)));
                 if self.bug == Bug::WaiterMissesHandoff {
-                    tokio::time::sleep_until(deadline.unwrap_or(until)).await;
+                    tokio::time::sleep_until(plan.deadline.unwrap_or(until)).await;
                 } else {
                     tokio::select! {
                         _ = &mut notified => {}

@@ -4,6 +4,7 @@
 mod backend;
 mod election;
 mod error;
+mod finish;
 mod guard;
 mod helpers;
 mod memory;
@@ -20,6 +21,7 @@ mod wait_plan;
 pub use backend::{Backend, BoxFuture, Capabilities};
 pub use election::{Election, Leadership};
 pub use error::{Error, ErrorKind, Operation, Result};
+pub use finish::Finish;
 pub use guard::{
     FencingToken, Grant, Guard, Lease, LeaseMonitor, LockState, PendingLease, StateWatch,
     drift_allowance, lease_deadline,

@@ -14,10 +14,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
-use lock_core::{Error, ErrorKind, LeaseMonitor, LockMode, Operation, Result};
+use lock_core::{Error, ErrorKind, Finish, LeaseMonitor, LockMode, Operation, Result};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Executor};
 use tokio::sync::OwnedMutexGuard;
@@ -120,46 +120,6 @@ impl Drop for PendingGrant {
             rt.spawn(async move {
                 let _ = session.unlock(key, mode).await;
             });
-        }
-    }
-}
-
-/// Runs a statement's future on the caller's task; if the caller drops it before it is done,
-/// a spawned task finishes it and drops its result (a [`PendingGrant`] in it then unlocks).
-struct Finish<T: Send + 'static> {
-    fut: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
-}
-
-impl<T: Send + 'static> Finish<T> {
-    fn new(fut: impl Future<Output = T> + Send + 'static) -> Self {
-        Finish {
-            fut: Some(Box::pin(fut)),
-        }
-    }
-}
-
-impl<T: Send + 'static> Future for Finish<T> {
-    type Output = T;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        let Some(fut) = self.fut.as_mut() else {
-            // Polled again after it completed: a caller bug, never reached by our code.
-            return Poll::Pending;
-        };
-        let out = std::task::ready!(fut.as_mut().poll(cx));
-        self.fut = None;
-        Poll::Ready(out)
-    }
-}
-
-impl<T: Send + 'static> Drop for Finish<T> {
-    fn drop(&mut self) {
-        if let Some(fut) = self.fut.take() {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    drop(fut.await);
-                });
-            }
         }
     }
 }

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::{
-    Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
-    Lease, LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Supervisors,
-    WaitPlan, lease_deadline,
+    Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Finish, Grant,
+    Guard, Lease, LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result,
+    Supervisors, WaitPlan, lease_deadline,
 };
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio::sync::{OnceCell, broadcast};
@@ -250,7 +250,7 @@ impl ShedPgBackend {
     }
 
     /// One upsert attempt, as a future that owns what it needs (so that it can be finished
-    /// by a spawned task, see [`InFlight`]). `Ok(true)`: the row is ours.
+    /// by a spawned task, see [`Finish`]). `Ok(true)`: the row is ours.
     fn attempt(
         &self,
         name: &LockName,
@@ -293,12 +293,23 @@ impl ShedPgBackend {
             // while the fencing token is fetched), the row is released in the background.
             let pending = PendingLease::new(lease.clone());
             let attempt = self.attempt(name, opts, &lease.owner);
-            let (won, pending) = InFlight::new(attempt, pending).await;
+            // If this future is dropped while the upsert runs, `Finish` completes it first and
+            // only then drops `pending`, which gives a won row back: a release sent beside the
+            // unfinished upsert would find no row (an uncommitted insert is invisible to it) and
+            // the row the insert then takes would stay until its `lock_until`.
+            let (won, pending) = Finish::new(async move {
+                let won = attempt.await;
+                if let Ok(false) = won {
+                    pending.disarm();
+                    return (won, None);
+                }
+                (won, Some(pending))
+            })
+            .await;
             // An error drops `pending`, which releases the row in case the upsert went through.
-            if won? {
+            if let (true, Some(pending)) = (won?, pending) {
                 return self.finish(name, opts, pending, sent, requested_at).await;
             }
-            pending.disarm();
             if plan.expired(Instant::now()) {
                 return Err(plan.busy_error(BACKEND_PG, name, " (row not expired yet)"));
             }
@@ -370,65 +381,6 @@ impl ShedPgBackend {
             },
             opts,
         ))
-    }
-}
-
-/// An upsert attempt in flight, run on the caller's task, with the release-on-drop of the
-/// row it may win. If the caller stops waiting before the upsert has answered, a spawned task
-/// finishes the upsert first and only then gives a won row back: a release sent beside an
-/// unfinished upsert could run first, find no row (an uncommitted insert is invisible to it),
-/// and leave the row the upsert then takes locked until its `lock_until`.
-struct InFlight {
-    attempt: Option<BoxFuture<'static, Result<bool>>>,
-    pending: Option<PendingLease>,
-}
-
-impl InFlight {
-    fn new(attempt: BoxFuture<'static, Result<bool>>, pending: PendingLease) -> InFlight {
-        InFlight {
-            attempt: Some(attempt),
-            pending: Some(pending),
-        }
-    }
-}
-
-impl std::future::Future for InFlight {
-    type Output = (Result<bool>, PendingLease);
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let Some(attempt) = self.attempt.as_mut() else {
-            // Polled after it completed: a caller bug, never reached by our code.
-            return std::task::Poll::Pending;
-        };
-        let won = std::task::ready!(attempt.as_mut().poll(cx));
-        self.attempt = None;
-        let pending = self
-            .pending
-            .take()
-            .expect("present until the attempt completes");
-        std::task::Poll::Ready((won, pending))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let (Some(attempt), Some(pending)) = (self.attempt.take(), self.pending.take()) else {
-            return;
-        };
-        // Without a runtime `pending` is dropped here and does what it can (the row expires
-        // at its `lock_until` at the latest).
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                match attempt.await {
-                    Ok(false) => pending.disarm(),
-                    // Won, or unknown: give the row back (the release is owner-checked).
-                    Ok(true) | Err(_) => drop(pending),
-                }
-            });
-        }
     }
 }
 

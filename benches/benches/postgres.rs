@@ -66,12 +66,12 @@ fn bench(c: &mut Criterion) {
         let raw = raw2.clone();
         async move {
             let mut conn = raw.lock().await;
-            let row: (bool, i32, i64, Option<String>) = sqlx::query_as("SELECT pg_try_advisory_lock(k), pg_backend_pid(), k, current_setting('dlock.session', true) FROM (SELECT hashtextextended($1, 0) AS k) s")
+            let row: (bool, i32, i64) = sqlx::query_as("SELECT pg_try_advisory_lock(k), pg_backend_pid(), k FROM (SELECT hashtextextended($1, 0) AS k) s")
                 .bind("bench-floor2")
                 .fetch_one(&mut *conn)
                 .await?;
-            let _: (bool, i32, Option<String>) =
-                sqlx::query_as("SELECT pg_advisory_unlock($1::int8), pg_backend_pid(), current_setting('dlock.session', true)")
+            let _: (bool, i32) =
+                sqlx::query_as("SELECT pg_advisory_unlock($1::int8), pg_backend_pid()")
                     .bind(row.2)
                     .fetch_one(&mut *conn)
                     .await?;

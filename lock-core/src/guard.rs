@@ -124,16 +124,31 @@ struct Status {
 /// Transitions are one-way where they must be: nothing leaves `Lost` or `Released`.
 #[derive(Clone)]
 pub struct LeaseMonitor {
-    tx: Arc<watch::Sender<Status>>,
+    tx: watch::Sender<Status>,
     backend: &'static str,
-    label: Arc<str>,
+    /// For log lines only (shown as `backend:name`); kept as the name, not formatted, so a
+    /// grant costs no string building.
+    name: LockName,
+}
+
+impl LeaseMonitor {
+    /// `backend:name`, for log lines.
+    fn label(&self) -> impl fmt::Display + '_ {
+        struct Label<'a>(&'static str, &'a LockName);
+        impl fmt::Display for Label<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}:{}", self.0, self.1)
+            }
+        }
+        Label(self.backend, &self.name)
+    }
 }
 
 impl fmt::Debug for LeaseMonitor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.tx.borrow();
         f.debug_struct("LeaseMonitor")
-            .field("lock", &self.label)
+            .field("lock", &format_args!("{}", self.label()))
             .field("state", &s.state)
             .field("valid_until", &s.valid_until)
             .finish()
@@ -150,9 +165,9 @@ impl LeaseMonitor {
             since: Instant::now(),
         });
         LeaseMonitor {
-            tx: Arc::new(tx),
+            tx,
             backend,
-            label: Arc::from(format!("{backend}:{name}")),
+            name: name.clone(),
         }
     }
 
@@ -177,7 +192,7 @@ impl LeaseMonitor {
             LockState::Lost | LockState::Released => false,
         });
         if changed {
-            tracing::warn!(lock = %self.label, reason, "lock lost");
+            tracing::warn!(lock = %self.label(), reason, "lock lost");
             observe::lost(self.backend);
         }
     }
@@ -194,7 +209,7 @@ impl LeaseMonitor {
             }
         });
         if changed {
-            tracing::warn!(lock = %self.label, reason, "lock unverifiable");
+            tracing::warn!(lock = %self.label(), reason, "lock unverifiable");
         }
     }
 
@@ -214,7 +229,7 @@ impl LeaseMonitor {
             LockState::Lost | LockState::Released => false,
         });
         if changed {
-            tracing::info!(lock = %self.label, "lock confirmed again");
+            tracing::info!(lock = %self.label(), "lock confirmed again");
         }
     }
 

@@ -57,8 +57,8 @@ impl fmt::Display for KeyScheme {
 /// What is bound to the lock statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum KeyArg {
-    /// The name, hashed by the server.
-    Text(String),
+    /// The name, hashed by the server (a shared handle on it: no copy per acquisition).
+    Text(LockName),
     /// A bigint key.
     Big(i64),
     /// Two int4 keys.
@@ -80,7 +80,7 @@ impl KeyScheme {
     pub(crate) fn arg(self, name: &LockName) -> Result<KeyArg> {
         let s = name.as_str();
         match self {
-            KeyScheme::HashTextExtended | KeyScheme::HashText => Ok(KeyArg::Text(s.to_string())),
+            KeyScheme::HashTextExtended | KeyScheme::HashText => Ok(KeyArg::Text(name.clone())),
             KeyScheme::Sqlx => Ok(KeyArg::Big(sqlx_key(s))),
             KeyScheme::Int => s.trim().parse::<i64>().map(KeyArg::Big).map_err(|_| {
                 Error::invalid_name(
@@ -119,29 +119,26 @@ fn suffix(mode: LockMode) -> &'static str {
     }
 }
 
-/// The session marker each statement returns: set once per lock session at open
-/// (`SET dlock.session = …`); a different value means another server session answered.
-pub(crate) const MARKER_COLUMN: &str = "current_setting('dlock.session', true)";
-
-/// The statements for one key form and mode. Every statement returns the backend pid and the
-/// session marker `dlock.session` (for pooler detection) and the key it locked, so the caller
-/// learns the server-computed key.
+/// The statements for one key form and mode. Every statement returns the backend pid (for
+/// pooler detection: a transaction-pooling proxy answers from another server session) and
+/// the lock statements the key they locked, so the caller learns the server-computed key.
+/// The session marker (`dlock.session`) is checked at open and by every session check, not
+/// here: reading it back costs about 3 % of an uncontended acquire + release.
 #[derive(Debug, Clone)]
 pub(crate) struct Statements {
-    /// Try: columns (acquired bool, pid int4, key int8, marker text).
+    /// Try: columns (acquired bool, pid int4, key int8).
     pub try_lock: String,
-    /// Blocking: columns (pid int4, key int8, void as text, marker text).
+    /// Blocking: columns (pid int4, key int8, void as text).
     pub lock: String,
-    /// Unlock by key id: columns (was_held bool, pid int4, marker text).
+    /// Unlock by key id: columns (was_held bool, pid int4).
     pub unlock_big: String,
-    /// Unlock by key pair: columns (was_held bool, pid int4, marker text).
+    /// Unlock by key pair: columns (was_held bool, pid int4).
     pub unlock_pair: String,
 }
 
 impl Statements {
     pub(crate) fn new(scheme: KeyScheme, mode: LockMode) -> Self {
         let m = suffix(mode);
-        let mark = MARKER_COLUMN;
         let source = match scheme {
             KeyScheme::HashTextExtended => "SELECT hashtextextended($1, 0) AS k",
             KeyScheme::HashText => "SELECT hashtext($1)::int8 AS k",
@@ -151,28 +148,26 @@ impl Statements {
         let (try_lock, lock) = if scheme == KeyScheme::Pair {
             (
                 format!(
-                    "SELECT pg_try_advisory_lock{m}(a, b), pg_backend_pid(), (a::int8 << 32) | (b::int8 & 4294967295), {mark} FROM ({source}) s"
+                    "SELECT pg_try_advisory_lock{m}(a, b), pg_backend_pid(), (a::int8 << 32) | (b::int8 & 4294967295) FROM ({source}) s"
                 ),
                 format!(
-                    "SELECT pg_backend_pid(), (a::int8 << 32) | (b::int8 & 4294967295), pg_advisory_lock{m}(a, b)::text, {mark} FROM ({source}) s"
+                    "SELECT pg_backend_pid(), (a::int8 << 32) | (b::int8 & 4294967295), pg_advisory_lock{m}(a, b)::text FROM ({source}) s"
                 ),
             )
         } else {
             (
+                format!("SELECT pg_try_advisory_lock{m}(k), pg_backend_pid(), k FROM ({source}) s"),
                 format!(
-                    "SELECT pg_try_advisory_lock{m}(k), pg_backend_pid(), k, {mark} FROM ({source}) s"
-                ),
-                format!(
-                    "SELECT pg_backend_pid(), k, pg_advisory_lock{m}(k)::text, {mark} FROM ({source}) s"
+                    "SELECT pg_backend_pid(), k, pg_advisory_lock{m}(k)::text FROM ({source}) s"
                 ),
             )
         };
         Statements {
             try_lock,
             lock,
-            unlock_big: format!("SELECT pg_advisory_unlock{m}($1::int8), pg_backend_pid(), {mark}"),
+            unlock_big: format!("SELECT pg_advisory_unlock{m}($1::int8), pg_backend_pid()"),
             unlock_pair: format!(
-                "SELECT pg_advisory_unlock{m}($1::int4, $2::int4), pg_backend_pid(), {mark}"
+                "SELECT pg_advisory_unlock{m}($1::int4, $2::int4), pg_backend_pid()"
             ),
         }
     }

@@ -511,14 +511,24 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Fails (and closes the session) unless the statement ran on the session this lock
-    /// session was opened on: same backend pid, our marker.
+    /// Fails (and closes the session) unless the session check ran on the session this
+    /// lock session was opened on: same backend pid, our marker.
     fn check_session(&mut self, pid: i32, marker: Option<&str>, op: Operation) -> Op<()> {
         let Some(what) = session_mismatch(self.inner.pid, &self.inner.marker, pid, marker) else {
             return Ok(());
         };
         self.die("pooler detected");
         Err(Failure::Statement(pooler_error(op, &what)))
+    }
+
+    /// Fails (and closes the session) unless a lock statement ran on the server process
+    /// this lock session was opened on. (The marker is left to the session checks.)
+    fn check_pid(&mut self, pid: i32, op: Operation) -> Op<()> {
+        if pid == self.inner.pid {
+            return Ok(());
+        }
+        let marker = Some(self.inner.marker.as_str());
+        self.check_session(pid, marker, op)
     }
 
     async fn check(&mut self) -> Op<()> {
@@ -548,11 +558,9 @@ impl<'a> Ctx<'a> {
             .limit(limit, bind(sqlx::query(sql), arg).fetch_one(conn))
             .await;
         let row = self.classify(Operation::Acquire, r)?;
-        // The marker is borrowed from the row: no allocation per statement.
-        let (acquired, pid, key, marker): (bool, i32, i64, Option<&str>) =
-            sqlx::FromRow::from_row(&row)
-                .map_err(|e| Failure::Statement(db_error(e, Operation::Acquire)))?;
-        self.check_session(pid, marker, Operation::Acquire)?;
+        let (acquired, pid, key): (bool, i32, i64) = sqlx::FromRow::from_row(&row)
+            .map_err(|e| Failure::Statement(db_error(e, Operation::Acquire)))?;
+        self.check_pid(pid, Operation::Acquire)?;
         if !acquired {
             return Ok(None);
         }
@@ -600,12 +608,12 @@ impl<'a> Ctx<'a> {
             }
             other => other?,
         };
-        let (pid, key, marker): (i32, i64, Option<String>) =
+        let (pid, key): (i32, i64) =
             // Column 2 is the void result of the lock function, as text.
-            <(i32, i64, Option<String>, Option<String>) as sqlx::FromRow<_>>::from_row(&row)
-                .map(|(pid, key, _, marker)| (pid, key, marker))
+            <(i32, i64, Option<String>) as sqlx::FromRow<_>>::from_row(&row)
+                .map(|(pid, key, _)| (pid, key))
                 .map_err(|e| Failure::Statement(db_error(e, Operation::Acquire)))?;
-        self.check_session(pid, marker.as_deref(), Operation::Acquire)?;
+        self.check_pid(pid, Operation::Acquire)?;
         let key = key_id(self.inner.cfg.key, key);
         self.note_held(key, mode);
         Ok(PendingGrant::new(self.inner, key, mode))
@@ -647,9 +655,9 @@ impl<'a> Ctx<'a> {
         }
         let r = self.st.timer.limit(limit, q.fetch_one(conn)).await;
         let row = self.classify(Operation::Release, r)?;
-        let (was, pid, marker): (bool, i32, Option<&str>) = sqlx::FromRow::from_row(&row)
+        let (was, pid): (bool, i32) = sqlx::FromRow::from_row(&row)
             .map_err(|e| Failure::Statement(db_error(e, Operation::Release)))?;
-        self.check_session(pid, marker, Operation::Release)?;
+        self.check_pid(pid, Operation::Release)?;
         Ok(was)
     }
 

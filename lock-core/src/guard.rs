@@ -583,20 +583,23 @@ impl Guard {
         let lease = self.lease.take().expect("lease present until release");
         self.stop_supervisor();
         let keep = self.at_least_remaining();
-        let span = tracing::debug_span!(
-            "release",
-            lock = %self.name,
-            backend = self.backend,
-            token = self.token.map(|t| t.get())
-        );
-        let result = async {
+        let release = async {
             match keep {
                 Some(keep) => lease.release_after(keep).await,
                 None => lease.release().await,
             }
-        }
-        .instrument(span)
-        .await;
+        };
+        let result = if observe::spans_wanted() {
+            let span = tracing::debug_span!(
+                "release",
+                lock = %self.name,
+                backend = self.backend,
+                token = self.token.map(|t| t.get())
+            );
+            release.instrument(span).await
+        } else {
+            release.await
+        };
         self.monitor.report_released();
         observe::released(self.backend, self.acquired_at.elapsed());
         match &result {

@@ -220,30 +220,42 @@ async fn a_transaction_pooler_is_detected_and_refused() {
         sqlx::PgConnection::connect(bouncer.url()).await.unwrap(),
         sqlx::PgConnection::connect(bouncer.url()).await.unwrap(),
     );
-    sqlx::raw_sql("BEGIN; SELECT 1")
-        .execute(&mut c1)
-        .await
-        .unwrap();
-    sqlx::raw_sql("BEGIN; SELECT 1")
-        .execute(&mut c2)
-        .await
-        .unwrap();
-    sqlx::raw_sql("COMMIT").execute(&mut c1).await.unwrap();
-    sqlx::raw_sql("COMMIT").execute(&mut c2).await.unwrap();
     let n = unique("pooled");
     let mut errors = Vec::new();
     // A few rounds: a pooler that happens to give the same session twice must be caught on
     // a later statement.
     for _ in 0..5 {
+        // Before every round, not once: a round that fails closes its client connection in
+        // the middle of things, and PgBouncer may then drop that server connection and open
+        // a new one only later. A round served by a single server connection cannot tell
+        // (one fresh-clone CI run in six failed that way while the warm-up was done once).
+        for c in [&mut c1, &mut c2] {
+            sqlx::raw_sql("BEGIN; SELECT 1").execute(c).await.unwrap();
+        }
+        for c in [&mut c1, &mut c2] {
+            sqlx::raw_sql("COMMIT").execute(c).await.unwrap();
+        }
         let err = match dlock::connect(bouncer.url()).await {
             Err(e) => e,
             Ok(b) => match b.acquire(&n, &LockOptions::new()).await {
                 Err(e) => e,
                 Ok(g) => match g.release().await {
                     Err(e) => e,
-                    Ok(ours) => panic!(
-                        "a lock was granted and released ({ours}) through a transaction pooler"
-                    ),
+                    Ok(ours) => {
+                        // What the server saw, for whoever reads a failure.
+                        let mut direct = sqlx::PgConnection::connect(pg.url()).await.unwrap();
+                        let sessions: Vec<(i32, Option<String>)> = sqlx::query_as(
+                            "SELECT pid, state FROM pg_stat_activity \
+                             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                        )
+                        .fetch_all(&mut direct)
+                        .await
+                        .unwrap();
+                        panic!(
+                            "a lock was granted and released ({ours}) through a transaction \
+                             pooler; server sessions now (pid, state): {sessions:?}"
+                        )
+                    }
                 },
             },
         };

@@ -51,10 +51,10 @@ pub(crate) fn spans_wanted() -> bool {
 }
 
 pub(crate) fn acquired(backend: &'static str, waited: Duration) {
+    let keys = grant_keys(backend);
     metrics::with_recorder(|r| {
-        r.register_counter(&key("dlock_acquired_total", backend), &METADATA)
-            .increment(1);
-        r.register_histogram(&key("dlock_wait_seconds", backend), &METADATA)
+        r.register_counter(&keys.acquired, &METADATA).increment(1);
+        r.register_histogram(&keys.wait, &METADATA)
             .record(waited.as_secs_f64());
     });
 }
@@ -66,8 +66,9 @@ pub(crate) fn acquire_failed(backend: &'static str, kind: ErrorKind) {
 }
 
 pub(crate) fn released(backend: &'static str, held: Duration) {
+    let keys = grant_keys(backend);
     metrics::with_recorder(|r| {
-        r.register_histogram(&key("dlock_hold_seconds", backend), &METADATA)
+        r.register_histogram(&keys.hold, &METADATA)
             .record(held.as_secs_f64());
     });
 }
@@ -84,34 +85,66 @@ pub(crate) fn lost(backend: &'static str) {
 static METADATA: metrics::Metadata<'static> =
     metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
-/// The `backend` label of each backend in this workspace, made once. The macros build (and
-/// allocate) the label list on every call when a label's value is not a literal — with or
-/// without a recorder — which is three allocations per acquire + release.
-static BACKEND_LABELS: [[metrics::Label; 1]; 8] = {
-    const fn backend(name: &'static str) -> [metrics::Label; 1] {
-        [metrics::Label::from_static_parts("backend", name)]
-    }
-    [
-        backend("memory"),
-        backend("postgres"),
-        backend("redis"),
-        backend("redlock"),
-        backend("etcd"),
-        backend("zookeeper"),
-        backend("shedlock-postgres"),
-        backend("shedlock-redis"),
-    ]
-};
+/// The keys of the metrics every grant records, for one backend.
+#[derive(Clone)]
+struct GrantKeys {
+    backend: &'static str,
+    acquired: metrics::Key,
+    wait: metrics::Key,
+    hold: metrics::Key,
+}
 
-/// The key of metric `name` for `backend`; without allocating for the backends above.
-fn key(name: &'static str, backend: &'static str) -> metrics::Key {
-    match BACKEND_LABELS.iter().find(|l| l[0].value() == backend) {
-        Some(labels) => metrics::Key::from_static_parts(name, labels),
-        None => metrics::Key::from_parts(
+const ACQUIRED: &str = "dlock_acquired_total";
+const WAIT: &str = "dlock_wait_seconds";
+const HOLD: &str = "dlock_hold_seconds";
+
+/// `GrantKeys` for each named backend, built (and hashed) at compile time.
+macro_rules! static_grant_keys {
+    ($($backend:literal),* $(,)?) => {
+        [$({
+            static LABELS: [metrics::Label; 1] =
+                [metrics::Label::from_static_parts("backend", $backend)];
+            GrantKeys {
+                backend: $backend,
+                acquired: metrics::Key::from_static_parts(ACQUIRED, &LABELS),
+                wait: metrics::Key::from_static_parts(WAIT, &LABELS),
+                hold: metrics::Key::from_static_parts(HOLD, &LABELS),
+            }
+        }),*]
+    };
+}
+
+/// The workspace's backends. The `metrics` macros build (allocate and hash) a key on every
+/// call when a label's value is not a literal — with or without a recorder — which cost
+/// three allocations per acquire + release.
+static KNOWN_BACKENDS: [GrantKeys; 8] = static_grant_keys!(
+    "memory",
+    "postgres",
+    "redis",
+    "redlock",
+    "etcd",
+    "zookeeper",
+    "shedlock-postgres",
+    "shedlock-redis",
+);
+
+/// The keys for `backend`: made once for the backends above, made now for any other.
+fn grant_keys(backend: &'static str) -> std::borrow::Cow<'static, GrantKeys> {
+    if let Some(keys) = KNOWN_BACKENDS.iter().find(|k| k.backend == backend) {
+        return std::borrow::Cow::Borrowed(keys);
+    }
+    let key = |name: &'static str| {
+        metrics::Key::from_parts(
             name,
             vec![metrics::Label::from_static_parts("backend", backend)],
-        ),
-    }
+        )
+    };
+    std::borrow::Cow::Owned(GrantKeys {
+        backend,
+        acquired: key(ACQUIRED),
+        wait: key(WAIT),
+        hold: key(HOLD),
+    })
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-/// With `DLOCK_BENCH_PIN=1`, on a Linux machine with two or more CPUs: the server processes
+/// Unless `DLOCK_BENCH_PIN=0`, on a Linux machine with two or more CPUs: the server processes
 /// `pids` (their threads, and their children — also the ones forked later, such as
 /// PostgreSQL's backends, which inherit the postmaster's CPUs) on the last CPU, this process
 /// on the others. That models a server on another machine: neither side's CPU time delays
@@ -38,7 +38,8 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// PostgreSQL's ratio jump between 0.96× and 1.40× from one round to the next). Uses
 /// `taskset` (util-linux). Returns whether it pinned; says what it did either way.
 pub fn pin_apart(pids: &[u32]) -> bool {
-    if std::env::var_os("DLOCK_BENCH_PIN").is_none_or(|v| v == "0") {
+    if std::env::var_os("DLOCK_BENCH_PIN").is_some_and(|v| v == "0") {
+        println!("pinning: off (DLOCK_BENCH_PIN=0)");
         return false;
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

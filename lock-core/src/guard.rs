@@ -5,7 +5,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -15,6 +14,7 @@ use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::name::LockName;
 use crate::observe;
 use crate::options::{LockMode, LockOptions, Renew};
+use crate::state_cell;
 use crate::supervisors::{Supervisors, Ticket};
 use crate::wait_plan::sleep_until_opt;
 
@@ -124,7 +124,7 @@ struct Status {
 /// Transitions are one-way where they must be: nothing leaves `Lost` or `Released`.
 #[derive(Clone)]
 pub struct LeaseMonitor {
-    tx: watch::Sender<Status>,
+    tx: state_cell::Sender<Status>,
     backend: &'static str,
     /// For log lines only (shown as `backend:name`); kept as the name, not formatted, so a
     /// grant costs no string building.
@@ -146,11 +146,11 @@ impl LeaseMonitor {
 
 impl fmt::Debug for LeaseMonitor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.tx.borrow();
+        let (state, valid_until) = self.tx.get(|s| (s.state, s.valid_until));
         f.debug_struct("LeaseMonitor")
             .field("lock", &format_args!("{}", self.label()))
-            .field("state", &s.state)
-            .field("valid_until", &s.valid_until)
+            .field("state", &state)
+            .field("valid_until", &valid_until)
             .finish()
     }
 }
@@ -159,7 +159,7 @@ impl LeaseMonitor {
     /// A monitor in state `Held`. `valid_until` is the client-side lease deadline (see
     /// [`lease_deadline`]); `None` for session locks that have no lease.
     pub fn new(name: &LockName, backend: &'static str, valid_until: Option<Instant>) -> Self {
-        let (tx, _rx) = watch::channel(Status {
+        let tx = state_cell::Sender::new(Status {
             state: LockState::Held,
             valid_until,
             since: Instant::now(),
@@ -173,17 +173,17 @@ impl LeaseMonitor {
 
     /// The current state.
     pub fn state(&self) -> LockState {
-        self.tx.borrow().state
+        self.tx.get(|s| s.state)
     }
 
     /// The current client-side deadline.
     pub fn valid_until(&self) -> Option<Instant> {
-        self.tx.borrow().valid_until
+        self.tx.get(|s| s.valid_until)
     }
 
     /// The lock is certainly not ours any more. Sticky.
     pub fn report_lost(&self, reason: &str) {
-        let changed = self.tx.send_if_modified(|s| match s.state {
+        let changed = self.tx.modify(|s| match s.state {
             LockState::Held | LockState::Unverifiable => {
                 s.state = LockState::Lost;
                 s.since = Instant::now();
@@ -199,7 +199,7 @@ impl LeaseMonitor {
 
     /// The lock may be lost (a renewal failed, the connection dropped). Only moves `Held`.
     pub fn report_unverifiable(&self, reason: &str) {
-        let changed = self.tx.send_if_modified(|s| {
+        let changed = self.tx.modify(|s| {
             if s.state == LockState::Held {
                 s.state = LockState::Unverifiable;
                 s.since = Instant::now();
@@ -216,7 +216,7 @@ impl LeaseMonitor {
     /// The server confirmed the lock until `valid_until`: back to `Held` from `Unverifiable`.
     /// Ignored once `Lost` or `Released`.
     pub fn report_confirmed(&self, valid_until: Option<Instant>) {
-        let changed = self.tx.send_if_modified(|s| match s.state {
+        let changed = self.tx.modify(|s| match s.state {
             LockState::Held | LockState::Unverifiable => {
                 let was = s.state;
                 s.state = LockState::Held;
@@ -234,7 +234,7 @@ impl LeaseMonitor {
     }
 
     fn report_released(&self) {
-        self.tx.send_if_modified(|s| {
+        self.tx.modify(|s| {
             if s.state == LockState::Released {
                 false
             } else {
@@ -257,7 +257,7 @@ impl LeaseMonitor {
 /// (another task, a child-process supervisor).
 #[derive(Clone)]
 pub struct StateWatch {
-    rx: watch::Receiver<Status>,
+    rx: state_cell::Receiver<Status>,
 }
 
 impl fmt::Debug for StateWatch {
@@ -271,18 +271,18 @@ impl fmt::Debug for StateWatch {
 impl StateWatch {
     /// The current state.
     pub fn state(&self) -> LockState {
-        self.rx.borrow().state
+        self.rx.get(|s| s.state)
     }
 
     /// The current client-side deadline.
     pub fn valid_until(&self) -> Option<Instant> {
-        self.rx.borrow().valid_until
+        self.rx.get(|s| s.valid_until)
     }
 
     /// When the current state began: the moment this process learned it (for measuring
     /// "the holder knew before the next grant" without the delay of whoever watches).
     pub fn state_since(&self) -> Instant {
-        self.rx.borrow().since
+        self.rx.get(|s| s.since)
     }
 
     /// Completes when the state is anything but `Held` (at once if it already is), with
@@ -299,18 +299,19 @@ impl StateWatch {
 
     /// Completes at the next change of state (or of the deadline), with the new state.
     pub async fn changed(&mut self) -> LockState {
-        match self.rx.changed().await {
-            Ok(()) => self.rx.borrow_and_update().state,
-            Err(_) => LockState::Released,
-        }
+        // Every sender gone: the guard and its supervisor have ended.
+        self.rx
+            .changed(|s| s.state)
+            .await
+            .unwrap_or(LockState::Released)
     }
 
     async fn until(&mut self, pred: impl Fn(LockState) -> bool) -> LockState {
-        match self.rx.wait_for(|s| pred(s.state)).await {
-            Ok(s) => s.state,
+        self.rx
+            .wait_for(|s, _| pred(s.state), |s| s.state)
+            .await
             // Every sender is gone: the guard and its supervisor have ended.
-            Err(_) => LockState::Released,
-        }
+            .unwrap_or(LockState::Released)
     }
 }
 

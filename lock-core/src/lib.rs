@@ -15,6 +15,7 @@ mod random;
 mod registry;
 #[cfg(feature = "cron")]
 pub mod schedule;
+mod state_cell;
 mod supervisors;
 mod wait_plan;
 

@@ -271,6 +271,98 @@ async fn a_transaction_pooler_is_detected_and_refused() {
     assert!(g.release().await.unwrap());
 }
 
+/// One wait on `n` by `waiter` while `holder` holds it: returns the server pid of the session
+/// that waited (it holds the lock next), after both have released.
+async fn one_wait(
+    pg_url: &str,
+    holder: &Arc<dyn Backend>,
+    waiter: &Arc<dyn Backend>,
+    n: &LockName,
+) -> i32 {
+    let g = holder.acquire(n, &LockOptions::new()).await.unwrap();
+    let w = spawn_waiter(waiter, n);
+    wait_for_waiters(pg_url, 1).await;
+    let mut conn = sqlx::PgConnection::connect(pg_url).await.unwrap();
+    let pid: i32 =
+        sqlx::query_scalar("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(g.release().await.unwrap());
+    let (_, g) = w.await.unwrap();
+    assert!(g.release().await.unwrap());
+    pid
+}
+
+/// Whether server process `pid` is still there.
+async fn backend_exists(pg_url: &str, pid: i32) -> bool {
+    let mut conn = sqlx::PgConnection::connect(pg_url).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $1")
+        .bind(pid)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// The dedicated session of a released waiting acquisition is kept for the next wait (by
+/// default), closed after `idle_timeout`, and not kept with `idle_sessions=0`.
+#[tokio::test]
+async fn released_waiting_sessions_are_kept_for_the_next_wait() {
+    // Managed: the waiter pids below must be ours only.
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let holder = connect(pg.url()).await;
+    let n = unique("kept");
+
+    let kept = connect(pg.url()).await;
+    let first = one_wait(pg.url(), &holder, &kept, &n).await;
+    let second = one_wait(pg.url(), &holder, &kept, &n).await;
+    assert_eq!(
+        first, second,
+        "the second wait should reuse the first one's session"
+    );
+
+    let closing = connect(&with_query(pg.url(), "idle_sessions=0")).await;
+    let first = one_wait(pg.url(), &holder, &closing, &n).await;
+    let second = one_wait(pg.url(), &holder, &closing, &n).await;
+    assert_ne!(first, second, "idle_sessions=0 keeps no session");
+
+    let short = connect(&with_query(pg.url(), "idle_timeout=1s")).await;
+    let pid = one_wait(pg.url(), &holder, &short, &n).await;
+    let released = Instant::now();
+    assert!(backend_exists(pg.url(), pid).await, "kept after release");
+    common::eventually(
+        "the kept session closes after idle_timeout",
+        Duration::from_secs(10),
+        || async { Ok(!backend_exists(pg.url(), pid).await) },
+    )
+    .await
+    .unwrap();
+    assert!(
+        released.elapsed() >= Duration::from_millis(900),
+        "closed too early: {:?}",
+        released.elapsed()
+    );
+}
+
+/// A kept session whose server process went away meanwhile is replaced by a new one: the
+/// next wait still gets the lock.
+#[tokio::test]
+async fn a_kept_session_that_died_is_replaced() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let (holder, waiter) = (connect(pg.url()).await, connect(pg.url()).await);
+    let n = unique("kept-dead");
+    let pid = one_wait(pg.url(), &holder, &waiter, &n).await;
+    let mut conn = sqlx::PgConnection::connect(pg.url()).await.unwrap();
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(ended);
+    let next = one_wait(pg.url(), &holder, &waiter, &n).await;
+    assert_ne!(next, pid);
+}
+
 /// A lock granted after a wait longer than the session deadline should be Held, dated by
 /// a session check at the grant, not by when the waiting request was sent (it used to start
 /// out past its deadline and turn Lost at once).

@@ -34,6 +34,11 @@ pub struct PgConfig {
     pub(crate) session_deadline: Duration,
     pub(crate) check_timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    /// How many dedicated sessions of released waiting acquisitions are kept for the next
+    /// waits (0: close each on release).
+    pub(crate) idle_sessions: usize,
+    /// How long a kept session waits for reuse before it is closed.
+    pub(crate) idle_timeout: Duration,
 }
 
 impl fmt::Debug for PgConfig {
@@ -48,6 +53,8 @@ impl fmt::Debug for PgConfig {
             .field("user_timeout", &self.user_timeout)
             .field("session_deadline", &self.session_deadline)
             .field("check_timeout", &self.check_timeout)
+            .field("idle_sessions", &self.idle_sessions)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -71,6 +78,8 @@ impl PgConfig {
             session_deadline: Duration::from_secs(4),
             check_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(10),
+            idle_sessions: 8,
+            idle_timeout: Duration::from_secs(30),
         };
         let mut fencing_table = "dlock_fencing".to_string();
         let mut fencing_on = false;
@@ -112,6 +121,12 @@ impl PgConfig {
                 "session_deadline" => cfg.session_deadline = dur(&v)?,
                 "check_timeout" => cfg.check_timeout = dur(&v)?,
                 "connect_timeout" => cfg.connect_timeout = dur(&v)?,
+                "idle_sessions" => {
+                    cfg.idle_sessions = v.parse().ok().filter(|n| *n <= 1000).ok_or_else(|| {
+                        bad(format!("option idle_sessions={v:?}: expected 0..=1000"))
+                    })?
+                }
+                "idle_timeout" => cfg.idle_timeout = dur(&v)?,
                 _ => rest.push((k, v)),
             }
         }
@@ -256,12 +271,14 @@ mod tests {
 
     #[test]
     fn our_options_are_parsed_and_sqlx_options_kept() {
-        let c = cfg("postgresql://h/db?key=hashtext&fencing=table&fencing_table=locks.tokens&keepalives_idle=5s&user_timeout=9s&session_deadline=5s&sslmode=disable").unwrap();
+        let c = cfg("postgresql://h/db?key=hashtext&fencing=table&fencing_table=locks.tokens&keepalives_idle=5s&user_timeout=9s&session_deadline=5s&idle_sessions=0&idle_timeout=2m&sslmode=disable").unwrap();
         assert_eq!(c.key, KeyScheme::HashText);
         assert_eq!(c.fencing, Fencing::Table("locks.tokens".into()));
         assert_eq!(c.keepalives_idle, Duration::from_secs(5));
         assert_eq!(c.session_deadline, Duration::from_secs(5));
         assert_eq!(c.user_timeout, Duration::from_secs(9));
+        assert_eq!(c.idle_sessions, 0);
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
         assert_eq!(c.connect.get_database(), Some("db"));
         assert!(matches!(
             c.connect.get_ssl_mode(),
@@ -282,6 +299,9 @@ mod tests {
             "postgres://h/db?user_timeout=abc",
             "postgres://h/db?keepalives_interval=18446744073709551615s",
             "postgres://h/db?keepalives_idle=99999999999999m",
+            "postgres://h/db?idle_sessions=-1",
+            "postgres://h/db?idle_sessions=1001",
+            "postgres://h/db?idle_timeout=soon",
             "postgres://[::1/db",
         ] {
             let err = cfg(url).unwrap_err();

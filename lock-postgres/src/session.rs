@@ -228,6 +228,23 @@ impl Session {
         self.inner.alive.load(Ordering::Acquire)
     }
 
+    /// This session's number (unique in the process).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Alive, holding no lock, watched by no guard and running no statement: fit to be kept
+    /// for another waiting acquisition.
+    pub fn is_idle(&self) -> bool {
+        self.is_alive()
+            && lock(&self.inner.monitors).is_empty()
+            && self
+                .inner
+                .state
+                .try_lock()
+                .is_ok_and(|st| st.conn.is_some() && st.held.is_empty())
+    }
+
     pub fn watch(&self, grant: u64, monitor: LeaseMonitor) {
         lock(&self.inner.monitors).insert(grant, monitor);
         if !self.is_alive() {
@@ -588,12 +605,17 @@ impl<'a> Ctx<'a> {
         let Some(conn) = self.st.conn.as_mut() else {
             return Err(Failure::Gone(dead()));
         };
-        // lock_timeout bounds the server-side wait; 0 means no limit.
+        // lock_timeout bounds the server-side wait; 0 means no limit. The SET is bounded by
+        // check_timeout like every short statement (a kept session may have died unseen).
         let ms = timeout.map(|d| d.as_millis().max(1)).unwrap_or(0);
-        let r = Ok(conn
-            .execute(format!("SET lock_timeout = {ms}").as_str())
+        let set = format!("SET lock_timeout = {ms}");
+        let limit = Some(self.inner.cfg.check_timeout);
+        let r = self
+            .st
+            .timer
+            .limit(limit, conn.execute(set.as_str()))
             .await
-            .map(|_| ()));
+            .map(|r| r.map(|_| ()));
         self.classify(Operation::Acquire, r)?;
         let conn = self.st.conn.as_mut().ok_or_else(|| Failure::Gone(dead()))?;
         let r = Ok(bind(sqlx::query(sql), arg).fetch_one(conn).await);

@@ -90,7 +90,7 @@ impl PgBackend {
         let sent = Instant::now();
         if let Some(grant) = session.try_lock(arg, opts.mode()).await? {
             return self
-                .finish(name, opts, session, None, grant, sent, requested_at)
+                .finish(name, opts, On::Shared(session), grant, sent, requested_at)
                 .await;
         }
         if matches!(opts.wait(), Wait::No | Wait::For(Duration::ZERO)) {
@@ -159,21 +159,23 @@ impl PgBackend {
             }
             sent = checked;
         }
-        let idle = Some(Arc::clone(&self.idle));
-        self.finish(name, opts, dedicated, idle, grant, sent, requested_at)
-            .await
+        let on = On::Dedicated(dedicated);
+        self.finish(name, opts, on, grant, sent, requested_at).await
     }
 
     async fn finish(
         &self,
         name: &LockName,
         opts: &LockOptions,
-        session: Session,
-        idle: Option<Arc<IdleSessions>>,
+        on: On,
         grant: PendingGrant,
         sent: Instant,
         requested_at: Instant,
     ) -> Result<Guard> {
+        let (session, idle) = match on {
+            On::Shared(s) => (s, None),
+            On::Dedicated(s) => (s, Some(Arc::clone(&self.idle))),
+        };
         // Still armed: if this future is dropped here, the grant unlocks itself.
         let token = match &self.cfg.fencing {
             Fencing::None => None,
@@ -243,6 +245,14 @@ impl Backend for PgBackend {
     ) -> BoxFuture<'a, Result<Guard>> {
         lock_core::observe::instrument_acquire(BACKEND, name, opts, self.acquire_inner(name, opts))
     }
+}
+
+/// The session a grant is on.
+enum On {
+    /// The backend's shared lock session.
+    Shared(Session),
+    /// The acquisition's own session, kept for the next wait after the release.
+    Dedicated(Session),
 }
 
 struct PgLease {

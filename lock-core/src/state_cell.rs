@@ -145,6 +145,11 @@ impl<T> Receiver<T> {
                 }
             }
             if self.cell.senders.load(SeqCst) == 0 {
+                // Closed. The last sender may have made one more change after the value was
+                // read above (and then gone): look at it before giving up.
+                if self.cell.version.load(SeqCst) != self.seen {
+                    continue;
+                }
                 return None;
             }
             notified.await;
@@ -206,27 +211,30 @@ mod tests {
         assert!(acks.recv().await.is_none(), "nothing after the close");
     }
 
-    /// A change made while nobody waits, by a sender racing a receiver that is just starting
-    /// to wait, is never missed (run many times on a multi-thread runtime).
+    /// A change made by a sender racing a receiver that is just starting to wait is never
+    /// missed, also when that sender is the last and goes right after (run many times on a
+    /// multi-thread runtime).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_change_is_missed_by_a_receiver_that_starts_waiting() {
-        for _ in 0..2000 {
+        for round in 0..4000 {
             let tx = Sender::new(false);
             let mut rx = tx.subscribe();
             let waiter = tokio::spawn(async move { rx.wait_for(|v, _| *v, |v| *v).await });
+            let last = round % 2 == 0;
             let writer = tokio::spawn(async move {
                 tx.modify(|v| {
                     *v = true;
                     true
                 });
-                tx
+                // Every other round the writer is the last sender and goes at once.
+                (!last).then_some(tx)
             });
             let tx = writer.await.unwrap();
             let got = tokio::time::timeout(Duration::from_secs(5), waiter)
                 .await
                 .expect("the change woke the receiver")
                 .unwrap();
-            assert_eq!(got, Some(true));
+            assert_eq!(got, Some(true), "round {round}");
             drop(tx);
         }
     }

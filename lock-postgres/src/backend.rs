@@ -201,6 +201,7 @@ impl PgBackend {
         let lease = Arc::new(PgLease {
             session,
             idle,
+            released: std::sync::atomic::AtomicBool::new(false),
             key,
             mode,
             id,
@@ -259,6 +260,9 @@ struct PgLease {
     session: Session,
     /// Where a dedicated session goes after its lock is released (`None`: the shared one).
     idle: Option<Arc<IdleSessions>>,
+    /// Set when the release unlocked the lock: the session may be kept once this lease is
+    /// gone (see `Drop`).
+    released: std::sync::atomic::AtomicBool,
     key: crate::key::KeyId,
     mode: LockMode,
     id: u64,
@@ -296,8 +300,8 @@ impl Lease for PgLease {
         Box::pin(async move {
             self.session.unwatch(self.id);
             let released = self.session.unlock(self.key, self.mode).await;
-            if let (Ok(true), Some(idle)) = (&released, &self.idle) {
-                idle.keep(&self.session);
+            if matches!(released, Ok(true)) {
+                self.released.store(true, Ordering::Relaxed);
             }
             released
         })
@@ -320,6 +324,19 @@ impl Lease for PgLease {
     }
 }
 
+impl Drop for PgLease {
+    /// A dedicated session whose lock was released goes to the idle pool only now, when no
+    /// supervisor can reach it through this lease any more (a supervisor that started before
+    /// the release could otherwise run a session check on it after a new waiter took it).
+    fn drop(&mut self) {
+        if let Some(idle) = &self.idle {
+            if self.released.load(Ordering::Relaxed) {
+                idle.keep(&self.session);
+            }
+        }
+    }
+}
+
 /// Dedicated sessions of released waiting acquisitions, kept for the next waits: a waiting
 /// acquisition then needs no new connection, and a released one does not close its
 /// connection — which also spares the server a backend exit right when it hands the lock to
@@ -328,8 +345,16 @@ impl Lease for PgLease {
 pub(crate) struct IdleSessions {
     cap: usize,
     keep_for: Duration,
-    /// Kept sessions, the most recently kept last, each with the number it was kept under.
-    slots: std::sync::Mutex<(Vec<(Session, u64)>, u64)>,
+    slots: std::sync::Mutex<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    /// Kept sessions with the time each was kept, the most recently kept last.
+    kept: Vec<(Session, Instant)>,
+    /// Whether the task that closes expired sessions is running (one per pool, while the
+    /// pool is not empty).
+    reaper: bool,
 }
 
 impl IdleSessions {
@@ -337,18 +362,18 @@ impl IdleSessions {
         IdleSessions {
             cap,
             keep_for,
-            slots: std::sync::Mutex::new((Vec::new(), 0)),
+            slots: std::sync::Mutex::new(Slots::default()),
         }
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, (Vec<(Session, u64)>, u64)> {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The most recently kept session that is still alive.
     fn take(&self) -> Option<Session> {
         let mut slots = self.slots();
-        while let Some((s, _)) = slots.0.pop() {
+        while let Some((s, _)) = slots.kept.pop() {
             if s.is_alive() {
                 return Some(s);
             }
@@ -365,23 +390,40 @@ impl IdleSessions {
         if self.cap == 0 || !session.is_idle() {
             return;
         }
-        let ticket = {
+        let start_reaper = {
             let mut slots = self.slots();
-            if slots.0.len() >= self.cap || slots.0.iter().any(|(s, _)| s.id() == session.id()) {
+            if slots.kept.len() >= self.cap
+                || slots.kept.iter().any(|(s, _)| s.id() == session.id())
+            {
                 return;
             }
-            slots.1 += 1;
-            let ticket = slots.1;
-            slots.0.push((session.clone(), ticket));
-            ticket
+            slots.kept.push((session.clone(), Instant::now()));
+            !std::mem::replace(&mut slots.reaper, true)
         };
-        let (pool, keep_for) = (Arc::downgrade(self), self.keep_for);
-        rt.spawn(async move {
-            tokio::time::sleep(keep_for).await;
-            if let Some(pool) = pool.upgrade() {
-                // Only this keeping of it: taken and kept again since, it stays.
-                pool.slots().0.retain(|(_, t)| *t != ticket);
+        if start_reaper {
+            rt.spawn(reap(Arc::downgrade(self)));
+        }
+    }
+}
+
+/// Closes kept sessions once they have waited `keep_for`; ends when the pool is empty (the
+/// next `keep` starts it again) or gone.
+async fn reap(pool: std::sync::Weak<IdleSessions>) {
+    loop {
+        let next = {
+            let Some(pool) = pool.upgrade() else { return };
+            let now = Instant::now();
+            let keep_for = pool.keep_for;
+            let mut slots = pool.slots();
+            slots.kept.retain(|(_, at)| *at + keep_for > now);
+            match slots.kept.iter().map(|(_, at)| *at + keep_for).min() {
+                Some(next) => next,
+                None => {
+                    slots.reaper = false;
+                    return;
+                }
             }
-        });
+        };
+        tokio::time::sleep_until(next).await;
     }
 }

@@ -890,3 +890,95 @@ mod tests {
         assert!(url_hosts("redis:///x").is_err());
     }
 }
+
+/// Unless `DLOCK_BENCH_PIN=0`, on a Linux machine with two or more CPUs: the server processes
+/// `pids` (their threads, and their children — also the ones forked later, such as
+/// PostgreSQL's backends, which inherit the postmaster's CPUs) on the last CPU, this process
+/// on the others. That models a server on another machine: neither side's CPU time delays
+/// the other, and the scheduler's placement no longer decides the result (on 2 cores it made
+/// PostgreSQL's ratio jump between 0.96× and 1.40× from one round to the next). Uses
+/// `taskset` (util-linux). Returns whether it pinned; says on stdout what it did either
+/// way. [`unpin_self`] gives this process every CPU back.
+pub fn pin_apart(pids: &[u32]) -> bool {
+    let p = pin_server_apart(pids);
+    println!("{}", p.description);
+    p.pinned
+}
+
+/// What [`pin_server_apart`] did.
+#[derive(Debug, Clone)]
+pub struct Pinning {
+    /// Whether the server and this process are on separate CPUs now.
+    pub pinned: bool,
+    /// One line saying what was done, or why not (starts with `pinning:`).
+    pub description: String,
+}
+
+/// [`pin_apart`] without printing: says what it did in the returned [`Pinning`].
+pub fn pin_server_apart(pids: &[u32]) -> Pinning {
+    let not = |description: String| Pinning {
+        pinned: false,
+        description,
+    };
+    if std::env::var_os("DLOCK_BENCH_PIN").is_some_and(|v| v == "0") {
+        return not("pinning: off (DLOCK_BENCH_PIN=0)".into());
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 || pids.is_empty() {
+        return not(format!(
+            "pinning: skipped ({cpus} CPU(s), {} server process(es))",
+            pids.len()
+        ));
+    }
+    let server_cpu = (cpus - 1).to_string();
+    let client_cpus = format!("0-{}", cpus - 2);
+    let mut all = Vec::new();
+    for &pid in pids {
+        descendants(pid, &mut all);
+    }
+    let mut ok = taskset(&client_cpus, std::process::id());
+    for &pid in &all {
+        ok &= taskset(&server_cpu, pid);
+    }
+    Pinning {
+        pinned: ok,
+        description: format!(
+            "pinning: server processes {all:?} on CPU {server_cpu}, this process on CPUs {client_cpus}{}",
+            if ok {
+                ""
+            } else {
+                " (some taskset calls failed)"
+            }
+        ),
+    }
+}
+
+/// `pid` and every process below it.
+fn descendants(pid: u32, out: &mut Vec<u32>) {
+    out.push(pid);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            descendants(child, out);
+        }
+    }
+}
+
+/// Every thread of `pid` onto `cpus`.
+fn taskset(cpus: &str, pid: u32) -> bool {
+    std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Gives this process (every thread) all CPUs again after [`pin_apart`]; processes it starts
+/// later inherit that.
+pub fn unpin_self() -> bool {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    taskset(&format!("0-{}", cpus.saturating_sub(1)), std::process::id())
+}

@@ -866,6 +866,33 @@ pub async fn run_backend(
 mod tests {
     use super::*;
 
+    /// Pinning a "server" (a `sleep` child) apart moves this process to the other CPUs, and
+    /// undoing it restores the mask it had (not a fixed "all CPUs": it once restored "CPU 0
+    /// only", because the CPU count it read was already the pinned one).
+    #[test]
+    fn pinning_is_undone_to_the_mask_before() {
+        let before = cpu_mask(std::process::id()).expect("taskset (util-linux) is installed");
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut server = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let p = pin_server_apart(&[server.id()]);
+        if cpus < 2 {
+            assert!(!p.pinned, "{}", p.description);
+        } else {
+            assert!(p.pinned, "{}", p.description);
+            assert_ne!(
+                cpu_mask(std::process::id()).as_deref(),
+                Some(before.as_str())
+            );
+        }
+        assert!(p.undo());
+        assert_eq!(cpu_mask(std::process::id()), Some(before));
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+
     #[test]
     fn nearest_rank_percentiles() {
         let s = Samples::from((1..=100).map(Duration::from_micros).collect::<Vec<_>>());
@@ -898,7 +925,7 @@ mod tests {
 /// the other, and the scheduler's placement no longer decides the result (on 2 cores it made
 /// PostgreSQL's ratio jump between 0.96× and 1.40× from one round to the next). Uses
 /// `taskset` (util-linux). Returns whether it pinned; says on stdout what it did either
-/// way. [`unpin_self`] gives this process every CPU back.
+/// way. Use [`pin_server_apart`] to be able to undo it.
 pub fn pin_apart(pids: &[u32]) -> bool {
     let p = pin_server_apart(pids);
     println!("{}", p.description);
@@ -912,6 +939,23 @@ pub struct Pinning {
     pub pinned: bool,
     /// One line saying what was done, or why not (starts with `pinning:`).
     pub description: String,
+    /// This process's CPU mask before (hexadecimal, as `taskset` prints it).
+    previous: Option<String>,
+}
+
+impl Pinning {
+    /// Gives this process (every thread) the CPUs it had before; processes it starts later
+    /// inherit them. (The servers stay where they are.)
+    pub fn undo(&self) -> bool {
+        match &self.previous {
+            Some(mask) if self.pinned => std::process::Command::new("taskset")
+                .args(["-a", "-p", mask, &std::process::id().to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+            _ => true,
+        }
+    }
 }
 
 /// [`pin_apart`] without printing: says what it did in the returned [`Pinning`].
@@ -919,6 +963,7 @@ pub fn pin_server_apart(pids: &[u32]) -> Pinning {
     let not = |description: String| Pinning {
         pinned: false,
         description,
+        previous: None,
     };
     if std::env::var_os("DLOCK_BENCH_PIN").is_some_and(|v| v == "0") {
         return not("pinning: off (DLOCK_BENCH_PIN=0)".into());
@@ -936,12 +981,14 @@ pub fn pin_server_apart(pids: &[u32]) -> Pinning {
     for &pid in pids {
         descendants(pid, &mut all);
     }
+    let previous = cpu_mask(std::process::id());
     let mut ok = taskset(&client_cpus, std::process::id());
     for &pid in &all {
         ok &= taskset(&server_cpu, pid);
     }
     Pinning {
         pinned: ok,
+        previous,
         description: format!(
             "pinning: server processes {all:?} on CPU {server_cpu}, this process on CPUs {client_cpus}{}",
             if ok {
@@ -976,9 +1023,14 @@ fn taskset(cpus: &str, pid: u32) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Gives this process (every thread) all CPUs again after [`pin_apart`]; processes it starts
-/// later inherit that.
-pub fn unpin_self() -> bool {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    taskset(&format!("0-{}", cpus.saturating_sub(1)), std::process::id())
+/// The CPU mask of process `pid` as `taskset -p` prints it (hexadecimal).
+fn cpu_mask(pid: u32) -> Option<String> {
+    let out = std::process::Command::new("taskset")
+        .args(["-p", &pid.to_string()])
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    // "pid 123's current affinity mask: 3"
+    let mask = text.trim().rsplit(' ').next()?;
+    (!mask.is_empty() && mask.chars().all(|c| c.is_ascii_hexdigit())).then(|| mask.to_string())
 }

@@ -1482,7 +1482,7 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             // The server on a CPU of its own and this process on the others, as if the server
             // were another machine: on a small machine the scheduler's placement otherwise
             // decides the ratios (PostgreSQL's jumped between 0.89× and 1.34×). The servers
-            // stop after this backend; this process gets every CPU back.
+            // stop after this backend; this process gets its CPUs back.
             let pids: Vec<u32> = target
                 .server
                 .iter()
@@ -1498,8 +1498,8 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             crate::say!("[compare] {backend}: {}", pinning.description);
             let measured =
                 bench::run_backend(backend, &target.url, plan, Some(&opts.dlock_bin)).await;
-            if pinning.pinned {
-                bench::unpin_self();
+            if !pinning.undo() {
+                crate::say!("[compare] {backend}: could not give dlock its CPUs back (taskset)");
             }
             match measured {
                 Ok(mut entries) => {

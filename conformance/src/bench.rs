@@ -871,7 +871,7 @@ mod tests {
     /// only", because the CPU count it read was already the pinned one).
     #[test]
     fn pinning_is_undone_to_the_mask_before() {
-        let before = cpu_mask(std::process::id()).expect("taskset (util-linux) is installed");
+        let before = cpus_of(std::process::id()).expect("this process's CPUs");
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut server = std::process::Command::new("sleep")
             .arg("30")
@@ -882,13 +882,10 @@ mod tests {
             assert!(!p.pinned, "{}", p.description);
         } else {
             assert!(p.pinned, "{}", p.description);
-            assert_ne!(
-                cpu_mask(std::process::id()).as_deref(),
-                Some(before.as_str())
-            );
+            assert_ne!(cpus_of(std::process::id()).as_ref(), Some(&before));
         }
         assert!(p.undo());
-        assert_eq!(cpu_mask(std::process::id()), Some(before));
+        assert_eq!(cpus_of(std::process::id()), Some(before));
         let _ = server.kill();
         let _ = server.wait();
     }
@@ -924,8 +921,8 @@ mod tests {
 /// on the others. That models a server on another machine: neither side's CPU time delays
 /// the other, and the scheduler's placement no longer decides the result (on 2 cores it made
 /// PostgreSQL's ratio jump between 0.96× and 1.40× from one round to the next). Uses
-/// `taskset` (util-linux). Returns whether it pinned; says on stdout what it did either
-/// way. Use [`pin_server_apart`] to be able to undo it.
+/// `sched_setaffinity` on every thread. Returns whether it pinned; says on stdout what it
+/// did either way. Use [`pin_server_apart`] to be able to undo it.
 pub fn pin_apart(pids: &[u32]) -> bool {
     let p = pin_server_apart(pids);
     println!("{}", p.description);
@@ -939,8 +936,8 @@ pub struct Pinning {
     pub pinned: bool,
     /// One line saying what was done, or why not (starts with `pinning:`).
     pub description: String,
-    /// This process's CPU mask before (hexadecimal, as `taskset` prints it).
-    previous: Option<String>,
+    /// The CPUs this process had before.
+    previous: Option<Vec<usize>>,
 }
 
 impl Pinning {
@@ -948,11 +945,7 @@ impl Pinning {
     /// inherit them. (The servers stay where they are.)
     pub fn undo(&self) -> bool {
         match &self.previous {
-            Some(mask) if self.pinned => std::process::Command::new("taskset")
-                .args(["-a", "-p", mask, &std::process::id().to_string()])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success()),
+            Some(cpus) if self.pinned => set_cpus(std::process::id(), cpus),
             _ => true,
         }
     }
@@ -975,27 +968,23 @@ pub fn pin_server_apart(pids: &[u32]) -> Pinning {
             pids.len()
         ));
     }
-    let server_cpu = (cpus - 1).to_string();
-    let client_cpus = format!("0-{}", cpus - 2);
+    let (server_cpu, client_cpus) = (cpus - 1, (0..cpus - 1).collect::<Vec<_>>());
     let mut all = Vec::new();
     for &pid in pids {
         descendants(pid, &mut all);
     }
-    let previous = cpu_mask(std::process::id());
-    let mut ok = taskset(&client_cpus, std::process::id());
+    let previous = cpus_of(std::process::id());
+    let mut ok = previous.is_some() && set_cpus(std::process::id(), &client_cpus);
     for &pid in &all {
-        ok &= taskset(&server_cpu, pid);
+        ok &= set_cpus(pid, &[server_cpu]);
     }
     Pinning {
         pinned: ok,
         previous,
         description: format!(
-            "pinning: server processes {all:?} on CPU {server_cpu}, this process on CPUs {client_cpus}{}",
-            if ok {
-                ""
-            } else {
-                " (some taskset calls failed)"
-            }
+            "pinning: server processes {all:?} on CPU {server_cpu}, this process on CPUs 0-{}{}",
+            cpus - 2,
+            if ok { "" } else { " (some could not be moved)" }
         ),
     }
 }
@@ -1014,23 +1003,69 @@ fn descendants(pid: u32, out: &mut Vec<u32>) {
     }
 }
 
-/// Every thread of `pid` onto `cpus`.
-fn taskset(cpus: &str, pid: u32) -> bool {
-    std::process::Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// Moves every thread of process `pid` onto `cpus` (threads that end meanwhile are
+/// skipped: a thread pool may let one go while we walk the list).
+#[cfg(target_os = "linux")]
+fn set_cpus(pid: u32, cpus: &[usize]) -> bool {
+    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: CPU_SET only writes bit `cpu` of `set` (it panics beyond the set's size;
+        // these CPU numbers come from available_parallelism, far below it).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let (mut ok, mut moved) = (true, 0);
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: `set` is a valid cpu_set_t of the size passed.
+        let r =
+            unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        if r == 0 {
+            moved += 1;
+        } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH) {
+            ok = false;
+        }
+    }
+    ok && moved > 0
 }
 
-/// The CPU mask of process `pid` as `taskset -p` prints it (hexadecimal).
-fn cpu_mask(pid: u32) -> Option<String> {
-    let out = std::process::Command::new("taskset")
-        .args(["-p", &pid.to_string()])
-        .output()
-        .ok()?;
-    let text = String::from_utf8(out.stdout).ok()?;
-    // "pid 123's current affinity mask: 3"
-    let mask = text.trim().rsplit(' ').next()?;
-    (!mask.is_empty() && mask.chars().all(|c| c.is_ascii_hexdigit())).then(|| mask.to_string())
+/// The CPUs process `pid` (its main thread) may run on.
+#[cfg(target_os = "linux")]
+fn cpus_of(pid: u32) -> Option<Vec<usize>> {
+    // SAFETY: as above; sched_getaffinity fills `set` of the size passed.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::sched_getaffinity(
+            pid as libc::pid_t,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &mut set,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: CPU_ISSET only reads bit `cpu` of `set`.
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect();
+    (!cpus.is_empty()).then_some(cpus)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_cpus(_pid: u32, _cpus: &[usize]) -> bool {
+    false
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cpus_of(_pid: u32) -> Option<Vec<usize>> {
+    None
 }

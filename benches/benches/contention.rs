@@ -12,16 +12,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use conformance::bench::{self, BenchPlan, micros};
 use conformance::fixtures;
-
-const BACKENDS: [&str; 7] = [
-    "postgres",
-    "redis",
-    "redlock",
-    "etcd",
-    "zookeeper",
-    "shedlock-postgres",
-    "shedlock-redis",
-];
+use conformance::scenario::BACKENDS;
 
 /// The servers for `backend` and its URL (the handles keep them running).
 async fn start(backend: &str) -> Result<(String, Vec<fixtures::Server>, Vec<fixtures::Cluster>)> {

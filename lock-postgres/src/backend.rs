@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::BACKEND;
 use crate::config::{Fencing, PgConfig};
-use crate::session::{PendingGrant, Session};
+use crate::session::{PendingGrant, Session, lock};
 
 static NEXT_GRANT: AtomicU64 = AtomicU64::new(1);
 
@@ -366,13 +366,9 @@ impl IdleSessions {
         }
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The most recently kept session that is still alive.
     fn take(&self) -> Option<Session> {
-        let mut slots = self.slots();
+        let mut slots = lock(&self.slots);
         while let Some((s, _)) = slots.kept.pop() {
             if s.is_alive() {
                 return Some(s);
@@ -391,10 +387,10 @@ impl IdleSessions {
             return;
         }
         let start_reaper = {
-            let mut slots = self.slots();
-            if slots.kept.len() >= self.cap
-                || slots.kept.iter().any(|(s, _)| s.id() == session.id())
-            {
+            // A session in use is never in the pool (`take` removes it), so it cannot be
+            // kept twice.
+            let mut slots = lock(&self.slots);
+            if slots.kept.len() >= self.cap {
                 return;
             }
             slots.kept.push((session.clone(), Instant::now()));
@@ -414,9 +410,10 @@ async fn reap(pool: std::sync::Weak<IdleSessions>) {
             let Some(pool) = pool.upgrade() else { return };
             let now = Instant::now();
             let keep_for = pool.keep_for;
-            let mut slots = pool.slots();
+            let mut slots = lock(&pool.slots);
             slots.kept.retain(|(_, at)| *at + keep_for > now);
-            match slots.kept.iter().map(|(_, at)| *at + keep_for).min() {
+            // Kept in time order (`take` removes from the end): the first expires first.
+            match slots.kept.first().map(|(_, at)| *at + keep_for) {
                 Some(next) => next,
                 None => {
                     slots.reaper = false;

@@ -228,11 +228,6 @@ impl Session {
         self.inner.alive.load(Ordering::Acquire)
     }
 
-    /// This session's number (unique in the process).
-    pub fn id(&self) -> u64 {
-        self.inner.id
-    }
-
     /// Alive, holding no lock, watched by no guard and running no statement: fit to be kept
     /// for another waiting acquisition.
     pub fn is_idle(&self) -> bool {
@@ -359,7 +354,9 @@ fn dead() -> Error {
     )
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`; a poisoned lock still holds coherent data here (every update under these locks
+/// is a map or vector operation).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -541,11 +538,8 @@ impl<'a> Ctx<'a> {
     /// Fails (and closes the session) unless a lock statement ran on the server process
     /// this lock session was opened on. (The marker is left to the session checks.)
     fn check_pid(&mut self, pid: i32, op: Operation) -> Op<()> {
-        if pid == self.inner.pid {
-            return Ok(());
-        }
-        let marker = Some(self.inner.marker.as_str());
-        self.check_session(pid, marker, op)
+        let inner = self.inner;
+        self.check_session(pid, Some(&inner.marker), op)
     }
 
     async fn check(&mut self) -> Op<()> {

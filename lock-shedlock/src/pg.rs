@@ -256,11 +256,11 @@ impl ShedPgBackend {
         name: &LockName,
         opts: &LockOptions,
         owner: &str,
-    ) -> BoxFuture<'static, Result<bool>> {
+    ) -> impl Future<Output = Result<bool>> + Send + 'static {
         let (pool, sql) = (self.pool.clone(), Arc::clone(&self.sql));
         let (name, owner) = (name.as_str().to_owned(), owner.to_owned());
         let secs = opts.ttl().as_secs_f64();
-        Box::pin(async move {
+        async move {
             let r = sqlx::query(&sql.acquire)
                 .bind(&name)
                 .bind(secs)
@@ -269,7 +269,7 @@ impl ShedPgBackend {
                 .await
                 .map_err(db(Operation::Acquire))?;
             Ok(r.rows_affected() == 1)
-        })
+        }
     }
 
     async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {

@@ -1499,7 +1499,7 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             let measured =
                 bench::run_backend(backend, &target.url, plan, Some(&opts.dlock_bin)).await;
             if !pinning.undo() {
-                crate::say!("[compare] {backend}: could not give dlock its CPUs back (taskset)");
+                crate::say!("[compare] {backend}: could not give dlock its CPUs back");
             }
             match measured {
                 Ok(mut entries) => {

@@ -25,7 +25,7 @@ build:
 # DLOCK_TEST_*_URL exports for them.
 servers:
 	scripts/install-servers
-	$(CARGO) run -q -p conformance --bin dlock -- servers up
+	$(CARGO) run -q -p dlock-cli --features harness --bin dlock -- servers up
 
 # Criterion latency benches (each beside its backend's raw floor) and contention drivers.
 bench:
@@ -36,5 +36,5 @@ bench:
 # and writes report/comparison.json and report/comparison.md.
 compare:
 	scripts/install-servers
-	$(CARGO) build --release -p conformance --bin dlock
+	$(CARGO) build --release -p dlock-cli --features harness --bin dlock
 	$${CARGO_TARGET_DIR:-target}/release/dlock compare

@@ -1,0 +1,283 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+#[cfg(feature = "harness")]
+mod harness;
+mod hold;
+pub mod opt;
+mod run;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use dlock::{Error, ErrorKind, LockName, LockOptions, Renew, SchemeStatus, Wait};
+
+use opt::{Cli, Command, LockArgs, WaitArg};
+
+/// Success.
+pub const EXIT_OK: i32 = 0;
+/// Invalid arguments: bad duration, ttl of 0, bad name, malformed URL, unknown scheme.
+pub const EXIT_USAGE: i32 = 64;
+/// The backend could not be reached or failed.
+pub const EXIT_UNAVAILABLE: i32 = 69;
+/// An internal error.
+pub const EXIT_SOFTWARE: i32 = 70;
+/// The lock was busy when the wait ended.
+pub const EXIT_BUSY: i32 = 75;
+/// The lock was lost while held.
+pub const EXIT_LOST: i32 = 76;
+
+/// Parses the process arguments, runs the command and returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind as K;
+            let code = match e.kind() {
+                K::DisplayHelp | K::DisplayVersion => EXIT_OK,
+                _ => EXIT_USAGE,
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_tracing(cli.verbose);
+    // One thread: child processes are forked from the thread that lives as long as dlock, so
+    // their parent-death signal fires only when dlock itself goes.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dlock: cannot start the async runtime: {e}");
+            return EXIT_SOFTWARE;
+        }
+    };
+    let code = rt.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Hold(args) => hold::hold(args).await,
+            Command::Backends => backends(),
+            #[cfg(feature = "harness")]
+            Command::Harness(cmd) => harness::main(cmd).await,
+        }
+    });
+    // A blocking read of stdin (dlock hold) may still sit in the runtime's thread pool; do not
+    // wait for it.
+    rt.shutdown_background();
+    code
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The exit code for a lock error.
+pub fn exit_code(e: &Error) -> i32 {
+    match e.kind() {
+        ErrorKind::InvalidName
+        | ErrorKind::InvalidOptions
+        | ErrorKind::InvalidUrl
+        | ErrorKind::Unsupported => EXIT_USAGE,
+        ErrorKind::Contended | ErrorKind::Timeout => EXIT_BUSY,
+        ErrorKind::Lost => EXIT_LOST,
+        ErrorKind::Connection | ErrorKind::Backend => EXIT_UNAVAILABLE,
+        _ => EXIT_SOFTWARE,
+    }
+}
+
+/// Prints the one-line message for a failed acquisition and returns its exit code.
+fn report_acquire_error(name: &LockName, e: &Error) -> i32 {
+    match e.kind() {
+        ErrorKind::Contended => {
+            eprintln!("dlock: lock {:?} is busy (held elsewhere)", name.as_str())
+        }
+        ErrorKind::Timeout => eprintln!(
+            "dlock: lock {:?} is busy: still held elsewhere when the wait ended",
+            name.as_str()
+        ),
+        ErrorKind::Connection | ErrorKind::Backend => {
+            eprintln!("dlock: backend unavailable: {e}")
+        }
+        _ => eprintln!("dlock: {e}"),
+    }
+    exit_code(e)
+}
+
+/// Validates the name and builds the options; `Err` carries a usage message.
+fn lock_request(
+    args: &LockArgs,
+    at_least: Option<Duration>,
+    renew: bool,
+) -> Result<(LockName, LockOptions), String> {
+    let name =
+        LockName::new(&args.name).map_err(|e| format!("invalid lock name: {}", e.message()))?;
+    let wait = match args.wait {
+        None => Wait::No,
+        Some(WaitArg::For(d)) => Wait::For(d),
+        Some(WaitArg::Forever) => Wait::Forever,
+    };
+    let mut opts = LockOptions::new()
+        .with_ttl(args.ttl)
+        .with_wait(wait)
+        .with_renew(if renew {
+            Renew::Auto { max_hold: None }
+        } else {
+            Renew::Off
+        });
+    if let Some(at_least) = at_least {
+        opts = opts.with_at_least(at_least);
+    }
+    opts.validate()
+        .map_err(|e| format!("invalid options: {}", e.message()))?;
+    Ok((name, opts))
+}
+
+/// Connects, mapping errors to a message and an exit code.
+async fn connect(url: &str) -> Result<std::sync::Arc<dyn dlock::Backend>, i32> {
+    dlock::connect(url).await.map_err(|e| {
+        if exit_code(&e) == EXIT_USAGE {
+            eprintln!("dlock: {e}");
+        } else {
+            eprintln!("dlock: backend unavailable: {e}");
+        }
+        exit_code(&e)
+    })
+}
+
+/// SIGTERM and SIGINT handlers. Installed before acquiring, so a signal that arrives right
+/// after the grant is handled (the lock released) rather than killing the process with the
+/// lock held.
+fn signals() -> Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal), i32> {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => Ok((t, i)),
+        _ => {
+            eprintln!("dlock: cannot install signal handlers");
+            Err(EXIT_SOFTWARE)
+        }
+    }
+}
+
+/// Connects and acquires, giving up on SIGINT (exit 130) or SIGTERM (exit 143) while
+/// connecting or waiting: a dropped acquisition leaves nothing behind (cancel safety).
+async fn acquire_or_signal(
+    url: &str,
+    name: &LockName,
+    opts: &LockOptions,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+) -> Result<dlock::Guard, i32> {
+    acquire_announcing_wait(url, name, opts, sigterm, sigint, None).await
+}
+
+/// [`acquire_or_signal`] that, given `on_wait` and options that wait, first tries the lock
+/// without waiting; if it is held elsewhere, `on_wait` runs and the waiting acquisition
+/// follows (with what is left of a bounded wait). So `on_wait` means "found held, about to
+/// wait": the waiting request is sent right after it.
+async fn acquire_announcing_wait(
+    url: &str,
+    name: &LockName,
+    opts: &LockOptions,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+    on_wait: Option<Box<dyn FnOnce() + Send>>,
+) -> Result<dlock::Guard, i32> {
+    let work = async {
+        let backend = connect(url).await?;
+        let waits = !matches!(opts.wait(), Wait::No | Wait::For(Duration::ZERO));
+        let mut opts = opts.clone();
+        if let Some(on_wait) = on_wait.filter(|_| waits) {
+            let started = tokio::time::Instant::now();
+            match backend
+                .acquire(name, &opts.clone().with_wait(Wait::No))
+                .await
+            {
+                Ok(guard) => return Ok(guard),
+                Err(e) if e.kind() == ErrorKind::Contended => {}
+                Err(e) => return Err(report_acquire_error(name, &e)),
+            }
+            on_wait();
+            if let Wait::For(d) = opts.wait() {
+                // At least 1 ms: a zero wait would mean "do not wait" (Contended, not Timeout).
+                let left = d.saturating_sub(started.elapsed());
+                opts = opts.with_wait(Wait::For(left.max(Duration::from_millis(1))));
+            }
+        }
+        backend
+            .acquire(name, &opts)
+            .await
+            .map_err(|e| report_acquire_error(name, &e))
+    };
+    tokio::select! {
+        r = work => r,
+        _ = sigint.recv() => {
+            eprintln!("dlock: interrupted while acquiring {:?}", name.as_str());
+            Err(130)
+        }
+        _ = sigterm.recv() => {
+            eprintln!("dlock: terminated while acquiring {:?}", name.as_str());
+            Err(143)
+        }
+    }
+}
+
+/// The next state after `last`: at once if the state already differs (a change that
+/// happened before the caller started watching is not missed), else at the next change.
+async fn next_state(watch: &mut dlock::StateWatch, last: dlock::LockState) -> dlock::LockState {
+    let now = watch.state();
+    if now != last {
+        return now;
+    }
+    watch.changed().await
+}
+
+pub(crate) fn usage(msg: &str) -> i32 {
+    eprintln!("dlock: {msg}");
+    EXIT_USAGE
+}
+
+/// Wall-clock milliseconds since the Unix epoch (for events read by other processes).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn backends() -> i32 {
+    println!("{:<20} CAPABILITIES", "SCHEME");
+    for (scheme, status) in dlock::registry().schemes() {
+        let what = match status {
+            SchemeStatus::Available(caps) => {
+                let text = caps.to_string();
+                if text.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    text
+                }
+            }
+            SchemeStatus::NeedsFeature(f) => {
+                format!("(not compiled in: enable cargo feature `{f}`)")
+            }
+        };
+        println!("{scheme:<20} {what}");
+    }
+    EXIT_OK
+}

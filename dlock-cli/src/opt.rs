@@ -1,0 +1,265 @@
+//! Command-line options (clap derive).
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Distributed locks over PostgreSQL, Redis, etcd, ZooKeeper and ShedLock tables.
+///
+/// Exit codes: 0 success (or CMD's own code for `run`), 64 bad arguments, 69 backend
+/// unreachable, 75 lock busy, 76 lock lost, 70 internal error.
+#[derive(Debug, Parser)]
+#[command(name = "dlock", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Log verbosity on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run CMD while holding the lock NAME (like flock(1), `etcdctl lock`, `consul lock`).
+    ///
+    /// CMD gets DLOCK_LOCK_NAME and, when the backend has one, DLOCK_FENCING_TOKEN in its
+    /// environment. dlock exits with CMD's exit code; 75 when the lock is busy; 76 when the
+    /// lock was lost while CMD ran (CMD got SIGTERM, then SIGKILL after --grace).
+    Run(RunArgs),
+    /// Acquire NAME and hold it, printing one JSON event per line on stdout.
+    ///
+    /// Events: {"event":"waiting","t_ms":…} (with --wait: the lock was found held elsewhere
+    /// and the waiting request follows), {"event":"acquired","token":N|null,"t_ms":…},
+    /// {"event":"state","state":"held"|"unverifiable"|"lost","t_ms":…},
+    /// {"event":"released","ours":true|false,"t_ms":…}. t_ms is wall-clock milliseconds since the
+    /// Unix epoch. Holds until --for elapses, stdin closes (unless --no-stdin), or
+    /// SIGTERM/SIGINT, then releases. Exit 75 when busy, 76 when the lock was lost.
+    Hold(HoldArgs),
+    /// List the URL schemes this build knows, with their capabilities.
+    Backends,
+    /// The harness's commands (`conformance`, `compare`, `servers`), with the `harness`
+    /// feature.
+    #[cfg(feature = "harness")]
+    #[command(flatten)]
+    Harness(HarnessCommand),
+}
+
+/// The commands that need the test harness (server fixtures, fault tools, the comparison).
+#[cfg(feature = "harness")]
+#[derive(Debug, Subcommand)]
+pub enum HarnessCommand {
+    /// Run the behaviour suite against the lock service at URL (your own servers).
+    ///
+    /// Every test works in a fresh random namespace of lock names, so it never touches other
+    /// locks. Prints one line per test and a libtest-style summary; exits 1 on any failure.
+    Conformance(ConformanceArgs),
+    /// Start local test servers (PostgreSQL, Redis, etcd, ZooKeeper) until Ctrl-C.
+    #[command(subcommand)]
+    Servers(ServersCommand),
+    /// Run the failure scenarios against every backend and write the comparison report.
+    ///
+    /// Starts its own servers on loopback, runs each backend × scenario cell --repeat times
+    /// with `dlock hold` holder processes, and writes comparison.json, comparison.md and
+    /// index.html (inline SVG chart) into --out; prints the main table at the end.
+    Compare(CompareArgs),
+    /// Benchmark helper of `dlock compare`: acquire COUNT distinct locks at URL, hold them all
+    /// at once, print one JSON line with the time, this process's resident-memory growth and
+    /// its sockets, then release them. Its own process, so that the memory is its own.
+    #[command(hide = true)]
+    HoldMany(HoldManyArgs),
+}
+
+/// `dlock hold-many` arguments.
+#[cfg(feature = "harness")]
+#[derive(Debug, Args)]
+pub struct HoldManyArgs {
+    /// How many locks.
+    #[arg(long, default_value_t = 10_000)]
+    pub count: usize,
+
+    /// Lock service URL.
+    pub url: String,
+}
+
+/// `dlock compare` arguments.
+#[cfg(feature = "harness")]
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Smoke run: one repetition per cell (unless --repeat is given).
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Repetitions per measured cell (default 3; 1 with --quick).
+    #[arg(long)]
+    pub repeat: Option<usize>,
+
+    /// Comma-separated backends (default: all): postgres, redis, redlock, etcd, zookeeper,
+    /// shedlock-postgres, shedlock-redis.
+    #[arg(long, value_delimiter = ',')]
+    pub backends: Vec<String>,
+
+    /// Comma-separated scenarios (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub scenarios: Vec<String>,
+
+    /// Lease / session timeout / at_most given to the holders (etcd's minimum is 2s).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub ttl: Duration,
+
+    /// Output directory.
+    #[arg(long, default_value = "report")]
+    pub out: std::path::PathBuf,
+
+    /// Skip the benchmarks (latency beside the raw floor, handoff, throughput, many locks)
+    /// that run after each backend's scenarios.
+    #[arg(long)]
+    pub no_bench: bool,
+}
+
+/// `dlock conformance` arguments.
+#[cfg(feature = "harness")]
+#[derive(Debug, Args)]
+pub struct ConformanceArgs {
+    /// Only tests whose name contains this (e.g. `exclusion`, `behavior::test_at_least`).
+    #[arg(long)]
+    pub filter: Option<String>,
+
+    /// Lock service URL.
+    pub url: String,
+}
+
+/// `dlock servers …`
+#[cfg(feature = "harness")]
+#[derive(Debug, Subcommand)]
+pub enum ServersCommand {
+    /// Start the servers on free loopback ports, print `export DLOCK_TEST_<BACKEND>_URL=…`
+    /// lines once all are ready, and stop them all on Ctrl-C / SIGTERM.
+    Up {
+        /// Start a 3-node etcd cluster, a 3-node ZooKeeper ensemble and 3 Redis instances
+        /// (for Redlock) instead of single nodes.
+        #[arg(long)]
+        cluster: bool,
+    },
+}
+
+/// The lock everyone talks about: URL and NAME, plus the lease.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Lease length: how long the lock outlives a holder that stops renewing.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ttl: Duration,
+
+    /// How long to wait for a busy lock: a duration, or `forever`. Default: do not wait.
+    #[arg(long, value_parser = parse_wait)]
+    pub wait: Option<WaitArg>,
+
+    /// Lock service URL, e.g. memory://, postgres://user@host/db, redis://host:6379.
+    pub url: String,
+
+    /// Lock name.
+    pub name: String,
+}
+
+/// `dlock run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The lock.
+    #[command(flatten)]
+    pub lock: LockArgs,
+
+    /// Keep the lock taken until at least this long after acquiring it, even if CMD ends
+    /// sooner (ShedLock's lockAtLeastFor). Must not exceed --ttl.
+    #[arg(long, value_parser = parse_duration)]
+    pub at_least: Option<Duration>,
+
+    /// What to do to CMD when the lock is lost while it runs.
+    #[arg(long, value_enum, default_value_t = OnLost::Term)]
+    pub on_lost: OnLost,
+
+    /// With --on-lost term: how long CMD has between SIGTERM and SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+/// `dlock hold` arguments.
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    /// The lock.
+    #[command(flatten)]
+    pub lock: LockArgs,
+
+    /// Release after holding this long.
+    #[arg(long = "for", value_parser = parse_duration)]
+    pub hold_for: Option<Duration>,
+
+    /// Do not release when stdin closes (for running in the background).
+    #[arg(long)]
+    pub no_stdin: bool,
+
+    /// Do not renew the lease: hold for at most one ttl.
+    #[arg(long)]
+    pub no_renew: bool,
+}
+
+/// `--on-lost` policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnLost {
+    /// SIGTERM, then SIGKILL after --grace.
+    Term,
+    /// SIGKILL at once.
+    Kill,
+    /// Let CMD run on (a warning is logged); exit with CMD's code.
+    Ignore,
+}
+
+/// `--wait` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitArg {
+    /// Up to this long.
+    For(Duration),
+    /// Until granted.
+    Forever,
+}
+
+/// Parses humantime durations (`250ms`, `5s`, `2m`); a bare `0` means zero.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); use e.g. 250ms, 5s, 2m"))
+}
+
+fn parse_wait(s: &str) -> Result<WaitArg, String> {
+    match s.trim() {
+        "forever" | "inf" | "infinite" => Ok(WaitArg::Forever),
+        other => parse_duration(other).map(WaitArg::For),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_in_humantime_style() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(parse_wait("forever").unwrap(), WaitArg::Forever);
+    }
+}

@@ -1,0 +1,467 @@
+//! Holders: `dlock hold` child processes and their JSON event streams.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+use dlock_fixtures::netns::Netns;
+
+/// How much of a holder's stderr is kept for error messages.
+const STDERR_KEEP: usize = 4096;
+
+/// What a holder printed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventKind {
+    /// `{"event":"waiting"}`: a first try found the lock held; the waiting request follows.
+    Waiting,
+    /// `{"event":"acquired","token":N|null}`.
+    Acquired {
+        /// The fencing token, if the backend has them.
+        token: Option<u64>,
+    },
+    /// `{"event":"state","state":…}`: `held`, `unverifiable` or `lost`.
+    State(String),
+    /// `{"event":"released","ours":…}`.
+    Released {
+        /// Whether the lock was still ours when released.
+        ours: bool,
+    },
+    /// A line that is not one of the above (kept verbatim).
+    Other(String),
+    /// Standard output ended (the process is exiting or gone).
+    Ended,
+}
+
+/// One event with its timestamps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// The holder's `t_ms` (wall-clock ms since the Unix epoch) minus the clock skew the
+    /// harness gave it ([`HoldSpec::skew`]), so that it is on the harness's clock; for `Ended`
+    /// and `Other`, the harness's wall clock when it read the line.
+    pub t_ms: i64,
+    /// How far the holder's own clock read ahead of the harness's (ms, negative = behind),
+    /// from its uncorrected `t_ms` and the harness's clock when the line was read (so a few
+    /// ms of pipe delay are included); `None` for `Ended` and `Other`.
+    pub clock_ahead_ms: Option<i64>,
+    /// When the harness read it.
+    pub received: Instant,
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn parse_line(line: &str) -> EventKind {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return EventKind::Other(line.to_string());
+    };
+    match v["event"].as_str() {
+        Some("waiting") => EventKind::Waiting,
+        Some("acquired") => EventKind::Acquired {
+            token: v["token"].as_u64(),
+        },
+        Some("state") => EventKind::State(v["state"].as_str().unwrap_or("").to_string()),
+        Some("released") => EventKind::Released {
+            ours: v["ours"].as_bool().unwrap_or(false),
+        },
+        _ => EventKind::Other(line.to_string()),
+    }
+}
+
+/// `s` without ANSI escape sequences (`ESC [ … letter`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.next() == Some('[') {
+            // Parameters and intermediates up to the final byte (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// How a holder is started.
+#[derive(Debug, Clone)]
+pub struct HoldSpec {
+    /// Lock service URL.
+    pub url: String,
+    /// Lock name.
+    pub name: String,
+    /// `--ttl`.
+    pub ttl: Duration,
+    /// `--wait forever` when true; otherwise `--wait` of 30 s.
+    pub wait_forever: bool,
+    /// Run the holder with its wall clock shifted (libfaketime), or `None`.
+    pub skew: Option<ClockSkew>,
+}
+
+/// A wall-clock shift for a holder process, by libfaketime (`LD_PRELOAD`).
+///
+/// Only the wall clock (`CLOCK_REALTIME`) is shifted: `FAKETIME_DONT_FAKE_MONOTONIC=1` keeps
+/// `CLOCK_MONOTONIC` true, which is what happens on a host whose clock was set wrong or
+/// stepped by NTP. Lease deadlines run on the monotonic clock, so they must not care.
+#[derive(Debug, Clone)]
+pub struct ClockSkew {
+    /// The libfaketime shared object (see [`find_libfaketime`]).
+    pub lib: std::path::PathBuf,
+    /// The shift, ms (positive = the holder's clock is ahead).
+    pub offset_ms: i64,
+}
+
+/// Where libfaketime's shared object is: `DLOCK_LIBFAKETIME` if set, else the usual
+/// install locations (the multi-threaded variant first: holders are multi-threaded).
+pub fn find_libfaketime() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("DLOCK_LIBFAKETIME").filter(|p| !p.is_empty()) {
+        let p = std::path::PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    let dirs = [
+        "/usr/lib/x86_64-linux-gnu/faketime",
+        "/usr/lib/aarch64-linux-gnu/faketime",
+        "/usr/lib64/faketime",
+        "/usr/lib/faketime",
+        "/usr/local/lib/faketime",
+        "/opt/homebrew/lib/faketime",
+    ];
+    let names = ["libfaketimeMT.so.1", "libfaketime.so.1"];
+    dirs.iter()
+        .flat_map(|d| names.iter().map(move |n| Path::new(d).join(n)))
+        .find(|p| p.is_file())
+}
+
+/// A running `dlock hold` process.
+pub struct Holder {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    events: mpsc::UnboundedReceiver<Event>,
+    stderr: Arc<Mutex<String>>,
+    pid: u32,
+    clock_ahead_ms: Option<i64>,
+}
+
+impl Holder {
+    /// Starts `dlock hold --ttl T --wait W URL NAME` from the `dlock` binary at `bin`. The
+    /// holder dies with the process that started it (parent-death signal).
+    pub fn spawn(bin: &Path, spec: &HoldSpec) -> Result<Holder> {
+        Holder::spawn_in(bin, spec, None)
+    }
+
+    /// [`Holder::spawn`], inside the network namespace `netns` when given (the URL must then
+    /// name an address reachable from there, see [`Netns::expose`]).
+    pub fn spawn_in(bin: &Path, spec: &HoldSpec, netns: Option<&Netns>) -> Result<Holder> {
+        let mut cmd = Command::new(bin);
+        if let Some(ns) = netns {
+            ns.enter_on_spawn(&mut cmd);
+        }
+        cmd.arg("hold")
+            .arg("--ttl")
+            .arg(format!("{}ms", spec.ttl.as_millis()))
+            .arg("--wait")
+            .arg(if spec.wait_forever { "forever" } else { "30s" })
+            .arg(&spec.url)
+            .arg(&spec.name)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let offset_ms = spec.skew.as_ref().map_or(0, |s| s.offset_ms);
+        if let Some(skew) = &spec.skew {
+            // libfaketime: "+N"/"-N" is an offset in seconds from the real time.
+            let secs = skew.offset_ms / 1000;
+            cmd.env("LD_PRELOAD", &skew.lib)
+                .env("FAKETIME", format!("{secs:+}"))
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        // SAFETY: prctl is async-signal-safe and touches only the child's own state: a holder
+        // never outlives the harness.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {} hold", bin.display()))?;
+        let pid = child.id().ok_or_else(|| anyhow!("holder exited at once"))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut stderr_pipe = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let kind = parse_line(&line);
+                let now = wall_ms();
+                let own = match kind {
+                    EventKind::Other(_) => None,
+                    _ => serde_json::from_str::<serde_json::Value>(&line)
+                        .ok()
+                        .and_then(|v| v["t_ms"].as_i64()),
+                };
+                let _ = tx.send(Event {
+                    kind,
+                    t_ms: own.map_or(now, |t| t - offset_ms),
+                    clock_ahead_ms: own.map(|t| t - now),
+                    received: Instant::now(),
+                });
+            }
+            let _ = tx.send(Event {
+                kind: EventKind::Ended,
+                t_ms: wall_ms(),
+                clock_ahead_ms: None,
+                received: Instant::now(),
+            });
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let keep = stderr.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stderr_pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut s = keep.lock().unwrap_or_else(|e| e.into_inner());
+                if s.len() < STDERR_KEEP {
+                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
+        Ok(Holder {
+            child,
+            stdin,
+            events,
+            stderr,
+            pid,
+            clock_ahead_ms: None,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// What the holder wrote on stderr so far (the first few KB), without terminal colour
+    /// codes (its log lines may carry them).
+    pub fn stderr(&self) -> String {
+        let raw = self
+            .stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        strip_ansi(raw.trim())
+    }
+
+    /// How far the holder's clock read ahead of the harness's (ms, negative = behind), from
+    /// the first of its events the harness has consumed; `None` before that.
+    pub fn clock_ahead_ms(&self) -> Option<i64> {
+        self.clock_ahead_ms
+    }
+
+    fn seen(&mut self, ev: Event) -> Event {
+        if self.clock_ahead_ms.is_none() {
+            self.clock_ahead_ms = ev.clock_ahead_ms;
+        }
+        ev
+    }
+
+    /// The next event, or `None` if none arrives within `within`.
+    pub async fn next_event(&mut self, within: Duration) -> Option<Event> {
+        match tokio::time::timeout(within, self.events.recv()).await {
+            Ok(Some(ev)) => Some(self.seen(ev)),
+            // The reader task ended after sending `Ended`: keep answering `Ended`.
+            Ok(None) => Some(Event {
+                kind: EventKind::Ended,
+                t_ms: wall_ms(),
+                clock_ahead_ms: None,
+                received: Instant::now(),
+            }),
+            Err(_) => None,
+        }
+    }
+
+    /// An event that is already there, without waiting.
+    pub fn try_event(&mut self) -> Option<Event> {
+        let ev = self.events.try_recv().ok()?;
+        Some(self.seen(ev))
+    }
+
+    /// Waits up to `within` for the `acquired` event; returns it (token in its kind). Errors
+    /// if the holder ends first or prints anything else first (other than `state` and
+    /// `waiting` events).
+    pub async fn acquired(&mut self, within: Duration) -> Result<Option<Event>> {
+        let deadline = tokio::time::Instant::now() + within;
+        // Bounded: each turn consumes one event or ends at the deadline.
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(ev) = self.next_event(left).await else {
+                return Ok(None);
+            };
+            match ev.kind {
+                EventKind::Acquired { .. } => return Ok(Some(ev)),
+                EventKind::State(_) | EventKind::Waiting => continue,
+                EventKind::Ended => {
+                    return Err(anyhow!(
+                        "holder {} ended before acquiring: {}",
+                        self.pid,
+                        self.stderr()
+                    ));
+                }
+                other => return Err(anyhow!("holder {}: unexpected {other:?}", self.pid)),
+            }
+        }
+    }
+
+    /// Waits up to `within` for the first event of a holder started with a wait: `waiting`
+    /// (the lock was held; its waiting request follows) or `acquired` (it was free). Errors if
+    /// the holder ends first; `None` if nothing came within `within`.
+    pub async fn waiting_or_acquired(&mut self, within: Duration) -> Result<Option<Event>> {
+        match self.next_event(within).await {
+            None => Ok(None),
+            Some(ev) => match ev.kind {
+                EventKind::Waiting | EventKind::Acquired { .. } => Ok(Some(ev)),
+                EventKind::Ended => Err(anyhow!(
+                    "holder {} ended before waiting: {}",
+                    self.pid,
+                    self.stderr()
+                )),
+                other => Err(anyhow!("holder {}: unexpected {other:?}", self.pid)),
+            },
+        }
+    }
+
+    /// Waits up to `within` for a `state` event equal to `state` (other events are skipped;
+    /// the end of output stops the wait).
+    pub async fn state(&mut self, state: &str, within: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let ev = self.next_event(left).await?;
+            match &ev.kind {
+                EventKind::State(s) if s == state => return Some(ev),
+                EventKind::Ended => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Closes stdin: the holder releases the lock and exits.
+    pub fn release(&mut self) {
+        self.stdin.take();
+    }
+
+    fn signal(&self, sig: libc::c_int) -> Result<()> {
+        // SAFETY: kill(2) on our own child's pid; the child is not reaped before Drop.
+        if unsafe { libc::kill(self.pid as libc::pid_t, sig) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+
+    /// SIGKILL.
+    pub fn kill(&self) -> Result<()> {
+        self.signal(libc::SIGKILL)
+    }
+
+    /// SIGSTOP (the holder freezes: no renewals, no reads).
+    pub fn pause(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    /// Kills the process (if still running) and reaps it.
+    pub async fn finish(mut self) {
+        let _ = self.signal(libc::SIGCONT);
+        let _ = self.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+
+    /// Closes stdin and waits up to `within` for the holder to exit by itself; kills it
+    /// otherwise. Returns the `released` event if it printed one.
+    pub async fn release_and_finish(mut self, within: Duration) -> Option<Event> {
+        self.release();
+        let deadline = tokio::time::Instant::now() + within;
+        let mut released = None;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Some(ev) if matches!(ev.kind, EventKind::Released { .. }) => released = Some(ev),
+                Some(Event {
+                    kind: EventKind::Ended,
+                    ..
+                })
+                | None => break,
+                Some(_) => {}
+            }
+        }
+        self.finish().await;
+        released
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_parse() {
+        assert_eq!(
+            parse_line(r#"{"event":"acquired","token":7,"t_ms":1}"#),
+            EventKind::Acquired { token: Some(7) }
+        );
+        assert_eq!(
+            parse_line(r#"{"event":"acquired","token":null,"t_ms":1}"#),
+            EventKind::Acquired { token: None }
+        );
+        assert_eq!(
+            parse_line(r#"{"event":"waiting","t_ms":1}"#),
+            EventKind::Waiting
+        );
+        assert_eq!(
+            parse_line(r#"{"event":"state","state":"lost","t_ms":1}"#),
+            EventKind::State("lost".into())
+        );
+        assert_eq!(
+            parse_line(r#"{"event":"released","ours":false,"t_ms":1}"#),
+            EventKind::Released { ours: false }
+        );
+        assert!(matches!(parse_line("garbage"), EventKind::Other(_)));
+    }
+
+    #[test]
+    fn colour_codes_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m lost"),
+            "2026  WARN lost"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
+    }
+}

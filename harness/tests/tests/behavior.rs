@@ -1,0 +1,88 @@
+//! The behaviour suite over every backend variant, on managed servers (or the servers named
+//! by `DLOCK_TEST_*_URL`). Filter like any test binary: `cargo test -p dlock-server-tests --test
+//! behavior -- postgres::behavior::test_exclusion`.
+
+use std::sync::Arc;
+
+use conformance::Outcome;
+use dlock_fixtures as fixtures;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn main() -> anyhow::Result<()> {
+    let args = Arguments::from_args();
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?,
+    );
+    // Servers live for the whole run; each test connects its own clients.
+    let (variants, _servers) = rt.block_on(variants())?;
+    let mut trials = Vec::new();
+    let connect = conformance::registry_connector(Arc::new(dlock::registry()));
+    for (variant, url) in &variants {
+        let caps = rt.block_on(async { dlock::connect(url).await.map(|b| b.capabilities()) })?;
+        for b in conformance::all() {
+            let name = format!("{variant}::{}", b.name);
+            if let Some(reason) = conformance::skip_reason(&b, &caps, url) {
+                eprintln!("skip {name}: {reason}");
+                trials.push(Trial::test(name, || Ok(())).with_ignored_flag(true));
+                continue;
+            }
+            let (url, rt, trial) = (url.clone(), rt.clone(), name.clone());
+            let connect = connect.clone();
+            trials.push(Trial::test(name, move || {
+                match rt.block_on(conformance::run_with(&b, &url, connect.clone())) {
+                    Outcome::Passed => Ok(()),
+                    Outcome::Skipped(reason) => {
+                        // libtest-mimic cannot turn a trial into `ignored` once it runs.
+                        eprintln!("SKIPPED {trial} (at run time): {reason}");
+                        Ok(())
+                    }
+                    Outcome::Failed(why) => Err(Failed::from(why)),
+                }
+            }));
+        }
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(_servers);
+    conclusion.exit()
+}
+
+/// Every backend variant with its URL, and the server handles that keep them alive.
+async fn variants() -> anyhow::Result<(Vec<(&'static str, String)>, Servers)> {
+    let mut v = vec![("memory", "memory://behavior-suite".to_string())];
+    let mut servers = Servers::default();
+    let pg = fixtures::postgres().await?;
+    v.push(("postgres", pg.url().to_string()));
+    v.push(("postgres_fencing", format!("{}?fencing=table", pg.url())));
+    v.push(("shedlock_postgres", format!("shedlock+{}", pg.url())));
+    servers.single.push(pg);
+    let redis = fixtures::redis().await?;
+    v.push(("redis", redis.url().to_string()));
+    v.push(("shedlock_redis", format!("shedlock+{}", redis.url())));
+    servers.single.push(redis);
+    let redlock = fixtures::redlock(3).await?;
+    v.push(("redlock", redlock.url().to_string()));
+    servers.clusters.push(redlock);
+    let etcd = fixtures::etcd().await?;
+    v.push(("etcd", etcd.url().to_string()));
+    servers.single.push(etcd);
+    let etcd3 = fixtures::etcd_cluster(3, Default::default()).await?;
+    v.push(("etcd_cluster", etcd3.url().to_string()));
+    servers.clusters.push(etcd3);
+    let zk = fixtures::zookeeper().await?;
+    v.push(("zookeeper", zk.url().to_string()));
+    servers.single.push(zk);
+    let zk3 = fixtures::zookeeper_ensemble(3, Default::default()).await?;
+    v.push(("zookeeper_ensemble", zk3.url().to_string()));
+    servers.clusters.push(zk3);
+    Ok((v, servers))
+}
+
+/// Keeps the servers alive until the end of the run.
+#[derive(Default)]
+struct Servers {
+    single: Vec<fixtures::Server>,
+    clusters: Vec<fixtures::Cluster>,
+}

@@ -1,0 +1,298 @@
+//! `dlock compare --quick` on PostgreSQL and Redis: the report has every cell with the
+//! documented fields, and the numbers in comparison.md are the ones in comparison.json.
+
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+const SCENARIOS: [&str; 9] = [
+    "clean_handoff",
+    "holder_killed",
+    "holder_paused",
+    "holder_partitioned",
+    "connection_reset",
+    "server_restart",
+    "latency",
+    "quorum_loss",
+    "clock_skew",
+];
+
+const CELL_FIELDS: [&str; 8] = [
+    "overlap_observed",
+    "stale_write_rejected",
+    "failover_ms",
+    "holder_learned_before_handoff",
+    "learned_before_handoff_ms",
+    "ttl_ms",
+    "notes",
+    "status",
+];
+
+/// The cells of the first markdown table after `heading`: backend → column → text.
+fn md_table(md: &str, heading: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let start = md.find(heading).unwrap_or_else(|| panic!("no {heading:?}"));
+    let mut lines = md[start..].lines().skip_while(|l| !l.starts_with('|'));
+    let header: Vec<String> = split_row(lines.next().expect("table header"));
+    lines.next(); // |---|
+    let mut rows = Vec::new();
+    for l in lines.take_while(|l| l.starts_with('|')) {
+        let cells = split_row(l);
+        let pairs = header[1..]
+            .iter()
+            .cloned()
+            .zip(cells[1..].iter().cloned())
+            .collect();
+        rows.push((cells[0].clone(), pairs));
+    }
+    rows
+}
+
+fn split_row(l: &str) -> Vec<String> {
+    l.trim()
+        .trim_matches('|')
+        .split('|')
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn compare_quick_writes_a_consistent_report() {
+    let out = std::env::temp_dir().join(format!("dlock-compare-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let status = Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
+        .args([
+            "compare",
+            "--quick",
+            "--backends",
+            "postgres,redis",
+            "--out",
+        ])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .status()
+        .expect("run dlock compare");
+    assert_eq!(status.code(), Some(0), "dlock compare failed");
+
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("comparison.json")).expect("comparison.json"),
+    )
+    .expect("comparison.json is JSON");
+    let md = std::fs::read_to_string(out.join("comparison.md")).expect("comparison.md");
+    let html = std::fs::read_to_string(out.join("index.html")).expect("index.html");
+    let _ = std::fs::remove_dir_all(&out);
+
+    // The page is self-contained: inline SVG, nothing fetched.
+    assert!(html.contains("<svg") && html.contains("</html>"), "{html}");
+    assert!(
+        !html.contains("src=\"http") && !html.contains("<script"),
+        "{html}"
+    );
+
+    // Shape.
+    let backends: Vec<&str> = json["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| b["name"].as_str().expect("backend name"))
+        .collect();
+    assert_eq!(backends, ["postgres", "redis"]);
+    assert_eq!(json["benchmark_failures"], Value::Array(vec![]));
+    let benches = json["benchmarks"].as_array().expect("benchmarks");
+    for b in &backends {
+        let entry = |metric: &str| {
+            benches
+                .iter()
+                .find(|e| e["backend"] == *b && e["metric"] == metric)
+                .unwrap_or_else(|| panic!("no benchmark {b} {metric}: {benches:?}"))
+        };
+        let p50 = entry("acquire_release_p50");
+        assert_eq!(p50["unit"], "us", "{p50}");
+        let (value, floor) = (p50["value"].as_f64(), p50["floor"].as_f64());
+        assert!(value.is_some_and(|v| v > 0.0), "{p50}");
+        assert!(floor.is_some_and(|v| v > 0.0), "{p50}");
+        // The table shows the same number as the JSON.
+        assert!(
+            md.contains(&format!("{:.0} ({:.0}, ", value.unwrap(), floor.unwrap())),
+            "{md}"
+        );
+        for (metric, unit) in [
+            ("handoff_p50", "us"),
+            ("throughput_64_tasks", "ops/s"),
+            ("hold_many_seconds", "s"),
+            ("hold_many_connections", "connections"),
+        ] {
+            let e = entry(metric);
+            assert_eq!(e["unit"], unit, "{e}");
+            assert!(e["value"].as_f64().is_some_and(|v| v > 0.0), "{e}");
+        }
+    }
+    // The targets section judges every backend's latency against its floor, and PostgreSQL's
+    // SIGKILL failover against 100 ms.
+    assert!(md.contains("## Targets"), "{md}");
+    for b in &backends {
+        assert!(
+            md.contains(&format!(
+                "| {b} | acquire + release p50 ≤ 1.10× the raw floor |"
+            )),
+            "{md}"
+        );
+    }
+    assert!(
+        md.contains("| postgres | SIGKILL failover < 100 ms |"),
+        "{md}"
+    );
+    // One lock session holds all of PostgreSQL's locks; Redis multiplexes one connection.
+    for b in &backends {
+        let c = benches
+            .iter()
+            .find(|e| e["backend"] == *b && e["metric"] == "hold_many_connections")
+            .unwrap();
+        assert_eq!(c["value"], 1.0, "{c}");
+    }
+    let cells = json["scenarios"].as_array().expect("scenarios");
+    assert_eq!(cells.len(), 2 * SCENARIOS.len(), "every cell is present");
+    for b in &backends {
+        for s in SCENARIOS {
+            let c = cells
+                .iter()
+                .find(|c| c["backend"] == *b && c["scenario"] == s)
+                .unwrap_or_else(|| panic!("no cell {b} × {s}"));
+            for f in CELL_FIELDS {
+                assert!(c.get(f).is_some(), "{b} × {s} lacks {f}: {c}");
+            }
+            let status = c["status"].as_str().unwrap();
+            assert!(
+                ["measured", "not_applicable", "not_measured"].contains(&status),
+                "{b} × {s}: {status} ({})",
+                c["reason"]
+            );
+            if status != "measured" {
+                // Said aloud: a cell that could not be measured here (e.g. no root for the
+                // network namespace) must not pass unnoticed.
+                eprintln!("{b} × {s}: {status}: {}", c["reason"]);
+                assert!(c["reason"].as_str().is_some_and(|r| !r.is_empty()), "{c}");
+                assert!(c["failover_ms"].is_null(), "{c}");
+                continue;
+            }
+            assert_eq!(c["repetitions"], 1, "{c}");
+            assert!(c["overlap_observed"].is_boolean(), "{c}");
+            if let Some(f) = c["failover_ms"].as_object() {
+                for k in ["median", "min", "max"] {
+                    assert!(f[k].as_f64().is_some_and(|v| v >= 0.0), "{c}");
+                }
+                // The timeline: the faulty holder entered before the fault, the next holder's
+                // grant is at the failover time.
+                let sections = c["timeline"]["sections"].as_array().expect("timeline");
+                let first = |h: u64| sections.iter().find(|x| x["holder"] == h);
+                let a = first(0).expect("the faulty holder's section");
+                assert!(a["from_ms"].as_i64().is_some_and(|t| t <= 0), "{c}");
+                let b = first(1)
+                    .or_else(|| first(2))
+                    .expect("the next holder's section");
+                let median = f["median"].as_f64().unwrap();
+                assert!(
+                    (b["from_ms"].as_i64().unwrap() as f64 - median).abs() <= 1.0,
+                    "{c}"
+                );
+            }
+        }
+    }
+    let cell = |b: &str, s: &str| {
+        cells
+            .iter()
+            .find(|c| c["backend"] == b && c["scenario"] == s)
+            .unwrap()
+    };
+    // What the two backends are known to do: a clean hand-over never overlaps, a killed
+    // PostgreSQL holder's lock is freed by its connection closing, Redis fences.
+    for b in &backends {
+        for s in ["clean_handoff", "holder_killed"] {
+            assert_eq!(cell(b, s)["overlap_observed"], false, "{b} × {s}");
+            assert!(cell(b, s)["failover_ms"]["median"].is_number(), "{b} × {s}");
+        }
+    }
+    assert_eq!(cell("redis", "holder_killed")["stale_write_rejected"], true);
+    assert_eq!(
+        cell("postgres", "holder_killed")["stale_write_rejected"],
+        false
+    );
+    assert_eq!(cell("redis", "holder_killed")["ttl_ms"], 2000);
+    assert!(cell("postgres", "holder_killed")["ttl_ms"].is_null());
+    // Single servers have no quorum; the slow link is measured on both; a skewed wall clock
+    // changes nothing for locks whose leases run on monotonic or server clocks.
+    for b in &backends {
+        assert_eq!(cell(b, "quorum_loss")["status"], "not_applicable", "{b}");
+        let latency = cell(b, "latency");
+        assert_eq!(latency["status"], "measured", "{b}: {latency}");
+        assert!(
+            latency["failover_ms"]["median"].is_number(),
+            "{b}: {latency}"
+        );
+        let skew = cell(b, "clock_skew");
+        if skew["status"] == "not_measured" {
+            // Only when libfaketime is missing, and then the reason says so.
+            assert!(
+                skew["reason"].as_str().unwrap().contains("libfaketime"),
+                "{skew}"
+            );
+            continue;
+        }
+        assert_eq!(skew["status"], "measured", "{b}: {skew}");
+        assert_eq!(skew["overlap_observed"], false, "{b}: {skew}");
+        assert!(skew["failover_ms"]["median"].is_number(), "{b}: {skew}");
+        let notes = skew["notes"].as_array().unwrap();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.as_str().unwrap().contains("holder +1.0 h, waiter -1.0 h")),
+            "the skew was not verified: {skew}"
+        );
+    }
+    if cell("redis", "clock_skew")["status"] == "measured" {
+        // The killed +1 h holder's late write carries a lower token than the new grant.
+        assert_eq!(cell("redis", "clock_skew")["stale_write_rejected"], true);
+    }
+
+    // The markdown's failover table carries the JSON's medians.
+    let table = md_table(&md, "## Failover time");
+    assert_eq!(table.len(), 2, "{md}");
+    let mut compared = 0;
+    for (backend, row) in &table {
+        for (scenario, text) in row {
+            let c = cell(backend, scenario);
+            match c["failover_ms"]["median"].as_f64() {
+                Some(m) => {
+                    assert_eq!(text, &format!("{m:.0}"), "{backend} × {scenario}");
+                    compared += 1;
+                }
+                None => assert!(
+                    !text.chars().next().is_some_and(|ch| ch.is_ascii_digit()),
+                    "{backend} × {scenario}: {text:?} but no number in the JSON"
+                ),
+            }
+        }
+    }
+    assert!(compared >= 4, "{md}");
+    // The safety table carries the JSON's flags.
+    for (backend, row) in md_table(&md, "## Safety") {
+        for (scenario, text) in row {
+            let c = cell(&backend, &scenario);
+            let word = |v: &Value| match v.as_bool() {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "—",
+            };
+            assert!(
+                text.contains(&format!("overlap {}", word(&c["overlap_observed"]))),
+                "{backend} × {scenario}: {text}"
+            );
+            assert!(
+                text.contains(&format!(
+                    "stale write rejected {}",
+                    word(&c["stale_write_rejected"])
+                )),
+                "{backend} × {scenario}: {text}"
+            );
+        }
+    }
+}

@@ -1,0 +1,887 @@
+//! lock-postgres against a real PostgreSQL from the fixtures.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Holder, dlock, unique, with_query};
+use dlock::{Backend, BackendExt, ErrorKind, LockMode, LockName, LockOptions, LockState, Wait};
+use dlock_compare::scenario::holder::{EventKind, HoldSpec, Holder as ScenarioHolder};
+use dlock_fixtures as fixtures;
+use dlock_fixtures::faults::{Fault, FaultProxy};
+use dlock_fixtures::netns::{self, Netns};
+use sqlx::Connection;
+
+async fn connect(url: &str) -> Arc<dyn Backend> {
+    dlock::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {}: {e}", dlock::redact(url)))
+}
+
+fn forever() -> LockOptions {
+    LockOptions::new().with_wait(Wait::Forever)
+}
+
+/// A client waiting (forever) for `n` in the background; yields when it was granted.
+fn spawn_waiter(
+    b: &Arc<dyn Backend>,
+    n: &LockName,
+) -> tokio::task::JoinHandle<(Instant, dlock::Guard)> {
+    let (b, n) = (b.clone(), n.clone());
+    tokio::spawn(async move {
+        let g = b.acquire(&n, &forever()).await.unwrap();
+        (Instant::now(), g)
+    })
+}
+
+/// Two clients exclude each other; release hands the lock to a waiter.
+#[tokio::test]
+async fn two_clients_exclude_each_other_and_hand_over() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let (a, b) = (connect(pg.url()).await, connect(pg.url()).await);
+    let n = unique("excl");
+    let g = a.acquire(&n, &LockOptions::new()).await.unwrap();
+    let err = b.acquire(&n, &LockOptions::new()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Contended, "{err}");
+    // a waiter is woken by the server the moment the lock is released
+    let waiter = spawn_waiter(&b, &n);
+    wait_for_waiters(pg.url(), 1).await;
+    let released = Instant::now();
+    assert!(g.release().await.unwrap());
+    let (granted, g2) = waiter.await.unwrap();
+    assert!(
+        granted - released < Duration::from_secs(1),
+        "{:?}",
+        granted - released
+    );
+    assert_eq!(g2.state(), LockState::Held);
+    assert!(g2.release().await.unwrap());
+}
+
+/// A process of this one cannot take a lock it already holds (session locks are re-entrant
+/// on the server; dlock must not be).
+#[tokio::test]
+async fn one_process_is_not_reentrant() {
+    let pg = fixtures::postgres().await.unwrap();
+    let a = connect(pg.url()).await;
+    let n = unique("reentrant");
+    let g = a.acquire(&n, &LockOptions::new()).await.unwrap();
+    let err = a.acquire(&n, &LockOptions::new()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Contended);
+    let shared = LockOptions::new().with_mode(LockMode::Shared);
+    assert_eq!(
+        a.acquire(&n, &shared).await.unwrap_err().kind(),
+        ErrorKind::Contended
+    );
+    assert!(g.release().await.unwrap());
+    // the refused attempts did not leave extra grants behind
+    let other = connect(pg.url()).await;
+    other.acquire(&n, &LockOptions::new()).await.unwrap();
+}
+
+/// Shared holders coexist, across clients and within one; exclusive waits for all of them.
+#[tokio::test]
+async fn shared_mode() {
+    let pg = fixtures::postgres().await.unwrap();
+    let (a, b) = (connect(pg.url()).await, connect(pg.url()).await);
+    let n = unique("shared");
+    let shared = LockOptions::new().with_mode(LockMode::Shared);
+    let s1 = a.acquire(&n, &shared).await.unwrap();
+    let s2 = a.acquire(&n, &shared).await.unwrap();
+    let s3 = b.acquire(&n, &shared).await.unwrap();
+    assert_eq!(
+        b.acquire(&n, &LockOptions::new()).await.unwrap_err().kind(),
+        ErrorKind::Contended
+    );
+    for g in [s1, s2, s3] {
+        assert!(g.release().await.unwrap());
+    }
+    b.acquire(&n, &LockOptions::new()).await.unwrap();
+}
+
+/// A bounded wait ends in `Timeout`, after the wait and not much later.
+#[tokio::test]
+async fn bounded_wait_times_out() {
+    let pg = fixtures::postgres().await.unwrap();
+    let (a, b) = (connect(pg.url()).await, connect(pg.url()).await);
+    let n = unique("timeout");
+    let _g = a.acquire(&n, &LockOptions::new()).await.unwrap();
+    let t = Instant::now();
+    let err = b
+        .acquire(
+            &n,
+            &LockOptions::new().with_wait(Wait::For(Duration::from_millis(300))),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(t.elapsed() >= Duration::from_millis(300) && t.elapsed() < Duration::from_secs(5));
+}
+
+/// Cancel safety: a waiting acquire dropped mid-wait never leaves the lock held.
+#[tokio::test]
+async fn dropped_wait_never_leaves_the_lock_held() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let (a, b, c) = (
+        connect(pg.url()).await,
+        connect(pg.url()).await,
+        connect(pg.url()).await,
+    );
+    let n = unique("cancel");
+    let g = a.acquire(&n, &LockOptions::new()).await.unwrap();
+    let opts = forever();
+    let wait = b.acquire(&n, &opts);
+    let r = tokio::select! {
+        r = wait => Some(r),
+        _ = wait_for_waiters(pg.url(), 1) => None,
+    };
+    assert!(r.is_none(), "the wait cannot finish while the lock is held");
+    // the wait future is dropped now; release right after, racing the server-side waiter
+    assert!(g.release().await.unwrap());
+    let g = c
+        .acquire(
+            &n,
+            &LockOptions::new().with_wait(Wait::For(Duration::from_secs(5))),
+        )
+        .await
+        .expect("the abandoned waiter must not keep the lock");
+    assert!(g.release().await.unwrap());
+}
+
+/// Try-acquires on the shared session dropped after 1 to 5 polls (so mid-statement: the
+/// first poll sends it) should never leave a grant behind: afterwards another client gets the
+/// lock, and the canceller's own session still works.
+#[tokio::test]
+async fn cancelled_try_acquires_never_leave_a_grant_behind() {
+    use std::task::Poll;
+    let pg = fixtures::postgres().await.unwrap();
+    let (a, b) = (connect(pg.url()).await, connect(pg.url()).await);
+    let n = unique("cancel-try");
+    let (mut granted, mut cancelled) = (0, 0);
+    let try_only = LockOptions::new();
+    for i in 0..300u64 {
+        let polls = i % 5 + 1;
+        let mut acquire = a.acquire(&n, &try_only);
+        let mut outcome = None;
+        for _ in 0..polls {
+            // One poll, by hand: counting polls, not time, decides where it is dropped.
+            match std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await {
+                Poll::Ready(r) => {
+                    outcome = Some(r);
+                    break;
+                }
+                Poll::Pending => tokio::task::yield_now().await,
+            }
+        }
+        drop(acquire);
+        match outcome {
+            Some(Ok(g)) => {
+                granted += 1;
+                assert!(g.release().await.unwrap());
+            }
+            // A grant of an earlier cancelled try that is still being undone.
+            Some(Err(e)) => assert_eq!(e.kind(), ErrorKind::Contended, "{e}"),
+            None => cancelled += 1,
+        }
+    }
+    eprintln!("{granted} granted, {cancelled} cancelled");
+    assert!(
+        cancelled > 0,
+        "no try was cancelled: every acquisition finished within its polls"
+    );
+    // Undoing a late grant happens in the background: wait for it, bounded.
+    let wait = LockOptions::new().with_wait(Wait::For(Duration::from_secs(5)));
+    let g = b
+        .acquire(&n, &wait)
+        .await
+        .expect("a cancelled try must not keep the lock");
+    assert!(g.release().await.unwrap());
+    let g = a
+        .acquire(&n, &wait)
+        .await
+        .expect("the canceller still works");
+    assert_eq!(g.state(), LockState::Held);
+    assert!(g.release().await.unwrap());
+}
+
+/// Behind a transaction-pooling PgBouncer (whose consecutive transactions land on different
+/// server sessions) acquiring should fail with a clear Unsupported error that names the
+/// pooler — never report a lock that the next statement's session does not hold.
+#[tokio::test]
+async fn a_transaction_pooler_is_detected_and_refused() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let bouncer = fixtures::pgbouncer(&pg).await.unwrap();
+    // A busy pooler: two transactions at once make it open both server connections, which
+    // it then uses in turn. (With a single server connection in the pool, every statement
+    // reaches the same server session and nothing is observable from the client: the lock
+    // then lives on a session that other clients share. The backend's README says so.)
+    let (mut c1, mut c2) = (
+        sqlx::PgConnection::connect(bouncer.url()).await.unwrap(),
+        sqlx::PgConnection::connect(bouncer.url()).await.unwrap(),
+    );
+    let n = unique("pooled");
+    let mut errors = Vec::new();
+    // A few rounds: a pooler that happens to give the same session twice must be caught on
+    // a later statement.
+    for _ in 0..5 {
+        // Before every round, not once: a round that fails closes its client connection in
+        // the middle of things, and PgBouncer may then drop that server connection and open
+        // a new one only later. A round served by a single server connection cannot tell
+        // (one fresh-clone CI run in six failed that way while the warm-up was done once).
+        for c in [&mut c1, &mut c2] {
+            sqlx::raw_sql("BEGIN; SELECT 1").execute(c).await.unwrap();
+        }
+        for c in [&mut c1, &mut c2] {
+            sqlx::raw_sql("COMMIT").execute(c).await.unwrap();
+        }
+        let err = match dlock::connect(bouncer.url()).await {
+            Err(e) => e,
+            Ok(b) => match b.acquire(&n, &LockOptions::new()).await {
+                Err(e) => e,
+                Ok(g) => match g.release().await {
+                    Err(e) => e,
+                    Ok(ours) => {
+                        // What the server saw, for whoever reads a failure.
+                        let mut direct = sqlx::PgConnection::connect(pg.url()).await.unwrap();
+                        let sessions: Vec<(i32, Option<String>)> = sqlx::query_as(
+                            "SELECT pid, state FROM pg_stat_activity \
+                             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                        )
+                        .fetch_all(&mut direct)
+                        .await
+                        .unwrap();
+                        panic!(
+                            "a lock was granted and released ({ours}) through a transaction \
+                             pooler; server sessions now (pid, state): {sessions:?}"
+                        )
+                    }
+                },
+            },
+        };
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("pooling proxy"), "{msg}");
+        errors.push(msg);
+    }
+    eprintln!("{}", errors[0]);
+    // Directly on the server the same name works.
+    let direct = connect(pg.url()).await;
+    let g = direct.acquire(&n, &LockOptions::new()).await.unwrap();
+    assert!(g.release().await.unwrap());
+}
+
+/// One wait on `n` by `waiter` while `holder` holds it: returns the server pid of the session
+/// that waited (it holds the lock next), after both have released.
+async fn one_wait(
+    pg_url: &str,
+    holder: &Arc<dyn Backend>,
+    waiter: &Arc<dyn Backend>,
+    n: &LockName,
+) -> i32 {
+    let g = holder.acquire(n, &LockOptions::new()).await.unwrap();
+    let w = spawn_waiter(waiter, n);
+    wait_for_waiters(pg_url, 1).await;
+    let mut conn = sqlx::PgConnection::connect(pg_url).await.unwrap();
+    let pid: i32 =
+        sqlx::query_scalar("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(g.release().await.unwrap());
+    let (_, g) = w.await.unwrap();
+    assert!(g.release().await.unwrap());
+    pid
+}
+
+/// Whether server process `pid` is still there.
+async fn backend_exists(pg_url: &str, pid: i32) -> bool {
+    let mut conn = sqlx::PgConnection::connect(pg_url).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $1")
+        .bind(pid)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// The dedicated session of a released waiting acquisition is kept for the next wait (by
+/// default), closed after `idle_timeout`, and not kept with `idle_sessions=0`.
+#[tokio::test]
+async fn released_waiting_sessions_are_kept_for_the_next_wait() {
+    // Managed: the waiter pids below must be ours only.
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let holder = connect(pg.url()).await;
+    let n = unique("kept");
+
+    let kept = connect(pg.url()).await;
+    let first = one_wait(pg.url(), &holder, &kept, &n).await;
+    let second = one_wait(pg.url(), &holder, &kept, &n).await;
+    assert_eq!(
+        first, second,
+        "the second wait should reuse the first one's session"
+    );
+
+    let closing = connect(&with_query(pg.url(), "idle_sessions=0")).await;
+    let first = one_wait(pg.url(), &holder, &closing, &n).await;
+    let second = one_wait(pg.url(), &holder, &closing, &n).await;
+    assert_ne!(first, second, "idle_sessions=0 keeps no session");
+
+    let short = connect(&with_query(pg.url(), "idle_timeout=1s")).await;
+    let pid = one_wait(pg.url(), &holder, &short, &n).await;
+    let released = Instant::now();
+    assert!(backend_exists(pg.url(), pid).await, "kept after release");
+    common::eventually(
+        "the kept session closes after idle_timeout",
+        Duration::from_secs(10),
+        || async { Ok(!backend_exists(pg.url(), pid).await) },
+    )
+    .await
+    .unwrap();
+    assert!(
+        released.elapsed() >= Duration::from_millis(900),
+        "closed too early: {:?}",
+        released.elapsed()
+    );
+}
+
+/// A kept session whose server process went away meanwhile is replaced by a new one: the
+/// next wait still gets the lock.
+#[tokio::test]
+async fn a_kept_session_that_died_is_replaced() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let (holder, waiter) = (connect(pg.url()).await, connect(pg.url()).await);
+    let n = unique("kept-dead");
+    let pid = one_wait(pg.url(), &holder, &waiter, &n).await;
+    let mut conn = sqlx::PgConnection::connect(pg.url()).await.unwrap();
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(ended);
+    let next = one_wait(pg.url(), &holder, &waiter, &n).await;
+    assert_ne!(next, pid);
+}
+
+/// A lock granted after a wait longer than the session deadline should be Held, dated by
+/// a session check at the grant, not by when the waiting request was sent (it used to start
+/// out past its deadline and turn Lost at once).
+#[tokio::test]
+async fn a_grant_after_a_long_wait_is_held() {
+    // Managed: the waiter count below must not see other tests' waiters.
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let url = with_query(pg.url(), "session_deadline=1s&check_timeout=500ms");
+    let (a, b) = (connect(&url).await, connect(&url).await);
+    let n = unique("long-wait");
+    let g = a.acquire(&n, &LockOptions::new()).await.unwrap();
+    let waiter = spawn_waiter(&b, &n);
+    wait_for_waiters(pg.url(), 1).await;
+    // The wait must outlast the 1 s session deadline: this is the length of the wait, not a
+    // synchronisation.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(g.release().await.unwrap());
+    let (_, g2) = waiter.await.unwrap();
+    assert_eq!(g2.state(), LockState::Held);
+    // Stays held through several session checks (every deadline/3).
+    let changed = tokio::time::timeout(Duration::from_secs(2), g2.not_held()).await;
+    assert!(changed.is_err(), "the guard left Held: {changed:?}");
+    assert!(g2.release().await.unwrap());
+}
+
+/// Exclusion across processes with `dlock run` and `dlock hold`.
+#[tokio::test]
+async fn exclusion_across_processes() {
+    let pg = fixtures::postgres().await.unwrap();
+    let n = unique("proc");
+    let mut holder = Holder::start(pg.url(), n.as_str(), &[]);
+    holder.acquired();
+    let (code, err) = dlock(&["run", pg.url(), n.as_str(), "--", "true"]);
+    assert_eq!(code, Some(75), "{err}");
+    assert!(err.contains(n.as_str()), "{err}");
+    let (events, code) = holder.finish();
+    assert_eq!(code, Some(0));
+    assert_eq!(events.last().unwrap()["event"], "released");
+    let (code, err) = dlock(&["run", pg.url(), n.as_str(), "--", "sh", "-c", "exit 7"]);
+    assert_eq!(code, Some(7), "{err}");
+}
+
+/// `?key=hashtext` and SQL callers writing `pg_try_advisory_lock(hashtext('…'))` exclude
+/// each other, both ways.
+#[tokio::test]
+async fn hashtext_interop_with_plain_sql_both_ways() {
+    let pg = fixtures::postgres().await.unwrap();
+    let url = with_query(pg.url(), "key=hashtext");
+    let d = connect(&url).await;
+    let n = unique("emp_details_purge");
+    let mut sql = sqlx::PgConnection::connect(pg.url()).await.unwrap();
+    let try_sql = "SELECT pg_try_advisory_lock(hashtext($1))";
+    // SQL holds → dlock is refused
+    let got: bool = sqlx::query_scalar(try_sql)
+        .bind(n.as_str())
+        .fetch_one(&mut sql)
+        .await
+        .unwrap();
+    assert!(got);
+    assert_eq!(
+        d.acquire(&n, &LockOptions::new()).await.unwrap_err().kind(),
+        ErrorKind::Contended
+    );
+    let freed: bool = sqlx::query_scalar("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind(n.as_str())
+        .fetch_one(&mut sql)
+        .await
+        .unwrap();
+    assert!(freed);
+    // dlock holds → SQL is refused
+    let g = d.acquire(&n, &LockOptions::new()).await.unwrap();
+    let got: bool = sqlx::query_scalar(try_sql)
+        .bind(n.as_str())
+        .fetch_one(&mut sql)
+        .await
+        .unwrap();
+    assert!(!got, "a SQL caller must not get a lock dlock holds");
+    assert!(g.release().await.unwrap());
+    let got: bool = sqlx::query_scalar(try_sql)
+        .bind(n.as_str())
+        .fetch_one(&mut sql)
+        .await
+        .unwrap();
+    assert!(got);
+}
+
+/// Key schemes: names each scheme cannot represent are `InvalidName`; the others lock.
+#[tokio::test]
+async fn key_schemes_and_name_edge_cases() {
+    let pg = fixtures::postgres().await.unwrap();
+    let d = connect(pg.url()).await;
+    let long = "x".repeat(10 * 1024);
+    for name in [
+        "it's",
+        "a;b -- DROP TABLE x",
+        "ключ 🔒",
+        "a/b/../c",
+        long.as_str(),
+    ] {
+        let n = LockName::new(name).unwrap();
+        let g = d.acquire(&n, &LockOptions::new()).await.unwrap();
+        assert!(g.release().await.unwrap());
+    }
+    for (query, good, bad) in [
+        ("key=int", "-42", "forty-two"),
+        ("key=pair", "7,-3", "7"),
+        ("key=sqlx", "job", ""),
+    ] {
+        let d = connect(&with_query(pg.url(), query)).await;
+        let g = d
+            .acquire(&LockName::new(good).unwrap(), &LockOptions::new())
+            .await
+            .unwrap();
+        assert!(g.release().await.unwrap());
+        if !bad.is_empty() {
+            let err = d
+                .acquire(&LockName::new(bad).unwrap(), &LockOptions::new())
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidName, "{query} {bad}: {err}");
+        }
+    }
+    let err = dlock::connect(&with_query(pg.url(), "key=md5"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidUrl);
+}
+
+/// SIGKILL of a holder process: the server ends its session at once, so another process
+/// holds the lock within 1 s.
+#[tokio::test]
+async fn killed_holder_process_frees_the_lock_within_a_second() {
+    let pg = fixtures::postgres().await.unwrap();
+    let n = unique("kill");
+    let mut holder = Holder::start(pg.url(), n.as_str(), &[]);
+    holder.acquired();
+    let d = connect(pg.url()).await;
+    let t = Instant::now();
+    holder.kill9();
+    let g = d
+        .acquire(
+            &n,
+            &LockOptions::new().with_wait(Wait::For(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    let failover = t.elapsed();
+    eprintln!("postgres SIGKILL failover: {failover:?}");
+    assert!(failover < Duration::from_secs(1), "{failover:?}");
+    drop(g);
+}
+
+/// `pg_terminate_backend` of the lock session turns the guard `Lost`.
+#[tokio::test]
+async fn terminated_session_turns_the_guard_lost() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let d = connect(pg.url()).await;
+    let n = unique("terminate");
+    let g = d.acquire(&n, &LockOptions::new()).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(pg.url()).await.unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'dlock-lock-session'",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!killed.is_empty());
+    let state = tokio::time::timeout(Duration::from_secs(10), g.watch().lost_or_released())
+        .await
+        .unwrap();
+    assert_eq!(state, LockState::Lost);
+    assert!(
+        !g.release().await.unwrap(),
+        "the lock died with its session"
+    );
+    // a new session is opened for the next acquisition
+    d.acquire(&n, &LockOptions::new()).await.unwrap();
+}
+
+/// A server restart turns the guard `Lost`; the backend recovers for new acquisitions.
+#[tokio::test]
+async fn server_restart_turns_the_guard_lost() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let d = connect(pg.url()).await;
+    let n = unique("restart");
+    let g = d.acquire(&n, &LockOptions::new()).await.unwrap();
+    pg.restart().await.unwrap();
+    let state = tokio::time::timeout(Duration::from_secs(10), g.watch().lost_or_released())
+        .await
+        .unwrap();
+    assert_eq!(state, LockState::Lost);
+    drop(g);
+    d.acquire(&n, &LockOptions::new()).await.unwrap();
+}
+
+/// The holder's traffic is blackholed (fault proxy): its guard leaves `Held` before anyone
+/// else can acquire. Through a proxy the server never notices on its own (the proxy's kernel
+/// keeps ACKing), so the test resets the proxy's connections once the holder has given up,
+/// which is when the server frees the lock.
+#[tokio::test]
+async fn blackholed_holder_learns_before_anyone_else_acquires() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let addr = pg.addr().expect("managed server");
+    let proxy = FaultProxy::start(addr).await.unwrap();
+    let via_proxy = pg
+        .url()
+        .replace(&addr.to_string(), &proxy.addr().to_string());
+    assert_ne!(via_proxy, pg.url());
+    let holder = connect(&via_proxy).await;
+    let other = connect(pg.url()).await;
+    let n = unique("blackhole");
+    let g = holder.acquire(&n, &LockOptions::new()).await.unwrap();
+    let waiter = spawn_waiter(&other, &n);
+    wait_for_waiters(pg.url(), 1).await;
+    let cut = Instant::now();
+    proxy.set(Fault::Blackhole);
+    let mut watch = g.watch();
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.not_held())
+        .await
+        .unwrap();
+    let left_held = Instant::now();
+    let lost = tokio::time::timeout(Duration::from_secs(10), watch.lost_or_released())
+        .await
+        .unwrap();
+    let learned_lost = Instant::now();
+    assert_eq!(lost, LockState::Lost);
+    assert!(
+        !waiter.is_finished(),
+        "nobody else may hold the lock before the holder knows"
+    );
+    eprintln!(
+        "postgres blackhole: left Held ({first}) after {:?}, Lost after {:?}",
+        left_held - cut,
+        learned_lost - cut
+    );
+    proxy.set(Fault::Reset);
+    let (granted, g2) = tokio::time::timeout(Duration::from_secs(15), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(learned_lost < granted);
+    drop(g2);
+}
+
+/// A statement the server does not answer fails after `check_timeout` with an error that
+/// says so (each session keeps one statement timer that every statement moves forward), and
+/// the session is closed: the next acquisition opens a fresh one and works.
+#[tokio::test]
+async fn a_statement_without_an_answer_fails_after_check_timeout() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let addr = pg.addr().expect("managed server");
+    let proxy = FaultProxy::start(addr).await.unwrap();
+    let via_proxy = with_query(
+        &pg.url()
+            .replace(&addr.to_string(), &proxy.addr().to_string()),
+        "check_timeout=500ms",
+    );
+    let client = connect(&via_proxy).await;
+    // Several statements first, so the timer has been moved forward many times.
+    for i in 0..20 {
+        let g = client
+            .acquire(&unique(&format!("timer-{i}")), &LockOptions::new())
+            .await
+            .unwrap();
+        g.release().await.unwrap();
+    }
+    proxy.set(Fault::Blackhole);
+    let asked = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.acquire(&unique("unanswered"), &LockOptions::new()),
+    )
+    .await
+    .expect("the statement timer must end the wait")
+    .unwrap_err();
+    let took = asked.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(
+        err.to_string().contains("did not answer within 500ms"),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "failed after {took:?}"
+    );
+    proxy.set(Fault::Pass);
+    let g = client
+        .acquire(&unique("after"), &LockOptions::new())
+        .await
+        .expect("a fresh session after the timed-out one");
+    assert!(g.release().await.unwrap());
+}
+
+/// lock-postgres's defaults put the server's detection of a vanished client at
+/// `min(keepalives_idle + keepalives_interval × keepalives_count, user_timeout)` = 6 s after
+/// its last packet, at most about 10 s (lock-postgres/README.md).
+const PG_FREE_BOUND: Duration = Duration::from_secs(10);
+
+/// Slack on top of [`PG_FREE_BOUND`] for a loaded 2-core machine.
+const PG_FREE_SLACK: Duration = Duration::from_secs(5);
+
+/// A real partition: a `dlock hold` process inside a network namespace (veth to the host,
+/// DNAT to the loopback-only server) holds a lock, then the link goes down. The server's own
+/// TCP stack sees a vanished peer (nothing ACKs any more), ends the session within the
+/// configured bound and frees the lock; the holder's guard leaves `Held` before the other
+/// client is granted. Needs root on Linux with iproute2 and nftables; fails (never passes
+/// silently) when they are missing.
+#[tokio::test]
+async fn partitioned_holder_in_a_netns_learns_first_and_the_server_frees_the_lock() {
+    let ns = Netns::create().unwrap_or_else(|e| {
+        panic!(
+            "this test needs a network namespace and cannot make one: {e}. Run it as root on \
+             Linux with iproute2 and nftables installed (scripts/install-servers), e.g. `sudo -E \
+             cargo test -p dlock-server-tests --test postgres partitioned_holder_in_a_netns`"
+        )
+    });
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let addr = pg.addr().expect("managed server");
+    let inside = ns.expose(addr.port()).unwrap();
+    let url_inside = pg.url().replace(&addr.to_string(), &inside.to_string());
+    assert_ne!(url_inside, pg.url());
+    let n = unique("netns");
+    let spec = HoldSpec {
+        url: url_inside,
+        name: n.as_str().to_string(),
+        ttl: Duration::from_secs(2),
+        wait_forever: false,
+        skew: None,
+    };
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_dlock-under-test"));
+    let mut holder = ScenarioHolder::spawn_in(bin, &spec, Some(&ns)).unwrap();
+    let got = holder.acquired(Duration::from_secs(30)).await;
+    assert!(
+        matches!(got, Ok(Some(_))),
+        "the holder in {} got no lock: {got:?} {}",
+        ns.name(),
+        holder.stderr()
+    );
+    // The server's TCP peer is the namespace, not a proxy on loopback.
+    let peers = netns::tcp_peers(addr.port()).unwrap();
+    assert!(
+        peers
+            .iter()
+            .any(|p| p.ip() == std::net::IpAddr::V4(ns.ns_addr())),
+        "no connection from {} to port {} in {peers:?}",
+        ns.ns_addr(),
+        addr.port()
+    );
+    let other = connect(pg.url()).await;
+    let waiter = spawn_waiter(&other, &n);
+    wait_for_waiters(pg.url(), 1).await;
+
+    let cut = Instant::now();
+    ns.link_down().unwrap();
+    let limit = PG_FREE_BOUND + PG_FREE_SLACK;
+    // The first state other than `held` the holder reports (when the harness read it, so
+    // a little late: the comparison below can only be biased against the holder).
+    let mut left_held = None;
+    let mut states = Vec::new();
+    while left_held.is_none() {
+        let left = limit.saturating_sub(cut.elapsed());
+        let Some(ev) = holder.next_event(left).await else {
+            break;
+        };
+        match &ev.kind {
+            EventKind::State(st) => {
+                states.push(format!("{st} at {:?}", ev.received - cut));
+                if st != "held" {
+                    left_held = Some((st.clone(), ev.received));
+                }
+            }
+            EventKind::Ended => break,
+            _ => {}
+        }
+    }
+    let Some((state, left_at)) = left_held else {
+        panic!(
+            "the holder's guard never left Held within {limit:?} of the cut ({states:?}): {}",
+            holder.stderr()
+        );
+    };
+    assert!(
+        !waiter.is_finished(),
+        "the other client was granted before the holder left Held ({state} after {:?})",
+        left_at - cut
+    );
+    let (granted, g2) = tokio::time::timeout(limit.saturating_sub(cut.elapsed()), waiter)
+        .await
+        .unwrap_or_else(|_| panic!("the server did not free the lock within {limit:?}"))
+        .unwrap();
+    let freed = granted - cut;
+    eprintln!(
+        "postgres netns partition: guard left Held ({state}) after {:?}, server freed the \
+         lock (other client granted) after {freed:?}, {:?} after the holder knew; holder \
+         states: {states:?}",
+        left_at - cut,
+        granted - left_at
+    );
+    assert!(left_at < granted);
+    assert!(freed <= limit, "freed after {freed:?}, bound {limit:?}");
+    drop(g2);
+    holder.finish().await;
+}
+
+/// Fencing tokens (`?fencing=table`) strictly increase across holders, a killed holder
+/// process and a server restart.
+#[tokio::test]
+async fn fencing_tokens_increase_across_crashes_and_restarts() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let url = with_query(pg.url(), "fencing=table");
+    let d = connect(&url).await;
+    assert!(d.capabilities().fencing);
+    let n = unique("fence");
+    let mut tokens = Vec::new();
+    let g = d.acquire(&n, &LockOptions::new()).await.unwrap();
+    tokens.push(g.token().unwrap().get());
+    assert!(g.release().await.unwrap());
+    let mut holder = Holder::start(&url, n.as_str(), &[]);
+    tokens.push(holder.acquired().expect("token"));
+    holder.kill9();
+    let g = d
+        .acquire(
+            &n,
+            &LockOptions::new().with_wait(Wait::For(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    tokens.push(g.token().unwrap().get());
+    pg.restart().await.unwrap();
+    drop(g);
+    let d = connect(&url).await;
+    let g = d.acquire(&n, &LockOptions::new()).await.unwrap();
+    tokens.push(g.token().unwrap().get());
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+}
+
+/// Waits until `n` sessions wait for an advisory lock on the server.
+async fn wait_for_waiters(url: &str, n: i64) {
+    wait_for_waiter_count(url, |w| w >= n, "no waiter showed up in pg_locks").await
+}
+
+/// Polls the server's lock table (a server-side event we cannot subscribe to) until the
+/// number of sessions waiting for an advisory lock satisfies `ok`, for at most 10 s.
+async fn wait_for_waiter_count(url: &str, ok: impl Fn(i64) -> bool, failure: &str) {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if ok(waiting) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{failure}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Ctrl-C while `dlock run --wait forever` waits: dlock gives up at once (exit 130), the
+/// command never runs, and no waiter is left behind on the server.
+#[tokio::test]
+async fn interrupted_wait_exits_130_and_leaves_no_waiter() {
+    let pg = fixtures::managed_postgres().await.unwrap();
+    let n = unique("sigint");
+    let mut holder = Holder::start(pg.url(), n.as_str(), &[]);
+    holder.acquired();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
+        .args([
+            "run",
+            "--wait",
+            "forever",
+            pg.url(),
+            n.as_str(),
+            "--",
+            "sh",
+            "-c",
+            "echo ran",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_waiters(pg.url(), 1).await;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(run.id() as i32, libc::SIGINT) };
+    let out = tokio::task::spawn_blocking(move || run.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(out.stdout.is_empty(), "the command must not run");
+    wait_for_waiter_count(pg.url(), |w| w == 0, "the abandoned waiter is still queued").await;
+    let (events, code) = holder.finish();
+    assert_eq!(code, Some(0), "{events:?}");
+}
+
+/// `run_exclusive`'s `at_most` shorter than the session check interval is still honoured.
+#[tokio::test]
+async fn at_most_below_the_session_deadline_is_honoured() {
+    let pg = fixtures::postgres().await.unwrap();
+    let d = connect(pg.url()).await;
+    let n = unique("atmost");
+    let t = Instant::now();
+    let err = d
+        .with_lock(
+            &n,
+            &LockOptions::new()
+                .with_ttl(Duration::from_secs(1))
+                .with_renew(dlock::Renew::Off),
+            |_| tokio::time::sleep(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Lost, "{err}");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}

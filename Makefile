@@ -1,6 +1,6 @@
 # dlock: the two commands of the README's quick start live here.
 #   make test     install the servers the tests start, then run every test
-#   make lint     rustfmt and clippy, as CI-clean as the code must be
+#   make lint     rustfmt, clippy and the file-size limit, as CI-clean as the code must be
 CARGO ?= cargo
 
 .PHONY: test lint fmt servers build bench compare
@@ -11,7 +11,9 @@ test:
 	# the facade once more without features: schemes then name the feature they need
 	$(CARGO) test -p dlock --no-default-features
 
+# The size check first: it takes no time, and clippy takes minutes.
 lint:
+	scripts/check-file-sizes
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 

@@ -1,1 +1,3 @@
-//! dlock's tests against real servers live in `tests/`; this library is empty. See the README.
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+// The tests live in `tests/`, the CLI under test in `src/bin/`; this library is empty.

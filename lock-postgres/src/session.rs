@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lock_core::{Error, ErrorKind, Finish, LeaseMonitor, LockMode, Operation, Result};
-use sqlx::{Connection, Executor};
 use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Executor};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 

@@ -92,6 +92,9 @@ async fn compare(args: opt::CompareArgs) -> i32 {
             v
         }
     };
+    // No --only: every section.
+    let section = |s| args.only.is_empty() || args.only.contains(&s);
+    let no_bench = args.no_bench || !section(opt::CompareSection::Bench);
     let opts = CompareOptions {
         dlock_bin,
         repeat: args.repeat.unwrap_or(if args.quick { 1 } else { 3 }),
@@ -99,7 +102,8 @@ async fn compare(args: opt::CompareArgs) -> i32 {
         scenarios: all(args.scenarios, &scenario::SCENARIOS),
         ttl: args.ttl,
         out: args.out,
-        bench: match (args.no_bench, args.quick) {
+        run_scenarios: section(opt::CompareSection::Scenarios),
+        bench: match (no_bench, args.quick) {
             (true, _) => None,
             (false, true) => Some(dlock_compare::bench::BenchPlan::quick()),
             (false, false) => Some(dlock_compare::bench::BenchPlan::short()),

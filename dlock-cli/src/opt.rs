@@ -117,6 +117,22 @@ pub struct CompareArgs {
     /// that run after each backend's scenarios.
     #[arg(long)]
     pub no_bench: bool,
+
+    /// Comma-separated sections to run (default: all): `scenarios` (the failure matrix),
+    /// `bench` (the short benchmarks). The cells of a section left out are reported
+    /// `not_measured`.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub only: Vec<CompareSection>,
+}
+
+/// A section of `dlock compare` (`--only`).
+#[cfg(feature = "harness")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompareSection {
+    /// The failure scenarios (backend × scenario cells).
+    Scenarios,
+    /// The short benchmarks after each backend's scenarios.
+    Bench,
 }
 
 /// `dlock conformance` arguments.

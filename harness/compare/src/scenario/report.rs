@@ -203,12 +203,12 @@ pub fn markdown(r: &Report) -> String {
          - Cells `not measured` could not be run here (the reason says why, e.g. libfaketime \
          missing, external servers); `n/a` cannot apply (reason in `comparison.json`). No \
          number in these tables is estimated.",
-        super::degraded::ACQUIRE_LINK_DIVISOR,
-        super::degraded::SLOW_LINK_DIVISOR,
-        super::degraded::SLOW_PHASE_TTLS,
-        super::degraded::OUTAGE_TTLS,
-        super::degraded::OUTAGE_MIN.as_secs(),
-        super::degraded::SKEW_MS / 3_600_000,
+        super::nemesis::latency::ACQUIRE_LINK_DIVISOR,
+        super::nemesis::latency::SLOW_LINK_DIVISOR,
+        super::nemesis::latency::SLOW_PHASE_TTLS,
+        super::nemesis::quorum::OUTAGE_TTLS,
+        super::nemesis::quorum::OUTAGE_MIN.as_secs(),
+        super::nemesis::SKEW_MS / 3_600_000,
         super::WAITER_SETTLE.as_millis()
     );
     if let Some(table) = bench_markdown(r) {

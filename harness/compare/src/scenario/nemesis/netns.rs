@@ -10,7 +10,8 @@
 
 use std::time::Duration;
 
-use super::{Cell, Status, Target};
+use crate::scenario::cell::{Cell, Status};
+use crate::scenario::target::{Target, reroute};
 use dlock_fixtures::netns::{self, Netns};
 
 /// The backends whose holder `holder_partitioned` runs in a network namespace when it can:
@@ -44,7 +45,7 @@ pub(super) fn namespace(backend: &str, target: &Target) -> Result<(Netns, String
     }
     let ns = Netns::create().map_err(|e| e.to_string())?;
     let inside = ns.expose(addr.port()).map_err(|e| e.to_string())?;
-    let url = super::degraded::reroute(&target.url, &[(addr, inside)]).map_err(|_| {
+    let url = reroute(&target.url, &[(addr, inside)]).map_err(|_| {
         format!(
             "cannot route {} through the namespace",
             dlock::redact(&target.url)
@@ -91,7 +92,7 @@ pub(super) fn proxy_note(why: &str) -> String {
 }
 
 /// How `holder_partitioned` was injected, per backend, for `run.fault_injection`.
-pub(super) fn fault_injection(cells: &[Cell]) -> String {
+pub(crate) fn fault_injection(cells: &[Cell]) -> String {
     let (mut ns, mut proxy) = (Vec::new(), Vec::new());
     for c in cells
         .iter()

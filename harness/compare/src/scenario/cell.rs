@@ -1,0 +1,212 @@
+//! What the comparison reports: a cell per backend × scenario (its verdicts and numbers),
+//! the backends, the run, and the whole report.
+
+use serde::Serialize;
+
+use super::resource::FencedResource;
+use crate::bench::BenchEntry;
+
+/// Median, minimum and maximum over the repetitions.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Stats {
+    /// Median (mean of the middle two for an even count).
+    pub median: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl Stats {
+    /// The statistics of `values`, `None` when empty.
+    pub fn of(values: &[f64]) -> Option<Stats> {
+        if values.is_empty() {
+            return None;
+        }
+        let mut v = values.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Stats {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+}
+
+/// Whether a cell was measured.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Measured; the numbers are real.
+    Measured,
+    /// The scenario cannot apply to this backend (see `reason`).
+    NotApplicable,
+    /// Not measured by this build yet (see `reason`).
+    NotMeasured,
+    /// The run failed (see `reason`).
+    Failed,
+}
+
+/// One backend × scenario cell.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    /// Backend name.
+    pub backend: String,
+    /// Scenario id.
+    pub scenario: String,
+    /// Measured or not, and why not.
+    pub status: Status,
+    /// Why the cell is not measured (or failed).
+    pub reason: Option<String>,
+    /// Repetitions that completed.
+    pub repetitions: usize,
+    /// Two holders inside the critical section at once in any repetition.
+    pub overlap_observed: Option<bool>,
+    /// A late write with the previous holder's token was rejected in every repetition
+    /// (`null`: no stale write was possible, the previous holder still held the lock).
+    pub stale_write_rejected: Option<bool>,
+    /// Time from the fault to the next holder's grant, over the repetitions that had one.
+    pub failover_ms: Option<Stats>,
+    /// The faulty holder learned it had lost the lock before the next grant (every
+    /// repetition); `null` where it cannot learn (released on purpose, or dead).
+    pub holder_learned_before_handoff: Option<bool>,
+    /// Median of (next grant − the holder learning), ms: positive = learned that much before.
+    pub learned_before_handoff_ms: Option<f64>,
+    /// Lease / session timeout / `at_most` in force, ms (`null`: the lock has none).
+    pub ttl_ms: Option<u64>,
+    /// Observations.
+    pub notes: Vec<String>,
+    /// Who was inside the critical section around the fault, in the first repetition that
+    /// had a failover (for the report's timeline chart).
+    pub timeline: Option<Timeline>,
+}
+
+/// The critical sections of one repetition, in ms relative to the fault (the next grant minus
+/// the failover time).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Timeline {
+    /// Sections as (holder, from, to); `to` is `None` for a section still open at the end.
+    pub sections: Vec<TimelineSection>,
+}
+
+/// One holder's stay in the critical section, relative to the fault.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct TimelineSection {
+    /// 0: the holder the fault hit; 1, 2: the waiters.
+    pub holder: usize,
+    /// Entered, ms from the fault (negative: before it).
+    pub from_ms: i64,
+    /// Left (released, or learned it had lost the lock), ms from the fault; `None`: still
+    /// inside when the repetition ended.
+    pub to_ms: Option<i64>,
+}
+
+impl Timeline {
+    /// The sections of `res`, relative to the fault: the first grant to a holder other than
+    /// 0 minus `failover_ms`.
+    pub(crate) fn of(res: &FencedResource, failover_ms: f64) -> Option<Timeline> {
+        let grant = res
+            .sections()
+            .iter()
+            .filter(|s| s.holder != 0)
+            .map(|s| s.enter_ms)
+            .min()?;
+        let fault = grant - failover_ms.round() as i64;
+        Some(Timeline {
+            sections: res
+                .sections()
+                .iter()
+                .map(|s| TimelineSection {
+                    holder: s.holder,
+                    from_ms: s.enter_ms - fault,
+                    to_ms: s.exit_ms.map(|e| e - fault),
+                })
+                .collect(),
+        })
+    }
+}
+
+impl Cell {
+    /// A cell with no observations yet.
+    pub fn empty(backend: &str, scenario: &str, status: Status, reason: Option<String>) -> Cell {
+        Cell {
+            backend: backend.to_string(),
+            scenario: scenario.to_string(),
+            status,
+            reason,
+            repetitions: 0,
+            overlap_observed: None,
+            stale_write_rejected: None,
+            failover_ms: None,
+            holder_learned_before_handoff: None,
+            learned_before_handoff_ms: None,
+            ttl_ms: None,
+            notes: Vec::new(),
+            timeline: None,
+        }
+    }
+}
+
+/// One backend as the report describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendInfo {
+    /// Name from [`super::BACKENDS`].
+    pub name: String,
+    /// The URL used (credentials redacted).
+    pub url: String,
+    /// Capabilities as `dlock backends` prints them.
+    pub capabilities: String,
+    /// Lease / session timeout / `at_most` in force, ms.
+    pub ttl_ms: Option<u64>,
+    /// How its lock frees itself when the holder goes silent.
+    pub frees_by: String,
+}
+
+/// Where and how the report was made.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    /// Host name.
+    pub host: String,
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// Start, ms since the Unix epoch.
+    pub started_ms: i64,
+    /// Wall time of the whole run, s.
+    pub duration_s: f64,
+    /// Repetitions per measured cell.
+    pub repeat: usize,
+    /// Whether `--quick`.
+    pub quick: bool,
+    /// How faults are injected (for the scenarios measured).
+    pub fault_injection: String,
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Where and how.
+    pub run: RunInfo,
+    /// The backends.
+    pub backends: Vec<BackendInfo>,
+    /// Every backend × scenario cell.
+    pub scenarios: Vec<Cell>,
+    /// Benchmarks (the short set of [`crate::bench`]; empty with `--no-bench`).
+    pub benchmarks: Vec<BenchEntry>,
+    /// Backends whose benchmarks failed, and why.
+    pub benchmark_failures: Vec<BenchFailure>,
+}
+
+/// A backend whose benchmarks could not run to the end.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchFailure {
+    /// Backend name.
+    pub backend: String,
+    /// What went wrong.
+    pub reason: String,
+}

@@ -1,0 +1,167 @@
+//! What a run will cost, said before it starts: the measured cells × repetitions × each
+//! nemesis's per-repetition cost, the servers' start-up, and the benchmark plan.
+//!
+//! The costs were measured on the 2-core machine the README's numbers come from; a faster
+//! or busier machine moves them, so the estimate is a planning figure, not a bound.
+
+use std::time::Duration;
+
+use super::nemesis;
+use super::{BACKENDS, CompareOptions, runner};
+use crate::bench::BenchPlan;
+
+/// Starting (and later stopping) one backend's servers; Redlock, etcd and ZooKeeper take the
+/// longest.
+const SERVERS: Duration = Duration::from_secs(3);
+
+/// Starting a 3-member cluster for a nemesis that needs servers of its own.
+const OWN_SERVERS: Duration = Duration::from_secs(6);
+
+/// One backend's benchmarks with [`BenchPlan::short`] (most of it the 10,000 locks held at
+/// once and the 500 alternating samples per side).
+const BENCH_SHORT: Duration = Duration::from_secs(20);
+
+/// One backend's benchmarks with [`BenchPlan::quick`].
+const BENCH_QUICK: Duration = Duration::from_secs(5);
+
+/// The expected cost of a run, by section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Cells to measure.
+    pub cells: usize,
+    /// Repetitions per cell.
+    pub repeat: usize,
+    /// The failure scenarios (servers' start-up included).
+    pub scenarios: Duration,
+    /// Backends whose benchmarks run.
+    pub bench_backends: usize,
+    /// The benchmarks.
+    pub bench: Duration,
+}
+
+impl Plan {
+    /// The plan of `opts`.
+    pub fn of(opts: &CompareOptions) -> Plan {
+        let to_run = runner::selected(opts);
+        let backends: Vec<&str> = BACKENDS
+            .iter()
+            .copied()
+            .filter(|b| opts.backends.iter().any(|x| x == b))
+            .collect();
+        let mut cells = 0;
+        let mut scenarios = Duration::ZERO;
+        for n in nemesis::all().iter().filter(|n| to_run.contains(&n.name())) {
+            for b in &backends {
+                if n.not_applicable(b).is_some() {
+                    continue;
+                }
+                cells += 1;
+                scenarios += n.cost(opts.ttl) * opts.repeat as u32;
+                if n.own_servers(b) {
+                    scenarios += OWN_SERVERS;
+                }
+            }
+        }
+        if cells > 0 {
+            scenarios += SERVERS * backends.len() as u32;
+        }
+        let bench_backends = opts.bench.as_ref().map_or(0, |_| backends.len());
+        Plan {
+            cells,
+            repeat: opts.repeat,
+            scenarios,
+            bench_backends,
+            bench: per_backend(opts.bench.as_ref()) * bench_backends as u32,
+        }
+    }
+
+    /// Both sections.
+    pub fn total(&self) -> Duration {
+        self.scenarios + self.bench
+    }
+
+    /// One line for the log: the total and what it is made of.
+    pub fn describe(&self) -> String {
+        let scenarios = if self.cells == 0 {
+            "no scenarios".to_string()
+        } else {
+            format!(
+                "scenarios {} ({} cells × {} repetition(s))",
+                minutes(self.scenarios),
+                self.cells,
+                self.repeat
+            )
+        };
+        let bench = if self.bench_backends == 0 {
+            "no benchmarks".to_string()
+        } else {
+            format!(
+                "benchmarks {} ({} backend(s))",
+                minutes(self.bench),
+                self.bench_backends
+            )
+        };
+        format!(
+            "expected to take about {}: {scenarios}, {bench}",
+            minutes(self.total())
+        )
+    }
+}
+
+/// One backend's benchmarks under `plan`.
+fn per_backend(plan: Option<&BenchPlan>) -> Duration {
+    match plan {
+        None => Duration::ZERO,
+        // The many-locks step dominates; it scales with the lock count.
+        Some(p) if p.many <= BenchPlan::quick().many => BENCH_QUICK,
+        Some(_) => BENCH_SHORT,
+    }
+}
+
+/// `12 min 30 s`, `45 s`.
+pub fn minutes(d: Duration) -> String {
+    let s = d.as_secs();
+    if s < 60 {
+        format!("{s} s")
+    } else {
+        format!("{} min {:02} s", s / 60, s % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::SCENARIOS;
+
+    fn opts(scenarios: bool, bench: Option<BenchPlan>) -> CompareOptions {
+        CompareOptions {
+            dlock_bin: "dlock".into(),
+            repeat: 3,
+            backends: BACKENDS.iter().map(|s| s.to_string()).collect(),
+            scenarios: SCENARIOS.iter().map(|s| s.to_string()).collect(),
+            ttl: Duration::from_secs(2),
+            out: "report".into(),
+            run_scenarios: scenarios,
+            bench,
+        }
+    }
+
+    #[test]
+    fn the_plan_counts_the_measured_cells_and_the_sections() {
+        // 7 × 9 cells, of which 4 are quorum_loss on a single server (not applicable).
+        let all = Plan::of(&opts(true, Some(BenchPlan::short())));
+        assert_eq!(all.cells, 59);
+        assert_eq!(all.bench_backends, 7);
+        assert_eq!(all.total(), all.scenarios + all.bench);
+        let scenarios = Plan::of(&opts(true, None));
+        assert_eq!(
+            (scenarios.bench, scenarios.scenarios),
+            (Duration::ZERO, all.scenarios)
+        );
+        let bench = Plan::of(&opts(false, Some(BenchPlan::short())));
+        assert_eq!((bench.cells, bench.scenarios), (0, Duration::ZERO));
+        assert_eq!(bench.bench, all.bench);
+        assert!(all.describe().starts_with("expected to take about "));
+        assert_eq!(minutes(Duration::from_secs(754)), "12 min 34 s");
+    }
+}

@@ -1,0 +1,54 @@
+//! `holder_killed`: SIGKILL of the holder. It is dead; it cannot learn.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use super::{Nemesis, no_heal, until_grant};
+use crate::scenario::holder::wall_ms;
+use crate::scenario::workload::{BoxFuture, Trial};
+
+/// SIGKILL of the subject.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Kill;
+
+impl Nemesis for Kill {
+    fn name(&self) -> &'static str {
+        "holder_killed"
+    }
+
+    fn cost(&self, ttl: Duration) -> Duration {
+        ttl + Duration::from_secs(1)
+    }
+
+    fn describe(&self) -> String {
+        "failover = SIGKILL → waiter's grant; the holder is dead, it cannot learn".into()
+    }
+
+    fn start<'a>(&'a mut self, t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<i64>> {
+        Box::pin(async move {
+            let t0 = wall_ms();
+            t.subject.kill()?;
+            t.history.resource.exit(0, t0);
+            Ok(t0)
+        })
+    }
+
+    fn stop<'a>(&'a mut self, _t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<()>> {
+        no_heal()
+    }
+
+    fn run<'a>(&'a mut self, t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let bound = t.ctx.grant_bound();
+            let (t0, grant) = until_grant(self, t, bound).await?;
+            let Some((t_grant, _)) = grant else {
+                bail!("the waiter got no grant within {bound:?} of the SIGKILL");
+            };
+            t.history.handover(t0, t_grant);
+            // A write the dead holder sent just before dying, delivered late.
+            t.late_write(wall_ms());
+            Ok(())
+        })
+    }
+}

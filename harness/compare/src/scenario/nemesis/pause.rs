@@ -1,0 +1,89 @@
+//! `holder_paused`: SIGSTOP until the waiter's grant (or the bound), SIGCONT, then the
+//! holder writes at once with its old token — what a process that was frozen (GC pause, VM
+//! migration) does when it wakes inside its critical section.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use super::{Nemesis, until_grant};
+use crate::scenario::holder::wall_ms;
+use crate::scenario::workload::{BoxFuture, Trial};
+
+/// SIGSTOP / SIGCONT of the subject.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pause {
+    /// When the subject was resumed (harness clock, ms).
+    resumed: i64,
+}
+
+impl Nemesis for Pause {
+    fn name(&self) -> &'static str {
+        "holder_paused"
+    }
+
+    fn cost(&self, ttl: Duration) -> Duration {
+        ttl * 2 + Duration::from_secs(1)
+    }
+
+    fn describe(&self) -> String {
+        "SIGSTOP until the waiter's grant (or the bound), SIGCONT, then the holder writes with its old token".into()
+    }
+
+    fn start<'a>(&'a mut self, t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<i64>> {
+        Box::pin(async move {
+            let t0 = wall_ms();
+            t.subject.pause()?;
+            Ok(t0)
+        })
+    }
+
+    fn stop<'a>(&'a mut self, t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.resumed = wall_ms();
+            t.subject.resume()
+        })
+    }
+
+    fn run<'a>(&'a mut self, t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let pause_bound = t.ctx.fault_bound();
+            let bound = t.ctx.grant_bound();
+            let (t0, grant) = until_grant(self, t, pause_bound).await?;
+            let t_resume = self.resumed;
+            // The holder wakes up inside its critical section and writes at once.
+            let outcome = t.history.resource.write(0, t.token, t_resume);
+            let Some((t_grant, _)) = grant else {
+                t.history.note(format!(
+                    "not freed within {} s of the pause: the lock stays with the paused holder \
+                     (no lease expires)",
+                    pause_bound.as_secs()
+                ));
+                // Still its lock: the write is legitimate. Hand over cleanly.
+                t.history.resource.exit(0, wall_ms());
+                t.subject.release();
+                if t.await_grant(bound).await?.is_none() {
+                    bail!("the waiter got no grant after the paused holder released");
+                }
+                return Ok(());
+            };
+            t.history.handover(t0, t_grant);
+            t.history.stale(outcome);
+            // Does the woken holder learn, and when?
+            match t.subject.state("lost", bound).await {
+                Some(ev) => {
+                    t.history.resource.exit(0, ev.t_ms);
+                    t.history.lost_ms = Some(ev.t_ms);
+                    t.history.extra.learn_after_resume_ms = Some((ev.t_ms - t_resume) as f64);
+                }
+                None => {
+                    t.history.resource.exit(0, wall_ms());
+                    t.history.note(format!(
+                        "the resumed holder reported no loss within {bound:?}"
+                    ));
+                }
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,376 @@
+//! The runner: backends × workloads × nemeses, each measured cell repeated, then each
+//! backend's benchmarks on the same servers.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+
+use super::cell::{BackendInfo, BenchFailure, Cell, Report, RunInfo, Status};
+use super::checker::{self, Observed};
+use super::holder::wall_ms;
+use super::nemesis::{self, Nemesis};
+use super::target::{Target, capabilities, start_cluster_target, start_target};
+use super::workload::{Ctx, WORKLOADS, Workload, lock_name};
+use super::{BACKENDS, CompareOptions, SCENARIOS, estimate, report};
+use crate::bench::{self, BenchEntry};
+use dlock_fixtures as fixtures;
+
+/// Runs the matrix and returns the report (written by [`report::write`]). Progress goes to
+/// stderr.
+pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
+    validate(opts)?;
+    let started = Instant::now();
+    let started_ms = wall_ms();
+    let mut run = Run::new(opts);
+    let plan = estimate::Plan::of(opts);
+    crate::say!("[compare] {}", plan.describe());
+    crate::progress::start(run.total);
+    for backend in BACKENDS
+        .iter()
+        .filter(|b| opts.backends.iter().any(|x| x == *b))
+    {
+        run.backend(backend).await;
+    }
+    crate::progress::finish();
+    let took = started.elapsed();
+    crate::say!(
+        "[compare] done in {} (estimated {})",
+        estimate::minutes(took),
+        estimate::minutes(plan.total())
+    );
+    let fault_injection = format!(
+        "signals to the holder process (SIGKILL, SIGSTOP/SIGCONT); stdin close for the \
+         clean release; an in-process TCP fault proxy between the holder and its \
+         server(s) (blackhole, RST, added latency); SIGKILL and restart of the server \
+         process, or of 2 of 3 cluster members; the holder's wall clock shifted with \
+         libfaketime; {}",
+        nemesis::netns::fault_injection(&run.cells)
+    );
+    Ok(Report {
+        run: RunInfo {
+            host: hostname(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            started_ms,
+            duration_s: took.as_secs_f64(),
+            repeat: opts.repeat,
+            quick,
+            fault_injection,
+        },
+        backends: run.backends,
+        scenarios: run.cells,
+        benchmarks: run.benchmarks,
+        benchmark_failures: run.benchmark_failures,
+    })
+}
+
+/// Unknown names and a zero repeat are usage errors.
+fn validate(opts: &CompareOptions) -> Result<()> {
+    for b in &opts.backends {
+        if !BACKENDS.contains(&b.as_str()) {
+            bail!("unknown backend {b:?} (known: {})", BACKENDS.join(", "));
+        }
+    }
+    for s in &opts.scenarios {
+        if !SCENARIOS.contains(&s.as_str()) {
+            bail!("unknown scenario {s:?} (known: {})", SCENARIOS.join(", "));
+        }
+    }
+    if opts.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    Ok(())
+}
+
+/// The report as it fills up, and the progress count.
+struct Run<'o> {
+    opts: &'o CompareOptions,
+    /// Scenarios to measure (selected, in report order).
+    to_run: Vec<&'static str>,
+    /// Cells to measure in all.
+    total: usize,
+    /// Cells measured (or failed) so far.
+    done: usize,
+    backends: Vec<BackendInfo>,
+    cells: Vec<Cell>,
+    benchmarks: Vec<BenchEntry>,
+    benchmark_failures: Vec<BenchFailure>,
+}
+
+impl<'o> Run<'o> {
+    fn new(opts: &'o CompareOptions) -> Run<'o> {
+        let to_run = selected(opts);
+        Run {
+            opts,
+            total: opts.backends.len() * to_run.len(),
+            to_run,
+            done: 0,
+            backends: Vec::new(),
+            cells: Vec::new(),
+            benchmarks: Vec::new(),
+            benchmark_failures: Vec::new(),
+        }
+    }
+
+    /// One backend: its servers, every workload × nemesis cell, its benchmarks.
+    async fn backend(&mut self, backend: &'static str) {
+        crate::say!("[compare] {backend}: starting servers");
+        let target = match start_target(backend, self.opts.ttl).await {
+            Ok(t) => t,
+            Err(e) => return self.no_servers(backend, &e),
+        };
+        self.backends.push(BackendInfo {
+            name: backend.to_string(),
+            url: dlock::redact(&target.url).to_string(),
+            capabilities: capabilities(&target.url),
+            ttl_ms: target.ttl_ms,
+            frees_by: target.frees_by.to_string(),
+        });
+        for workload in WORKLOADS {
+            for mut nemesis in nemesis::all() {
+                let cell = self
+                    .cell(backend, &target, workload, nemesis.as_mut())
+                    .await;
+                self.cells.push(cell);
+            }
+        }
+        if let Some(plan) = &self.opts.bench {
+            self.bench(backend, &target, plan).await;
+        }
+    }
+
+    /// Every cell of a backend whose servers did not start: failed, or not measured where
+    /// not selected.
+    fn no_servers(&mut self, backend: &str, e: &anyhow::Error) {
+        crate::say!("[compare] {backend}: cannot start servers: {e:#}");
+        self.backends.push(BackendInfo {
+            name: backend.to_string(),
+            url: String::new(),
+            capabilities: String::new(),
+            ttl_ms: None,
+            frees_by: String::new(),
+        });
+        for s in SCENARIOS {
+            let mut c = Cell::empty(
+                backend,
+                s,
+                Status::Failed,
+                Some(format!("servers did not start: {e:#}")),
+            );
+            if !self.to_run.contains(&s) {
+                c.status = Status::NotMeasured;
+            }
+            self.cells.push(c);
+        }
+        self.done += self.to_run.len();
+    }
+
+    /// Why the cell is not measured before anything starts for it, if it is not.
+    fn skipped(&self, backend: &str, target: &Target, n: &dyn Nemesis) -> Option<Cell> {
+        let scenario = n.name();
+        let skip = |status, why| Some(Cell::empty(backend, scenario, status, Some(why)));
+        if let Some(why) = n.not_applicable(backend) {
+            return skip(Status::NotApplicable, why);
+        }
+        if let Some(why) = n.external(target) {
+            return skip(Status::NotMeasured, why);
+        }
+        if !self.to_run.contains(&scenario) {
+            let why = if self.opts.run_scenarios {
+                "not selected for this run (--scenarios)"
+            } else {
+                "not selected for this run (--only bench)"
+            };
+            return skip(Status::NotMeasured, why.into());
+        }
+        None
+    }
+
+    /// One backend × workload × nemesis cell.
+    async fn cell(
+        &mut self,
+        backend: &str,
+        target: &Target,
+        workload: &dyn Workload,
+        n: &mut dyn Nemesis,
+    ) -> Cell {
+        if let Some(c) = self.skipped(backend, target, n) {
+            return c;
+        }
+        let scenario = n.name();
+        self.done += 1;
+        // Some nemeses run on servers of their own (quorum_loss: a 3-member etcd cluster or
+        // ZooKeeper ensemble where the other scenarios use a single server); they stop when
+        // the cell is done.
+        let own;
+        let target = if n.own_servers(backend) {
+            crate::say!("[compare] {backend}: starting a 3-member cluster for {scenario}");
+            match start_cluster_target(backend, self.opts.ttl).await {
+                Ok(t) => {
+                    own = t;
+                    &own
+                }
+                Err(e) => {
+                    crate::say!("[compare] {backend}: cannot start the cluster: {e:#}");
+                    let why = format!("the 3-member cluster did not start: {e:#}");
+                    return Cell::empty(backend, scenario, Status::Failed, Some(why));
+                }
+            }
+        } else {
+            target
+        };
+        if let Some(why) = n.not_measurable(target) {
+            return Cell::empty(backend, scenario, Status::NotMeasured, Some(why));
+        }
+        let started = Instant::now();
+        let cell = self.measure(backend, target, workload, n).await;
+        crate::say!(
+            "[compare {}/{}] {backend} × {scenario}: {} repetition(s) in {:.1} s",
+            self.done,
+            self.total,
+            cell.repetitions,
+            started.elapsed().as_secs_f64()
+        );
+        cell
+    }
+
+    /// The repetitions of a measured cell, checked and aggregated.
+    async fn measure(
+        &mut self,
+        backend: &str,
+        target: &Target,
+        workload: &dyn Workload,
+        n: &mut dyn Nemesis,
+    ) -> Cell {
+        let (scenario, done, total, repeat) = (n.name(), self.done, self.total, self.opts.repeat);
+        let mut cell = Cell::empty(backend, scenario, Status::Measured, None);
+        cell.ttl_ms = target.ttl_ms;
+        cell.notes.extend(n.cell_notes(target));
+        let mut reps = Vec::new();
+        for rep in 0..repeat {
+            crate::say!(
+                "[compare {done}/{total}] {backend} × {scenario}: repetition {}/{repeat}",
+                rep + 1,
+            );
+            crate::progress::set(
+                done - 1,
+                format!("{backend} × {scenario}, repetition {}/{repeat}", rep + 1),
+            );
+            let ctx = Ctx {
+                opts: self.opts,
+                backend,
+                scenario,
+                target,
+                name: lock_name(backend, scenario, rep),
+                workload,
+            };
+            match repetition(&ctx, n).await {
+                Ok(r) => reps.push(r),
+                Err(e) => {
+                    crate::say!("[compare] {backend} × {scenario}: failed: {e:#}");
+                    cell.status = Status::Failed;
+                    cell.reason = Some(format!("repetition {}: {e:#}", rep + 1));
+                    break;
+                }
+            }
+        }
+        checker::aggregate(&mut cell, &reps);
+        if let Some(f) = cell.failover_ms {
+            crate::say!(
+                "[compare {done}/{total}] {backend} × {scenario}: failover median {:.0} ms, overlap {}, stale write rejected {}",
+                f.median,
+                report::yes_no(cell.overlap_observed),
+                report::yes_no(cell.stale_write_rejected)
+            );
+        }
+        cell
+    }
+
+    /// The benchmarks of one backend, its servers pinned apart from this process.
+    async fn bench(&mut self, backend: &str, target: &Target, plan: &bench::BenchPlan) {
+        crate::say!("[compare] {backend}: benchmarks");
+        crate::progress::set(self.done, format!("{backend}: benchmarks"));
+        let started = Instant::now();
+        // The server on a CPU of its own and this process on the others, as if the server
+        // were another machine: on a small machine the scheduler's placement otherwise
+        // decides the ratios (PostgreSQL's jumped between 0.89× and 1.34×). The servers
+        // stop after this backend; this process gets its CPUs back.
+        let pids: Vec<u32> = target
+            .server
+            .iter()
+            .filter_map(fixtures::Server::pid)
+            .chain(
+                target
+                    .cluster
+                    .iter()
+                    .flat_map(|c| c.pids().into_iter().flatten()),
+            )
+            .collect();
+        let pinning = bench::pin_server_apart(&pids);
+        crate::say!("[compare] {backend}: {}", pinning.description);
+        let measured =
+            bench::run_backend(backend, &target.url, plan, Some(&self.opts.dlock_bin)).await;
+        if !pinning.undo() {
+            crate::say!("[compare] {backend}: could not give dlock its CPUs back");
+        }
+        match measured {
+            Ok(mut entries) => {
+                if pinning.pinned {
+                    for e in &mut entries {
+                        e.notes
+                            .push_str("; server and client pinned to separate CPUs");
+                    }
+                }
+                self.benchmarks.extend(entries)
+            }
+            Err(e) => {
+                crate::say!("[compare] {backend}: benchmarks failed: {e:#}");
+                self.benchmark_failures.push(BenchFailure {
+                    backend: backend.to_string(),
+                    reason: format!("{e:#}"),
+                });
+            }
+        }
+        crate::say!(
+            "[compare] {backend}: benchmarks in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// One repetition: the nemesis prepares, the workload begins, the nemesis runs its schedule,
+/// the holders stop, the checker reads the history.
+async fn repetition(ctx: &Ctx<'_>, n: &mut dyn Nemesis) -> Result<Observed> {
+    let approach = n.prepare(ctx).await;
+    let trial = match approach {
+        Ok(how) => ctx.workload.begin(ctx, &how, n.namespace()).await,
+        Err(e) => Err(e),
+    };
+    let history = match trial {
+        Ok(mut trial) => {
+            let result = n.run(&mut trial).await;
+            trial.finish(result).await
+        }
+        Err(e) => Err(e),
+    };
+    // The proxies and the namespace go only now: the holders that used them are gone.
+    n.teardown();
+    Ok(checker::check(history?))
+}
+
+/// The scenarios this run measures, in report order.
+pub(super) fn selected(opts: &CompareOptions) -> Vec<&'static str> {
+    if !opts.run_scenarios {
+        return Vec::new();
+    }
+    SCENARIOS
+        .iter()
+        .copied()
+        .filter(|s| opts.scenarios.iter().any(|x| x == s))
+        .collect()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

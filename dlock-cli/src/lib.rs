@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
+mod backends;
 #[cfg(feature = "harness")]
 mod harness;
 mod hold;
@@ -10,7 +11,7 @@ mod run;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use dlock::{Error, ErrorKind, LockName, LockOptions, Renew, SchemeStatus, Wait};
+use dlock::{Error, ErrorKind, LockName, LockOptions, Renew, Wait};
 
 use opt::{Cli, Command, LockArgs, WaitArg};
 
@@ -58,7 +59,8 @@ pub fn main() -> i32 {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Hold(args) => hold::hold(args).await,
-            Command::Backends => backends(),
+            Command::Backends(args) => backends::backends(args),
+            Command::Completions(args) => completions(args),
             #[cfg(feature = "harness")]
             Command::Harness(cmd) => harness::main(cmd).await,
         }
@@ -261,23 +263,10 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn backends() -> i32 {
-    println!("{:<20} CAPABILITIES", "SCHEME");
-    for (scheme, status) in dlock::registry().schemes() {
-        let what = match status {
-            SchemeStatus::Available(caps) => {
-                let text = caps.to_string();
-                if text.is_empty() {
-                    "(none)".to_string()
-                } else {
-                    text
-                }
-            }
-            SchemeStatus::NeedsFeature(f) => {
-                format!("(not compiled in: enable cargo feature `{f}`)")
-            }
-        };
-        println!("{scheme:<20} {what}");
-    }
+/// Writes the completion script for `args.shell` to stdout.
+fn completions(args: opt::CompletionsArgs) -> i32 {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    clap_complete::generate(args.shell, &mut cmd, "dlock", &mut std::io::stdout());
     EXIT_OK
 }

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Exit codes: 0 success (or CMD's own code for `run`), 64 bad arguments, 69 backend
 /// unreachable, 75 lock busy, 76 lock lost, 70 internal error.
 #[derive(Debug, Parser)]
-#[command(name = "dlock", version, about, max_term_width = 100)]
+#[command(name = "dlock", version, about, max_term_width = 100, after_help = EXAMPLES)]
 pub struct Cli {
     /// Log verbosity on stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -28,6 +28,7 @@ pub enum Command {
     /// CMD gets DLOCK_LOCK_NAME and, when the backend has one, DLOCK_FENCING_TOKEN in its
     /// environment. dlock exits with CMD's exit code; 75 when the lock is busy; 76 when the
     /// lock was lost while CMD ran (CMD got SIGTERM, then SIGKILL after --grace).
+    #[command(after_help = EXAMPLES_RUN)]
     Run(RunArgs),
     /// Acquire NAME and hold it, printing one JSON event per line on stdout.
     ///
@@ -37,9 +38,18 @@ pub enum Command {
     /// {"event":"released","ours":true|false,"t_ms":…}. t_ms is wall-clock milliseconds since the
     /// Unix epoch. Holds until --for elapses, stdin closes (unless --no-stdin), or
     /// SIGTERM/SIGINT, then releases. Exit 75 when busy, 76 when the lock was lost.
+    /// The events are a stable format (see dlock-cli's README).
+    #[command(after_help = EXAMPLES_HOLD)]
     Hold(HoldArgs),
     /// List the URL schemes this build knows, with their capabilities.
-    Backends,
+    ///
+    /// A scheme whose backend is not compiled in is listed with the cargo feature that
+    /// enables it. --json prints one JSON document, a stable format (see dlock-cli's README).
+    #[command(after_help = EXAMPLES_BACKENDS)]
+    Backends(BackendsArgs),
+    /// Print a shell completion script for dlock on stdout.
+    #[command(after_help = EXAMPLES_COMPLETIONS)]
+    Completions(CompletionsArgs),
     /// The harness's commands (`conformance`, `compare`, `servers`), with the `harness`
     /// feature.
     #[cfg(feature = "harness")]
@@ -55,9 +65,10 @@ pub enum HarnessCommand {
     ///
     /// Every test works in a fresh random namespace of lock names, so it never touches other
     /// locks. Prints one line per test and a libtest-style summary; exits 1 on any failure.
+    #[command(after_help = EXAMPLES_CONFORMANCE)]
     Conformance(ConformanceArgs),
     /// Start local test servers (PostgreSQL, Redis, etcd, ZooKeeper) until Ctrl-C.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = EXAMPLES_SERVERS)]
     Servers(ServersCommand),
     /// Run the failure scenarios against every backend and write the comparison report.
     ///
@@ -153,6 +164,7 @@ pub struct ConformanceArgs {
 pub enum ServersCommand {
     /// Start the servers on free loopback ports, print `export DLOCK_TEST_<BACKEND>_URL=…`
     /// lines once all are ready, and stop them all on Ctrl-C / SIGTERM.
+    #[command(after_help = EXAMPLES_SERVERS)]
     Up {
         /// Start a 3-node etcd cluster, a 3-node ZooKeeper ensemble and 3 Redis instances
         /// (for Redlock) instead of single nodes.
@@ -224,6 +236,22 @@ pub struct HoldArgs {
     pub no_renew: bool,
 }
 
+/// `dlock backends` arguments.
+#[derive(Debug, Args)]
+pub struct BackendsArgs {
+    /// Print one JSON document instead of the table (a stable format).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dlock completions` arguments.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
 /// `--on-lost` policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnLost {
@@ -243,6 +271,78 @@ pub enum WaitArg {
     /// Until granted.
     Forever,
 }
+
+// The examples under each command's help. Plain text: clap prints them as they are.
+
+const EXAMPLES: &str = "\
+Examples:
+  # Run the nightly purge on one machine at a time; the others exit 75 at once.
+  dlock run postgres://app@db/prod nightly-purge -- ./purge.sh
+
+  # Hold a lock for 10 seconds and watch its events.
+  dlock hold --for 10s memory:// demo
+
+  # Which backends this build has, as JSON.
+  dlock backends --json
+
+  # Tab completion for bash.
+  dlock completions bash > ~/.local/share/bash-completion/completions/dlock";
+
+const EXAMPLES_RUN: &str = "\
+Examples:
+  # One replica at a time runs the purge; the others exit 75 (busy) at once.
+  dlock run postgres://app@db/prod nightly-purge -- ./purge.sh
+
+  # Wait up to 5 minutes for the lock; keep it taken for at least 1 minute.
+  dlock run --wait 5m --at-least 1m redis://cache:6379 report -- make report
+
+  # In a crontab: a run skipped because another host has the job is not an error.
+  dlock run etcd://etcd1:2379,etcd2:2379 sync -- /usr/local/bin/sync || [ $? -eq 75 ]
+
+  # CMD sees the lock's fencing token; SIGKILL at once if the lock is lost.
+  dlock run --on-lost kill zk://zk1:2181/app job -- sh -c 'echo \"token $DLOCK_FENCING_TOKEN\"'";
+
+const EXAMPLES_HOLD: &str = "\
+Examples:
+  # Hold for 30 seconds, one JSON event per line.
+  dlock hold --for 30s postgres://app@db/prod deploy
+
+  # Hold until killed, in the background (stdin closing does not release).
+  dlock hold --no-stdin redis://cache:6379 maintenance &
+
+  # Wait as long as it takes; print only the events' names.
+  dlock hold --wait forever memory:// demo | jq -r .event";
+
+const EXAMPLES_BACKENDS: &str = "\
+Examples:
+  dlock backends
+
+  # The schemes this build can connect to.
+  dlock backends --json | jq -r '.schemes[] | select(.status == \"available\") | .scheme'";
+
+const EXAMPLES_COMPLETIONS: &str = "\
+Examples:
+  dlock completions bash > ~/.local/share/bash-completion/completions/dlock
+  dlock completions zsh > \"${fpath[1]}/_dlock\"
+  dlock completions fish > ~/.config/fish/completions/dlock.fish";
+
+#[cfg(feature = "harness")]
+const EXAMPLES_CONFORMANCE: &str = "\
+Examples:
+  # The whole suite against your own Redis.
+  dlock conformance redis://127.0.0.1:6379
+
+  # Only the exclusion tests, against a test database.
+  dlock conformance --filter exclusion postgres://app@db/test";
+
+#[cfg(feature = "harness")]
+const EXAMPLES_SERVERS: &str = "\
+Examples:
+  # Single servers; prints export DLOCK_TEST_<BACKEND>_URL=... lines, stops on Ctrl-C.
+  dlock servers up
+
+  # A 3-node etcd cluster, a 3-node ZooKeeper ensemble and 3 Redis instances for Redlock.
+  dlock servers up --cluster";
 
 /// Parses humantime durations (`250ms`, `5s`, `2m`); a bare `0` means zero.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -268,6 +368,45 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every command a user runs shows examples under its help.
+    #[test]
+    fn every_command_has_examples() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut missing = Vec::new();
+        if !cli.render_help().to_string().contains("Examples:") {
+            missing.push("dlock".to_string());
+        }
+        for sub in cli.get_subcommands_mut().filter(|s| !s.is_hide_set()) {
+            let name = sub.get_name().to_string();
+            if name == "help" || name == "compare" {
+                // clap's own `help`; `compare` documents its options in the comparison's README.
+                continue;
+            }
+            if !sub.render_help().to_string().contains("Examples:") {
+                missing.push(name);
+            }
+        }
+        assert!(missing.is_empty(), "no examples in the help of {missing:?}");
+    }
+
+    /// The completion scripts name the binary and its subcommands.
+    #[test]
+    fn completions_cover_the_subcommands() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "dlock", &mut out);
+            let script = String::from_utf8(out).unwrap();
+            for word in ["dlock", "run", "hold", "backends", "completions", "json"] {
+                assert!(script.contains(word), "{shell}: no {word:?}");
+            }
+        }
     }
 
     #[test]

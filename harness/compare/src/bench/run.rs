@@ -1,0 +1,162 @@
+//! The short benchmark set of one backend, as `dlock compare` runs it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use super::*;
+
+/// The short benchmark set for one backend of the comparison (`url` from its fixture),
+/// printing a line per measurement to stderr. `dlock_bin`: measure the many locks in a
+/// child process of that binary (else in this one).
+pub async fn run_backend(
+    backend: &str,
+    url: &str,
+    plan: &BenchPlan,
+    dlock_bin: Option<&Path>,
+) -> Result<Vec<BenchEntry>> {
+    let entry =
+        |metric: &str, value: f64, unit: &str, floor: Option<f64>, notes: String| BenchEntry {
+            backend: backend.to_string(),
+            metric: metric.to_string(),
+            value,
+            unit: unit.to_string(),
+            floor,
+            distribution: None,
+            floor_distribution: None,
+            notes,
+        };
+    let mut out = Vec::new();
+    let client = dlock::connect(url).await?;
+    let floor = Floor::connect(backend, url).await?;
+    if let Some(floor) = &floor {
+        let (ours, raw) = uncontended(&*client, floor, plan.samples).await?;
+        let notes = format!(
+            "{} samples per side, alternating one by one; floor: {}",
+            ours.len(),
+            floor.describe()
+        );
+        let mut p50 = entry(
+            "acquire_release_p50",
+            micros(ours.p50()),
+            "us",
+            Some(micros(raw.p50())),
+            notes.clone(),
+        );
+        p50.distribution = Some(ours.distribution_us());
+        p50.floor_distribution = Some(raw.distribution_us());
+        out.push(p50);
+        out.push(entry(
+            "acquire_release_p99",
+            micros(ours.p99()),
+            "us",
+            Some(micros(raw.p99())),
+            notes,
+        ));
+        crate::say!(
+            "[bench] {backend}: acquire+release p50 {:.0} µs (floor {:.0} µs, {:.2}×), p99 {:.0} µs",
+            micros(ours.p50()),
+            micros(raw.p50()),
+            ours.p50().as_secs_f64() / raw.p50().as_secs_f64().max(1e-9),
+            micros(ours.p99())
+        );
+    }
+    let rtt = match &floor {
+        Some(f) => Some(Samples::collect(20, 100, || f.round_trip()).await?),
+        None => None,
+    };
+    let url_owned = url.to_string();
+    let h = handoff(
+        || {
+            let url = url_owned.clone();
+            async move { Ok(dlock::connect(&url).await?) }
+        },
+        plan.waiters,
+        plan.handoffs,
+    )
+    .await?;
+    let notes = format!(
+        "{} handoffs, {} waiters queued; floor: one round trip on the raw client",
+        h.len(),
+        plan.waiters
+    );
+    out.push(entry(
+        "handoff_p50",
+        micros(h.p50()),
+        "us",
+        rtt.as_ref().map(|r| micros(r.p50())),
+        notes.clone(),
+    ));
+    out.push(entry(
+        "handoff_p99",
+        micros(h.p99()),
+        "us",
+        rtt.as_ref().map(|r| micros(r.p99())),
+        notes,
+    ));
+    crate::say!(
+        "[bench] {backend}: handoff with {} waiters p50 {:.0} µs, p99 {:.0} µs",
+        plan.waiters,
+        micros(h.p50()),
+        micros(h.p99())
+    );
+    let tp = throughput(Arc::clone(&client), plan.tasks, plan.per_task).await?;
+    out.push(entry(
+        "throughput_64_tasks",
+        tp,
+        "ops/s",
+        None,
+        format!(
+            "{} tasks on distinct names sharing one backend, {} acquire+release each",
+            plan.tasks, plan.per_task
+        ),
+    ));
+    crate::say!(
+        "[bench] {backend}: {} tasks: {tp:.0} acquire+release/s",
+        plan.tasks
+    );
+    let many = match dlock_bin {
+        Some(bin) => hold_many_in_child(bin, url, plan.many).await?,
+        None => hold_many(|| async { Ok(dlock::connect(url).await?) }, plan.many).await?,
+    };
+    let notes = format!(
+        "{} locks on distinct names, 64 acquisitions in flight, held at once by one fresh \
+         backend in {}",
+        many.locks,
+        if dlock_bin.is_some() {
+            "a process of its own (`dlock hold-many`)"
+        } else {
+            "the benchmark process"
+        }
+    );
+    out.push(entry(
+        "hold_many_seconds",
+        many.acquire.as_secs_f64(),
+        "s",
+        None,
+        notes.clone(),
+    ));
+    out.push(entry(
+        "hold_many_rss_mib",
+        many.rss_mib,
+        "MiB",
+        None,
+        notes.clone(),
+    ));
+    out.push(entry(
+        "hold_many_connections",
+        many.connections as f64,
+        "connections",
+        None,
+        notes,
+    ));
+    crate::say!(
+        "[bench] {backend}: {} locks held at once: acquired in {:.1} s, +{:.1} MiB resident, {} connections",
+        many.locks,
+        many.acquire.as_secs_f64(),
+        many.rss_mib,
+        many.connections
+    );
+    Ok(out)
+}

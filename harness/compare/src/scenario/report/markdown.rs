@@ -1,0 +1,169 @@
+//! `comparison.md`.
+
+use std::fmt::Write as _;
+
+use super::bench::*;
+use super::*;
+
+/// `comparison.md`.
+pub fn markdown(r: &Report) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# dlock: backend vs reliability\n");
+    let _ = writeln!(
+        md,
+        "Measured on `{}` ({} CPUs), {} repetition(s) per cell{}, in {:.0} s. Holders are \
+         separate `dlock hold` processes; faults: {}.\n",
+        r.run.host,
+        r.run.cpus,
+        r.run.repeat,
+        if r.run.quick { " (`--quick`)" } else { "" },
+        r.run.duration_s,
+        r.run.fault_injection
+    );
+    let _ = writeln!(
+        md,
+        "## Failover time, ms: median (min–max)\n\nFrom the fault to the waiting holder's \
+         grant.\n"
+    );
+    md.push_str(&main_table(r));
+    let _ = writeln!(md, "\n## Safety\n");
+    md.push_str(&table(r, safety_text));
+    let _ = writeln!(md, "\n## Backends\n");
+    let _ = writeln!(
+        md,
+        "| backend | ttl in force | frees a silent holder by | capabilities |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|");
+    for b in &r.backends {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            b.name,
+            b.ttl_ms
+                .map_or_else(|| "none".to_string(), |t| format!("{t} ms")),
+            b.frees_by,
+            b.capabilities
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## Reading guide\n\n\
+         - **Failover** is wall-clock time from the fault (release requested, SIGKILL, SIGSTOP) \
+         to the `acquired` event of a holder that was already waiting (`dlock hold --wait \
+         forever`). Lease-based backends free a dead or frozen holder only when its lease / \
+         session / `at_most` runs out, so expect up to one ttl there (what was left of the \
+         lease when the fault hit; renewals restart it); PostgreSQL frees a \
+         killed holder as soon as its connection closes, and never frees a *paused* one whose \
+         connection stays open (`not freed`).\n\
+         - **overlap**: the harness-owned resource saw two holders inside the critical section \
+         at once (by the holders' own timestamps). A paused holder is inside until it reports \
+         the loss, so `holder_paused` shows overlap wherever the lock moved on while it slept.\n\
+         - **stale write rejected**: after the hand-over, a write carrying the previous \
+         holder's fencing token reaches the resource (a delayed request of the dead or paused \
+         holder). `yes`: the token was lower than the new holder's and the resource refused \
+         it; `no`: the backend has no fencing token (or it did not increase), so nothing could \
+         stop it; `—`: no stale write was possible (the old holder still held the lock).\n\
+         - **learned first**: the faulty holder reported `lost` before the other holder's \
+         grant (ms: by how much; negative = after). Only where the holder survives the fault.\n\
+         - **holder_partitioned / connection_reset** put an in-process TCP fault proxy between \
+         the holder and each of its servers (blackhole that keeps the sockets open; RST for \
+         200 ms then pass); the waiter connects directly. Where the run is root on Linux, \
+         `holder_partitioned` instead puts the holder in a network namespace and takes its \
+         link down (the cell's partition note says which): a real partition, which the \
+         server's TCP stack sees. A proxy blackhole is not: the server's kernel keeps talking \
+         to the proxy, so a lock that the server frees only when the client's TCP connection \
+         dies (PostgreSQL) stays taken there (`not freed`). `not freed` after a 200 ms reset \
+         means the holder reconnected and kept its lock.\n\
+         - **server_restart**: the server (Redlock: all three) is SIGKILLed and started again \
+         on the same port and data; the failover includes the restart time (in the notes). A waiter that gives up \
+         when its connection dies is replaced by a fresh one (holder 2 in the notes). `not \
+         freed`: the lock survived the restart for the whole bound.\n\
+         - **latency**: the holder reaches every server (each of Redlock's three too) through \
+         a fault proxy that delays each chunk, in order, in each direction. A probe holder \
+         first acquires through ttl/{} (its time, or why it failed, is in the notes); the \
+         holder, connected on a clean link, then gets the same delay and ttl/{} (a round \
+         trip of half the lease), each for {} ttl — renewals should survive them (`kept the \
+         lock … in N of M` in the notes) — then 1.5 ttl, longer than the lease. The climb stops \
+         at the first step where the holder reports trouble or the waiter is granted; failover \
+         runs from the start of that step (which step: in the notes).\n\
+         - **quorum_loss** (3 servers: Redlock's instances, a 3-node etcd cluster, a 3-member \
+         ZooKeeper ensemble started for this scenario): two are SIGKILLed (etcd / ZooKeeper: \
+         the leader and one more) for {} ttl (at least {} s), then restarted. Nothing may be \
+         granted while the majority is down (a grant would be in the notes); failover runs \
+         from the restart of the majority to another holder's grant (the servers' start-up \
+         included) (a waiter that gave up \
+         during the outage is replaced). Single servers: `n/a`.\n\
+         - **clock_skew**: the holder's wall clock is {} h ahead, the waiter's as far behind \
+         (libfaketime; `CLOCK_MONOTONIC` untouched, as when a host's clock is set wrong or \
+         stepped). Each holds 1.5 ttl against a waiting holder (the notes say whether the lock \
+         stayed put); failover = SIGKILL of the ahead holder → the behind waiter's grant; the \
+         behind holder then releases cleanly to an unskewed one. The skew is verified from the \
+         holders' own timestamps, which the harness shifts back before using them.\n\
+         - The fault is injected once the waiter has printed `waiting` (its first try found the \
+         lock held) and {} ms more for its waiting request to reach the server; a waiter that \
+         had not queued yet could only make a failover look slower, never faster.\n\
+         - Cells `not measured` could not be run here (the reason says why, e.g. libfaketime \
+         missing, external servers); `n/a` cannot apply (reason in `comparison.json`). No \
+         number in these tables is estimated.",
+        crate::scenario::nemesis::latency::ACQUIRE_LINK_DIVISOR,
+        crate::scenario::nemesis::latency::SLOW_LINK_DIVISOR,
+        crate::scenario::nemesis::latency::SLOW_PHASE_TTLS,
+        crate::scenario::nemesis::quorum::OUTAGE_TTLS,
+        crate::scenario::nemesis::quorum::OUTAGE_MIN.as_secs(),
+        crate::scenario::nemesis::SKEW_MS / 3_600_000,
+        crate::scenario::WAITER_SETTLE.as_millis()
+    );
+    if let Some(table) = bench_markdown(r) {
+        let _ = writeln!(
+            md,
+            "\n## Benchmarks\n\nShort runs on the same servers, after the scenarios; the raw \
+             floor is the backend's minimal commands on a raw client of the same server, \
+             measured alternately with dlock, one operation each. Latencies in µs. `make bench` \
+             runs the longer criterion set.\n"
+        );
+        md.push_str(&table);
+    }
+    if let Some(t) = targets_markdown(r) {
+        let _ = writeln!(md, "\n## Targets\n");
+        md.push_str(&t);
+    }
+    let others: Vec<&Cell> = r
+        .scenarios
+        .iter()
+        .filter(|c| c.status != Status::Measured)
+        .collect();
+    if !others.is_empty() {
+        let _ = writeln!(md, "\n## Cells without measurements\n");
+        let _ = writeln!(md, "| backend | scenario | status | reason |");
+        let _ = writeln!(md, "|---|---|---|---|");
+        for c in others {
+            let status = match c.status {
+                Status::NotApplicable => "not_applicable",
+                Status::NotMeasured => "not_measured",
+                Status::Failed => "failed",
+                Status::Measured => "measured",
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {status} | {} |",
+                c.backend,
+                c.scenario,
+                c.reason.as_deref().unwrap_or("").replace('|', "\\|")
+            );
+        }
+    }
+    let notes: Vec<&Cell> = r
+        .scenarios
+        .iter()
+        .filter(|c| c.status == Status::Measured && c.notes.len() > 1)
+        .collect();
+    if !notes.is_empty() {
+        let _ = writeln!(md, "\n## Notes\n");
+        for c in notes {
+            for n in &c.notes[1..] {
+                let _ = writeln!(md, "- {} × {}: {n}", c.backend, c.scenario);
+            }
+        }
+    }
+    md
+}

@@ -1,0 +1,129 @@
+//! Writing the report: `comparison.json`, `comparison.md`, `index.html` (inline SVG), and
+//! the main table for the terminal.
+
+mod bench;
+mod html;
+mod markdown;
+mod targets;
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::{BACKENDS, Cell, Report, SCENARIOS, Status};
+
+use crate::bench::BenchEntry;
+pub use bench::{bench_markdown, latency_svg};
+pub use html::{failover_svg, html, timeline_svg};
+pub use markdown::markdown;
+pub use targets::targets_markdown;
+
+/// `yes`, `no` or `—` for an optional flag.
+pub fn yes_no(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "—",
+    }
+}
+
+/// The failover text of a cell as the tables show it: `median (min–max)` in whole ms for a
+/// measured cell, else a word saying why there is no number.
+pub fn failover_text(c: &Cell) -> String {
+    match c.status {
+        Status::NotApplicable => "n/a".into(),
+        Status::NotMeasured => "not measured".into(),
+        Status::Failed => "failed".into(),
+        Status::Measured => match c.failover_ms {
+            Some(f) if c.repetitions > 1 => {
+                format!("{:.0} ({:.0}–{:.0})", f.median, f.min, f.max)
+            }
+            Some(f) => format!("{:.0}", f.median),
+            None => "not freed".into(),
+        },
+    }
+}
+
+/// The safety text of a cell: overlap, stale write, holder learned first.
+pub fn safety_text(c: &Cell) -> String {
+    match c.status {
+        Status::Measured => {
+            let mut s = format!(
+                "overlap {} · stale write rejected {}",
+                yes_no(c.overlap_observed),
+                yes_no(c.stale_write_rejected)
+            );
+            if let Some(l) = c.holder_learned_before_handoff {
+                let _ = write!(s, " · learned first {}", yes_no(Some(l)));
+                if let Some(ms) = c.learned_before_handoff_ms {
+                    let _ = write!(s, " ({ms:+.0} ms)");
+                }
+            }
+            s
+        }
+        _ => failover_text(c),
+    }
+}
+
+pub(super) fn cell<'a>(r: &'a Report, backend: &str, scenario: &str) -> Option<&'a Cell> {
+    r.scenarios
+        .iter()
+        .find(|c| c.backend == backend && c.scenario == scenario)
+}
+
+pub(super) fn backends_of(r: &Report) -> Vec<&str> {
+    BACKENDS
+        .iter()
+        .copied()
+        .filter(|b| r.backends.iter().any(|x| x.name == *b))
+        .collect()
+}
+
+/// The scenarios with at least one measured (or failed) cell: the columns worth a table.
+pub(super) fn measured_scenarios(r: &Report) -> Vec<&'static str> {
+    SCENARIOS
+        .iter()
+        .copied()
+        .filter(|s| {
+            r.scenarios
+                .iter()
+                .any(|c| c.scenario == *s && matches!(c.status, Status::Measured | Status::Failed))
+        })
+        .collect()
+}
+
+pub(super) fn table(r: &Report, text: impl Fn(&Cell) -> String) -> String {
+    let cols = measured_scenarios(r);
+    let mut out = String::new();
+    let _ = writeln!(out, "| backend | {} |", cols.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---|".repeat(cols.len()));
+    for b in backends_of(r) {
+        let row: Vec<String> = cols
+            .iter()
+            .map(|s| cell(r, b, s).map_or_else(|| "—".into(), &text))
+            .collect();
+        let _ = writeln!(out, "| {b} | {} |", row.join(" | "));
+    }
+    out
+}
+
+/// The main table: failover medians (ms) per backend × measured scenario.
+pub fn main_table(r: &Report) -> String {
+    table(r, failover_text)
+}
+
+/// Writes `comparison.json`, `comparison.md` and `index.html` into `dir` (created if needed).
+pub fn write(r: &Report, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let json = serde_json::to_string_pretty(r)?;
+    let path = dir.join("comparison.json");
+    std::fs::write(&path, json + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let path = dir.join("comparison.md");
+    std::fs::write(&path, markdown(r))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let path = dir.join("index.html");
+    std::fs::write(&path, html(r)).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

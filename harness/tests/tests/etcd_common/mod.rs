@@ -26,6 +26,7 @@ pub fn fast() -> EtcdOptions {
     }
 }
 
+/// Lock options with a ttl of `ttl_ms`.
 pub fn opts(ttl_ms: u64) -> LockOptions {
     LockOptions::new().with_ttl(Duration::from_millis(ttl_ms))
 }
@@ -33,8 +34,11 @@ pub fn opts(ttl_ms: u64) -> LockOptions {
 /// One contender key as etcd stores it.
 #[derive(Debug, Clone)]
 pub struct Contender {
+    /// The full key: `NAME/<lease id in hex>`.
     pub key: String,
+    /// The key's create revision (the holder's token once it holds).
     pub create_revision: i64,
+    /// The lease the key is attached to.
     pub lease: i64,
 }
 
@@ -86,6 +90,7 @@ where
     }
 }
 
+/// Waits (up to 10 s) until `name` has `n` contenders.
 pub async fn queue_len_is(b: &EtcdBackend, name: &LockName, n: usize) -> Result<()> {
     until(
         &format!("{n} contenders on {name}"),
@@ -97,13 +102,16 @@ pub async fn queue_len_is(b: &EtcdBackend, name: &LockName, n: usize) -> Result<
 
 /// A `dlock hold` process and its JSON events.
 pub struct Holder {
-    pub child: Child,
-    pub stdin: Option<ChildStdin>,
-    pub events: mpsc::UnboundedReceiver<Value>,
-    pub stderr: Arc<std::sync::Mutex<String>>,
+    child: Child,
+    /// Closing it tells `dlock hold` to release.
+    stdin: Option<ChildStdin>,
+    events: mpsc::UnboundedReceiver<Value>,
+    /// Collected by a task, to explain a missing event.
+    stderr: Arc<std::sync::Mutex<String>>,
 }
 
 impl Holder {
+    /// Starts `dlock hold [args…] URL NAME`, reading its events and stderr in the background.
     pub fn spawn(url: &str, name: &LockName, args: &[&str]) -> Result<Holder> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
             .arg("hold")
@@ -177,6 +185,7 @@ impl Holder {
         self.stdin = None;
     }
 
+    /// Sends `sig` to the process.
     pub fn signal(&self, sig: libc::c_int) -> Result<()> {
         let pid = self
             .child
@@ -188,6 +197,7 @@ impl Holder {
         Ok(())
     }
 
+    /// Waits (up to `within`) for the process to exit; its exit code.
     pub async fn exit_code(&mut self, within: Duration) -> Result<i32> {
         let status = timeout(within, self.child.wait())
             .await
@@ -197,17 +207,20 @@ impl Holder {
             .ok_or_else(|| anyhow!("dlock hold died of a signal: {status}"))
     }
 
+    /// What the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 }
 
+/// The `token` field of an event.
 pub fn token_of(event: &Value) -> Result<u64> {
     event["token"]
         .as_u64()
         .ok_or_else(|| anyhow!("event without a token: {event}"))
 }
 
+/// The `t_ms` field of an event (wall-clock ms since the Unix epoch).
 pub fn t_ms(event: &Value) -> Result<u64> {
     event["t_ms"]
         .as_u64()

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use dlock::{Backend, LockName, LockOptions, Wait};
 use sqlx::Connection;
 
+/// A backend for `url`; panics (failing the test) if it cannot connect.
 pub async fn connect(url: &str) -> Arc<dyn Backend> {
     dlock::connect(url)
         .await
         .unwrap_or_else(|e| panic!("connect {}: {e}", dlock::redact(url)))
 }
 
+/// Options that wait as long as it takes.
 pub fn forever() -> LockOptions {
     LockOptions::new().with_wait(Wait::Forever)
 }

@@ -33,20 +33,24 @@ pub fn first_addr(url: &str) -> Result<SocketAddr> {
         .with_context(|| format!("cannot resolve {host}"))
 }
 
+/// A raw-protocol session of its own on the first server of `url` (another client).
 pub async fn foreign_session(url: &str) -> Result<ZkSession> {
     ZkSession::connect(first_addr(url)?, Duration::from_secs(30)).await
 }
 
+/// A dlock backend for `url`.
 pub async fn connect(url: &str) -> Result<Arc<dyn Backend>> {
     dlock::connect(url)
         .await
         .with_context(|| format!("connecting to {}", dlock::redact(url)))
 }
 
+/// `n` as a lock name (test names are valid).
 pub fn name(n: &str) -> LockName {
     LockName::new(n).expect("valid test name")
 }
 
+/// Options that wait up to `d`.
 pub fn wait_for(d: Duration) -> LockOptions {
     LockOptions::new().with_wait(Wait::For(d))
 }
@@ -59,6 +63,7 @@ pub async fn children(url: &str, path: &str) -> Result<Vec<String>> {
     Ok(c)
 }
 
+/// Waits (up to 10 s) until `path` has `n` children.
 pub async fn children_count_is(url: &str, path: &str, n: usize) -> Result<()> {
     crate::common::eventually(
         &format!("{path} to have {n} children"),
@@ -93,12 +98,15 @@ pub fn curator_sorted(mut nodes: Vec<String>) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // `dlock hold` processes
 
+/// A `dlock hold` process and its stdout, one JSON event a line.
 pub struct Holder {
+    /// The process; closing its stdin makes it release.
     pub child: Child,
-    pub lines: tokio::io::Lines<BufReader<ChildStdout>>,
+    lines: tokio::io::Lines<BufReader<ChildStdout>>,
 }
 
 impl Holder {
+    /// Starts `dlock hold [extra…] URL LOCK`.
     pub fn spawn(url: &str, lock: &str, extra: &[&str]) -> Result<Holder> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
             .arg("hold")

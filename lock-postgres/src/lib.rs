@@ -3,6 +3,8 @@
 
 mod backend;
 mod config;
+#[cfg(test)]
+mod golden;
 mod key;
 mod session;
 

@@ -5,6 +5,8 @@ mod acquire;
 mod backend;
 mod config;
 mod error;
+#[cfg(test)]
+mod golden;
 mod layout;
 mod lease;
 mod link;

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
+use dlock::Backend;
 
 use super::*;
 
@@ -16,53 +17,106 @@ pub async fn run_backend(
     plan: &BenchPlan,
     dlock_bin: Option<&Path>,
 ) -> Result<Vec<BenchEntry>> {
-    let entry =
-        |metric: &str, value: f64, unit: &str, floor: Option<f64>, notes: String| BenchEntry {
-            backend: backend.to_string(),
-            metric: metric.to_string(),
-            value,
-            unit: unit.to_string(),
-            floor,
-            distribution: None,
-            floor_distribution: None,
-            notes,
-        };
     let mut out = Vec::new();
     let client = dlock::connect(url).await?;
     let floor = Floor::connect(backend, url).await?;
     if let Some(floor) = &floor {
-        let (ours, raw) = uncontended(&*client, floor, plan.samples).await?;
-        let notes = format!(
-            "{} samples per side, alternating one by one; floor: {}",
-            ours.len(),
-            floor.describe()
-        );
-        let mut p50 = entry(
-            "acquire_release_p50",
-            micros(ours.p50()),
-            "us",
-            Some(micros(raw.p50())),
-            notes.clone(),
-        );
-        p50.distribution = Some(ours.distribution_us());
-        p50.floor_distribution = Some(raw.distribution_us());
-        out.push(p50);
-        out.push(entry(
-            "acquire_release_p99",
-            micros(ours.p99()),
-            "us",
-            Some(micros(raw.p99())),
-            notes,
-        ));
-        crate::say!(
-            "[bench] {backend}: acquire+release p50 {:.0} µs (floor {:.0} µs, {:.2}×), p99 {:.0} µs",
-            micros(ours.p50()),
-            micros(raw.p50()),
-            ours.p50().as_secs_f64() / raw.p50().as_secs_f64().max(1e-9),
-            micros(ours.p99())
-        );
+        out.extend(uncontended_entries(backend, &*client, floor, plan).await?);
     }
-    let rtt = match &floor {
+    out.extend(handoff_entries(backend, url, floor.as_ref(), plan).await?);
+    let tp = throughput(Arc::clone(&client), plan.tasks, plan.per_task).await?;
+    out.push(entry(
+        backend,
+        "throughput_64_tasks",
+        tp,
+        "ops/s",
+        None,
+        format!(
+            "{} tasks on distinct names sharing one backend, {} acquire+release each",
+            plan.tasks, plan.per_task
+        ),
+    ));
+    crate::say!(
+        "[bench] {backend}: {} tasks: {tp:.0} acquire+release/s",
+        plan.tasks
+    );
+    out.extend(many_entries(backend, url, plan, dlock_bin).await?);
+    Ok(out)
+}
+
+/// An entry without distributions.
+fn entry(
+    backend: &str,
+    metric: &str,
+    value: f64,
+    unit: &str,
+    floor: Option<f64>,
+    notes: String,
+) -> BenchEntry {
+    BenchEntry {
+        backend: backend.to_string(),
+        metric: metric.to_string(),
+        value,
+        unit: unit.to_string(),
+        floor,
+        distribution: None,
+        floor_distribution: None,
+        notes,
+    }
+}
+
+/// Uncontended acquire + release beside the raw floor, alternating one by one.
+async fn uncontended_entries(
+    backend: &str,
+    client: &dyn Backend,
+    floor: &Floor,
+    plan: &BenchPlan,
+) -> Result<Vec<BenchEntry>> {
+    let mut out = Vec::new();
+    let (ours, raw) = uncontended(client, floor, plan.samples).await?;
+    let notes = format!(
+        "{} samples per side, alternating one by one; floor: {}",
+        ours.len(),
+        floor.describe()
+    );
+    let mut p50 = entry(
+        backend,
+        "acquire_release_p50",
+        micros(ours.p50()),
+        "us",
+        Some(micros(raw.p50())),
+        notes.clone(),
+    );
+    p50.distribution = Some(ours.distribution_us());
+    p50.floor_distribution = Some(raw.distribution_us());
+    out.push(p50);
+    out.push(entry(
+        backend,
+        "acquire_release_p99",
+        micros(ours.p99()),
+        "us",
+        Some(micros(raw.p99())),
+        notes,
+    ));
+    crate::say!(
+        "[bench] {backend}: acquire+release p50 {:.0} µs (floor {:.0} µs, {:.2}×), p99 {:.0} µs",
+        micros(ours.p50()),
+        micros(raw.p50()),
+        ours.p50().as_secs_f64() / raw.p50().as_secs_f64().max(1e-9),
+        micros(ours.p99())
+    );
+    Ok(out)
+}
+
+/// Handoffs to queued waiters beside one raw round trip.
+async fn handoff_entries(
+    backend: &str,
+    url: &str,
+    floor: Option<&Floor>,
+    plan: &BenchPlan,
+) -> Result<Vec<BenchEntry>> {
+    let mut out = Vec::new();
+    let rtt = match floor {
         Some(f) => Some(Samples::collect(20, 100, || f.round_trip()).await?),
         None => None,
     };
@@ -82,6 +136,7 @@ pub async fn run_backend(
         plan.waiters
     );
     out.push(entry(
+        backend,
         "handoff_p50",
         micros(h.p50()),
         "us",
@@ -89,6 +144,7 @@ pub async fn run_backend(
         notes.clone(),
     ));
     out.push(entry(
+        backend,
         "handoff_p99",
         micros(h.p99()),
         "us",
@@ -101,21 +157,17 @@ pub async fn run_backend(
         micros(h.p50()),
         micros(h.p99())
     );
-    let tp = throughput(Arc::clone(&client), plan.tasks, plan.per_task).await?;
-    out.push(entry(
-        "throughput_64_tasks",
-        tp,
-        "ops/s",
-        None,
-        format!(
-            "{} tasks on distinct names sharing one backend, {} acquire+release each",
-            plan.tasks, plan.per_task
-        ),
-    ));
-    crate::say!(
-        "[bench] {backend}: {} tasks: {tp:.0} acquire+release/s",
-        plan.tasks
-    );
+    Ok(out)
+}
+
+/// Many locks held at once by one fresh backend (in a child process when `dlock_bin`).
+async fn many_entries(
+    backend: &str,
+    url: &str,
+    plan: &BenchPlan,
+    dlock_bin: Option<&Path>,
+) -> Result<Vec<BenchEntry>> {
+    let mut out = Vec::new();
     let many = match dlock_bin {
         Some(bin) => hold_many_in_child(bin, url, plan.many).await?,
         None => hold_many(|| async { Ok(dlock::connect(url).await?) }, plan.many).await?,
@@ -131,6 +183,7 @@ pub async fn run_backend(
         }
     );
     out.push(entry(
+        backend,
         "hold_many_seconds",
         many.acquire.as_secs_f64(),
         "s",
@@ -138,6 +191,7 @@ pub async fn run_backend(
         notes.clone(),
     ));
     out.push(entry(
+        backend,
         "hold_many_rss_mib",
         many.rss_mib,
         "MiB",
@@ -145,6 +199,7 @@ pub async fn run_backend(
         notes.clone(),
     ));
     out.push(entry(
+        backend,
         "hold_many_connections",
         many.connections as f64,
         "connections",

@@ -28,6 +28,29 @@ pub fn markdown(r: &Report) -> String {
     md.push_str(&main_table(r));
     let _ = writeln!(md, "\n## Safety\n");
     md.push_str(&table(r, safety_text));
+    backends(&mut md, r);
+    reading_guide(&mut md);
+    if let Some(table) = bench_markdown(r) {
+        let _ = writeln!(
+            md,
+            "\n## Benchmarks\n\nShort runs on the same servers, after the scenarios; the raw \
+             floor is the backend's minimal commands on a raw client of the same server, \
+             measured alternately with dlock, one operation each. Latencies in µs. `make bench` \
+             runs the longer criterion set.\n"
+        );
+        md.push_str(&table);
+    }
+    if let Some(t) = targets_markdown(r) {
+        let _ = writeln!(md, "\n## Targets\n");
+        md.push_str(&t);
+    }
+    without_measurements(&mut md, r);
+    cell_notes(&mut md, r);
+    md
+}
+
+/// The backends: ttl, how a silent holder is freed, capabilities.
+fn backends(md: &mut String, r: &Report) {
     let _ = writeln!(md, "\n## Backends\n");
     let _ = writeln!(
         md,
@@ -45,6 +68,11 @@ pub fn markdown(r: &Report) -> String {
             b.capabilities
         );
     }
+}
+
+/// What the columns mean and how each scenario is run (numbers from the constants the
+/// nemeses run with).
+fn reading_guide(md: &mut String) {
     let _ = writeln!(
         md,
         "\n## Reading guide\n\n\
@@ -113,20 +141,10 @@ pub fn markdown(r: &Report) -> String {
         crate::scenario::nemesis::SKEW_MS / 3_600_000,
         crate::scenario::WAITER_SETTLE.as_millis()
     );
-    if let Some(table) = bench_markdown(r) {
-        let _ = writeln!(
-            md,
-            "\n## Benchmarks\n\nShort runs on the same servers, after the scenarios; the raw \
-             floor is the backend's minimal commands on a raw client of the same server, \
-             measured alternately with dlock, one operation each. Latencies in µs. `make bench` \
-             runs the longer criterion set.\n"
-        );
-        md.push_str(&table);
-    }
-    if let Some(t) = targets_markdown(r) {
-        let _ = writeln!(md, "\n## Targets\n");
-        md.push_str(&t);
-    }
+}
+
+/// The cells that were not measured, and why.
+fn without_measurements(md: &mut String, r: &Report) {
     let others: Vec<&Cell> = r
         .scenarios
         .iter()
@@ -152,6 +170,10 @@ pub fn markdown(r: &Report) -> String {
             );
         }
     }
+}
+
+/// The measured cells' notes (after the first, the scenario's description).
+fn cell_notes(md: &mut String, r: &Report) {
     let notes: Vec<&Cell> = r
         .scenarios
         .iter()
@@ -165,5 +187,4 @@ pub fn markdown(r: &Report) -> String {
             }
         }
     }
-    md
 }

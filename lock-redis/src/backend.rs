@@ -107,10 +107,7 @@ impl RedisBackend {
                 token: token.clone(),
                 armed: true,
             };
-            let fence = FenceSlot {
-                hash: &shared.prefix,
-                field: name.as_bytes(),
-            };
+            let fence = FenceSlot::of(&shared.prefix, name);
             let sent = Instant::now();
             let reply = scripts::acquire(
                 node,

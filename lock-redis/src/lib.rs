@@ -3,6 +3,8 @@
 
 mod backend;
 mod config;
+#[cfg(test)]
+mod golden;
 mod node;
 mod notify;
 mod redlock;

@@ -4,6 +4,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use lock_core::LockName;
 use redis::Script;
 
 use crate::node::{Link, Node, NodeError};
@@ -15,7 +16,7 @@ use crate::node::{Link, Node, NodeError};
 ///
 /// KEYS[1] lock key, KEYS[2] counter hash (optional); ARGV[1] token, ARGV[2] ttl in ms,
 /// ARGV[3] counter field. Returns `{1, fence}` (fence 0 without a counter) or `{0, pttl}`.
-const ACQUIRE_LUA: &str = r#"
+pub(crate) const ACQUIRE_LUA: &str = r#"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if KEYS[2] == nil then
     return {1, 0}
@@ -35,7 +36,7 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_LUA));
 /// Sets the lock's expiry to ARGV[2] ms from now if it still holds our token ARGV[1]; with
 /// ARGV[3] = '1' also tells waiters (used when releasing with `at_least` time left, which
 /// shortens the lease). Returns 1 when it was ours, else 0.
-const TOUCH_LUA: &str = r#"
+pub(crate) const TOUCH_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   if ARGV[3] == '1' then
@@ -49,7 +50,7 @@ static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(TOUCH_LUA));
 
 /// Deletes the lock if it still holds our token ARGV[1] and publishes on the channel named
 /// like the key, which wakes the waiters. Returns 1 when it was ours, else 0.
-const RELEASE_LUA: &str = r#"
+pub(crate) const RELEASE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', KEYS[1], 'released')
@@ -75,6 +76,17 @@ pub(crate) fn load_all() -> redis::Pipeline {
 pub(crate) struct FenceSlot<'a> {
     pub hash: &'a [u8],
     pub field: &'a [u8],
+}
+
+impl<'a> FenceSlot<'a> {
+    /// The counter of lock `name` under key prefix `prefix`: field `name` of the hash named
+    /// by the prefix itself (no lock key equals it, since names are never empty).
+    pub(crate) fn of(prefix: &'a [u8], name: &'a LockName) -> FenceSlot<'a> {
+        FenceSlot {
+            hash: prefix,
+            field: name.as_bytes(),
+        }
+    }
 }
 
 /// What an acquisition attempt found.

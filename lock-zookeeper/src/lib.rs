@@ -5,6 +5,8 @@ mod backend;
 mod config;
 mod contender;
 mod error;
+#[cfg(test)]
+mod golden;
 mod layout;
 mod lease;
 mod session;

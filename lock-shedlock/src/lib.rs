@@ -2,6 +2,8 @@
 #![deny(missing_docs)]
 
 mod config;
+#[cfg(test)]
+mod golden;
 mod owner;
 mod pg;
 mod redis;

@@ -23,16 +23,24 @@ const CHANNEL: &str = "dlock_shedlock";
 /// "Now" in ShedLock's database-time mode.
 const NOW: &str = "timezone('utc', CURRENT_TIMESTAMP)";
 
-struct Sql {
-    acquire: String,
-    extend: String,
-    unlock: String,
-    remaining: String,
-    fence: Option<String>,
+/// Every statement for one table layout, built once at connect. The text is the contract
+/// with ShedLock and with other dlock versions (pinned by the crate's golden tests).
+pub(crate) struct Sql {
+    /// Creates the ShedLock table (ShedLock's documented DDL) when `create_table` is on.
+    pub(crate) create_table: String,
+    /// Creates the fencing table, when there is one.
+    pub(crate) create_fence_table: Option<String>,
+    pub(crate) acquire: String,
+    pub(crate) extend: String,
+    pub(crate) unlock: String,
+    pub(crate) remaining: String,
+    pub(crate) fence: Option<String>,
 }
 
 impl Sql {
-    fn new(
+    /// The statements for layout `l` (and fencing table `fencing_table`), plus the quoted
+    /// table name; `Err` names an identifier that cannot be quoted.
+    pub(crate) fn new(
         l: &TableLayout,
         fencing_table: Option<&str>,
     ) -> std::result::Result<(Sql, String), String> {
@@ -48,6 +56,17 @@ impl Sql {
             q(&l.locked_by)?,
         );
         let sql = Sql {
+            create_table: format!(
+                "CREATE TABLE IF NOT EXISTS {t} ({n} VARCHAR(64) NOT NULL, {lu} TIMESTAMP NOT NULL, \
+                 {la} TIMESTAMP NOT NULL, {lb} VARCHAR(255) NOT NULL, PRIMARY KEY ({n}))"
+            ),
+            create_fence_table: match fencing_table {
+                Some(ft) => Some(format!(
+                    "CREATE TABLE IF NOT EXISTS {} (name text PRIMARY KEY, token bigint NOT NULL)",
+                    q(ft)?
+                )),
+                None => None,
+            },
             acquire: format!(
                 "INSERT INTO {t} AS s ({n}, {lu}, {la}, {lb}) \
                  VALUES ($1, {NOW} + make_interval(secs => $2), {NOW}, $3) \
@@ -160,27 +179,12 @@ impl ShedPgBackend {
                     format!("table {table} does not exist and create_table=false"),
                 ));
             }
-            let l = &cfg.layout;
-            let q = |s: &str| quote_ident(s).expect("validated");
-            let create = format!(
-                "CREATE TABLE IF NOT EXISTS {table} ({} VARCHAR(64) NOT NULL, {} TIMESTAMP NOT NULL, \
-                 {} TIMESTAMP NOT NULL, {} VARCHAR(255) NOT NULL, PRIMARY KEY ({}))",
-                q(&l.name),
-                q(&l.lock_until),
-                q(&l.locked_at),
-                q(&l.locked_by),
-                q(&l.name)
-            );
-            ignore_duplicate(sqlx::query(&create).execute(&pool).await)
+            ignore_duplicate(sqlx::query(&sql.create_table).execute(&pool).await)
                 .map_err(db(Operation::Connect))?;
             tracing::info!(%table, "created the ShedLock table");
         }
-        if let Some(ft) = &cfg.fencing_table {
-            let create = format!(
-                "CREATE TABLE IF NOT EXISTS {} (name text PRIMARY KEY, token bigint NOT NULL)",
-                quote_ident(ft).expect("validated")
-            );
-            ignore_duplicate(sqlx::query(&create).execute(&pool).await)
+        if let Some(create) = &sql.create_fence_table {
+            ignore_duplicate(sqlx::query(create).execute(&pool).await)
                 .map_err(db(Operation::Connect))?;
         }
         let sizes: Vec<(String, Option<i32>)> = sqlx::query_as(

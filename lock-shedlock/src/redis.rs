@@ -104,12 +104,34 @@ fn redis_error(op: Operation) -> impl Fn(redis::RedisError) -> Error {
     }
 }
 
+/// ShedLock's default `env` (the key's middle part).
+pub(crate) const DEFAULT_ENV: &str = "default";
+/// ShedLock's default key prefix.
+pub(crate) const DEFAULT_KEY_PREFIX: &str = "job-lock";
+
+/// What every key of `env` under `key_prefix` starts with: `<prefix>:<env>:` (ShedLock's
+/// `job-lock:default:NAME` by default).
+pub(crate) fn env_prefix(key_prefix: &str, env: &str) -> String {
+    format!("{key_prefix}:{env}:")
+}
+
+/// The value of an acquisition: ShedLock's `ADDED:<creation time>@<owner>`.
+pub(crate) fn lock_value(added: &str, owner: &str) -> String {
+    format!("{added}@{owner}")
+}
+
 /// `ADDED:` + the current UTC time with milliseconds, as ShedLock writes it.
 fn added_now() -> String {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
+    added_at(ms)
+}
+
+/// `ADDED:` + the UTC time `ms` milliseconds after the Unix epoch, as
+/// `yyyy-MM-ddTHH:mm:ss.SSSZ`.
+pub(crate) fn added_at(ms: i64) -> String {
     let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
@@ -159,8 +181,8 @@ impl ShedRedisBackend {
         )
         .map_err(bad)?;
         let (mut env, mut key_prefix, mut timeout) = (
-            "default".to_string(),
-            "job-lock".to_string(),
+            DEFAULT_ENV.to_string(),
+            DEFAULT_KEY_PREFIX.to_string(),
             Duration::from_secs(5),
         );
         for (k, v) in mine {
@@ -205,7 +227,7 @@ impl ShedRedisBackend {
         Ok(ShedRedisBackend {
             supervisors: Supervisors::new(),
             display_url: url.to_string(),
-            prefix: format!("{key_prefix}:{env}:"),
+            prefix: env_prefix(&key_prefix, &env),
             link,
             timeout,
         })
@@ -218,7 +240,7 @@ impl ShedRedisBackend {
     async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
         opts.check_for(BACKEND_REDIS, &self.capabilities())?;
         let key = self.key(name);
-        let value = format!("{}@{}", added_now(), owner(200));
+        let value = lock_value(&added_now(), &owner(200));
         let ttl_ms = opts.ttl().as_millis().max(1) as u64;
         let plan = WaitPlan::new(opts);
         let requested_at = plan.requested_at;

@@ -1,11 +1,14 @@
 //! `dlock hold URL NAME`: the holder process of the failure scenarios.
 
+use dlock::{Backend, LockName, LockOptions};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
+use tokio::signal::unix::Signal;
 
 use super::opt::HoldArgs;
 use super::{
-    EXIT_LOST, EXIT_OK, acquire_announcing_wait, lock_request, next_state, now_ms, signals, usage,
+    EXIT_LOST, EXIT_OK, acquire_announcing_wait, close, connect_or_signal, lock_request,
+    next_state, now_ms, signals, usage,
 };
 
 /// One event per line. A reader that went away (closed pipe) is not an error worth a panic:
@@ -25,14 +28,32 @@ pub(super) async fn hold(args: HoldArgs) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
+    let backend = match connect_or_signal(&args.lock.url, &mut sigterm, &mut sigint).await {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let code = hold_locked(&args, &*backend, &name, &opts, &mut sigterm, &mut sigint).await;
+    close(&*backend, opts.at_least()).await;
+    code
+}
+
+/// Acquires, holds until told to stop, releases; the exit code.
+async fn hold_locked(
+    args: &HoldArgs,
+    backend: &dyn Backend,
+    name: &LockName,
+    opts: &LockOptions,
+    sigterm: &mut Signal,
+    sigint: &mut Signal,
+) -> i32 {
     // `waiting`: the first try found the lock held elsewhere; the waiting request follows.
     let announce = || emit(json!({"event": "waiting", "t_ms": now_ms()}));
     let guard = match acquire_announcing_wait(
-        &args.lock.url,
-        &name,
-        &opts,
-        &mut sigterm,
-        &mut sigint,
+        backend,
+        name,
+        opts,
+        sigterm,
+        sigint,
         Some(Box::new(announce)),
     )
     .await

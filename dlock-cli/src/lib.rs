@@ -8,10 +8,11 @@ mod hold;
 pub mod opt;
 mod run;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use dlock::{Error, ErrorKind, LockName, LockOptions, Renew, Wait};
+use dlock::{Backend, Error, ErrorKind, LockName, LockOptions, Renew, Wait};
 
 use opt::{Cli, Command, LockArgs, WaitArg};
 
@@ -149,7 +150,7 @@ fn lock_request(
 }
 
 /// Connects, mapping errors to a message and an exit code.
-async fn connect(url: &str) -> Result<std::sync::Arc<dyn dlock::Backend>, i32> {
+async fn connect(url: &str) -> Result<Arc<dyn Backend>, i32> {
     dlock::connect(url).await.map_err(|e| {
         if exit_code(&e) == EXIT_USAGE {
             eprintln!("dlock: {e}");
@@ -177,16 +178,53 @@ fn signals() -> Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal
     }
 }
 
-/// Connects and acquires, giving up on SIGINT (exit 130) or SIGTERM (exit 143) while
-/// connecting or waiting: a dropped acquisition leaves nothing behind (cancel safety).
-async fn acquire_or_signal(
+/// How long `dlock` waits at exit, beyond an `at_least` still running, for the backend to
+/// withdraw what it made (contender nodes, leases) and close its sessions.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Connects, giving up on SIGINT (exit 130) or SIGTERM (exit 143).
+async fn connect_or_signal(
     url: &str,
+    sigterm: &mut tokio::signal::unix::Signal,
+    sigint: &mut tokio::signal::unix::Signal,
+) -> Result<Arc<dyn Backend>, i32> {
+    tokio::select! {
+        r = connect(url) => r,
+        _ = sigint.recv() => {
+            eprintln!("dlock: interrupted while connecting");
+            Err(130)
+        }
+        _ = sigterm.recv() => {
+            eprintln!("dlock: terminated while connecting");
+            Err(143)
+        }
+    }
+}
+
+/// Ends the backend's business before the process exits, whatever the exit: a busy try's
+/// contender record, a waiter given up on a signal, a guard's release held back by
+/// `--at-least` (kept until it has passed), and the session itself (ZooKeeper: closeSession,
+/// so its ephemeral nodes go now, not after the session timeout). Bounded by `at_least` plus
+/// [`CLOSE_GRACE`].
+async fn close(backend: &dyn Backend, at_least: Option<Duration>) {
+    let limit = at_least.unwrap_or_default() + CLOSE_GRACE;
+    if tokio::time::timeout(limit, backend.close()).await.is_err() {
+        eprintln!(
+            "dlock: warning: the backend did not finish closing within {limit:?}; what is left frees when its lease or session ends"
+        );
+    }
+}
+
+/// Acquires, giving up on SIGINT (exit 130) or SIGTERM (exit 143) while waiting: a dropped
+/// acquisition leaves nothing behind (cancel safety).
+async fn acquire_or_signal(
+    backend: &dyn Backend,
     name: &LockName,
     opts: &LockOptions,
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
 ) -> Result<dlock::Guard, i32> {
-    acquire_announcing_wait(url, name, opts, sigterm, sigint, None).await
+    acquire_announcing_wait(backend, name, opts, sigterm, sigint, None).await
 }
 
 /// [`acquire_or_signal`] that, given `on_wait` and options that wait, first tries the lock
@@ -194,7 +232,7 @@ async fn acquire_or_signal(
 /// follows (with what is left of a bounded wait). So `on_wait` means "found held, about to
 /// wait": the waiting request is sent right after it.
 async fn acquire_announcing_wait(
-    url: &str,
+    backend: &dyn Backend,
     name: &LockName,
     opts: &LockOptions,
     sigterm: &mut tokio::signal::unix::Signal,
@@ -202,7 +240,6 @@ async fn acquire_announcing_wait(
     on_wait: Option<Box<dyn FnOnce() + Send>>,
 ) -> Result<dlock::Guard, i32> {
     let work = async {
-        let backend = connect(url).await?;
         let waits = !matches!(opts.wait(), Wait::No | Wait::For(Duration::ZERO));
         let mut opts = opts.clone();
         if let Some(on_wait) = on_wait.filter(|_| waits) {

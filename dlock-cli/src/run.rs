@@ -3,13 +3,15 @@
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 
-use dlock::LockState;
+use dlock::{Backend, LockName, LockOptions, LockState};
 use tokio::process::Command;
+use tokio::signal::unix::Signal;
 use tokio::time::Instant;
 
 use super::opt::{OnLost, RunArgs};
 use super::{
-    EXIT_LOST, EXIT_SOFTWARE, acquire_or_signal, lock_request, next_state, signals, usage,
+    EXIT_LOST, EXIT_SOFTWARE, acquire_or_signal, close, connect_or_signal, lock_request,
+    next_state, signals, usage,
 };
 
 pub(super) async fn run(args: RunArgs) -> i32 {
@@ -21,11 +23,28 @@ pub(super) async fn run(args: RunArgs) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let guard =
-        match acquire_or_signal(&args.lock.url, &name, &opts, &mut sigterm, &mut sigint).await {
-            Ok(g) => g,
-            Err(code) => return code,
-        };
+    let backend = match connect_or_signal(&args.lock.url, &mut sigterm, &mut sigint).await {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let code = run_locked(&args, &*backend, &name, &opts, &mut sigterm, &mut sigint).await;
+    close(&*backend, opts.at_least()).await;
+    code
+}
+
+/// Acquires, runs the command under the lock and releases; the exit code.
+async fn run_locked(
+    args: &RunArgs,
+    backend: &dyn Backend,
+    name: &LockName,
+    opts: &LockOptions,
+    sigterm: &mut Signal,
+    sigint: &mut Signal,
+) -> i32 {
+    let guard = match acquire_or_signal(backend, name, opts, sigterm, sigint).await {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
 
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..])

@@ -96,4 +96,18 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         name: &'a LockName,
         opts: &'a LockOptions,
     ) -> BoxFuture<'a, Result<Guard>>;
+
+    /// Finishes this client's business with the service before the process exits: waits for
+    /// the cleanup it started in the background (withdrawn waiters, dropped guards, releases
+    /// held back by `at_least` — so this can take until an `at_least` has passed) and ends its
+    /// idle sessions, so nothing it made outlives it on the server. ZooKeeper sends
+    /// `closeSession`, which deletes the session's ephemeral nodes at once instead of after the
+    /// session timeout; etcd waits for its lease revokes. Sessions that guards still hold stay
+    /// open. The backend stays usable: the next `acquire` opens what it needs.
+    ///
+    /// Bound it with a timeout of your own if the process must exit by a deadline. The default
+    /// does nothing, for backends whose records all go with their connection.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::backend::BoxFuture;
+use crate::cleanups::Cleanups;
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::name::LockName;
 use crate::observe;
@@ -105,6 +106,14 @@ pub trait Lease: Send + Sync + 'static {
     /// before that never costs a task (see [`Supervisors`]). `None` (the default): the
     /// supervisor task starts with the guard.
     fn supervisors(&self) -> Option<&Supervisors> {
+        None
+    }
+
+    /// The backend's background-cleanup tracker, if it keeps one: a guard dropped without
+    /// `release` then releases on a task that [`Backend::close`](crate::Backend::close) waits
+    /// for, so a process that closes its backend before exiting leaves nothing held. `None`
+    /// (the default): the release task is not tracked.
+    fn cleanups(&self) -> Option<&Cleanups> {
         None
     }
 }
@@ -656,26 +665,27 @@ impl Drop for Guard {
         self.monitor.report_released();
         observe::released(self.backend, self.acquired_at.elapsed());
         let keep = self.at_least_remaining();
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let name = self.name.clone();
-                let backend = self.backend;
-                rt.spawn(async move {
-                    let r = match keep {
-                        Some(keep) => lease.release_after(keep).await,
-                        None => lease.release().await,
-                    };
-                    match r {
-                        Ok(ours) => tracing::debug!(lock = %name, backend, ours, "released on drop"),
-                        Err(e) => tracing::warn!(lock = %name, backend, error = %e, "release on drop failed; the lock frees when its lease expires or its session ends"),
-                    }
-                });
+        let name = self.name.clone();
+        let backend = self.backend;
+        let cleanups = lease.cleanups().cloned().unwrap_or_default();
+        let release = async move {
+            let r = match keep {
+                Some(keep) => lease.release_after(keep).await,
+                None => lease.release().await,
+            };
+            match r {
+                Ok(ours) => tracing::debug!(lock = %name, backend, ours, "released on drop"),
+                Err(e) => {
+                    tracing::warn!(lock = %name, backend, error = %e, "release on drop failed; the lock frees when its lease expires or its session ends")
+                }
             }
-            Err(_) => tracing::warn!(
+        };
+        if !cleanups.spawn(release) {
+            tracing::warn!(
                 lock = %self.name,
                 backend = self.backend,
                 "guard dropped outside a tokio runtime: not released; it frees when its lease expires or its session ends"
-            ),
+            );
         }
     }
 }

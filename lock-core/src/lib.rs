@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 mod backend;
+mod cleanups;
 mod election;
 mod error;
 mod finish;
@@ -20,6 +21,7 @@ mod supervisors;
 mod wait_plan;
 
 pub use backend::{Backend, BoxFuture, Capabilities};
+pub use cleanups::Cleanups;
 pub use election::{Election, Leadership};
 pub use error::{Error, ErrorKind, Operation, Result};
 pub use finish::Finish;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
+use lock_core::Cleanups;
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, Guard, LockName, LockOptions,
     Operation, Result, Supervisors,
@@ -38,6 +39,8 @@ pub(crate) struct Inner {
     pub last_reconnect: Mutex<Option<Instant>>,
     /// Starts the guards' keepalive supervisors only when due.
     pub supervisors: Supervisors,
+    /// Lease revokes and releases running in the background, which `close` waits for.
+    pub cleanups: Cleanups,
 }
 
 impl fmt::Debug for EtcdBackend {
@@ -148,6 +151,7 @@ impl EtcdBackend {
                 last_rtt_micros: AtomicU64::new(first_rtt),
                 last_reconnect: Mutex::new(None),
                 supervisors: Supervisors::new(),
+                cleanups: Cleanups::new(),
             }),
         })
     }
@@ -212,5 +216,26 @@ impl Backend for EtcdBackend {
             opts,
             crate::acquire::acquire(self, name, opts),
         )
+    }
+
+    /// Waits for the lease revokes and releases running in the background, then revokes the
+    /// idle leases kept for reuse, so that nothing this client granted outlives it.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.inner.cleanups.finished().await;
+            let idle = crate::lease::lock_pool(&self.inner).drain();
+            let limit = self.inner.config.request_timeout;
+            // A handful at most (the pool is small), one round trip each.
+            let mut leases = self.inner.client.lease_client();
+            for lease in idle {
+                let id = lease.id;
+                match call(Operation::Release, "lease revoke", limit, leases.revoke(id)).await {
+                    Ok(_) => tracing::debug!(lease = id, "idle lease revoked at close"),
+                    Err(e) => {
+                        tracing::debug!(lease = id, error = %e, "idle lease revoke failed; it expires on its own")
+                    }
+                }
+            }
+        })
     }
 }

@@ -58,6 +58,11 @@ impl LeasePool {
         self.idle.push(lease);
     }
 
+    /// Every idle lease, leaving the pool empty.
+    pub fn drain(&mut self) -> Vec<LeaseHandle> {
+        std::mem::take(&mut self.idle)
+    }
+
     /// The most recently used idle lease of `secs`; drops those that have certainly expired.
     pub fn take(&mut self, secs: i64) -> Option<LeaseHandle> {
         let now = Instant::now();
@@ -169,15 +174,9 @@ fn spawn_keep_alive(
 /// Revokes `id` on the current runtime without waiting (cancelled acquisitions, leases whose
 /// key may be left behind). Without a runtime the lease simply expires.
 pub(crate) fn revoke_in_background(inner: &Arc<Inner>, id: i64) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        tracing::debug!(
-            lease = id,
-            "no runtime to revoke the lease; it expires on its own"
-        );
-        return;
-    };
+    let tracked = Arc::clone(inner);
     let inner = Arc::clone(inner);
-    rt.spawn(async move {
+    let spawned = tracked.cleanups.spawn(async move {
         let mut leases = inner.client.lease_client();
         let limit = inner.config.request_timeout;
         match call(Operation::Release, "lease revoke", limit, leases.revoke(id)).await {
@@ -185,6 +184,12 @@ pub(crate) fn revoke_in_background(inner: &Arc<Inner>, id: i64) {
             Err(e) => tracing::debug!(lease = id, error = %e, "lease revoke failed; it expires on its own"),
         }
     });
+    if !spawned {
+        tracing::debug!(
+            lease = id,
+            "no runtime to revoke the lease; it expires on its own"
+        );
+    }
 }
 
 /// What a [`Guard`](lock_core::Guard) holds: our contender key, its create revision (the
@@ -334,6 +339,10 @@ impl EtcdLease {
 impl Lease for EtcdLease {
     fn supervisors(&self) -> Option<&Supervisors> {
         Some(&self.inner.supervisors)
+    }
+
+    fn cleanups(&self) -> Option<&lock_core::Cleanups> {
+        Some(&self.inner.cleanups)
     }
 
     fn extend(&self, ttl: Duration) -> BoxFuture<'_, Result<bool>> {

@@ -90,11 +90,11 @@ impl ZkBackend {
                 Standing::Waiting { predecessor, .. } => format!("{lock_path}/{predecessor}"),
             };
             if try_only {
-                contender.withdraw();
+                contender.withdraw().await;
                 return Err(plan.busy_error(NAME, name, ""));
             }
             if deadline.is_some_and(|d| d <= Instant::now()) {
-                contender.withdraw();
+                contender.withdraw().await;
                 return Err(plan.busy_error(NAME, name, ""));
             }
             // Watch only the node right before ours (no herd), as Curator does.
@@ -108,7 +108,7 @@ impl ZkBackend {
                     tokio::select! {
                         _ = watcher.changed() => {}
                         _ = sleep_until_opt(deadline) => {
-                            contender.withdraw();
+                            contender.withdraw().await;
                             return Err(plan.busy_error(NAME, name, ""));
                         }
                     }
@@ -159,6 +159,18 @@ impl Backend for ZkBackend {
         opts: &'a LockOptions,
     ) -> BoxFuture<'a, Result<Guard>> {
         lock_core::observe::instrument_acquire(NAME, name, opts, self.acquire_inner(name, opts))
+    }
+
+    /// Waits for this session's background deletes, then ends the session with
+    /// `closeSession` unless guards still hold it (see [`Session::close`]).
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(session) = self.session.lock().await.take() else {
+                return;
+            };
+            session.cleanups().finished().await;
+            session.close().await;
+        })
     }
 }
 

@@ -201,27 +201,45 @@ impl Contender {
         self.node_path()
     }
 
-    /// Leaves the queue: the delete is sent now (so it reaches the server before anything
-    /// this session sends later) and finished in the background.
-    pub fn withdraw(mut self) {
-        self.start_cleanup();
+    /// Leaves the queue and waits until our node is gone (or the session is over), so that a
+    /// caller told "busy" leaves nothing behind even if its process exits right away. If this
+    /// future is dropped first, the drop finishes the job in the background.
+    pub async fn withdraw(mut self) {
+        if !self.armed {
+            return;
+        }
+        let session = Arc::clone(&self.session);
+        if let Some(path) = self.node_path() {
+            match tokio::time::timeout(session.timeout(), session.client().delete(&path, None))
+                .await
+            {
+                Ok(Ok(())) | Ok(Err(ZkError::NoNode)) => {
+                    self.armed = false;
+                    return;
+                }
+                Ok(Err(e)) if error::is_session_over(&e) => {
+                    self.armed = false;
+                    return;
+                }
+                _ => {}
+            }
+        }
+        remove_by_prefix(&session, &self.lock_path, &self.prefix).await;
+        self.armed = false;
     }
 
     fn start_cleanup(&mut self) {
         if !std::mem::take(&mut self.armed) {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(lock = %self.lock_path, "no tokio runtime: our contender node stays until the session ends");
-            return;
-        };
         let session = Arc::clone(&self.session);
         let first = self
             .node_path()
             .map(|path| session.client().delete(&path, None));
         let lock_path = self.lock_path.clone();
         let prefix = self.prefix.clone();
-        rt.spawn(async move {
+        let cleanups = self.session.cleanups().clone();
+        let spawned = cleanups.spawn(async move {
             if let Some(delete) = first {
                 match tokio::time::timeout(session.timeout(), delete).await {
                     Ok(Ok(())) | Ok(Err(ZkError::NoNode)) => return,
@@ -231,6 +249,9 @@ impl Contender {
             }
             remove_by_prefix(&session, &lock_path, &prefix).await;
         });
+        if !spawned {
+            tracing::warn!(lock = %self.lock_path, "no tokio runtime: our contender node stays until the session ends");
+        }
     }
 }
 

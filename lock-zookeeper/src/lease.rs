@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::{BoxFuture, Error, ErrorKind, Lease, LeaseMonitor, Operation, Result};
+use lock_core::{BoxFuture, Cleanups, Error, ErrorKind, Lease, LeaseMonitor, Operation, Result};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use zookeeper_client::Error as ZkError;
@@ -85,6 +85,10 @@ impl Lease for ZkLease {
         ))))
     }
 
+    fn cleanups(&self) -> Option<&Cleanups> {
+        Some(self.session.cleanups())
+    }
+
     fn release(&self) -> BoxFuture<'_, Result<bool>> {
         self.detach();
         Box::pin(delete_node(&self.session, &self.path, Operation::Release))
@@ -111,7 +115,9 @@ impl Lease for ZkLease {
             if ours {
                 let session = Arc::clone(&self.session);
                 let path = self.path.clone();
-                tokio::spawn(async move {
+                // Tracked, so that `Backend::close` keeps the process (and the node) until
+                // `at_least` has passed.
+                self.session.cleanups().spawn(async move {
                     tokio::time::sleep(keep).await;
                     if let Err(e) = delete_node(&session, &path, Operation::Release).await {
                         tracing::warn!(node = %path, error = %e, "could not free the lock after at_least; it goes when the session ends");

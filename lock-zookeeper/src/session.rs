@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use lock_core::{LeaseMonitor, LockState, Operation, Result, sleep_until_opt};
+use lock_core::{Cleanups, LeaseMonitor, LockState, Operation, Result, sleep_until_opt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use zookeeper_client::{Client, SessionState, StateWatcher};
@@ -18,6 +18,9 @@ pub(crate) struct Session {
     client: Client,
     timeout: Duration,
     grants: Arc<Mutex<Grants>>,
+    /// Deletes this session's clients started in the background (withdrawn contenders,
+    /// dropped guards, releases held back by `at_least`).
+    cleanups: Cleanups,
     /// Dropped with the session: tells the watcher task to stop.
     _stop: oneshot::Sender<()>,
 }
@@ -95,6 +98,7 @@ impl Session {
             client,
             timeout,
             grants,
+            cleanups: Cleanups::new(),
             _stop: stop,
         }))
     }
@@ -102,6 +106,46 @@ impl Session {
     /// The client (cheap to clone; every clone talks over this session).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The background deletes of this session.
+    pub fn cleanups(&self) -> &Cleanups {
+        &self.cleanups
+    }
+
+    /// Ends the session with `closeSession`, which deletes its ephemeral nodes at once, and
+    /// waits (up to the session timeout) until the client has sent it and the server answered.
+    /// Without this, a process that exits leaves its nodes until the session times out: a
+    /// session outlives its TCP connection. Only the last holder of the session can close it;
+    /// while guards hold it, it stays open (they need it).
+    pub async fn close(self: Arc<Self>) {
+        let mut states = self.client.state_watcher();
+        let limit = self.timeout;
+        let id = self.id();
+        match Arc::try_unwrap(self) {
+            // Dropping the last client (this one, and the state task's, which stops with it)
+            // makes the client send closeSession and finish its pending requests.
+            Ok(session) => drop(session),
+            Err(_) => {
+                tracing::debug!("the ZooKeeper session is still held by guards; it stays open");
+                return;
+            }
+        }
+        let ended = tokio::time::timeout(limit, async {
+            let mut state = states.peek_state();
+            while !state.is_terminated() {
+                state = states.changed().await;
+            }
+            state
+        })
+        .await;
+        match ended {
+            Ok(state) => tracing::debug!(session = id, %state, "ZooKeeper session closed"),
+            Err(_) => tracing::warn!(
+                session = id,
+                "the ZooKeeper session did not confirm its close in time; its nodes go when it times out"
+            ),
+        }
     }
 
     /// The session timeout the server granted.

@@ -122,6 +122,69 @@ fn backends_lists_memory_with_its_capabilities() {
     assert!(out.lines().any(|l| l.starts_with("postgres")), "{out}");
 }
 
+/// `dlock backends --json` is one JSON document with the fields dlock-cli's README lists;
+/// this build has every backend, so every scheme is available with its feature.
+#[test]
+fn backends_json_is_one_document_with_the_documented_fields() {
+    let o = dlock(&["backends", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON document");
+    assert!(doc["dlock_version"].is_string(), "{doc}");
+    let schemes = doc["schemes"].as_array().expect("schemes");
+    for s in schemes {
+        assert_eq!(s["status"], "available", "{s}");
+        assert!(s["capabilities"]["fencing"].is_boolean(), "{s}");
+        assert!(
+            s["capabilities"]["min_ttl_ms"].is_u64() || s["capabilities"]["min_ttl_ms"].is_null(),
+            "{s}"
+        );
+    }
+    let find = |name: &str| schemes.iter().find(|s| s["scheme"] == name).cloned();
+    assert_eq!(find("memory").unwrap()["feature"], serde_json::Value::Null);
+    assert_eq!(find("postgres").unwrap()["feature"], "postgres");
+    assert_eq!(find("redlock").unwrap()["capabilities"]["fencing"], false);
+    assert_eq!(find("zk").unwrap()["feature"], "zookeeper");
+}
+
+/// `dlock completions SHELL` prints a script for that shell and exits 0; an unknown shell is
+/// a usage error.
+#[test]
+fn completions_print_a_script_per_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef dlock"),
+        ("fish", "complete -c dlock"),
+    ] {
+        let o = dlock(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0), "{shell}: {}", stderr(&o));
+        let script = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            script.contains(marker),
+            "{shell}: no {marker:?} in\n{script}"
+        );
+    }
+    assert_eq!(dlock(&["completions", "cmd.exe"]).status.code(), Some(64));
+}
+
+/// Help ends with examples, for dlock itself and each command.
+#[test]
+fn help_shows_examples() {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["hold", "--help"],
+        &["backends", "--help"],
+        &["completions", "--help"],
+        &["conformance", "--help"],
+        &["servers", "up", "--help"],
+    ] {
+        let o = dlock(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}");
+        let help = String::from_utf8_lossy(&o.stdout);
+        assert!(help.contains("Examples:\n  "), "{args:?}: {help}");
+    }
+}
+
 fn events(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
         .lines()

@@ -9,7 +9,11 @@ use lock_core::{
     Guard, Lease, LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result,
     Supervisors, WaitPlan, lease_deadline,
 };
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
+
+/// How long connecting (one connection, or a connection from the pool) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 use tokio::sync::{OnceCell, broadcast};
 use tokio::time::Instant;
 
@@ -151,9 +155,33 @@ impl ShedPgBackend {
         let cfg = ShedPgConfig::from_url(url)?;
         let (sql, table) = Sql::new(&cfg.layout, cfg.fencing_table.as_deref())
             .map_err(|e| Error::invalid_url(BACKEND_PG, e))?;
+        // One direct connection first: a refused or unreachable server fails here at once,
+        // with its cause. The pool would retry it until its acquire timeout and then report
+        // only that it timed out.
+        let cannot_connect = |why: &str| {
+            Error::new(
+                ErrorKind::Connection,
+                BACKEND_PG,
+                Operation::Connect,
+                format!("cannot connect to {}{why}", cfg.display_url),
+            )
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&cfg.connect)).await
+        {
+            Ok(Ok(probe)) => {
+                let _ = probe.close().await;
+            }
+            // The error's display carries its source: the cause.
+            Ok(Err(e)) => return Err(cannot_connect("").with_source(e)),
+            Err(_) => {
+                return Err(cannot_connect(&format!(
+                    ": no answer within {CONNECT_TIMEOUT:?}"
+                )));
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(cfg.pool_size)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(cfg.connect.clone())
             .await
             .map_err(|e| {

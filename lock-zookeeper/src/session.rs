@@ -68,6 +68,12 @@ impl Session {
             match tokio::time::timeout(limit, connector.connect(&config.connect_string())).await {
                 Ok(Ok(client)) => client,
                 Ok(Err(e)) => {
+                    let what = match e {
+                        zookeeper_client::Error::NoHosts => {
+                            format!("{what}: {}", why_no_host(&config.hosts).await)
+                        }
+                        _ => what,
+                    };
                     return Err(error::from_zk(Operation::Connect, &what, e)
                         .in_operation(Operation::Connect));
                 }
@@ -236,6 +242,26 @@ pub(crate) fn lost_grace(timeout: Duration, connection: Duration) -> Duration {
     let margin = timeout * 3 / 20;
     let drift = timeout / 100 + Duration::from_millis(2);
     timeout.saturating_sub(detection + margin + drift)
+}
+
+/// Why no server took a session: the client only says "no available hosts", so each host is
+/// asked once more with a plain TCP connect, whose error names the cause (refused, timed out,
+/// no route, unknown host). Runs only on this failure path.
+async fn why_no_host(hosts: &[String]) -> String {
+    const PROBE: Duration = Duration::from_secs(2);
+    let mut causes = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        let cause = match tokio::time::timeout(PROBE, tokio::net::TcpStream::connect(host.as_str()))
+            .await
+        {
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer to a TCP connect within {PROBE:?}"),
+            // It accepts TCP now: it refused or dropped the ZooKeeper handshake.
+            Ok(Ok(_)) => "accepts TCP but gave no session (not ZooKeeper, or not serving)".into(),
+        };
+        causes.push(format!("{host}: {cause}"));
+    }
+    format!("no server gave a session ({})", causes.join("; "))
 }
 
 /// Follows the session's state until it ends or the session is dropped.

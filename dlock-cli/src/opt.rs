@@ -199,7 +199,10 @@ pub struct RunArgs {
     pub lock: LockArgs,
 
     /// Keep the lock taken until at least this long after acquiring it, even if CMD ends
-    /// sooner (ShedLock's lockAtLeastFor). Must not exceed --ttl.
+    /// sooner (ShedLock's lockAtLeastFor). Must not exceed --ttl. Where the server keeps it
+    /// (redis, redlock, etcd, shedlock+*: `dlock backends` says at_least) dlock exits when CMD
+    /// does; on postgres and zk, whose locks go with their session, dlock itself stays (holding
+    /// the lock, CMD finished) until the window has passed.
     #[arg(long, value_parser = parse_duration)]
     pub at_least: Option<Duration>,
 

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use lock_core::{
-    Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
-    Lease, LeaseMonitor, LockMode, LockName, LockOptions, Operation, Renew, Result, Supervisors,
-    Wait, lease_deadline,
+    Backend, BoxFuture, Capabilities, Cleanups, ConnectUrl, Error, ErrorKind, FencingToken, Grant,
+    Guard, Lease, LeaseMonitor, LockMode, LockName, LockOptions, Operation, Renew, Result,
+    Supervisors, Wait, lease_deadline,
 };
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -28,6 +28,9 @@ pub struct PgBackend {
     shared: Mutex<Option<Session>>,
     /// Starts the guards' supervisors (session checks) only when due.
     supervisors: Supervisors,
+    /// Releases running in the background (dropped guards, unlocks held back by `at_least`),
+    /// which `close` waits for.
+    cleanups: Cleanups,
     /// Dedicated sessions of released waiting acquisitions, kept for the next waits.
     idle: Arc<IdleSessions>,
 }
@@ -64,6 +67,7 @@ impl PgBackend {
             cfg,
             shared: Mutex::new(Some(session)),
             supervisors: Supervisors::new(),
+            cleanups: Cleanups::new(),
         })
     }
 
@@ -207,6 +211,7 @@ impl PgBackend {
             id,
             session_deadline: self.cfg.session_deadline,
             supervisors: self.supervisors.clone(),
+            cleanups: self.cleanups.clone(),
         });
         let guard_opts = opts
             .clone()
@@ -246,6 +251,12 @@ impl Backend for PgBackend {
     ) -> BoxFuture<'a, Result<Guard>> {
         lock_core::observe::instrument_acquire(BACKEND, name, opts, self.acquire_inner(name, opts))
     }
+
+    /// Waits for the background releases (dropped guards, unlocks held back by `at_least`).
+    /// The sessions themselves end with their connections, and their locks with them.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.cleanups.finished())
+    }
 }
 
 /// The session a grant is on.
@@ -268,6 +279,7 @@ struct PgLease {
     id: u64,
     session_deadline: Duration,
     supervisors: Supervisors,
+    cleanups: Cleanups,
 }
 
 impl Lease for PgLease {
@@ -296,6 +308,10 @@ impl Lease for PgLease {
         Some(&self.supervisors)
     }
 
+    fn cleanups(&self) -> Option<&Cleanups> {
+        Some(&self.cleanups)
+    }
+
     fn release(&self) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
             self.session.unwatch(self.id);
@@ -309,13 +325,15 @@ impl Lease for PgLease {
 
     /// `at_least` for session locks: keep the lock on the session and unlock it from a
     /// background task once `keep` has passed. If this process exits first, the session ends
-    /// and the lock is freed early (documented).
+    /// and the lock is freed early (documented); [`Backend::close`] waits for the task, so a
+    /// process that closes its backend before exiting keeps the lock until `at_least` has
+    /// passed (the `dlock` CLI does).
     fn release_after(&self, keep: Duration) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
             self.session.unwatch(self.id);
             let session = self.session.clone();
             let (key, mode) = (self.key, self.mode);
-            tokio::spawn(async move {
+            self.cleanups.spawn(async move {
                 tokio::time::sleep(keep).await;
                 let _ = session.unlock(key, mode).await;
             });

@@ -55,6 +55,7 @@ async fn hold_locked(
         sigterm,
         sigint,
         Some(Box::new(announce)),
+        false,
     )
     .await
     {

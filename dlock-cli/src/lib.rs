@@ -102,9 +102,11 @@ pub fn exit_code(e: &Error) -> i32 {
     }
 }
 
-/// Prints the one-line message for a failed acquisition and returns its exit code.
-fn report_acquire_error(name: &LockName, e: &Error) -> i32 {
+/// Prints the one-line message for a failed acquisition (none for a busy lock when
+/// `quiet_busy`) and returns its exit code.
+fn report_acquire_error(name: &LockName, e: &Error, quiet_busy: bool) -> i32 {
     match e.kind() {
+        ErrorKind::Contended | ErrorKind::Timeout if quiet_busy => {}
         ErrorKind::Contended => {
             eprintln!("dlock: lock {:?} is busy (held elsewhere)", name.as_str())
         }
@@ -223,8 +225,9 @@ async fn acquire_or_signal(
     opts: &LockOptions,
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
+    quiet_busy: bool,
 ) -> Result<dlock::Guard, i32> {
-    acquire_announcing_wait(backend, name, opts, sigterm, sigint, None).await
+    acquire_announcing_wait(backend, name, opts, sigterm, sigint, None, quiet_busy).await
 }
 
 /// [`acquire_or_signal`] that, given `on_wait` and options that wait, first tries the lock
@@ -238,6 +241,7 @@ async fn acquire_announcing_wait(
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
     on_wait: Option<Box<dyn FnOnce() + Send>>,
+    quiet_busy: bool,
 ) -> Result<dlock::Guard, i32> {
     let work = async {
         let waits = !matches!(opts.wait(), Wait::No | Wait::For(Duration::ZERO));
@@ -250,7 +254,7 @@ async fn acquire_announcing_wait(
             {
                 Ok(guard) => return Ok(guard),
                 Err(e) if e.kind() == ErrorKind::Contended => {}
-                Err(e) => return Err(report_acquire_error(name, &e)),
+                Err(e) => return Err(report_acquire_error(name, &e, quiet_busy)),
             }
             on_wait();
             if let Wait::For(d) = opts.wait() {
@@ -262,7 +266,7 @@ async fn acquire_announcing_wait(
         backend
             .acquire(name, &opts)
             .await
-            .map_err(|e| report_acquire_error(name, &e))
+            .map_err(|e| report_acquire_error(name, &e, quiet_busy))
     };
     tokio::select! {
         r = work => r,

@@ -206,6 +206,16 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration)]
     pub at_least: Option<Duration>,
 
+    /// Exit with CODE instead of 75 when the lock is busy (flock's -E), e.g. a code CMD
+    /// never uses, so a busy lock and CMD's own failures are told apart.
+    #[arg(long, value_name = "CODE", value_parser = clap::value_parser!(u8))]
+    pub busy_exit: Option<u8>,
+
+    /// A busy lock is a normal skip: exit 0 and print nothing. For cron, which mails any
+    /// output and reports any non-zero exit: the hosts that skip stay quiet.
+    #[arg(long, conflicts_with = "busy_exit")]
+    pub skip_ok: bool,
+
     /// What to do to CMD when the lock is lost while it runs.
     #[arg(long, value_enum, default_value_t = OnLost::Term)]
     pub on_lost: OnLost,
@@ -299,8 +309,9 @@ Examples:
   # Wait up to 5 minutes for the lock; keep it taken for at least 1 minute.
   dlock run --wait 5m --at-least 1m redis://cache:6379 report -- make report
 
-  # In a crontab: a run skipped because another host has the job is not an error.
-  dlock run etcd://etcd1:2379,etcd2:2379 sync -- /usr/local/bin/sync || [ $? -eq 75 ]
+  # In a crontab on every pod: one purges, the others skip silently (exit 0); the lock
+  # stays taken 5 minutes from the grant, so a pod with a slow clock does not purge again.
+  0 2 * * * dlock run --skip-ok --at-least 5m --ttl 10m postgres://app@db/prod purge -- ./purge.sh
 
   # CMD sees the lock's fencing token; SIGKILL at once if the lock is lost.
   dlock run --on-lost kill zk://zk1:2181/app job -- sh -c 'echo \"token $DLOCK_FENCING_TOKEN\"'";

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use super::opt::{OnLost, RunArgs};
 use super::{
-    EXIT_LOST, EXIT_SOFTWARE, acquire_or_signal, close, connect_or_signal, lock_request,
-    next_state, signals, usage,
+    EXIT_BUSY, EXIT_LOST, EXIT_OK, EXIT_SOFTWARE, acquire_or_signal, close, connect_or_signal,
+    lock_request, next_state, signals, usage,
 };
 
 pub(super) async fn run(args: RunArgs) -> i32 {
@@ -41,8 +41,12 @@ async fn run_locked(
     sigterm: &mut Signal,
     sigint: &mut Signal,
 ) -> i32 {
-    let guard = match acquire_or_signal(backend, name, opts, sigterm, sigint).await {
+    let guard = match acquire_or_signal(backend, name, opts, sigterm, sigint, args.skip_ok).await {
         Ok(g) => g,
+        Err(EXIT_BUSY) if args.skip_ok => return EXIT_OK,
+        Err(EXIT_BUSY) if args.busy_exit.is_some() => {
+            return args.busy_exit.map_or(EXIT_BUSY, i32::from);
+        }
         Err(code) => return code,
     };
 

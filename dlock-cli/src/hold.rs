@@ -8,7 +8,7 @@ use tokio::signal::unix::Signal;
 use super::opt::HoldArgs;
 use super::{
     EXIT_LOST, EXIT_OK, acquire_announcing_wait, close, connect_or_signal, lock_request,
-    next_state, now_ms, signals, usage,
+    next_state, now_ms, refuse_unhonoured, signals, usage,
 };
 
 /// One event per line. A reader that went away (closed pipe) is not an error worth a panic:
@@ -32,6 +32,10 @@ pub(super) async fn hold(args: HoldArgs) -> i32 {
         Ok(b) => b,
         Err(code) => return code,
     };
+    if let Err(code) = refuse_unhonoured(&*backend, &args.lock, !args.no_renew) {
+        close(&*backend, None).await;
+        return code;
+    }
     let code = hold_locked(&args, &*backend, &name, &opts, &mut sigterm, &mut sigint).await;
     close(&*backend, opts.at_least()).await;
     code

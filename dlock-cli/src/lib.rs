@@ -136,7 +136,12 @@ fn lock_request(
         Some(WaitArg::Forever) => Wait::Forever,
     };
     let mut opts = LockOptions::new()
-        .with_ttl(args.ttl)
+        // Without --ttl: 30 s, or the --at-least window if longer (a lease may not end
+        // before its at_least).
+        .with_ttl(
+            args.ttl
+                .unwrap_or_else(|| DEFAULT_TTL.max(at_least.unwrap_or_default())),
+        )
         .with_wait(wait)
         .with_renew(if renew {
             Renew::Auto { max_hold: None }
@@ -183,6 +188,25 @@ fn signals() -> Result<(tokio::signal::unix::Signal, tokio::signal::unix::Signal
 /// How long `dlock` waits at exit, beyond an `at_least` still running, for the backend to
 /// withdraw what it made (contender nodes, leases) and close its sessions.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// The lease when `--ttl` is not given.
+const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
+/// Refuses an option this backend would not honour (exit 64, naming the missing capability),
+/// so that no option is silently ignored. `renew`: the lease is renewed while held (`run`,
+/// and `hold` without `--no-renew`).
+fn refuse_unhonoured(backend: &dyn Backend, args: &LockArgs, renew: bool) -> Result<(), i32> {
+    let caps = backend.capabilities();
+    if args.ttl.is_some() && renew && !caps.lease {
+        return Err(usage(&format!(
+            "--ttl: {} has no lease (capability `lease`): its lock lives as long as dlock's \
+             session, which ends with dlock, so there is nothing for a ttl to bound; leave \
+             --ttl out (with `hold --no-renew` it bounds the hold)",
+            backend.name()
+        )));
+    }
+    Ok(())
+}
 
 /// Connects, giving up on SIGINT (exit 130) or SIGTERM (exit 143).
 async fn connect_or_signal(

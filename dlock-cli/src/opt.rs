@@ -176,9 +176,12 @@ pub enum ServersCommand {
 /// The lock everyone talks about: URL and NAME, plus the lease.
 #[derive(Debug, Args)]
 pub struct LockArgs {
-    /// Lease length: how long the lock outlives a holder that stops renewing.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub ttl: Duration,
+    /// Lease length (default 30s, or --at-least if longer): how long the lock outlives a
+    /// holder that stops renewing.
+    /// postgres and zk have no lease (the lock lives as long as dlock's session, which ends
+    /// with dlock) and refuse it, except `hold --no-renew`, where it bounds the hold.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
 
     /// How long to wait for a busy lock: a duration, or `forever`. Default: do not wait.
     #[arg(long, value_parser = parse_wait)]
@@ -199,7 +202,7 @@ pub struct RunArgs {
     pub lock: LockArgs,
 
     /// Keep the lock taken until at least this long after acquiring it, even if CMD ends
-    /// sooner (ShedLock's lockAtLeastFor). Must not exceed --ttl. Where the server keeps it
+    /// sooner (ShedLock's lockAtLeastFor). Must not exceed --ttl (the default ttl grows to it). Where the server keeps it
     /// (redis, redlock, etcd, shedlock+*: `dlock backends` says at_least) dlock exits when CMD
     /// does; on postgres and zk, whose locks go with their session, dlock itself stays (holding
     /// the lock, CMD finished) until the window has passed.
@@ -311,7 +314,7 @@ Examples:
 
   # In a crontab on every pod: one purges, the others skip silently (exit 0); the lock
   # stays taken 5 minutes from the grant, so a pod with a slow clock does not purge again.
-  0 2 * * * dlock run --skip-ok --at-least 5m --ttl 10m postgres://app@db/prod purge -- ./purge.sh
+  0 2 * * * dlock run --skip-ok --at-least 5m postgres://app@db/prod purge -- ./purge.sh
 
   # CMD sees the lock's fencing token; SIGKILL at once if the lock is lost.
   dlock run --on-lost kill zk://zk1:2181/app job -- sh -c 'echo \"token $DLOCK_FENCING_TOKEN\"'";

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::opt::{OnLost, RunArgs};
 use super::{
     EXIT_BUSY, EXIT_LOST, EXIT_OK, EXIT_SOFTWARE, acquire_or_signal, close, connect_or_signal,
-    lock_request, next_state, signals, usage,
+    lock_request, next_state, refuse_unhonoured, signals, usage,
 };
 
 pub(super) async fn run(args: RunArgs) -> i32 {
@@ -27,6 +27,10 @@ pub(super) async fn run(args: RunArgs) -> i32 {
         Ok(b) => b,
         Err(code) => return code,
     };
+    if let Err(code) = refuse_unhonoured(&*backend, &args.lock, true) {
+        close(&*backend, None).await;
+        return code;
+    }
     let code = run_locked(&args, &*backend, &name, &opts, &mut sigterm, &mut sigint).await;
     close(&*backend, opts.at_least()).await;
     code

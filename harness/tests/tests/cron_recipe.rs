@@ -19,7 +19,7 @@ const AT_LEAST: &str = "3s";
 fn pod(url: &str, name: &str, out: &Path) -> std::process::Child {
     let job = format!("echo ran >> {}", out.display());
     Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
-        .args(["run", "--skip-ok", "--at-least", AT_LEAST, "--ttl", "10m"])
+        .args(["run", "--skip-ok", "--at-least", AT_LEAST])
         .args([url, name, "--", "sh", "-c", &job])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

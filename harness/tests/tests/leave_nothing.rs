@@ -27,14 +27,14 @@ fn t_ms(ev: &serde_json::Value) -> i64 {
 fn handoff_after_busy_tries(url: &str, busy_try: impl FnOnce(&str, &str)) {
     let name = unique("leave-nothing");
     let name = name.as_str();
-    let mut holder = Holder::start(url, name, &["--ttl", "30s"]);
+    let mut holder = Holder::start(url, name, &[]);
     holder.acquired();
 
     let (code, stderr) = dlock(&["run", url, name, "--", "true"]);
     assert_eq!(code, Some(75), "a busy dlock run must exit 75: {stderr}");
     busy_try(url, name);
 
-    let mut waiter = Holder::start(url, name, &["--ttl", "30s", "--wait", "30s"]);
+    let mut waiter = Holder::start(url, name, &["--wait", "30s"]);
     let first = waiter.next_event().expect("the waiter ended at once");
     assert_eq!(
         first["event"], "waiting",

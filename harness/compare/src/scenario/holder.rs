@@ -108,7 +108,7 @@ pub struct HoldSpec {
     pub url: String,
     /// Lock name.
     pub name: String,
-    /// `--ttl`.
+    /// `--ttl`, given where the backend has a lease.
     pub ttl: Duration,
     /// `--wait forever` when true; otherwise `--wait` of 30 s.
     pub wait_forever: bool,
@@ -160,8 +160,16 @@ pub struct Holder {
     clock_ahead_ms: Option<i64>,
 }
 
+/// Whether the backend at `url` has a lease for `--ttl` to set. PostgreSQL and ZooKeeper locks
+/// live as long as their session (ZooKeeper's session timeout comes from the URL), and `dlock
+/// hold` refuses a `--ttl` it could not honour.
+fn has_lease(url: &str) -> bool {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    !matches!(scheme, "postgres" | "postgresql" | "zk")
+}
+
 impl Holder {
-    /// Starts `dlock hold --ttl T --wait W URL NAME` from the `dlock` binary at `bin`. The
+    /// Starts `dlock hold [--ttl T] --wait W URL NAME` (`--ttl` where the backend has a lease) from the `dlock` binary at `bin`. The
     /// holder dies with the process that started it (parent-death signal).
     pub fn spawn(bin: &Path, spec: &HoldSpec) -> Result<Holder> {
         Holder::spawn_in(bin, spec, None)
@@ -174,10 +182,11 @@ impl Holder {
         if let Some(ns) = netns {
             ns.enter_on_spawn(&mut cmd);
         }
-        cmd.arg("hold")
-            .arg("--ttl")
-            .arg(format!("{}ms", spec.ttl.as_millis()))
-            .arg("--wait")
+        cmd.arg("hold");
+        if has_lease(&spec.url) {
+            cmd.arg("--ttl").arg(format!("{}ms", spec.ttl.as_millis()));
+        }
+        cmd.arg("--wait")
             .arg(if spec.wait_forever { "forever" } else { "30s" })
             .arg(&spec.url)
             .arg(&spec.name)

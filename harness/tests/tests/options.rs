@@ -1,0 +1,75 @@
+//! Every `run`/`hold` option means the same on every backend, or is refused with exit 64 and
+//! the missing capability named: nothing is silently ignored.
+
+mod common;
+
+use common::{dlock, unique};
+use dlock_fixtures as fixtures;
+
+/// `--ttl` with renewal on a backend without a lease: refused, naming the capability.
+fn ttl_refused(url: &str) {
+    let name = unique("opt-ttl");
+    for args in [
+        vec!["run", "--ttl", "5s", url, name.as_str(), "--", "true"],
+        vec!["hold", "--ttl", "5s", "--for", "10ms", url, name.as_str()],
+    ] {
+        let (code, stderr) = dlock(&args);
+        assert_eq!(code, Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains("capability `lease`"), "{args:?}: {stderr}");
+    }
+    // Without --ttl, and with `hold --no-renew` (where it bounds the hold), it works.
+    let (code, stderr) = dlock(&["run", url, name.as_str(), "--", "true"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = dlock(&[
+        "hold",
+        "--no-renew",
+        "--ttl",
+        "5s",
+        "--for",
+        "10ms",
+        url,
+        name.as_str(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// `--ttl` on a lease backend is the lease: accepted.
+fn ttl_honoured(url: &str) {
+    let name = unique("opt-ttl");
+    let (code, stderr) = dlock(&["run", "--ttl", "5s", url, name.as_str(), "--", "true"]);
+    assert_eq!(code, Some(0), "{url}: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_ttl() {
+    let pg = fixtures::postgres().await.unwrap();
+    let url = pg.url().to_string();
+    tokio::task::spawn_blocking(move || ttl_refused(&url))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_refuses_ttl() {
+    let zk = fixtures::zookeeper().await.unwrap();
+    let url = zk.url().to_string();
+    tokio::task::spawn_blocking(move || ttl_refused(&url))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_backends_take_ttl() {
+    let redis = fixtures::redis().await.unwrap();
+    let etcd = fixtures::etcd().await.unwrap();
+    let pg = fixtures::postgres().await.unwrap();
+    let urls = [
+        redis.url().to_string(),
+        format!("shedlock+{}", redis.url()),
+        etcd.url().to_string(),
+        format!("shedlock+{}", pg.url()),
+    ];
+    tokio::task::spawn_blocking(move || urls.iter().for_each(|u| ttl_honoured(u)))
+        .await
+        .unwrap();
+}

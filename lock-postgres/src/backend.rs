@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::BACKEND;
 use crate::config::{Fencing, PgConfig};
-use crate::session::{PendingGrant, Session, lock};
+use crate::session::{PendingGrant, Session, SessionWatch, lock};
 
 static NEXT_GRANT: AtomicU64 = AtomicU64::new(1);
 
@@ -33,6 +33,9 @@ pub struct PgBackend {
     cleanups: Cleanups,
     /// Dedicated sessions of released waiting acquisitions, kept for the next waits.
     idle: Arc<IdleSessions>,
+    /// Checks every lock session the moment the server's connections end (see
+    /// `session/watch.rs`).
+    watch: SessionWatch,
 }
 
 impl fmt::Debug for PgBackend {
@@ -57,18 +60,31 @@ impl PgBackend {
         min_ttl: None,
     };
 
-    /// Parses the URL and checks that the server answers (one connection, opened now and
-    /// kept as the shared lock session).
+    /// Parses the URL and checks that the server answers: opens the shared lock session and,
+    /// beside it (at the same time), the session-watch connection (`session_watch=off`: not
+    /// that one).
     pub async fn connect(url: &ConnectUrl) -> Result<Self> {
         let cfg = Arc::new(PgConfig::from_url(url)?);
-        let session = Session::open(cfg.clone()).await?;
+        let (session, sentinel) =
+            tokio::join!(Session::open(cfg.clone()), SessionWatch::connect(&cfg));
+        let session = session?;
+        let watch = SessionWatch::start(cfg.clone(), sentinel);
+        watch.register(&session);
         Ok(PgBackend {
             idle: Arc::new(IdleSessions::new(cfg.idle_sessions, cfg.idle_timeout)),
             cfg,
             shared: Mutex::new(Some(session)),
             supervisors: Supervisors::new(),
             cleanups: Cleanups::new(),
+            watch,
         })
+    }
+
+    /// Opens a lock session and puts it under the session watch.
+    async fn open_session(&self) -> Result<Session> {
+        let s = Session::open(self.cfg.clone()).await?;
+        self.watch.register(&s);
+        Ok(s)
     }
 
     /// The parsed configuration.
@@ -81,7 +97,7 @@ impl PgBackend {
         if let Some(s) = slot.as_ref().filter(|s| s.is_alive()) {
             return Ok(s.clone());
         }
-        let s = Session::open(self.cfg.clone()).await?;
+        let s = self.open_session().await?;
         *slot = Some(s.clone());
         Ok(s)
     }
@@ -121,7 +137,7 @@ impl PgBackend {
         let reused = kept.is_some();
         let mut dedicated = match kept {
             Some(s) => s,
-            None => Session::open(self.cfg.clone()).await?,
+            None => self.open_session().await?,
         };
         let mut sent = Instant::now();
         // Made again rather than cloned before the try: the try is the common path.
@@ -130,7 +146,7 @@ impl PgBackend {
         if let Err(e) = &granted {
             if reused && !dedicated.is_alive() {
                 tracing::debug!(error = %e, "a kept lock session had died; opening a new one");
-                dedicated = Session::open(self.cfg.clone()).await?;
+                dedicated = self.open_session().await?;
                 sent = Instant::now();
                 granted = dedicated.lock(arg, opts.mode(), wait()).await;
             }

@@ -39,6 +39,10 @@ pub struct PgConfig {
     pub(crate) idle_sessions: usize,
     /// How long a kept session waits for reuse before it is closed.
     pub(crate) idle_timeout: Duration,
+    /// Whether a session-watch connection reads for the end of the server's connections, so
+    /// the lock sessions are checked the moment it sees one end (`session_watch=off`: only
+    /// the periodic checks).
+    pub(crate) session_watch: bool,
 }
 
 impl fmt::Debug for PgConfig {
@@ -55,6 +59,7 @@ impl fmt::Debug for PgConfig {
             .field("check_timeout", &self.check_timeout)
             .field("idle_sessions", &self.idle_sessions)
             .field("idle_timeout", &self.idle_timeout)
+            .field("session_watch", &self.session_watch)
             .finish()
     }
 }
@@ -80,6 +85,7 @@ impl PgConfig {
             connect_timeout: Duration::from_secs(10),
             idle_sessions: 8,
             idle_timeout: Duration::from_secs(30),
+            session_watch: true,
         };
         let mut fencing_table = "dlock_fencing".to_string();
         let mut fencing_on = false;
@@ -127,6 +133,17 @@ impl PgConfig {
                     })?
                 }
                 "idle_timeout" => cfg.idle_timeout = dur(&v)?,
+                "session_watch" => {
+                    cfg.session_watch = match v.as_str() {
+                        "on" | "true" => true,
+                        "off" | "false" => false,
+                        _ => {
+                            return Err(bad(format!(
+                                "option session_watch={v:?}: expected on or off"
+                            )));
+                        }
+                    }
+                }
                 _ => rest.push((k, v)),
             }
         }
@@ -279,6 +296,12 @@ mod tests {
         assert_eq!(c.user_timeout, Duration::from_secs(9));
         assert_eq!(c.idle_sessions, 0);
         assert_eq!(c.idle_timeout, Duration::from_secs(120));
+        assert!(c.session_watch, "on by default");
+        assert!(
+            !cfg("postgres://h/db?session_watch=off")
+                .unwrap()
+                .session_watch
+        );
         assert_eq!(c.connect.get_database(), Some("db"));
         assert!(matches!(
             c.connect.get_ssl_mode(),
@@ -302,6 +325,7 @@ mod tests {
             "postgres://h/db?idle_sessions=-1",
             "postgres://h/db?idle_sessions=1001",
             "postgres://h/db?idle_timeout=soon",
+            "postgres://h/db?session_watch=maybe",
             "postgres://[::1/db",
         ] {
             let err = cfg(url).unwrap_err();

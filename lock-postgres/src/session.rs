@@ -12,6 +12,7 @@
 mod check;
 mod error;
 mod statement;
+mod watch;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,6 +32,7 @@ use crate::key::{KeyArg, KeyId, Statements};
 use check::{CHECK, is_prepared_statement_gone, new_marker, pooler_error, session_mismatch};
 use error::db_error;
 use statement::{Ctx, Failure, StatementTimer};
+pub(crate) use watch::SessionWatch;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 

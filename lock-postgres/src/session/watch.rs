@@ -1,0 +1,236 @@
+//! The session watch: the moment the server's connections end, every lock session is checked.
+//!
+//! A lock session's socket is read only while one of its statements runs (sqlx has no
+//! background reader), so the FIN of a server that went away, or an RST, would sit unread
+//! until the next periodic session check, `session_deadline / 3` later — long after the
+//! server may have granted the lock to someone else. The watch is one more connection per
+//! backend on which a read is always pending (sqlx's `PgListener`, listening on no channel:
+//! its read returns only when the connection ends). When it ends, every lock session of the
+//! backend is checked at once; a check on a dead socket fails at once and turns that
+//! session's guards `Lost`, and a check on a live one is one cheap round trip.
+//!
+//! What it sees: whatever ends all of this client's connections to the server together — the
+//! server stopping, crashing or restarting, a reset or close of the path (a proxy, a NAT, a
+//! firewall resetting every flow). What it does not see: one session ending alone
+//! (`pg_terminate_backend` of that session, a middlebox dropping one flow); those are still
+//! found by the periodic checks. Nothing runs per lock statement, so acquire and release cost
+//! what they cost without it.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use super::{Inner, Session, lock};
+use crate::config::PgConfig;
+
+/// `application_name` of the watch connection (lock sessions are `dlock-lock-session`), so
+/// an operator, or a test, can tell it from the connections that hold locks.
+pub(crate) const WATCH_APP_NAME: &str = "dlock-session-watch";
+
+/// The backend's watch over its lock sessions. Dropping it (with the backend) ends the watch
+/// task and closes its connection.
+pub(crate) struct SessionWatch {
+    /// `None` with `session_watch=off`: nothing is registered or watched.
+    shared: Option<Arc<Shared>>,
+    /// Never sent: the task stops when this is dropped.
+    _stop: Option<oneshot::Sender<()>>,
+}
+
+struct Shared {
+    cfg: Arc<PgConfig>,
+    /// Every lock session the backend opened that may still be alive.
+    sessions: Mutex<Vec<Weak<Inner>>>,
+    /// Told when a session is registered, for a task that waits for something to watch.
+    registered: Notify,
+}
+
+/// A connection with a read always pending on it.
+pub(crate) struct Sentinel {
+    /// The pool `PgListener` needs (one connection); kept so the connection stays ours.
+    _pool: PgPool,
+    listener: PgListener,
+}
+
+impl SessionWatch {
+    /// Opens the watch connection (to be handed to [`SessionWatch::start`]); `None` when the
+    /// watch is off or the connection failed (the watch task then tries again later).
+    pub async fn connect(cfg: &PgConfig) -> Option<Sentinel> {
+        if !cfg.session_watch {
+            return None;
+        }
+        match open(cfg).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(error = %e, "the session watch could not connect");
+                None
+            }
+        }
+    }
+
+    /// Starts watching with `first` (from [`SessionWatch::connect`], made beside the first
+    /// lock session so that `connect` waits for both at once).
+    pub fn start(cfg: Arc<PgConfig>, first: Option<Sentinel>) -> SessionWatch {
+        let off = SessionWatch {
+            shared: None,
+            _stop: None,
+        };
+        if !cfg.session_watch {
+            return off;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return off;
+        };
+        let shared = Arc::new(Shared {
+            cfg,
+            sessions: Mutex::new(Vec::new()),
+            registered: Notify::new(),
+        });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        rt.spawn(run(Arc::clone(&shared), first, stop_rx));
+        SessionWatch {
+            shared: Some(shared),
+            _stop: Some(stop_tx),
+        }
+    }
+
+    /// Puts a newly opened lock session under the watch.
+    pub fn register(&self, session: &Session) {
+        let Some(shared) = &self.shared else { return };
+        {
+            let mut sessions = lock(&shared.sessions);
+            sessions.retain(|w| w.strong_count() > 0);
+            sessions.push(Arc::downgrade(&session.inner));
+        }
+        // A permit is stored if the task is not waiting yet, so the news is never missed.
+        shared.registered.notify_one();
+    }
+}
+
+impl Shared {
+    /// The registered sessions that are still alive.
+    fn live(&self) -> Vec<Session> {
+        let mut sessions = lock(&self.sessions);
+        let mut live = Vec::with_capacity(sessions.len());
+        sessions.retain(|w| match w.upgrade() {
+            Some(inner) if inner.alive.load(Ordering::Acquire) => {
+                live.push(Session { inner });
+                true
+            }
+            _ => false,
+        });
+        live
+    }
+
+    /// Checks every live session, each on its own task: a session busy with a statement is
+    /// checked after it (and that statement meets a dead socket by itself), without holding
+    /// up the others.
+    fn check_all(&self, why: &str) {
+        let live = self.live();
+        tracing::debug!(sessions = live.len(), why, "checking every lock session");
+        for s in live {
+            tokio::spawn(async move {
+                let _ = s.check().await;
+            });
+        }
+    }
+}
+
+/// The watch task: keeps a watch connection while there are lock sessions to watch, and
+/// checks them all whenever that connection ends or cannot be opened.
+async fn run(shared: Arc<Shared>, first: Option<Sentinel>, mut stop: oneshot::Receiver<()>) {
+    // Attempts to connect are at least this far apart, so a server that refuses the watch
+    // (but not the lock sessions) sees no more of it than of the periodic checks.
+    let gap = shared.cfg.session_deadline / 3;
+    let mut last_attempt = Instant::now();
+    let mut next = first;
+    loop {
+        let mut sentinel = match next.take() {
+            Some(s) => s,
+            None => {
+                // Nothing to watch: no connection (after a server restart, the next lock
+                // session to open brings the watch back).
+                while shared.live().is_empty() {
+                    tokio::select! {
+                        () = shared.registered.notified() => {}
+                        _ = &mut stop => return,
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(last_attempt + gap) => {}
+                    _ = &mut stop => return,
+                }
+                last_attempt = Instant::now();
+                let opened = tokio::select! {
+                    r = open(&shared.cfg) => r,
+                    _ = &mut stop => return,
+                };
+                match opened {
+                    // A session that ended while nothing watched would otherwise wait for
+                    // its periodic check.
+                    Ok(s) => {
+                        shared.check_all("the session watch reconnected");
+                        s
+                    }
+                    Err(e) => {
+                        shared.check_all(&format!("the session watch could not connect: {e}"));
+                        continue;
+                    }
+                }
+            }
+        };
+        let why = tokio::select! {
+            why = read_until_end(&mut sentinel.listener) => why,
+            _ = &mut stop => return,
+        };
+        drop(sentinel);
+        shared.check_all(&why);
+    }
+}
+
+/// Reads the watch connection until it ends; says how it ended.
+async fn read_until_end(listener: &mut PgListener) -> String {
+    loop {
+        match listener.try_recv().await {
+            // Nothing listens on any channel; a notification would change nothing.
+            Ok(Some(_)) => continue,
+            // The connection ended (EOF, abort); with `eager_reconnect(false)` the listener
+            // does not reconnect by itself, and it is not asked again.
+            Ok(None) => return "the session-watch connection ended".to_string(),
+            // A reset (ECONNRESET is not among the errors the listener treats as the end) or
+            // anything else that breaks the connection.
+            Err(e) => return format!("the session-watch connection failed: {e}"),
+        }
+    }
+}
+
+/// Opens a watch connection, within `connect_timeout`.
+async fn open(cfg: &PgConfig) -> Result<Sentinel, String> {
+    let options = cfg.connect.clone().application_name(WATCH_APP_NAME);
+    let connect = async {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(false)
+            .acquire_timeout(cfg.connect_timeout)
+            .connect_with(options)
+            .await?;
+        let mut listener = PgListener::connect_with(&pool).await?;
+        // The pool is ours alone and never closed while the listener reads.
+        listener.ignore_pool_close_event(true);
+        listener.eager_reconnect(false);
+        Ok::<_, sqlx::Error>(Sentinel {
+            _pool: pool,
+            listener,
+        })
+    };
+    match tokio::time::timeout(cfg.connect_timeout, connect).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no connection within {:?}", cfg.connect_timeout)),
+    }
+}

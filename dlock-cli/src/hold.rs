@@ -1,6 +1,6 @@
 //! `dlock hold URL NAME`: the holder process of the failure scenarios.
 
-use dlock::{Backend, LockName, LockOptions};
+use dlock::{Backend, LockName, LockOptions, LockState};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::Signal;
@@ -106,6 +106,11 @@ async fn hold_locked(
                 if state != last {
                     last = state;
                     emit(json!({"event": "state", "state": state.as_str(), "t_ms": now_ms()}));
+                    // A holder that lost its lock must stop acting on it: exit 76 (after
+                    // the release, which reports `ours: false`).
+                    if state == LockState::Lost && !args.stay_after_lost {
+                        break;
+                    }
                 }
             }
         }
@@ -118,5 +123,11 @@ async fn hold_locked(
         }
     };
     emit(json!({"event": "released", "ours": ours, "t_ms": now_ms()}));
-    if ours { EXIT_OK } else { EXIT_LOST }
+    // Lost is lost, whatever the release found afterwards (a lease that ran out may still be
+    // in place when nobody else took it).
+    if ours && last != LockState::Lost {
+        EXIT_OK
+    } else {
+        EXIT_LOST
+    }
 }

@@ -36,8 +36,10 @@ pub enum Command {
     /// and the waiting request follows), {"event":"acquired","token":N|null,"t_ms":…},
     /// {"event":"state","state":"held"|"unverifiable"|"lost","t_ms":…},
     /// {"event":"released","ours":true|false,"t_ms":…}. t_ms is wall-clock milliseconds since the
-    /// Unix epoch. Holds until --for elapses, stdin closes (unless --no-stdin), or
-    /// SIGTERM/SIGINT, then releases. Exit 75 when busy, 76 when the lock was lost.
+    /// Unix epoch. Holds until --for elapses, stdin closes (unless --no-stdin: in the
+    /// background, `dlock hold … &`, stdin is /dev/null and closes at once), the lock is lost
+    /// (after its `state` event; --stay-after-lost keeps it running), or SIGTERM/SIGINT, then
+    /// releases. Exit 75 when busy, 76 when the lock was lost.
     /// The events are a stable format (see dlock-cli's README).
     #[command(after_help = EXAMPLES_HOLD)]
     Hold(HoldArgs),
@@ -243,13 +245,21 @@ pub struct HoldArgs {
     #[arg(long = "for", value_parser = parse_duration)]
     pub hold_for: Option<Duration>,
 
-    /// Do not release when stdin closes (for running in the background).
+    /// Do not release when stdin closes. Needed in the background (`dlock hold … &` in a
+    /// script gets /dev/null as stdin, which is closed at once: without this flag the lock
+    /// would be released right after it is acquired).
     #[arg(long)]
     pub no_stdin: bool,
 
     /// Do not renew the lease: hold for at most one ttl.
     #[arg(long)]
     pub no_renew: bool,
+
+    /// Keep running after the lock is lost (printing later state events) until told to stop,
+    /// instead of exiting 76 at once. For observers that decide themselves when a holder that
+    /// lost its lock stops, such as the comparison's holders.
+    #[arg(long)]
+    pub stay_after_lost: bool,
 }
 
 /// `dlock backends` arguments.

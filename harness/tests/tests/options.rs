@@ -73,3 +73,23 @@ async fn lease_backends_take_ttl() {
         .await
         .unwrap();
 }
+
+/// `hold` ends when its lock is lost: the `lost` state event, then `released`, exit 76 — without stdin closing or a signal.
+#[test]
+fn hold_exits_76_when_the_lock_is_lost() {
+    // Not renewed, the lease runs out after 300 ms and the guard turns Lost.
+    let mut holder = common::Holder::start(
+        "memory://hold-lost",
+        "job",
+        &["--no-renew", "--ttl", "300ms"],
+    );
+    holder.acquired();
+    let lost = holder.next_event().expect("no event after acquired");
+    assert_eq!(lost["state"], "lost", "{lost}");
+    let released = holder.next_event().expect("no released event after lost");
+    assert_eq!(released["event"], "released", "{released}");
+    // stdin is still open: the holder ended by itself.
+    assert!(holder.stdin.is_some());
+    let status = holder.child.wait().unwrap();
+    assert_eq!(status.code(), Some(76));
+}

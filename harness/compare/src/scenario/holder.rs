@@ -182,7 +182,9 @@ impl Holder {
         if let Some(ns) = netns {
             ns.enter_on_spawn(&mut cmd);
         }
-        cmd.arg("hold");
+        // The scenario decides when a holder that lost its lock stops (it records the loss
+        // itself), so the holder stays after `lost` instead of exiting.
+        cmd.arg("hold").arg("--stay-after-lost");
         if has_lease(&spec.url) {
             cmd.arg("--ttl").arg(format!("{}ms", spec.ttl.as_millis()));
         }

@@ -1,15 +1,11 @@
 //! `dlock hold URL NAME`: the holder process of the failure scenarios.
 
-use dlock::{Backend, LockName, LockOptions, LockState};
+use dlock::LockState;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
-use tokio::signal::unix::Signal;
 
 use super::opt::HoldArgs;
-use super::{
-    EXIT_LOST, EXIT_OK, acquire_announcing_wait, close, connect_or_signal, lock_request,
-    next_state, now_ms, refuse_unhonoured, signals, usage,
-};
+use super::{EXIT_LOST, EXIT_OK, LockSession, acquire_announcing_wait, next_state, now_ms};
 
 /// One event per line. A reader that went away (closed pipe) is not an error worth a panic:
 /// the holder keeps holding until told otherwise.
@@ -20,40 +16,29 @@ fn emit(event: serde_json::Value) {
 }
 
 pub(super) async fn hold(args: HoldArgs) -> i32 {
-    let (name, opts) = match lock_request(&args.lock, None, !args.no_renew) {
-        Ok(r) => r,
-        Err(msg) => return usage(&msg),
-    };
-    let (mut sigterm, mut sigint) = match signals() {
+    let mut session = match LockSession::open(&args.lock, None, !args.no_renew).await {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let backend = match connect_or_signal(&args.lock.url, &mut sigterm, &mut sigint).await {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    if let Err(code) = refuse_unhonoured(&*backend, &args.lock, !args.no_renew) {
-        close(&*backend, None).await;
-        return code;
-    }
-    let code = hold_locked(&args, &*backend, &name, &opts, &mut sigterm, &mut sigint).await;
-    close(&*backend, opts.at_least()).await;
+    let code = hold_locked(&args, &mut session).await;
+    session.close().await;
     code
 }
 
 /// Acquires, holds until told to stop, releases; the exit code.
-async fn hold_locked(
-    args: &HoldArgs,
-    backend: &dyn Backend,
-    name: &LockName,
-    opts: &LockOptions,
-    sigterm: &mut Signal,
-    sigint: &mut Signal,
-) -> i32 {
+async fn hold_locked(args: &HoldArgs, session: &mut LockSession) -> i32 {
+    let LockSession {
+        name,
+        opts,
+        sigterm,
+        sigint,
+        backend,
+    } = session;
+    let name = &*name;
     // `waiting`: the first try found the lock held elsewhere; the waiting request follows.
     let announce = || emit(json!({"event": "waiting", "t_ms": now_ms()}));
     let guard = match acquire_announcing_wait(
-        backend,
+        &**backend,
         name,
         opts,
         sigterm,

@@ -208,6 +208,42 @@ fn refuse_unhonoured(backend: &dyn Backend, args: &LockArgs, renew: bool) -> Res
     Ok(())
 }
 
+/// What `run` and `hold` share: the validated request, the signal handlers (installed before
+/// anything is acquired) and the backend, connected and checked for options it would not
+/// honour. [`LockSession::close`] ends it on every exit path.
+struct LockSession {
+    name: LockName,
+    opts: LockOptions,
+    sigterm: tokio::signal::unix::Signal,
+    sigint: tokio::signal::unix::Signal,
+    backend: Arc<dyn Backend>,
+}
+
+impl LockSession {
+    /// Validates, installs the signal handlers, connects and checks; `Err` is the exit code.
+    async fn open(args: &LockArgs, at_least: Option<Duration>, renew: bool) -> Result<Self, i32> {
+        let (name, opts) = lock_request(args, at_least, renew).map_err(|msg| usage(&msg))?;
+        let (mut sigterm, mut sigint) = signals()?;
+        let backend = connect_or_signal(&args.url, &mut sigterm, &mut sigint).await?;
+        if let Err(code) = refuse_unhonoured(&*backend, args, renew) {
+            close(&*backend, None).await;
+            return Err(code);
+        }
+        Ok(LockSession {
+            name,
+            opts,
+            sigterm,
+            sigint,
+            backend,
+        })
+    }
+
+    /// Closes the backend (see [`close`]).
+    async fn close(self) {
+        close(&*self.backend, self.opts.at_least()).await;
+    }
+}
+
 /// Connects, giving up on SIGINT (exit 130) or SIGTERM (exit 143).
 async fn connect_or_signal(
     url: &str,

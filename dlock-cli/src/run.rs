@@ -3,49 +3,37 @@
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 
-use dlock::{Backend, LockName, LockOptions, LockState};
+use dlock::LockState;
 use tokio::process::Command;
-use tokio::signal::unix::Signal;
 use tokio::time::Instant;
 
 use super::opt::{OnLost, RunArgs};
 use super::{
-    EXIT_BUSY, EXIT_LOST, EXIT_OK, EXIT_SOFTWARE, acquire_or_signal, close, connect_or_signal,
-    lock_request, next_state, refuse_unhonoured, signals, usage,
+    EXIT_BUSY, EXIT_LOST, EXIT_OK, EXIT_SOFTWARE, LockSession, acquire_or_signal, next_state,
 };
 
 pub(super) async fn run(args: RunArgs) -> i32 {
-    let (name, opts) = match lock_request(&args.lock, args.at_least, true) {
-        Ok(r) => r,
-        Err(msg) => return usage(&msg),
-    };
-    let (mut sigterm, mut sigint) = match signals() {
+    let mut session = match LockSession::open(&args.lock, args.at_least, true).await {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let backend = match connect_or_signal(&args.lock.url, &mut sigterm, &mut sigint).await {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    if let Err(code) = refuse_unhonoured(&*backend, &args.lock, true) {
-        close(&*backend, None).await;
-        return code;
-    }
-    let code = run_locked(&args, &*backend, &name, &opts, &mut sigterm, &mut sigint).await;
-    close(&*backend, opts.at_least()).await;
+    let code = run_locked(&args, &mut session).await;
+    session.close().await;
     code
 }
 
 /// Acquires, runs the command under the lock and releases; the exit code.
-async fn run_locked(
-    args: &RunArgs,
-    backend: &dyn Backend,
-    name: &LockName,
-    opts: &LockOptions,
-    sigterm: &mut Signal,
-    sigint: &mut Signal,
-) -> i32 {
-    let guard = match acquire_or_signal(backend, name, opts, sigterm, sigint, args.skip_ok).await {
+async fn run_locked(args: &RunArgs, session: &mut LockSession) -> i32 {
+    let LockSession {
+        name,
+        opts,
+        sigterm,
+        sigint,
+        backend,
+    } = session;
+    let name = &*name;
+    let guard = match acquire_or_signal(&**backend, name, opts, sigterm, sigint, args.skip_ok).await
+    {
         Ok(g) => g,
         Err(EXIT_BUSY) if args.skip_ok => return EXIT_OK,
         Err(EXIT_BUSY) if args.busy_exit.is_some() => {

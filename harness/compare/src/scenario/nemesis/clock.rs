@@ -36,7 +36,8 @@ impl Nemesis for SkewedClocks {
     }
 
     fn cost(&self, ttl: Duration) -> Duration {
-        ttl * 3 + Duration::from_secs(2)
+        // Two holds of 1.5 ttl, the lease running out between them.
+        ttl.mul_f64(3.85)
     }
 
     fn describe(&self) -> String {

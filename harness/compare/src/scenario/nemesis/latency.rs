@@ -56,7 +56,8 @@ impl Nemesis for Latency {
     }
 
     fn cost(&self, ttl: Duration) -> Duration {
-        ttl * 6 + Duration::from_secs(2)
+        // The probe, two steps of 2 ttl the lock survives, then the lease runs out.
+        ttl.mul_f64(4.75)
     }
 
     fn describe(&self) -> String {

@@ -33,7 +33,8 @@ impl Nemesis for Partition {
     }
 
     fn cost(&self, ttl: Duration) -> Duration {
-        ttl * 3 + Duration::from_secs(2)
+        // The lease runs out; PostgreSQL waits for the server to see the link down.
+        ttl.mul_f64(1.4)
     }
 
     fn describe(&self) -> String {

@@ -23,7 +23,8 @@ impl Nemesis for Pause {
     }
 
     fn cost(&self, ttl: Duration) -> Duration {
-        ttl * 2 + Duration::from_secs(1)
+        // The lease runs out; PostgreSQL waits for the whole bound (not freed).
+        ttl.mul_f64(1.3)
     }
 
     fn describe(&self) -> String {

@@ -35,7 +35,8 @@ impl Nemesis for QuorumLoss {
     }
 
     fn cost(&self, ttl: Duration) -> Duration {
-        ttl * 4 + Duration::from_secs(4)
+        // The outage (2 ttl), the restart of the majority, the next grant.
+        ttl.mul_f64(3.65)
     }
 
     fn describe(&self) -> String {

@@ -21,7 +21,8 @@ impl Nemesis for Restart {
     }
 
     fn cost(&self, ttl: Duration) -> Duration {
-        ttl * 2 + Duration::from_secs(2)
+        // The restart itself, and etcd, ZooKeeper and ShedLock-PostgreSQL wait to the bound.
+        ttl.mul_f64(2.2)
     }
 
     fn describe(&self) -> String {

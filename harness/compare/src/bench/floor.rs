@@ -1,5 +1,6 @@
 //! The raw floors: a backend's minimal lock commands on a raw client of the same server.
 
+#[cfg(feature = "zookeeper")]
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};

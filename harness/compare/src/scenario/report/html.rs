@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use super::bench::*;
 use super::*;
+use crate::scenario::Timeline;
 
 /// Escapes text for HTML.
 pub(super) fn esc(s: &str) -> String {
@@ -188,16 +189,32 @@ pub(super) fn tick_step(span: f64) -> f64 {
 pub fn timeline_svg(r: &Report) -> Option<String> {
     let mut out = String::new();
     for scenario in measured_scenarios(r) {
-        let rows: Vec<(&str, &crate::scenario::Timeline)> = backends_of(r)
+        let rows: Vec<(&str, &Timeline)> = backends_of(r)
             .into_iter()
             .filter_map(|b| {
                 let c = cell(r, b, scenario)?;
                 Some((b, c.timeline.as_ref()?))
             })
             .collect();
-        if rows.is_empty() {
-            continue;
+        if !rows.is_empty() {
+            timeline_chart(&mut out, scenario, &rows);
         }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The time axis of a timeline chart: ms relative to the fault → x.
+struct TimeAxis {
+    lo: f64,
+    hi: f64,
+    left: f64,
+    plot_w: f64,
+}
+
+impl TimeAxis {
+    /// From the sections' ends: at least ±500 ms around the fault, at most 3 s before and
+    /// 15 s after it.
+    fn of(rows: &[(&str, &Timeline)], left: f64, plot_w: f64) -> TimeAxis {
         let ends = rows
             .iter()
             .flat_map(|(_, t)| t.sections.iter())
@@ -208,21 +225,24 @@ pub fn timeline_svg(r: &Report) -> Option<String> {
             lo = lo.min(e);
             hi = hi.max(e);
         }
-        let lo = lo.max(-3_000) as f64;
-        let hi = (hi.min(15_000) as f64) * 1.05 + 50.0;
-        let (left, plot_w, top, row_h) = (140.0, 640.0, 22.0, 26.0);
-        let width = left + plot_w + 20.0;
-        let height = top + rows.len() as f64 * row_h + 34.0;
-        let x_of = |ms: f64| left + (ms.clamp(lo, hi) - lo) / (hi - lo) * plot_w;
-        let _ = write!(
-            out,
-            r#"<h3>{}</h3><svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" style="max-width:100%;height:auto" font-family="sans-serif" font-size="11">"#,
-            esc(scenario)
-        );
-        let step = tick_step(hi - lo);
-        let mut t = (lo / step).ceil() * step;
-        while t <= hi {
-            let x = x_of(t);
+        TimeAxis {
+            lo: lo.max(-3_000) as f64,
+            hi: (hi.min(15_000) as f64) * 1.05 + 50.0,
+            left,
+            plot_w,
+        }
+    }
+
+    fn x_of(&self, ms: f64) -> f64 {
+        self.left + (ms.clamp(self.lo, self.hi) - self.lo) / (self.hi - self.lo) * self.plot_w
+    }
+
+    /// The grid lines and their labels, from `top` down to `height`.
+    fn ticks(&self, out: &mut String, top: f64, height: f64) {
+        let step = tick_step(self.hi - self.lo);
+        let mut t = (self.lo / step).ceil() * step;
+        while t <= self.hi {
+            let x = self.x_of(t);
             let t0 = if t.abs() < 1e-6 { 0.0 } else { t };
             let label = if step >= 1000.0 {
                 format!("{:.0} s", t0 / 1000.0)
@@ -237,54 +257,67 @@ pub fn timeline_svg(r: &Report) -> Option<String> {
             );
             t += step;
         }
-        for (i, (backend, timeline)) in rows.iter().enumerate() {
-            let y = top + i as f64 * row_h;
+    }
+}
+
+/// One scenario's chart: a row per backend, a bar per critical section.
+fn timeline_chart(out: &mut String, scenario: &str, rows: &[(&str, &Timeline)]) {
+    let (left, plot_w, top, row_h) = (140.0, 640.0, 22.0, 26.0);
+    let axis = TimeAxis::of(rows, left, plot_w);
+    let width = left + plot_w + 20.0;
+    let height = top + rows.len() as f64 * row_h + 34.0;
+    let _ = write!(
+        out,
+        r#"<h3>{}</h3><svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" style="max-width:100%;height:auto" font-family="sans-serif" font-size="11">"#,
+        esc(scenario)
+    );
+    axis.ticks(out, top, height);
+    for (i, (backend, timeline)) in rows.iter().enumerate() {
+        let y = top + i as f64 * row_h;
+        let _ = write!(
+            out,
+            r#"<text x="{:.0}" y="{:.1}" text-anchor="end">{}</text>"#,
+            left - 8.0,
+            y + 14.0,
+            esc(backend)
+        );
+        for s in &timeline.sections {
+            let color = HOLDER_COLORS[s.holder.min(HOLDER_COLORS.len() - 1)];
+            let lane = if s.holder == 0 { 2.0 } else { 12.0 };
+            let (x1, x2) = (
+                axis.x_of(s.from_ms as f64),
+                axis.x_of(s.to_ms.map_or(axis.hi, |t| t as f64)),
+            );
+            let to = s
+                .to_ms
+                .map_or("still inside".to_string(), |t| format!("{t} ms"));
             let _ = write!(
                 out,
-                r#"<text x="{:.0}" y="{:.1}" text-anchor="end">{}</text>"#,
-                left - 8.0,
-                y + 14.0,
-                esc(backend)
+                r#"<rect x="{x1:.1}" y="{:.1}" width="{:.1}" height="9" fill="{color}"><title>{} × {}: holder {} inside from {} ms to {to}</title></rect>"#,
+                y + lane,
+                (x2 - x1).max(1.5),
+                esc(backend),
+                esc(scenario),
+                s.holder,
+                s.from_ms
             );
-            for s in &timeline.sections {
-                let color = HOLDER_COLORS[s.holder.min(HOLDER_COLORS.len() - 1)];
-                let lane = if s.holder == 0 { 2.0 } else { 12.0 };
-                let (x1, x2) = (
-                    x_of(s.from_ms as f64),
-                    x_of(s.to_ms.map_or(hi, |t| t as f64)),
-                );
-                let to = s
-                    .to_ms
-                    .map_or("still inside".to_string(), |t| format!("{t} ms"));
-                let _ = write!(
-                    out,
-                    r#"<rect x="{x1:.1}" y="{:.1}" width="{:.1}" height="9" fill="{color}"><title>{} × {}: holder {} inside from {} ms to {to}</title></rect>"#,
-                    y + lane,
-                    (x2 - x1).max(1.5),
-                    esc(backend),
-                    esc(scenario),
-                    s.holder,
-                    s.from_ms
-                );
-            }
         }
-        let x0 = x_of(0.0);
-        let _ = write!(
-            out,
-            r##"<line x1="{x0:.1}" x2="{x0:.1}" y1="{:.1}" y2="{:.1}" stroke="#cc0000" stroke-width="1.5"/><text x="{x0:.1}" y="{:.1}" fill="#cc0000" text-anchor="middle">fault</text>"##,
-            top - 4.0,
-            height - 28.0,
-            top - 8.0
-        );
-        let _ = write!(
-            out,
-            r##"<text x="{:.0}" y="{:.0}"><tspan fill="{}">■ hit by the fault</tspan>  <tspan fill="{}">■ next holder</tspan>  <tspan fill="{}">■ replacement waiter</tspan> · a bar ends at the release or the reported loss</text></svg>"##,
-            left - 100.0,
-            height - 2.0,
-            HOLDER_COLORS[0],
-            HOLDER_COLORS[1],
-            HOLDER_COLORS[2]
-        );
     }
-    (!out.is_empty()).then_some(out)
+    let x0 = axis.x_of(0.0);
+    let _ = write!(
+        out,
+        r##"<line x1="{x0:.1}" x2="{x0:.1}" y1="{:.1}" y2="{:.1}" stroke="#cc0000" stroke-width="1.5"/><text x="{x0:.1}" y="{:.1}" fill="#cc0000" text-anchor="middle">fault</text>"##,
+        top - 4.0,
+        height - 28.0,
+        top - 8.0
+    );
+    let _ = write!(
+        out,
+        r##"<text x="{:.0}" y="{:.0}"><tspan fill="{}">■ hit by the fault</tspan>  <tspan fill="{}">■ next holder</tspan>  <tspan fill="{}">■ replacement waiter</tspan> · a bar ends at the release or the reported loss</text></svg>"##,
+        left - 100.0,
+        height - 2.0,
+        HOLDER_COLORS[0],
+        HOLDER_COLORS[1],
+        HOLDER_COLORS[2]
+    );
 }

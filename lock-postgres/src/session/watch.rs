@@ -141,8 +141,9 @@ impl Shared {
 /// The watch task: keeps a watch connection while there are lock sessions to watch, and
 /// checks them all whenever that connection ends or cannot be opened.
 async fn run(shared: Arc<Shared>, first: Option<Sentinel>, mut stop: oneshot::Receiver<()>) {
-    // Attempts to connect are at least this far apart, so a server that refuses the watch
-    // (but not the lock sessions) sees no more of it than of the periodic checks.
+    // Attempts to connect are at least this far apart (unless a lock session opened in
+    // between), so a server that refuses the watch but not the lock sessions sees no more
+    // of it than of the periodic checks and the session opens.
     let gap = shared.cfg.session_deadline / 3;
     let mut last_attempt = Instant::now();
     let mut next = first;
@@ -152,15 +153,21 @@ async fn run(shared: Arc<Shared>, first: Option<Sentinel>, mut stop: oneshot::Re
             None => {
                 // Nothing to watch: no connection (after a server restart, the next lock
                 // session to open brings the watch back).
+                let mut opened_since = false;
                 while shared.live().is_empty() {
                     tokio::select! {
-                        () = shared.registered.notified() => {}
+                        () = shared.registered.notified() => opened_since = true,
                         _ = &mut stop => return,
                     }
                 }
-                tokio::select! {
-                    () = tokio::time::sleep_until(last_attempt + gap) => {}
-                    _ = &mut stop => return,
+                // A lock session opened since the last attempt shows the server takes
+                // connections again (after a restart): no need to wait out the gap.
+                if !opened_since {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(last_attempt + gap) => {}
+                        () = shared.registered.notified() => {}
+                        _ = &mut stop => return,
+                    }
                 }
                 last_attempt = Instant::now();
                 let opened = tokio::select! {

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::BACKEND;
 use crate::config::{Fencing, PgConfig};
-use crate::session::{PendingGrant, Session, SessionWatch, lock};
+use crate::session::{Opening, PendingGrant, Session, SessionWatch, lock};
 
 static NEXT_GRANT: AtomicU64 = AtomicU64::new(1);
 
@@ -65,10 +65,31 @@ impl PgBackend {
     /// that one).
     pub async fn connect(url: &ConnectUrl) -> Result<Self> {
         let cfg = Arc::new(PgConfig::from_url(url)?);
-        let (session, sentinel) =
-            tokio::join!(Session::open(cfg.clone()), SessionWatch::connect(&cfg));
+        // Both at once. A lock session that cannot be opened fails `connect` at once, without
+        // waiting for the watch (whose pool retries a refused connection until
+        // `connect_timeout`); a watch still connecting when the lock session is open is left
+        // to the watch task, so `connect` never takes longer for it.
+        let mut watch_opening = SessionWatch::connect(&cfg);
+        let mut watch_opened = None;
+        let open = Session::open(cfg.clone());
+        tokio::pin!(open);
+        let session = loop {
+            tokio::select! {
+                s = &mut open => break s,
+                w = async { watch_opening.as_mut().expect("polled only while Some").await },
+                    if watch_opened.is_none() && watch_opening.is_some() =>
+                {
+                    watch_opened = Some(w);
+                }
+            }
+        };
         let session = session?;
-        let watch = SessionWatch::start(cfg.clone(), sentinel);
+        let first = match (watch_opened, watch_opening) {
+            (Some(done), _) => Opening::Done(done),
+            (None, Some(pending)) => Opening::Pending(pending),
+            (None, None) => Opening::Off,
+        };
+        let watch = SessionWatch::start(cfg.clone(), first);
         watch.register(&session);
         Ok(PgBackend {
             idle: Arc::new(IdleSessions::new(cfg.idle_sessions, cfg.idle_timeout)),

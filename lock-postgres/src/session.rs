@@ -32,7 +32,7 @@ use crate::key::{KeyArg, KeyId, Statements};
 use check::{CHECK, is_prepared_statement_gone, new_marker, pooler_error, session_mismatch};
 use error::db_error;
 use statement::{Ctx, Failure, StatementTimer};
-pub(crate) use watch::SessionWatch;
+pub(crate) use watch::{Opening, SessionWatch};
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 

@@ -16,6 +16,8 @@
 //! found by the periodic checks. Nothing runs per lock statement, so acquire and release cost
 //! what they cost without it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -54,30 +56,40 @@ pub(crate) struct Sentinel {
     listener: PgListener,
 }
 
+/// How opening a watch connection went.
+type Opened = Result<Sentinel, String>;
+
+/// A watch connection being opened.
+pub(crate) type OpenFuture = Pin<Box<dyn Future<Output = Opened> + Send>>;
+
+/// The first watch connection, opened beside the shared lock session: done, or still being
+/// opened (the watch task then finishes it).
+pub(crate) enum Opening {
+    /// The watch is off.
+    Off,
+    /// Opened (or failed) before the lock session was open.
+    Done(Opened),
+    /// Still connecting when the lock session was open.
+    Pending(OpenFuture),
+}
+
 impl SessionWatch {
-    /// Opens the watch connection (to be handed to [`SessionWatch::start`]); `None` when the
-    /// watch is off or the connection failed (the watch task then tries again later).
-    pub async fn connect(cfg: &PgConfig) -> Option<Sentinel> {
-        if !cfg.session_watch {
-            return None;
-        }
-        match open(cfg).await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::debug!(error = %e, "the session watch could not connect");
-                None
-            }
-        }
+    /// Starts opening the watch connection; poll it beside the first lock session and hand
+    /// it to [`SessionWatch::start`] whether or not it has finished.
+    /// `None` when the watch is off.
+    pub fn connect(cfg: &Arc<PgConfig>) -> Option<OpenFuture> {
+        let cfg = Arc::clone(cfg);
+        cfg.session_watch
+            .then(|| Box::pin(async move { open(&cfg).await }) as OpenFuture)
     }
 
-    /// Starts watching with `first` (from [`SessionWatch::connect`], made beside the first
-    /// lock session so that `connect` waits for both at once).
-    pub fn start(cfg: Arc<PgConfig>, first: Option<Sentinel>) -> SessionWatch {
+    /// Starts watching with `first`, the watch connection [`SessionWatch::connect`] began.
+    pub fn start(cfg: Arc<PgConfig>, first: Opening) -> SessionWatch {
         let off = SessionWatch {
             shared: None,
             _stop: None,
         };
-        if !cfg.session_watch {
+        if matches!(first, Opening::Off) || !cfg.session_watch {
             return off;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -140,60 +152,70 @@ impl Shared {
 
 /// The watch task: keeps a watch connection while there are lock sessions to watch, and
 /// checks them all whenever that connection ends or cannot be opened.
-async fn run(shared: Arc<Shared>, first: Option<Sentinel>, mut stop: oneshot::Receiver<()>) {
+async fn run(shared: Arc<Shared>, first: Opening, mut stop: oneshot::Receiver<()>) {
     // Attempts to connect are at least this far apart (unless a lock session opened in
     // between), so a server that refuses the watch but not the lock sessions sees no more
     // of it than of the periodic checks and the session opens.
     let gap = shared.cfg.session_deadline / 3;
     let mut last_attempt = Instant::now();
-    let mut next = first;
+    let mut opened = match first {
+        Opening::Off => return,
+        Opening::Done(r) => r,
+        Opening::Pending(f) => {
+            let r = tokio::select! {
+                r = f => r,
+                _ = &mut stop => return,
+            };
+            if r.is_ok() {
+                // The first lock session was open before the watch: it may have ended in
+                // between.
+                shared.check_all("the session watch connected after the first lock session");
+            }
+            r
+        }
+    };
     loop {
-        let mut sentinel = match next.take() {
-            Some(s) => s,
-            None => {
-                // Nothing to watch: no connection (after a server restart, the next lock
-                // session to open brings the watch back).
-                let mut opened_since = false;
-                while shared.live().is_empty() {
-                    tokio::select! {
-                        () = shared.registered.notified() => opened_since = true,
-                        _ = &mut stop => return,
-                    }
-                }
-                // A lock session opened since the last attempt shows the server takes
-                // connections again (after a restart): no need to wait out the gap.
-                if !opened_since {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(last_attempt + gap) => {}
-                        () = shared.registered.notified() => {}
-                        _ = &mut stop => return,
-                    }
-                }
-                last_attempt = Instant::now();
-                let opened = tokio::select! {
-                    r = open(&shared.cfg) => r,
+        match opened {
+            Ok(mut sentinel) => {
+                let why = tokio::select! {
+                    why = read_until_end(&mut sentinel.listener) => why,
                     _ = &mut stop => return,
                 };
-                match opened {
-                    // A session that ended while nothing watched would otherwise wait for
-                    // its periodic check.
-                    Ok(s) => {
-                        shared.check_all("the session watch reconnected");
-                        s
-                    }
-                    Err(e) => {
-                        shared.check_all(&format!("the session watch could not connect: {e}"));
-                        continue;
-                    }
-                }
+                drop(sentinel);
+                shared.check_all(&why);
             }
-        };
-        let why = tokio::select! {
-            why = read_until_end(&mut sentinel.listener) => why,
+            Err(e) => shared.check_all(&format!("the session watch could not connect: {e}")),
+        }
+        // Nothing to watch: no connection (after a server restart, the next lock session to
+        // open brings the watch back).
+        let mut opened_since = false;
+        while shared.live().is_empty() {
+            tokio::select! {
+                () = shared.registered.notified() => opened_since = true,
+                _ = &mut stop => return,
+            }
+        }
+        // A lock session opened since the last attempt shows the server takes connections
+        // again (after a restart): no need to wait out the gap.
+        if !opened_since {
+            tokio::select! {
+                () = tokio::time::sleep_until(last_attempt + gap) => {}
+                () = shared.registered.notified() => {}
+                _ = &mut stop => return,
+            }
+        }
+        last_attempt = Instant::now();
+        // sqlx's pool (which `PgListener` needs) retries a refused connection until
+        // `connect_timeout`: while the server is down this waits for it to come back.
+        opened = tokio::select! {
+            r = open(&shared.cfg) => r,
             _ = &mut stop => return,
         };
-        drop(sentinel);
-        shared.check_all(&why);
+        if opened.is_ok() {
+            // A session that ended while nothing watched would otherwise wait for its
+            // periodic check.
+            shared.check_all("the session watch reconnected");
+        }
     }
 }
 

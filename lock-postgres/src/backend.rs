@@ -76,9 +76,12 @@ impl PgBackend {
         let session = loop {
             tokio::select! {
                 s = &mut open => break s,
-                w = async { watch_opening.as_mut().expect("polled only while Some").await },
-                    if watch_opened.is_none() && watch_opening.is_some() =>
-                {
+                w = async {
+                    match watch_opening.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if watch_opened.is_none() && watch_opening.is_some() => {
                     watch_opened = Some(w);
                 }
             }

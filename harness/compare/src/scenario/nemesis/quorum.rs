@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use super::Nemesis;
+use crate::scenario::checker::Retention;
 use crate::scenario::holder::{Holder, wall_ms};
 use crate::scenario::target::Target;
 use crate::scenario::workload::trial::{Reported, await_grant_as, cause};
@@ -188,10 +189,10 @@ impl QuorumLoss {
             None => t.history.note(format!(
                 "no other holder got the lock within {} s of the restart{}",
                 bound.as_secs(),
-                if lost.is_some() {
-                    " although the holder reported it lost (orphaned until it releases)"
-                } else {
-                    ": the holder kept it through the outage"
+                match Retention::of(lost) {
+                    Retention::Stranded(_) =>
+                        " although the holder reported it lost (orphaned until it releases)",
+                    Retention::KeptByLiveHolder => ": the holder kept it through the outage",
                 }
             )),
         }

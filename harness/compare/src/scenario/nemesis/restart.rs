@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use super::{Nemesis, lost_late};
+use crate::scenario::checker::Retention;
 use crate::scenario::holder::wall_ms;
 use crate::scenario::target::Target;
 use crate::scenario::workload::trial::{Reported, await_grant_as, first_line, has_ended};
@@ -150,11 +151,12 @@ async fn observe(t: &mut Trial<'_>, t0: i64, grant: Option<Grant>) -> Result<()>
             "no other holder got the lock within {} s of the restart: it survived the \
              restart{}",
             t.ctx.fault_bound().as_secs(),
-            if lost.is_some() {
-                " although the holder reported it lost (orphaned until the holder releases or \
-                 its session ends)"
-            } else {
-                ""
+            match Retention::of(lost) {
+                Retention::Stranded(_) => {
+                    " although the holder reported it lost (orphaned until the holder releases \
+                     or its session ends)"
+                }
+                Retention::KeptByLiveHolder => "",
             }
         )),
     }

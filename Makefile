@@ -40,3 +40,4 @@ compare:
 	scripts/install-servers
 	$(CARGO) build --release -p dlock-cli --features harness --bin dlock
 	$${CARGO_TARGET_DIR:-target}/release/dlock compare
+	scripts/update-readme report/choosing.md

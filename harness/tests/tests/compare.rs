@@ -79,7 +79,17 @@ fn compare_quick_writes_a_consistent_report() {
     .expect("comparison.json is JSON");
     let md = std::fs::read_to_string(out.join("comparison.md")).expect("comparison.md");
     let html = std::fs::read_to_string(out.join("index.html")).expect("index.html");
+    let choosing = std::fs::read_to_string(out.join("choosing.md")).expect("choosing.md");
     let _ = std::fs::remove_dir_all(&out);
+
+    // The README's table: a row per backend and the run's conditions.
+    assert!(
+        choosing.contains("| postgres | no |") && choosing.contains("| redis | yes |"),
+        "{choosing}"
+    );
+    assert!(choosing.contains("repetition(s) per cell"), "{choosing}");
+    // The safety table names a verdict in each cell (clean_handoff is safe everywhere).
+    assert!(html.contains("<b>safe</b>"), "{html}");
 
     // The page is self-contained: inline SVG, nothing fetched.
     assert!(html.contains("<svg") && html.contains("</html>"), "{html}");

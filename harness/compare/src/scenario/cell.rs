@@ -185,6 +185,12 @@ pub struct RunInfo {
     pub quick: bool,
     /// How faults are injected (for the scenarios measured).
     pub fault_injection: String,
+    /// The git commit of the working directory the run started in (`git rev-parse --short
+    /// HEAD`), when there is one.
+    pub commit: Option<String>,
+    /// The server packages the fixtures ran, as `package version` (Debian's `dpkg-query`;
+    /// empty elsewhere).
+    pub servers: Vec<String>,
 }
 
 /// The whole comparison.

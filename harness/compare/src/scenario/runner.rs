@@ -55,12 +55,33 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             repeat: opts.repeat,
             quick,
             fault_injection,
+            commit: command_line("git", &["rev-parse", "--short", "HEAD"]),
+            servers: server_packages(),
         },
         backends: run.backends,
         scenarios: run.cells,
         benchmarks: run.benchmarks,
         benchmark_failures: run.benchmark_failures,
     })
+}
+
+/// The first line a command prints, if it runs and succeeds.
+fn command_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next()?.trim();
+    (out.status.success() && !line.is_empty()).then(|| line.to_string())
+}
+
+/// The Debian packages of the servers the fixtures start, with their versions.
+fn server_packages() -> Vec<String> {
+    ["postgresql", "redis-server", "etcd-server", "zookeeper"]
+        .iter()
+        .filter_map(|p| command_line("dpkg-query", &["-W", "-f", "${Package} ${Version}", p]))
+        .collect()
 }
 
 /// Unknown names and a zero repeat are usage errors.

@@ -130,6 +130,41 @@ pub(super) fn html_table(r: &Report, text: impl Fn(&Cell) -> String) -> String {
     h
 }
 
+/// The safety table: each cell's verdict as a colour and a word, the details beneath (and,
+/// for a documented overlap, where the backend's README says so, on hover).
+fn safety_html(r: &Report) -> String {
+    let cols = measured_scenarios(r);
+    let mut h = String::from("<table><tr><th>backend</th>");
+    for c in &cols {
+        let _ = write!(h, "<th>{}</th>", esc(c));
+    }
+    h.push_str("</tr>");
+    for b in backends_of(r) {
+        let _ = write!(h, "<tr><th>{}</th>", esc(b));
+        for s in &cols {
+            let Some(c) = cell(r, b, s) else {
+                h.push_str("<td>—</td>");
+                continue;
+            };
+            let v = Verdict::of(c);
+            let title = match v {
+                Verdict::DocumentedOverlap(why) => format!(r#" title="{}""#, esc(why)),
+                _ => String::new(),
+            };
+            let _ = write!(
+                h,
+                r#"<td style="background:{}"{title}><b>{}</b><br><small>{}</small></td>"#,
+                v.colour(),
+                v.word(),
+                esc(&safety_text(c))
+            );
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table>");
+    h
+}
+
 /// `index.html`: self-contained (no external files), the failover chart as inline SVG and
 /// the two tables.
 pub fn html(r: &Report) -> String {
@@ -160,7 +195,7 @@ Faults: {faults}. Full data: <a href="comparison.json">comparison.json</a>; read
         faults = esc(&r.run.fault_injection),
         svg = failover_svg(r),
         failover = html_table(r, failover_text),
-        safety = html_table(r, safety_text),
+        safety = safety_html(r),
         bench = bench_html(r),
         timelines = timeline_svg(r).map_or_else(String::new, |t| format!(
             "<h2>Who held the lock around the fault</h2><p>First repetition of each cell; time \

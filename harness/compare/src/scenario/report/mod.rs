@@ -2,9 +2,11 @@
 //! the main table for the terminal.
 
 mod bench;
+mod choosing;
 mod html;
 mod markdown;
 mod targets;
+mod verdict;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -15,9 +17,11 @@ use super::{BACKENDS, Cell, Report, SCENARIOS, Status};
 
 use crate::bench::BenchEntry;
 pub use bench::{bench_markdown, latency_svg};
+pub use choosing::choosing_markdown;
 pub use html::{failover_svg, html, timeline_svg};
 pub use markdown::markdown;
 pub use targets::targets_markdown;
+pub use verdict::{DOCUMENTED_OVERLAPS, Verdict};
 
 /// `yes`, `no` or `—` for an optional flag.
 pub fn yes_no(v: Option<bool>) -> &'static str {
@@ -113,7 +117,8 @@ pub fn main_table(r: &Report) -> String {
     table(r, failover_text)
 }
 
-/// Writes `comparison.json`, `comparison.md` and `index.html` into `dir` (created if needed).
+/// Writes `comparison.json`, `comparison.md`, `choosing.md` (the README's table) and
+/// `index.html` into `dir` (created if needed).
 pub fn write(r: &Report, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let json = serde_json::to_string_pretty(r)?;
@@ -122,6 +127,9 @@ pub fn write(r: &Report, dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     let path = dir.join("comparison.md");
     std::fs::write(&path, markdown(r))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let path = dir.join("choosing.md");
+    std::fs::write(&path, choosing_markdown(r))
         .with_context(|| format!("cannot write {}", path.display()))?;
     let path = dir.join("index.html");
     std::fs::write(&path, html(r)).with_context(|| format!("cannot write {}", path.display()))?;

@@ -1,0 +1,138 @@
+//! "Choosing a backend": the few columns a reader picks a backend by, generated from a run,
+//! so the README that quotes it cannot drift from the report (`make compare` writes it into
+//! README.md between markers, see `scripts/update-readme`).
+
+use std::fmt::Write as _;
+
+use super::super::{Cell, Report, Status};
+use super::{Verdict, backends_of, cell, failover_text};
+
+/// What each backend takes to run, beside the service that uses it.
+const TO_RUN: &[(&str, &str)] = &[
+    ("postgres", "the PostgreSQL you have; session locks"),
+    (
+        "redis",
+        "one Redis (persistence for tokens across restarts)",
+    ),
+    ("redlock", "3 independent Redis instances"),
+    ("etcd", "an etcd cluster (3 members for quorum)"),
+    ("zookeeper", "a ZooKeeper ensemble (3 members) and a JVM"),
+    (
+        "shedlock-postgres",
+        "a table in your PostgreSQL, shared with Java ShedLock",
+    ),
+    ("shedlock-redis", "one Redis, Java ShedLock's keys"),
+];
+
+/// The failure columns: scenario and heading.
+const COLUMNS: &[(&str, &str)] = &[
+    ("holder_killed", "crashed holder"),
+    ("holder_paused", "paused holder"),
+    ("holder_partitioned", "partitioned holder"),
+    ("server_restart", "server restart"),
+];
+
+/// One failure cell: failover and, unless safe, the verdict.
+fn failure(c: Option<&Cell>) -> String {
+    let Some(c) = c else {
+        return "—".into();
+    };
+    let time = match (c.status, c.failover_ms) {
+        (Status::Measured, Some(_)) => format!("{} ms", failover_text(c)),
+        _ => failover_text(c),
+    };
+    match Verdict::of(c) {
+        Verdict::Safe | Verdict::NotApplicable => time,
+        v => format!("{time}, {}", v.word()),
+    }
+}
+
+/// The table, with a line saying what it was measured on.
+pub fn choosing_markdown(r: &Report) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| backend | fencing token | {} | what it takes to run |",
+        COLUMNS
+            .iter()
+            .map(|(_, h)| *h)
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(md, "|---|---|{}---|", "---|".repeat(COLUMNS.len()));
+    for b in backends_of(r) {
+        let fencing = r
+            .backends
+            .iter()
+            .find(|x| x.name == b)
+            .is_some_and(|x| x.capabilities.split(' ').any(|c| c == "fencing"));
+        let cols: Vec<String> = COLUMNS
+            .iter()
+            .map(|(s, _)| failure(cell(r, b, s)))
+            .collect();
+        let to_run = TO_RUN.iter().find(|(n, _)| *n == b).map_or("", |(_, t)| t);
+        let _ = writeln!(
+            md,
+            "| {b} | {} | {} | {to_run} |",
+            if fencing { "yes" } else { "no" },
+            cols.join(" | ")
+        );
+    }
+    let ttl = r
+        .backends
+        .iter()
+        .find_map(|b| b.ttl_ms)
+        .map_or_else(|| "—".into(), |t| format!("{t} ms"));
+    let _ = writeln!(
+        md,
+        "\nFailover: median (min–max) from the fault to the next holder's grant; `not freed`: \
+         nobody else got the lock within the bound (the cell's notes in `comparison.md` say \
+         whether the same live holder kept it). Verdicts other than safe are named. Measured by \
+         `dlock compare` on `{}` ({} CPUs), ttl {ttl}, {} repetition(s) per cell, {} UTC, \
+         commit {}; servers: {}.",
+        r.run.host,
+        r.run.cpus,
+        r.run.repeat,
+        utc_date(r.run.started_ms),
+        r.run.commit.as_deref().unwrap_or("unknown"),
+        if r.run.servers.is_empty() {
+            "unknown".to_string()
+        } else {
+            r.run.servers.join(", ")
+        }
+    );
+    md
+}
+
+/// `YYYY-MM-DD HH:MM` for ms since the Unix epoch (the civil-from-days algorithm).
+fn utc_date(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_date;
+
+    #[test]
+    fn dates_are_utc_calendar_dates() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00");
+        assert_eq!(utc_date(951_782_400_000), "2000-02-29 00:00");
+        // Checked with Python: datetime.utcfromtimestamp(1796605459.167).
+        assert_eq!(utc_date(1_796_605_459_167), "2026-12-07 01:04");
+    }
+}

@@ -145,6 +145,38 @@ async fn postgres_serves_restarts_and_keeps_data() -> Result<()> {
     assert_gone(pid, port, Some(&dir)).await
 }
 
+/// A SIGKILL of the server takes its backends too (they leave the postmaster's process
+/// group), so a start right after it never meets the old shared memory still in use.
+#[tokio::test]
+async fn postgres_kill_takes_the_backends_and_a_start_follows_at_once() -> Result<()> {
+    use sqlx::Connection;
+    let pg = fixtures::managed_postgres().await?;
+    for round in 0..3 {
+        let mut conns = Vec::new();
+        let mut backends = Vec::new();
+        for _ in 0..3 {
+            let mut c = sqlx::PgConnection::connect(pg.url()).await?;
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut c)
+                .await?;
+            backends.push(pid as u32);
+            conns.push(c);
+        }
+        pg.kill().await?;
+        for pid in &backends {
+            ensure!(
+                !process_alive(*pid),
+                "round {round}: backend {pid} outlived the server's SIGKILL"
+            );
+        }
+        drop(conns);
+        pg.start()
+            .await
+            .with_context(|| format!("round {round}: start right after the kill"))?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Redis
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 
-use super::{Nemesis, no_heal};
+use super::{Nemesis, kill_subject, no_heal};
 use crate::scenario::WAITER_SETTLE;
 use crate::scenario::holder::{self, EventKind, Holder, find_libfaketime, wall_ms};
 use crate::scenario::target::Target;
@@ -72,12 +72,7 @@ impl Nemesis for SkewedClocks {
     }
 
     fn start<'a>(&'a mut self, t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<i64>> {
-        Box::pin(async move {
-            let t0 = wall_ms();
-            t.subject.kill()?;
-            t.history.resource.exit(0, t0);
-            Ok(t0)
-        })
+        kill_subject(t)
     }
 
     fn stop<'a>(&'a mut self, _t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<()>> {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use super::{Nemesis, no_heal, until_grant};
+use super::{Nemesis, kill_subject, no_heal, until_grant};
 use crate::scenario::holder::wall_ms;
 use crate::scenario::workload::{BoxFuture, Trial};
 
@@ -27,12 +27,7 @@ impl Nemesis for Kill {
     }
 
     fn start<'a>(&'a mut self, t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<i64>> {
-        Box::pin(async move {
-            let t0 = wall_ms();
-            t.subject.kill()?;
-            t.history.resource.exit(0, t0);
-            Ok(t0)
-        })
+        kill_subject(t)
     }
 
     fn stop<'a>(&'a mut self, _t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<()>> {

@@ -25,6 +25,8 @@ use super::target::Target;
 use super::workload::{Approach, BoxFuture, Ctx, Grant, Trial};
 use dlock_fixtures::netns::Netns;
 
+use super::holder::wall_ms;
+
 pub use clock::{SKEW_HOLD_TTLS, SKEW_MS, SkewedClocks};
 pub use handoff::CleanHandoff;
 pub use kill::Kill;
@@ -125,6 +127,16 @@ async fn until_grant(
     let grant = t.await_grant(bound).await?;
     n.stop(t).await?;
     Ok((t0, grant))
+}
+
+/// SIGKILLs the faulty holder and records that it left the resource then; the fault's start.
+fn kill_subject<'a>(t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<i64>> {
+    Box::pin(async move {
+        let t0 = wall_ms();
+        t.subject.kill()?;
+        t.history.resource.exit(0, t0);
+        Ok(t0)
+    })
 }
 
 /// A fault that changes nothing when it stops.

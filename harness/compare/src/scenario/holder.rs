@@ -160,12 +160,32 @@ pub struct Holder {
     clock_ahead_ms: Option<i64>,
 }
 
-/// Whether the backend at `url` has a lease for `--ttl` to set. PostgreSQL and ZooKeeper locks
-/// live as long as their session (ZooKeeper's session timeout comes from the URL), and `dlock
-/// hold` refuses a `--ttl` it could not honour.
+/// Whether the backend at `url` has a lease for `--ttl` to set, from the capabilities its
+/// scheme registers (PostgreSQL and ZooKeeper locks live as long as their session, and
+/// `dlock hold` refuses a `--ttl` it could not honour). An unknown scheme gets `--ttl`, and
+/// `dlock hold` then says what is wrong with the URL.
 fn has_lease(url: &str) -> bool {
     let scheme = url.split_once("://").map_or("", |(s, _)| s);
-    !matches!(scheme, "postgres" | "postgresql" | "zk")
+    dlock::registry()
+        .schemes()
+        .into_iter()
+        .find(|(s, _)| *s == scheme)
+        .is_none_or(|(_, status)| match status {
+            dlock::SchemeStatus::Available(caps) => caps.lease,
+            dlock::SchemeStatus::NeedsFeature(_) => true,
+        })
+}
+
+#[cfg(test)]
+mod lease_tests {
+    #[test]
+    fn session_backends_get_no_ttl() {
+        assert!(!super::has_lease("postgres://u@h/db"));
+        assert!(!super::has_lease("zk://h:2181"));
+        assert!(super::has_lease("redis://h:6379"));
+        assert!(super::has_lease("shedlock+postgres://u@h/db"));
+        assert!(super::has_lease("etcd://h:2379"));
+    }
 }
 
 impl Holder {

@@ -9,8 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{dlock, unique};
-use dlock_fixtures as fixtures;
+use common::{Kind, dlock, on_backend, unique};
 
 const AT_LEAST: Duration = Duration::from_secs(4);
 
@@ -97,50 +96,37 @@ fn at_least_window_holds(url: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-async fn check(url: String) {
-    tokio::task::spawn_blocking(move || at_least_window_holds(&url))
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_honours_at_least() {
-    let pg = fixtures::postgres().await.unwrap();
-    check(pg.url().to_string()).await;
+    on_backend(Kind::Postgres, at_least_window_holds).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper_honours_at_least() {
-    let zk = fixtures::zookeeper().await.unwrap();
-    check(zk.url().to_string()).await;
+    on_backend(Kind::Zookeeper, at_least_window_holds).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_honours_at_least() {
-    let etcd = fixtures::etcd().await.unwrap();
-    check(etcd.url().to_string()).await;
+    on_backend(Kind::Etcd, at_least_window_holds).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_honours_at_least() {
-    let redis = fixtures::redis().await.unwrap();
-    check(redis.url().to_string()).await;
+    on_backend(Kind::Redis, at_least_window_holds).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redlock_honours_at_least() {
-    let redlock = fixtures::redlock(3).await.unwrap();
-    check(redlock.url().to_string()).await;
+    on_backend(Kind::Redlock, at_least_window_holds).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shedlock_postgres_honours_at_least() {
-    let pg = fixtures::postgres().await.unwrap();
-    check(format!("shedlock+{}", pg.url())).await;
+    on_backend(Kind::ShedlockPostgres, at_least_window_holds).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shedlock_redis_honours_at_least() {
-    let redis = fixtures::redis().await.unwrap();
-    check(format!("shedlock+{}", redis.url())).await;
+    on_backend(Kind::ShedlockRedis, at_least_window_holds).await;
 }

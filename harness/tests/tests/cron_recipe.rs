@@ -9,8 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{dlock, unique};
-use dlock_fixtures as fixtures;
+use common::{Kind, dlock, on_backend, unique};
 
 /// The recipe's `--at-least`, shortened from the README's 5m so the test takes seconds.
 const AT_LEAST: &str = "3s";
@@ -79,50 +78,37 @@ fn recipe_runs_once_per_tick(url: &str) {
     let _ = std::fs::remove_file(&out);
 }
 
-async fn check(url: String) {
-    tokio::task::spawn_blocking(move || recipe_runs_once_per_tick(&url))
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_recipe_on_postgres() {
-    let pg = fixtures::postgres().await.unwrap();
-    check(pg.url().to_string()).await;
+    on_backend(Kind::Postgres, recipe_runs_once_per_tick).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_recipe_on_zookeeper() {
-    let zk = fixtures::zookeeper().await.unwrap();
-    check(zk.url().to_string()).await;
+    on_backend(Kind::Zookeeper, recipe_runs_once_per_tick).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_recipe_on_etcd() {
-    let etcd = fixtures::etcd().await.unwrap();
-    check(etcd.url().to_string()).await;
+    on_backend(Kind::Etcd, recipe_runs_once_per_tick).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_recipe_on_redis() {
-    let redis = fixtures::redis().await.unwrap();
-    check(redis.url().to_string()).await;
+    on_backend(Kind::Redis, recipe_runs_once_per_tick).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_recipe_on_redlock() {
-    let redlock = fixtures::redlock(3).await.unwrap();
-    check(redlock.url().to_string()).await;
+    on_backend(Kind::Redlock, recipe_runs_once_per_tick).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_recipe_on_shedlock_postgres() {
-    let pg = fixtures::postgres().await.unwrap();
-    check(format!("shedlock+{}", pg.url())).await;
+    on_backend(Kind::ShedlockPostgres, recipe_runs_once_per_tick).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_recipe_on_shedlock_redis() {
-    let redis = fixtures::redis().await.unwrap();
-    check(format!("shedlock+{}", redis.url())).await;
+    on_backend(Kind::ShedlockRedis, recipe_runs_once_per_tick).await;
 }

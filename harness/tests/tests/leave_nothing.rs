@@ -8,8 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Holder, dlock, unique};
-use dlock_fixtures as fixtures;
+use common::{Holder, Kind, dlock, on_backend, unique};
 
 /// Release → the waiter's grant, far below any session timeout or ttl in play here (10 s,
 /// 30 s); a handoff takes milliseconds (ShedLock's Redis waiter polls, 400 ms).
@@ -63,6 +62,11 @@ fn handoff_after_busy_tries(url: &str, busy_try: impl FnOnce(&str, &str)) {
     assert_eq!(code, Some(0));
 }
 
+/// The busy CLI try and a library try whose runtime ends at once, then the handoff.
+fn busy_tries_leave_nothing(url: &str) {
+    handoff_after_busy_tries(url, library_try_then_runtime_gone);
+}
+
 /// Also a library client that fails a try and whose runtime shuts down at once, without
 /// `Backend::close`: the try itself must withdraw before it reports busy.
 fn library_try_then_runtime_gone(url: &str, name: &str) {
@@ -88,52 +92,37 @@ fn library_try_then_runtime_gone(url: &str, name: &str) {
     drop(rt);
 }
 
-async fn run(url: String) {
-    tokio::task::spawn_blocking(move || {
-        handoff_after_busy_tries(&url, library_try_then_runtime_gone)
-    })
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper_busy_try_leaves_no_contender_node() {
-    let zk = fixtures::zookeeper().await.unwrap();
-    run(zk.url().to_string()).await;
+    on_backend(Kind::Zookeeper, busy_tries_leave_nothing).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_busy_try_leaves_nothing() {
-    let etcd = fixtures::etcd().await.unwrap();
-    run(etcd.url().to_string()).await;
+    on_backend(Kind::Etcd, busy_tries_leave_nothing).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_busy_try_leaves_nothing() {
-    let pg = fixtures::postgres().await.unwrap();
-    run(pg.url().to_string()).await;
+    on_backend(Kind::Postgres, busy_tries_leave_nothing).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_busy_try_leaves_nothing() {
-    let redis = fixtures::redis().await.unwrap();
-    run(redis.url().to_string()).await;
+    on_backend(Kind::Redis, busy_tries_leave_nothing).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redlock_busy_try_leaves_nothing() {
-    let redlock = fixtures::redlock(3).await.unwrap();
-    run(redlock.url().to_string()).await;
+    on_backend(Kind::Redlock, busy_tries_leave_nothing).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shedlock_postgres_busy_try_leaves_nothing() {
-    let pg = fixtures::postgres().await.unwrap();
-    run(format!("shedlock+{}", pg.url())).await;
+    on_backend(Kind::ShedlockPostgres, busy_tries_leave_nothing).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shedlock_redis_busy_try_leaves_nothing() {
-    let redis = fixtures::redis().await.unwrap();
-    run(format!("shedlock+{}", redis.url())).await;
+    on_backend(Kind::ShedlockRedis, busy_tries_leave_nothing).await;
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{dlock, unique};
+use common::{Kind, dlock, on_backend, unique};
 use dlock_fixtures as fixtures;
 
 /// `--ttl` with renewal on a backend without a lease: refused, naming the capability.
@@ -42,20 +42,12 @@ fn ttl_honoured(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_refuses_ttl() {
-    let pg = fixtures::postgres().await.unwrap();
-    let url = pg.url().to_string();
-    tokio::task::spawn_blocking(move || ttl_refused(&url))
-        .await
-        .unwrap();
+    on_backend(Kind::Postgres, ttl_refused).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper_refuses_ttl() {
-    let zk = fixtures::zookeeper().await.unwrap();
-    let url = zk.url().to_string();
-    tokio::task::spawn_blocking(move || ttl_refused(&url))
-        .await
-        .unwrap();
+    on_backend(Kind::Zookeeper, ttl_refused).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

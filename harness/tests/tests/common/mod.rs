@@ -178,3 +178,53 @@ pub fn record_states(
     });
     rx
 }
+
+/// The seven backends the process tests (`dlock run`/`hold` as cron would run them) cover.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Postgres,
+    ShedlockPostgres,
+    Redis,
+    ShedlockRedis,
+    Redlock,
+    Etcd,
+    Zookeeper,
+}
+
+/// The servers behind a [`Kind`], alive while this lives.
+pub enum Servers {
+    One(Box<dlock_fixtures::Server>),
+    Many(dlock_fixtures::Cluster),
+}
+
+/// Starts (or finds, through `DLOCK_TEST_*_URL`) the servers of `kind`; the URL to them.
+pub async fn servers(kind: Kind) -> (Servers, String) {
+    use dlock_fixtures as fixtures;
+    let one = |s: fixtures::Server, prefix: &str| {
+        let url = format!("{prefix}{}", s.url());
+        (Servers::One(Box::new(s)), url)
+    };
+    match kind {
+        Kind::Postgres => one(fixtures::postgres().await.unwrap(), ""),
+        Kind::ShedlockPostgres => one(fixtures::postgres().await.unwrap(), "shedlock+"),
+        Kind::Redis => one(fixtures::redis().await.unwrap(), ""),
+        Kind::ShedlockRedis => one(fixtures::redis().await.unwrap(), "shedlock+"),
+        Kind::Etcd => one(fixtures::etcd().await.unwrap(), ""),
+        Kind::Zookeeper => one(fixtures::zookeeper().await.unwrap(), ""),
+        Kind::Redlock => {
+            let c = fixtures::redlock(3).await.unwrap();
+            let url = c.url().to_string();
+            (Servers::Many(c), url)
+        }
+    }
+}
+
+/// Runs `test` with the URL of `kind` on a blocking thread (it waits on child processes),
+/// the servers alive until it returns.
+pub async fn on_backend(kind: Kind, test: fn(&str)) {
+    let (servers, url) = servers(kind).await;
+    tokio::task::spawn_blocking(move || test(&url))
+        .await
+        .unwrap();
+    drop(servers);
+}

@@ -224,17 +224,9 @@ impl Backend for EtcdBackend {
         Box::pin(async move {
             self.inner.cleanups.finished().await;
             let idle = crate::lease::lock_pool(&self.inner).drain();
-            let limit = self.inner.config.request_timeout;
             // A handful at most (the pool is small), one round trip each.
-            let mut leases = self.inner.client.lease_client();
             for lease in idle {
-                let id = lease.id;
-                match call(Operation::Release, "lease revoke", limit, leases.revoke(id)).await {
-                    Ok(_) => tracing::debug!(lease = id, "idle lease revoked at close"),
-                    Err(e) => {
-                        tracing::debug!(lease = id, error = %e, "idle lease revoke failed; it expires on its own")
-                    }
-                }
+                crate::lease::revoke(&self.inner, lease.id).await;
             }
         })
     }

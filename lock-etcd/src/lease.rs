@@ -174,21 +174,25 @@ fn spawn_keep_alive(
 /// Revokes `id` on the current runtime without waiting (cancelled acquisitions, leases whose
 /// key may be left behind). Without a runtime the lease simply expires.
 pub(crate) fn revoke_in_background(inner: &Arc<Inner>, id: i64) {
-    let tracked = Arc::clone(inner);
-    let inner = Arc::clone(inner);
-    let spawned = tracked.cleanups.spawn(async move {
-        let mut leases = inner.client.lease_client();
-        let limit = inner.config.request_timeout;
-        match call(Operation::Release, "lease revoke", limit, leases.revoke(id)).await {
-            Ok(_) => tracing::debug!(lease = id, "lease revoked"),
-            Err(e) => tracing::debug!(lease = id, error = %e, "lease revoke failed; it expires on its own"),
-        }
-    });
-    if !spawned {
+    let task = Arc::clone(inner);
+    if !inner.cleanups.spawn(async move { revoke(&task, id).await }) {
         tracing::debug!(
             lease = id,
             "no runtime to revoke the lease; it expires on its own"
         );
+    }
+}
+
+/// Revokes lease `id` (its keys go with it); a failure is only logged, since the lease then
+/// expires on its own.
+pub(crate) async fn revoke(inner: &Inner, id: i64) {
+    let mut leases = inner.client.lease_client();
+    let limit = inner.config.request_timeout;
+    match call(Operation::Release, "lease revoke", limit, leases.revoke(id)).await {
+        Ok(_) => tracing::debug!(lease = id, "lease revoked"),
+        Err(e) => {
+            tracing::debug!(lease = id, error = %e, "lease revoke failed; it expires on its own")
+        }
     }
 }
 

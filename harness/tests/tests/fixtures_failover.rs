@@ -1,0 +1,130 @@
+//! Tests of the failover fixtures: a PostgreSQL primary with a streaming replica, and a Redis
+//! primary with a replica and Sentinels. Real servers: a row and a key written on the
+//! primary are read on the replica, the replica takes over, and nothing is left behind.
+
+mod common;
+mod fixtures_common;
+
+use fixtures_common::assert_gone;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use dlock_fixtures::postgres::simple_query;
+use dlock_fixtures::sentinel::{Resp, command};
+use dlock_fixtures::{self as fixtures, SentinelOptions};
+
+/// The single value of `sql` on `addr`.
+async fn one(addr: std::net::SocketAddr, sql: &str) -> Result<Option<String>> {
+    let rows = simple_query(addr, "postgres", "postgres", sql).await?;
+    Ok(rows.first().and_then(|r| r.first().cloned()).flatten())
+}
+
+/// The replica streams what the primary commits, refuses writes until promoted, and takes
+/// writes after `promote` with the primary dead; dropping the pair leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replica_streams_and_is_promoted() -> Result<()> {
+    common::init_tracing("info");
+    let pair = fixtures::postgres_replica_pair().await?;
+    let (p, r) = (
+        pair.primary().addr().context("primary")?,
+        pair.replica().addr().context("replica")?,
+    );
+    ensure!(one(r, "SELECT pg_is_in_recovery()::text").await?.as_deref() == Some("true"));
+    simple_query(
+        p,
+        "postgres",
+        "postgres",
+        "CREATE TABLE t (v int); INSERT INTO t VALUES (7)",
+    )
+    .await?;
+    common::eventually(
+        "the row to reach the replica",
+        Duration::from_secs(10),
+        || async {
+            Ok(one(r, "SELECT max(v)::text FROM t")
+                .await
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some("7"))
+        },
+    )
+    .await?;
+    let (written, replayed, caught_up) = pair.wal_positions().await?;
+    ensure!(caught_up, "replica at {replayed}, primary at {written}");
+    let refused = simple_query(r, "postgres", "postgres", "INSERT INTO t VALUES (8)").await;
+    ensure!(refused.is_err(), "a standby accepted a write");
+
+    pair.primary().kill().await?;
+    let took = pair.promote().await?;
+    ensure!(took < Duration::from_secs(30));
+    ensure!(one(r, "SELECT pg_is_in_recovery()::text").await?.as_deref() == Some("false"));
+    simple_query(r, "postgres", "postgres", "INSERT INTO t VALUES (8)").await?;
+    ensure!(one(r, "SELECT count(*)::text FROM t").await?.as_deref() == Some("2"));
+    ensure!(pair.url().contains("target_session_attrs=read-write"));
+
+    let dir = pair.dir().to_path_buf();
+    let rpid = pair.replica().pid().context("replica pid")?;
+    let rport = pair.replica().port().context("replica port")?;
+    let pport = pair.primary().port().context("primary port")?;
+    drop(pair);
+    assert_gone(rpid, rport, Some(&dir)).await?;
+    ensure!(
+        !fixtures::port_open(pport),
+        "the old primary's port is open"
+    );
+    Ok(())
+}
+
+/// The replica copies the primary; after a SIGKILL of the primary the Sentinels promote the
+/// replica; dropping everything leaves no process and no directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinels_promote_the_replica() -> Result<()> {
+    common::init_tracing("info");
+    let set = fixtures::redis_sentinel(SentinelOptions::default()).await?;
+    let (p, r) = (
+        set.primary().addr().context("primary")?,
+        set.replica().addr().context("replica")?,
+    );
+    ensure!(set.master().await? == p);
+    command(p, &["SET", "k", "v"]).await?;
+    common::eventually(
+        "the key to reach the replica",
+        Duration::from_secs(10),
+        || set.replica_has("k"),
+    )
+    .await?;
+    ensure!(
+        command(r, &["SET", "k2", "v"]).await.is_err(),
+        "a replica accepted a write"
+    );
+    ensure!(set.url().starts_with("redis+sentinel://127.0.0.1:"));
+
+    set.primary().kill().await?;
+    let took = set.wait_promoted(Duration::from_secs(30)).await?;
+    ensure!(
+        set.master().await? == r,
+        "the Sentinels name {}",
+        set.master().await?
+    );
+    ensure!(command(r, &["SET", "k2", "v"]).await? == Resp::Simple("OK".into()));
+    tracing::info!("promoted {took:?} after the kill");
+
+    let dir = set
+        .primary()
+        .dir()
+        .and_then(|d| d.parent())
+        .context("dir")?
+        .to_path_buf();
+    let pids: Vec<(u32, u16)> = std::iter::once(set.replica())
+        .chain(set.sentinels())
+        .map(|s| (s.pid().unwrap_or(0), s.port().unwrap_or(0)))
+        .collect();
+    drop(set);
+    for (pid, port) in pids {
+        assert_gone(pid, port, None).await?;
+    }
+    ensure!(!dir.exists(), "{} still exists", dir.display());
+    Ok(())
+}

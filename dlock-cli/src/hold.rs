@@ -5,7 +5,9 @@ use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 use super::opt::HoldArgs;
-use super::{EXIT_LOST, EXIT_OK, LockSession, acquire_announcing_wait, next_state, now_ms};
+use super::{
+    EXIT_LOST, EXIT_OK, LockSession, acquire_announcing_wait, mono_us, next_state, now_ms,
+};
 
 /// One event per line. A reader that went away (closed pipe) is not an error worth a panic:
 /// the holder keeps holding until told otherwise.
@@ -36,7 +38,7 @@ async fn hold_locked(args: &HoldArgs, session: &mut LockSession) -> i32 {
     } = session;
     let name = &*name;
     // `waiting`: the first try found the lock held elsewhere; the waiting request follows.
-    let announce = || emit(json!({"event": "waiting", "t_ms": now_ms()}));
+    let announce = || emit(json!({"event": "waiting", "t_ms": now_ms(), "t_mono_us": mono_us()}));
     let guard = match acquire_announcing_wait(
         &**backend,
         name,
@@ -54,7 +56,7 @@ async fn hold_locked(args: &HoldArgs, session: &mut LockSession) -> i32 {
     emit(json!({
         "event": "acquired",
         "token": guard.token().map(|t| t.get()),
-        "t_ms": now_ms(),
+        "t_ms": now_ms(), "t_mono_us": mono_us(),
     }));
 
     let stdin_closed = async {
@@ -90,7 +92,7 @@ async fn hold_locked(args: &HoldArgs, session: &mut LockSession) -> i32 {
             state = next_state(&mut watch, last) => {
                 if state != last {
                     last = state;
-                    emit(json!({"event": "state", "state": state.as_str(), "t_ms": now_ms()}));
+                    emit(json!({"event": "state", "state": state.as_str(), "t_ms": now_ms(), "t_mono_us": mono_us()}));
                     // A holder that lost its lock must stop acting on it: exit 76 (after
                     // the release, which reports `ours: false`).
                     if state == LockState::Lost && !args.stay_after_lost {
@@ -107,7 +109,7 @@ async fn hold_locked(args: &HoldArgs, session: &mut LockSession) -> i32 {
             false
         }
     };
-    emit(json!({"event": "released", "ours": ours, "t_ms": now_ms()}));
+    emit(json!({"event": "released", "ours": ours, "t_ms": now_ms(), "t_mono_us": mono_us()}));
     // Lost is lost, whatever the release found afterwards (a lease that ran out may still be
     // in place when nobody else took it).
     if ours && last != LockState::Lost {

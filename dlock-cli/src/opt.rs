@@ -36,7 +36,8 @@ pub enum Command {
     /// and the waiting request follows), {"event":"acquired","token":N|null,"t_ms":…},
     /// {"event":"state","state":"held"|"unverifiable"|"lost","t_ms":…},
     /// {"event":"released","ours":true|false,"t_ms":…}. t_ms is wall-clock milliseconds since the
-    /// Unix epoch. Holds until --for elapses, stdin closes (unless --no-stdin: in the
+    /// Unix epoch; every event also carries t_mono_us, CLOCK_MONOTONIC in microseconds (one
+    /// clock for every process on the machine, never stepped: order events by it). Holds until --for elapses, stdin closes (unless --no-stdin: in the
     /// background, `dlock hold … &`, stdin is /dev/null and closes at once), the lock is lost
     /// (after its `state` event; --stay-after-lost keeps it running), or SIGTERM/SIGINT, then
     /// releases. Exit 75 when busy, 76 when the lock was lost.

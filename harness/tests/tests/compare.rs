@@ -17,12 +17,14 @@ const SCENARIOS: [&str; 9] = [
     "clock_skew",
 ];
 
-const CELL_FIELDS: [&str; 8] = [
+const CELL_FIELDS: [&str; 10] = [
     "overlap_observed",
     "stale_write_rejected",
     "failover_ms",
     "holder_learned_before_handoff",
     "learned_before_handoff_ms",
+    "learned_gap_ms",
+    "not_freed",
     "ttl_ms",
     "notes",
     "status",
@@ -189,6 +191,13 @@ fn compare_quick_writes_a_consistent_report() {
             }
             assert_eq!(c["repetitions"], 1, "{c}");
             assert!(c["overlap_observed"].is_boolean(), "{c}");
+            // A lock that did not move says who had it: kept by the live holder or stranded.
+            if c["failover_ms"].is_null() {
+                let n = &c["not_freed"];
+                let total = n["kept_by_live_holder"].as_u64().unwrap_or(0)
+                    + n["stranded"].as_u64().unwrap_or(0);
+                assert_eq!(total, 1, "{b} × {s}: no failover and no explanation: {c}");
+            }
             if let Some(f) = c["failover_ms"].as_object() {
                 for k in ["median", "min", "max"] {
                     assert!(f[k].as_f64().is_some_and(|v| v >= 0.0), "{c}");

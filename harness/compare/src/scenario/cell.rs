@@ -78,6 +78,13 @@ pub struct Cell {
     pub holder_learned_before_handoff: Option<bool>,
     /// Median of (next grant − the holder learning), ms: positive = learned that much before.
     pub learned_before_handoff_ms: Option<f64>,
+    /// (next grant − the holder learning), ms, over the repetitions: median, min and max. Both
+    /// instants are `CLOCK_MONOTONIC` µs taken by the two holder processes, so the gap is
+    /// exact to the microsecond plus each holder's own delay in printing its event.
+    pub learned_gap_ms: Option<Stats>,
+    /// The repetitions in which nobody else got the lock within the bound, by where it
+    /// stayed (`null`: it moved in every repetition).
+    pub not_freed: Option<NotFreed>,
     /// Lease / session timeout / `at_most` in force, ms (`null`: the lock has none).
     pub ttl_ms: Option<u64>,
     /// Observations.
@@ -85,6 +92,17 @@ pub struct Cell {
     /// Who was inside the critical section around the fault, in the first repetition that
     /// had a failover (for the report's timeline chart).
     pub timeline: Option<Timeline>,
+}
+
+/// Where the lock stayed in the repetitions that had no failover.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
+pub struct NotFreed {
+    /// Kept by the same live holder, which never reported a loss: legitimate (its session
+    /// or lease survived the fault, as the backend's rules say it should).
+    pub kept_by_live_holder: usize,
+    /// Stranded: the holder reported the loss, but the server kept the lock for it, so nobody
+    /// could have it until the holder released or its session ended.
+    pub stranded: usize,
 }
 
 /// The critical sections of one repetition, in ms relative to the fault (the next grant minus
@@ -115,17 +133,18 @@ impl Timeline {
             .sections()
             .iter()
             .filter(|s| s.holder != 0)
-            .map(|s| s.enter_ms)
+            .map(|s| s.enter_us)
             .min()?;
-        let fault = grant - failover_ms.round() as i64;
+        let fault = grant - (failover_ms * 1000.0).round() as i64;
+        let ms = |us: i64| (us - fault).div_euclid(1000);
         Some(Timeline {
             sections: res
                 .sections()
                 .iter()
                 .map(|s| TimelineSection {
                     holder: s.holder,
-                    from_ms: s.enter_ms - fault,
-                    to_ms: s.exit_ms.map(|e| e - fault),
+                    from_ms: ms(s.enter_us),
+                    to_ms: s.exit_us.map(ms),
                 })
                 .collect(),
         })
@@ -146,6 +165,8 @@ impl Cell {
             failover_ms: None,
             holder_learned_before_handoff: None,
             learned_before_handoff_ms: None,
+            learned_gap_ms: None,
+            not_freed: None,
             ttl_ms: None,
             notes: Vec::new(),
             timeline: None,

@@ -7,8 +7,9 @@
 //! before that grant, and — where nobody else got the lock — whether a live holder kept it or
 //! it was stranded (the holder had given it up, the server had not).
 
-use super::cell::{Cell, Stats, Timeline};
+use super::cell::{Cell, NotFreed, Stats, Timeline};
 use super::history::{Extra, History};
+use super::holder::ms_between;
 use super::resource::FencedResource;
 
 /// What one repetition showed.
@@ -24,6 +25,8 @@ pub struct Observed {
     pub failover_ms: Option<f64>,
     /// (learned before the handover, handover − learned in ms).
     pub learned: Option<(bool, f64)>,
+    /// Nobody else got the lock: who kept it.
+    pub retained: Option<Retention>,
     /// What the nemesis measured beside.
     pub extra: Extra,
     /// The history's notes, then the checker's.
@@ -35,15 +38,15 @@ pub struct Observed {
 pub enum Retention {
     /// The holder never reported a loss: it kept the lock, legitimately.
     KeptByLiveHolder,
-    /// The holder reported the loss (at this ms) but the server kept the lock for it:
+    /// The holder reported the loss (at this instant, µs) but the server kept the lock for it:
     /// orphaned until its session ends or it releases.
     Stranded(i64),
 }
 
 impl Retention {
     /// From when (if ever) the holder reported `lost`.
-    pub fn of(lost_ms: Option<i64>) -> Retention {
-        lost_ms.map_or(Retention::KeptByLiveHolder, Retention::Stranded)
+    pub fn of(lost_us: Option<i64>) -> Retention {
+        lost_us.map_or(Retention::KeptByLiveHolder, Retention::Stranded)
     }
 }
 
@@ -51,19 +54,21 @@ impl Retention {
 pub fn check(history: History) -> Observed {
     let History {
         resource,
-        fault_ms,
-        handover_ms,
-        lost_ms,
+        fault_us,
+        handover_us,
+        lost_us,
         stale_write,
+        retained,
         extra,
         mut notes,
     } = history;
-    let failover_ms = fault_ms
-        .zip(handover_ms)
-        .map(|(fault, grant)| (grant - fault) as f64);
-    let learned = handover_ms
-        .zip(lost_ms)
-        .map(|(grant, lost)| (lost < grant, (grant - lost) as f64));
+    let failover_ms = fault_us
+        .zip(handover_us)
+        .map(|(fault, grant)| ms_between(fault, grant));
+    // Both instants are CLOCK_MONOTONIC µs; a tie (the same microsecond) is not "first".
+    let learned = handover_us
+        .zip(lost_us)
+        .map(|(grant, lost)| (lost < grant, ms_between(lost, grant)));
     let overlap = resource.overlap_observed();
     if overlap {
         notes.push(overlap_note(&resource));
@@ -82,34 +87,38 @@ pub fn check(history: History) -> Observed {
         stale_rejected: stale_write.map(|w| w.rejected()),
         failover_ms,
         learned,
+        retained,
         extra,
         notes,
     }
 }
 
-/// Which sections overlapped, and which writes were made while another holder was inside.
+/// Which sections overlapped, and which writes were made while another holder was inside;
+/// instants in ms (µs precision) from the first grant of the repetition.
 fn overlap_note(res: &FencedResource) -> String {
-    let end = |e: Option<i64>| e.map_or("open".into(), |e| e.to_string());
+    let t0 = res.sections().iter().map(|s| s.enter_us).min().unwrap_or(0);
+    let at = |t: i64| format!("{:.3}", ms_between(t0, t));
+    let end = |e: Option<i64>| e.map_or("open".into(), at);
     let tok = |t: Option<u64>| t.map_or("none".into(), |t| t.to_string());
     let pairs = res.overlaps().into_iter().map(|(x, y)| {
         format!(
             "holder {} (token {}) [{}, {}) and holder {} (token {}) [{}, {})",
             x.holder,
             tok(x.token),
-            x.enter_ms,
-            end(x.exit_ms),
+            at(x.enter_us),
+            end(x.exit_us),
             y.holder,
             tok(y.token),
-            y.enter_ms,
-            end(y.exit_ms)
+            at(y.enter_us),
+            end(y.exit_us)
         )
     });
     let writes = res
         .concurrent_writes()
         .into_iter()
-        .map(|(w, o, t)| format!("holder {w} wrote at {t} while holder {o} was inside"));
+        .map(|(w, o, t)| format!("holder {w} wrote at {} while holder {o} was inside", at(t)));
     let all: Vec<String> = pairs.chain(writes).collect();
-    format!("overlap: {}", all.join("; "))
+    format!("overlap (ms from the first grant): {}", all.join("; "))
 }
 
 /// A cell from its repetitions: the verdicts (conservative: one overlap in any repetition
@@ -144,7 +153,18 @@ pub fn aggregate(cell: &mut Cell, reps: &[Observed]) {
     if !learned.is_empty() {
         cell.holder_learned_before_handoff = Some(learned.iter().all(|l| l.0));
         let margins: Vec<f64> = learned.iter().map(|l| l.1).collect();
-        cell.learned_before_handoff_ms = Stats::of(&margins).map(|s| s.median);
+        cell.learned_gap_ms = Stats::of(&margins);
+        cell.learned_before_handoff_ms = cell.learned_gap_ms.map(|s| s.median);
+    }
+    let mut not_freed = NotFreed::default();
+    for r in reps.iter().filter_map(|r| r.retained) {
+        match r {
+            Retention::KeptByLiveHolder => not_freed.kept_by_live_holder += 1,
+            Retention::Stranded(_) => not_freed.stranded += 1,
+        }
+    }
+    if not_freed != NotFreed::default() {
+        cell.not_freed = Some(not_freed);
     }
     let extras: Vec<&Extra> = reps.iter().map(|r| &r.extra).collect();
     extra_notes(cell, &extras);
@@ -257,7 +277,7 @@ fn once_each(cell: &mut Cell, reps: &[Observed]) {
     for n in reps.iter().flat_map(|r| r.notes.iter()) {
         // Notes that repeat across repetitions once; overlap details are per repetition.
         // Notes that differ only in their numbers are the same observation.
-        let key = if n.starts_with("overlap:") || n.starts_with("holder reported:") {
+        let key = if n.starts_with("overlap") || n.starts_with("holder reported:") {
             n.split(':').next().unwrap_or("").to_string()
         } else {
             n.chars().filter(|c| !c.is_ascii_digit()).collect()
@@ -297,20 +317,52 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_that_did_not_move_says_who_kept_it() {
+        let mut c = Cell::empty("zookeeper", "connection_reset", Status::Measured, None);
+        let reps = [
+            Observed {
+                retained: Some(Retention::KeptByLiveHolder),
+                ..Observed::default()
+            },
+            Observed {
+                retained: Some(Retention::KeptByLiveHolder),
+                ..Observed::default()
+            },
+        ];
+        aggregate(&mut c, &reps);
+        let text = crate::scenario::report::failover_text(&c);
+        assert_eq!(text, "kept by the live holder");
+        let reps = [
+            Observed {
+                failover_ms: Some(1800.0),
+                ..Observed::default()
+            },
+            Observed {
+                retained: Some(Retention::Stranded(7)),
+                ..Observed::default()
+            },
+        ];
+        let mut c = Cell::empty("zookeeper", "server_restart", Status::Measured, None);
+        aggregate(&mut c, &reps);
+        let text = crate::scenario::report::failover_text(&c);
+        assert_eq!(text, "1800 (1800–1800) · stranded in 1 of 2");
+    }
+
+    #[test]
     fn failover_and_learning_come_from_the_marked_instants() {
         let mut h = History::new();
-        h.resource.enter(0, Some(1), 1_000);
-        h.resource.exit(0, 1_150);
-        h.resource.enter(1, Some(2), 1_200);
-        h.resource.write(1, Some(2), 1_200);
-        h.handover(1_100, 1_200);
-        h.lost_ms = Some(1_150);
-        let late = h.resource.late_write(0, Some(1), 1_300);
+        h.resource.enter(0, Some(1), 1_000_000);
+        h.resource.exit(0, 1_150_000);
+        h.resource.enter(1, Some(2), 1_200_000);
+        h.resource.write(1, Some(2), 1_200_000);
+        h.handover(1_100_000, 1_200_000);
+        h.lost_us = Some(1_149_500);
+        let late = h.resource.late_write(0, Some(1), 1_300_000);
         h.stale(late);
         let o = check(h);
         assert!(!o.overlap);
         assert_eq!(o.failover_ms, Some(100.0));
-        assert_eq!(o.learned, Some((true, 50.0)));
+        assert_eq!(o.learned, Some((true, 50.5)));
         assert_eq!(o.stale_rejected, Some(true));
         let t = o.timeline.expect("a timeline");
         assert_eq!(t.sections[1].from_ms, 100);

@@ -3,6 +3,7 @@
 //! the workload marked. The [`checker`](super::checker) turns it into verdicts; nothing here
 //! decides anything.
 
+use super::checker::Retention;
 use super::resource::{FencedResource, WriteOutcome};
 
 /// One repetition's record.
@@ -12,14 +13,17 @@ pub struct History {
     pub resource: FencedResource,
     /// The instant the failover is measured from (the fault, or the step of it that moved the
     /// lock), ms; `None` when there is nothing to measure (the lock moved during the fault).
-    pub fault_ms: Option<i64>,
+    pub fault_us: Option<i64>,
     /// The grant that took the lock from the faulty holder (another holder's), ms.
-    pub handover_ms: Option<i64>,
+    pub handover_us: Option<i64>,
     /// When the faulty holder reported `lost`, ms (only where it was watched for).
-    pub lost_ms: Option<i64>,
+    pub lost_us: Option<i64>,
     /// The faulty holder's write with its old token after the handover (`None`: no stale
     /// write was possible, it still held the lock).
     pub stale_write: Option<WriteOutcome>,
+    /// Where nobody else got the lock: whether the same live holder kept it or it was
+    /// stranded (`None`: the lock moved).
+    pub retained: Option<Retention>,
     /// What some nemeses measure beside the failover.
     pub extra: Extra,
     /// Observations in the order they were made, for the cell's notes.
@@ -56,15 +60,21 @@ impl History {
         History::default()
     }
 
-    /// The lock moved to another holder at `t_ms`; the failover is measured from `fault_ms`.
-    pub fn handover(&mut self, fault_ms: i64, t_ms: i64) {
-        self.fault_ms = Some(fault_ms);
-        self.handover_ms = Some(t_ms);
+    /// The lock moved to another holder at `t_us`; the failover is measured from `fault_us`.
+    pub fn handover(&mut self, fault_us: i64, t_us: i64) {
+        self.fault_us = Some(fault_us);
+        self.handover_us = Some(t_us);
     }
 
     /// The faulty holder's stale write (old token, after the handover) and what became of it.
     pub fn stale(&mut self, outcome: WriteOutcome) {
         self.stale_write = Some(outcome);
+    }
+
+    /// Nobody else got the lock within the bound; `lost_us` is when (if ever) the holder
+    /// reported the loss: the same live holder kept it, or it was stranded.
+    pub fn not_freed(&mut self, lost_us: Option<i64>) {
+        self.retained = Some(Retention::of(lost_us));
     }
 
     /// An observation for the notes.

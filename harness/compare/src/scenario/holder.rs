@@ -43,10 +43,9 @@ pub enum EventKind {
 pub struct Event {
     /// What happened.
     pub kind: EventKind,
-    /// The holder's `t_ms` (wall-clock ms since the Unix epoch) minus the clock skew the
-    /// harness gave it ([`HoldSpec::skew`]), so that it is on the harness's clock; for `Ended`
-    /// and `Other`, the harness's wall clock when it read the line.
-    pub t_ms: i64,
+    /// The holder's `t_mono_us` (`CLOCK_MONOTONIC`, µs: see [`mono_us`]); for `Ended` and
+    /// `Other`, the harness's own when it read the line.
+    pub t_us: i64,
     /// How far the holder's own clock read ahead of the harness's (ms, negative = behind),
     /// from its uncorrected `t_ms` and the harness's clock when the line was read (so a few
     /// ms of pipe delay are included); `None` for `Ended` and `Other`.
@@ -55,12 +54,33 @@ pub struct Event {
     pub received: Instant,
 }
 
-/// Wall-clock milliseconds since the Unix epoch.
+/// Wall-clock milliseconds since the Unix epoch (only to read how far a holder's wall clock
+/// is off; every instant the checker compares is [`mono_us`]).
 pub fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// `CLOCK_MONOTONIC` in microseconds: the clock of every instant in a history. All processes
+/// on the machine share it (network namespaces too: no time namespace is made) and nothing
+/// steps it (NTP, libfaketime with `FAKETIME_DONT_FAKE_MONOTONIC=1`), so the holders'
+/// `t_mono_us` and the harness's own marks compare directly, to the microsecond.
+pub fn mono_us() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
+    ts.tv_sec * 1_000_000 + ts.tv_nsec / 1_000
+}
+
+/// From `from_us` to `to_us` (both [`mono_us`]), in milliseconds with microsecond precision.
+pub fn ms_between(from_us: i64, to_us: i64) -> f64 {
+    (to_us - from_us) as f64 / 1000.0
 }
 
 fn parse_line(line: &str) -> EventKind {
@@ -216,7 +236,6 @@ impl Holder {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let offset_ms = spec.skew.as_ref().map_or(0, |s| s.offset_ms);
         if let Some(skew) = &spec.skew {
             // libfaketime: "+N"/"-N" is an offset in seconds from the real time.
             let secs = skew.offset_ms / 1000;
@@ -246,23 +265,24 @@ impl Holder {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let kind = parse_line(&line);
-                let now = wall_ms();
-                let own = match kind {
+                let (now_us, now_ms) = (mono_us(), wall_ms());
+                let v = match kind {
                     EventKind::Other(_) => None,
-                    _ => serde_json::from_str::<serde_json::Value>(&line)
-                        .ok()
-                        .and_then(|v| v["t_ms"].as_i64()),
+                    _ => serde_json::from_str::<serde_json::Value>(&line).ok(),
                 };
+                let field = |f: &str| v.as_ref().and_then(|v| v[f].as_i64());
                 let _ = tx.send(Event {
                     kind,
-                    t_ms: own.map_or(now, |t| t - offset_ms),
-                    clock_ahead_ms: own.map(|t| t - now),
+                    t_us: field("t_mono_us").unwrap_or(now_us),
+                    // The libfaketime shift is what the holder was given; what is left is the
+                    // pipe delay (and any real error of the shift).
+                    clock_ahead_ms: field("t_ms").map(|t| t - now_ms),
                     received: Instant::now(),
                 });
             }
             let _ = tx.send(Event {
                 kind: EventKind::Ended,
-                t_ms: wall_ms(),
+                t_us: mono_us(),
                 clock_ahead_ms: None,
                 received: Instant::now(),
             });
@@ -327,7 +347,7 @@ impl Holder {
             // The reader task ended after sending `Ended`: keep answering `Ended`.
             Ok(None) => Some(Event {
                 kind: EventKind::Ended,
-                t_ms: wall_ms(),
+                t_us: mono_us(),
                 clock_ahead_ms: None,
                 received: Instant::now(),
             }),

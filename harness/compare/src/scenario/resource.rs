@@ -1,33 +1,34 @@
 //! The fenced resource owned by the harness.
 //!
 //! Holders enter it, write to it with their fencing token and exit it. It records every
-//! critical section as an interval of wall-clock milliseconds (the `t_ms` the holders print),
+//! critical section as an interval of `CLOCK_MONOTONIC` microseconds (the `t_mono_us` the
+//! holders print, see [`mono_us`](super::holder::mono_us)),
 //! so an overlap is decided by the timestamps, not by the order in which the harness happened
 //! to read the events. A write carrying a token lower than one already accepted is rejected —
 //! what a storage service that checks fencing tokens does. A write without a token (the
 //! backend has none) cannot be checked and is accepted.
 //!
-//! Timestamps have millisecond resolution, so two sections that share a millisecond do not
+//! Timestamps have microsecond resolution, so two sections that share a microsecond do not
 //! count as overlapping by time alone. A write is evidence too: a write made at `t` by a holder
 //! that had not yet left (its exit is at `t` or later) while another holder was inside at `t`
-//! is an overlap, even when the sections only share that millisecond.
+//! is an overlap, even when the sections only share that microsecond.
 
 use std::collections::BTreeMap;
 
 /// Identifies a holder within one repetition (the harness numbers them 0, 1, …).
 pub type HolderId = usize;
 
-/// One critical section: `[enter_ms, exit_ms)`; `exit_ms` is `None` while still inside.
+/// One critical section: `[enter_us, exit_us)`; `exit_us` is `None` while still inside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Section {
     /// The holder.
     pub holder: HolderId,
     /// Its fencing token, if the backend gave one.
     pub token: Option<u64>,
-    /// When it entered (wall-clock ms since the Unix epoch).
-    pub enter_ms: i64,
+    /// When it entered (`CLOCK_MONOTONIC` µs).
+    pub enter_us: i64,
     /// When it left, or `None` if it has not.
-    pub exit_ms: Option<i64>,
+    pub exit_us: Option<i64>,
 }
 
 /// What became of one write.
@@ -59,7 +60,7 @@ pub struct FencedResource {
     sections: Vec<Section>,
     open: BTreeMap<HolderId, usize>,
     highest: Option<u64>,
-    /// (writer, token, t_ms, outcome, sent from inside: `false` for a late delivery).
+    /// (writer, token, t_us, outcome, sent from inside: `false` for a late delivery).
     writes: Vec<(HolderId, Option<u64>, i64, WriteOutcome, bool)>,
 }
 
@@ -69,9 +70,9 @@ impl FencedResource {
         FencedResource::default()
     }
 
-    /// `holder` enters at `t_ms` with `token`. Entering again without exiting first is a
+    /// `holder` enters at `t_us` with `token`. Entering again without exiting first is a
     /// no-op (the first entry counts).
-    pub fn enter(&mut self, holder: HolderId, token: Option<u64>, t_ms: i64) {
+    pub fn enter(&mut self, holder: HolderId, token: Option<u64>, t_us: i64) {
         if self.open.contains_key(&holder) {
             return;
         }
@@ -79,17 +80,17 @@ impl FencedResource {
         self.sections.push(Section {
             holder,
             token,
-            enter_ms: t_ms,
-            exit_ms: None,
+            enter_us: t_us,
+            exit_us: None,
         });
     }
 
-    /// `holder` leaves at `t_ms` (no-op if it is not inside).
-    pub fn exit(&mut self, holder: HolderId, t_ms: i64) {
+    /// `holder` leaves at `t_us` (no-op if it is not inside).
+    pub fn exit(&mut self, holder: HolderId, t_us: i64) {
         if let Some(i) = self.open.remove(&holder) {
             // A section never ends before it began.
             let s = &mut self.sections[i];
-            s.exit_ms = Some(t_ms.max(s.enter_ms));
+            s.exit_us = Some(t_us.max(s.enter_us));
         }
     }
 
@@ -98,24 +99,24 @@ impl FencedResource {
         self.open.contains_key(&holder)
     }
 
-    /// A write by `holder` with `token` at `t_ms`.
-    pub fn write(&mut self, holder: HolderId, token: Option<u64>, t_ms: i64) -> WriteOutcome {
-        self.record_write(holder, token, t_ms, true)
+    /// A write by `holder` with `token` at `t_us`.
+    pub fn write(&mut self, holder: HolderId, token: Option<u64>, t_us: i64) -> WriteOutcome {
+        self.record_write(holder, token, t_us, true)
     }
 
     /// A write that `holder` sent from inside its critical section, before leaving it, and
-    /// that reaches the resource only now, at `t_ms` (a delayed request of a holder that has
+    /// that reaches the resource only now, at `t_us` (a delayed request of a holder that has
     /// since left or died). It is checked against the fencing tokens like any write, but it
     /// is no overlap: it was not made while another holder was inside.
-    pub fn late_write(&mut self, holder: HolderId, token: Option<u64>, t_ms: i64) -> WriteOutcome {
-        self.record_write(holder, token, t_ms, false)
+    pub fn late_write(&mut self, holder: HolderId, token: Option<u64>, t_us: i64) -> WriteOutcome {
+        self.record_write(holder, token, t_us, false)
     }
 
     fn record_write(
         &mut self,
         holder: HolderId,
         token: Option<u64>,
-        t_ms: i64,
+        t_us: i64,
         from_inside: bool,
     ) -> WriteOutcome {
         let outcome = match (token, self.highest) {
@@ -130,7 +131,7 @@ impl FencedResource {
             }
         };
         self.writes
-            .push((holder, token, t_ms, outcome, from_inside));
+            .push((holder, token, t_us, outcome, from_inside));
         outcome
     }
 
@@ -140,8 +141,8 @@ impl FencedResource {
     }
 
     /// Pairs of sections of different holders whose intervals intersect (an open section
-    /// extends to infinity). Sections that merely touch (one exits at the ms the other
-    /// enters) do not count: the timestamps have millisecond resolution.
+    /// extends to infinity). Sections that merely touch (one exits at the instant the other
+    /// enters) do not count.
     pub fn overlaps(&self) -> Vec<(Section, Section)> {
         let mut found = Vec::new();
         for (i, a) in self.sections.iter().enumerate() {
@@ -149,9 +150,9 @@ impl FencedResource {
                 if a.holder == b.holder {
                     continue;
                 }
-                let a_end = a.exit_ms.unwrap_or(i64::MAX);
-                let b_end = b.exit_ms.unwrap_or(i64::MAX);
-                if a.enter_ms < b_end && b.enter_ms < a_end {
+                let a_end = a.exit_us.unwrap_or(i64::MAX);
+                let b_end = b.exit_us.unwrap_or(i64::MAX);
+                if a.enter_us < b_end && b.enter_us < a_end {
                     found.push((*a, *b));
                 }
             }
@@ -160,7 +161,7 @@ impl FencedResource {
     }
 
     /// Writes made from inside the critical section while another holder was inside:
-    /// (writer, other holder, t_ms).
+    /// (writer, other holder, t_us).
     pub fn concurrent_writes(&self) -> Vec<(HolderId, HolderId, i64)> {
         let mut found = Vec::new();
         for &(w, _, t, _, from_inside) in &self.writes {
@@ -170,14 +171,14 @@ impl FencedResource {
             let writer_inside = self
                 .sections
                 .iter()
-                .any(|s| s.holder == w && s.enter_ms <= t && s.exit_ms.is_none_or(|e| t <= e));
+                .any(|s| s.holder == w && s.enter_us <= t && s.exit_us.is_none_or(|e| t <= e));
             if !writer_inside {
                 continue;
             }
             if let Some(o) = self
                 .sections
                 .iter()
-                .find(|s| s.holder != w && s.enter_ms <= t && s.exit_ms.is_none_or(|e| t < e))
+                .find(|s| s.holder != w && s.enter_us <= t && s.exit_us.is_none_or(|e| t < e))
             {
                 found.push((w, o.holder, t));
             }
@@ -238,11 +239,11 @@ mod tests {
     }
 
     #[test]
-    fn a_write_while_another_holder_is_inside_is_an_overlap_even_within_one_ms() {
+    fn a_write_while_another_holder_is_inside_is_an_overlap_even_within_one_tick() {
         let mut r = FencedResource::new();
         r.enter(0, Some(1), 100);
         r.enter(1, Some(2), 200);
-        // The first holder wakes up in the same millisecond, writes, then learns.
+        // The first holder wakes up in the same microsecond, writes, then learns.
         r.write(0, Some(1), 200);
         r.exit(0, 200);
         assert!(r.overlaps().is_empty());
@@ -255,7 +256,7 @@ mod tests {
         late.enter(1, Some(2), 200);
         late.write(0, Some(1), 250);
         assert!(!late.overlap_observed());
-        // Nor is a write sent before leaving that arrives in the millisecond of the handover.
+        // Nor is a write sent before leaving that arrives in the microsecond of the handover.
         let mut same_ms = FencedResource::new();
         same_ms.enter(0, Some(1), 100);
         same_ms.exit(0, 200);

@@ -11,7 +11,7 @@ use anyhow::{Result, anyhow, bail};
 
 use super::{Nemesis, kill_subject, no_heal};
 use crate::scenario::WAITER_SETTLE;
-use crate::scenario::holder::{self, EventKind, Holder, find_libfaketime, wall_ms};
+use crate::scenario::holder::{self, EventKind, Holder, find_libfaketime, mono_us, ms_between};
 use crate::scenario::target::Target;
 use crate::scenario::workload::trial::{Reported, await_grant_as, drain_states};
 use crate::scenario::workload::{Approach, BoxFuture, Ctx, FIRST_GRANT, Trial};
@@ -93,7 +93,7 @@ impl Nemesis for SkewedClocks {
             let hold = t.ctx.opts.ttl.mul_f64(SKEW_HOLD_TTLS);
             // The ahead-clock holder holds; nobody else may be granted, its guard should stay
             // held.
-            let t_hold = wall_ms();
+            let t_hold = mono_us();
             let early = t.await_grant(hold).await?;
             let mut states = Reported::default();
             t.drain_subject(t_hold, &mut states);
@@ -106,8 +106,8 @@ impl Nemesis for SkewedClocks {
             }
             if let Some((at, _)) = early {
                 t.history.note(format!(
-                    "the -1 h waiter was granted at +{} ms while the +1 h holder held",
-                    at - t_hold
+                    "the -1 h waiter was granted at +{:.0} ms while the +1 h holder held",
+                    ms_between(t_hold, at)
                 ));
             }
             // SIGKILL the ahead-clock holder: the behind-clock waiter takes over.
@@ -115,11 +115,11 @@ impl Nemesis for SkewedClocks {
             let Some((t_grant, _)) = t.await_grant(bound).await? else {
                 bail!("the waiter got no grant within {bound:?} of the SIGKILL");
             };
-            t.history.handover_ms = Some(t_grant);
+            t.history.handover_us = Some(t_grant);
             if early.is_none() {
                 t.history.handover(t0, t_grant);
             }
-            t.stale_write(wall_ms());
+            t.stale_write(mono_us());
             // The behind-clock holder holds against an unskewed waiter, then releases to it.
             let mut third = t.spawn_contender()?;
             let result = behind_then_unskewed(t, &mut third, hold, bound).await;
@@ -145,16 +145,16 @@ async fn behind_then_unskewed(
     match third.waiting_or_acquired(FIRST_GRANT).await? {
         Some(ev) => {
             if let EventKind::Acquired { token } = ev.kind {
-                res.enter(2, token, ev.t_ms);
+                res.enter(2, token, ev.t_us);
             } else if let Some(ev) = third.next_event(WAITER_SETTLE).await {
                 if let EventKind::Acquired { token } = ev.kind {
-                    res.enter(2, token, ev.t_ms);
+                    res.enter(2, token, ev.t_us);
                 }
             }
         }
         None => bail!("the third holder printed nothing within {FIRST_GRANT:?}"),
     }
-    let t_hold = wall_ms();
+    let t_hold = mono_us();
     let early = await_grant_as(2, third, res, hold).await?;
     let mut states = Reported::default();
     drain_states(&mut t.contender, 1, t_hold, res, &mut states);
@@ -167,19 +167,19 @@ async fn behind_then_unskewed(
     }
     if let Some((at, _)) = early {
         t.history.note(format!(
-            "the unskewed waiter was granted at +{} ms while the -1 h holder held",
-            at - t_hold
+            "the unskewed waiter was granted at +{:.0} ms while the -1 h holder held",
+            ms_between(t_hold, at)
         ));
         return Ok(kept);
     }
-    let t1 = wall_ms();
+    let t1 = mono_us();
     t.history.resource.exit(1, t1);
     t.contender.release();
     let Some((t_c, _)) = await_grant_as(2, third, &mut t.history.resource, bound).await? else {
         bail!("the third holder got no grant within {bound:?} of the -1 h holder's release");
     };
-    t.history.extra.handoff_ms = Some((t_c - t1) as f64);
-    t.history.resource.exit(2, wall_ms());
+    t.history.extra.handoff_ms = Some(ms_between(t1, t_c));
+    t.history.resource.exit(2, mono_us());
     Ok(kept)
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use super::{Nemesis, no_heal, until_grant};
-use crate::scenario::holder::wall_ms;
+use crate::scenario::holder::mono_us;
 use crate::scenario::workload::{BoxFuture, Trial};
 
 /// The holder releases on purpose.
@@ -30,7 +30,7 @@ impl Nemesis for CleanHandoff {
     fn start<'a>(&'a mut self, t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
             // The application leaves its critical section, then releases.
-            let t0 = wall_ms();
+            let t0 = mono_us();
             t.history.resource.exit(0, t0);
             t.subject.release();
             Ok(t0)
@@ -50,7 +50,7 @@ impl Nemesis for CleanHandoff {
             };
             t.history.handover(t0, t_grant);
             // A write of the previous holder that arrives late.
-            t.late_write(wall_ms());
+            t.late_write(mono_us());
             Ok(())
         })
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use super::{Nemesis, kill_subject, no_heal, until_grant};
-use crate::scenario::holder::wall_ms;
+use crate::scenario::holder::mono_us;
 use crate::scenario::workload::{BoxFuture, Trial};
 
 /// SIGKILL of the subject.
@@ -43,7 +43,7 @@ impl Nemesis for Kill {
             };
             t.history.handover(t0, t_grant);
             // A write the dead holder sent just before dying, delivered late.
-            t.late_write(wall_ms());
+            t.late_write(mono_us());
             Ok(())
         })
     }

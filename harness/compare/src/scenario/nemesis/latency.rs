@@ -19,7 +19,7 @@ use anyhow::{Result, bail};
 use super::Nemesis;
 use super::partition::set_all;
 use crate::scenario::checker::Retention;
-use crate::scenario::holder::{Holder, wall_ms};
+use crate::scenario::holder::{Holder, mono_us, ms_between};
 use crate::scenario::target::Target;
 use crate::scenario::workload::trial::{Reported, cause};
 use crate::scenario::workload::{Approach, BoxFuture, Ctx, Role, Trial};
@@ -93,7 +93,7 @@ impl Nemesis for Latency {
     fn start<'a>(&'a mut self, _t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
             set_all(&self.proxies, Fault::Latency(self.delay));
-            Ok(wall_ms())
+            Ok(mono_us())
         })
     }
 
@@ -123,11 +123,11 @@ async fn probe(ctx: &Ctx<'_>, url: &str) -> Result<(Option<f64>, Option<String>)
     let spec = ctx
         .workload
         .spec(url, &probe_name, ctx.opts.ttl, Role::Subject);
-    let spawned = wall_ms();
+    let spawned = mono_us();
     let mut probe = Holder::spawn(&ctx.opts.dlock_bin, &spec)?;
     let first = crate::scenario::workload::FIRST_GRANT;
     let out = match probe.acquired(first).await {
-        Ok(Some(ev)) => (Some((ev.t_ms - spawned) as f64), None),
+        Ok(Some(ev)) => (Some(ms_between(spawned, ev.t_us)), None),
         Ok(None) => (None, Some(format!("no grant within {first:?}"))),
         Err(e) => (None, Some(cause(&e, &probe_name))),
     };
@@ -180,8 +180,9 @@ impl Latency {
                     states.join(", ")
                 ));
             }
-            t.history.lost_ms = lost;
+            t.history.lost_us = lost;
             let Some((t_grant, _)) = grant else {
+                t.history.not_freed(lost);
                 t.history.note(format!(
                     "not freed within {} s at {each_way} ms each way ({}): the slow \
                      connection stays open",
@@ -193,7 +194,7 @@ impl Latency {
                     }
                 ));
                 self.stop(t).await?;
-                t.history.resource.exit(0, lost.unwrap_or_else(wall_ms));
+                t.history.resource.exit(0, lost.unwrap_or_else(mono_us));
                 t.subject.release();
                 if t.await_grant(bound).await?.is_none() {
                     bail!("the waiter got no grant after the slowed holder released");
@@ -205,8 +206,8 @@ impl Latency {
             if lost.is_none() {
                 t.history.note("the slowed holder never reported the loss");
             }
-            t.stale_write(wall_ms());
-            t.history.resource.exit(0, wall_ms());
+            t.stale_write(mono_us());
+            t.history.resource.exit(0, mono_us());
             break;
         }
         Ok(())

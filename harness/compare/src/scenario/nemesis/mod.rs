@@ -25,7 +25,7 @@ use super::target::Target;
 use super::workload::{Approach, BoxFuture, Ctx, Grant, Trial};
 use dlock_fixtures::netns::Netns;
 
-use super::holder::wall_ms;
+use super::holder::mono_us;
 
 pub use clock::{SKEW_HOLD_TTLS, SKEW_MS, SkewedClocks};
 pub use handoff::CleanHandoff;
@@ -132,7 +132,7 @@ async fn until_grant(
 /// SIGKILLs the faulty holder and records that it left the resource then; the fault's start.
 fn kill_subject<'a>(t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<i64>> {
     Box::pin(async move {
-        let t0 = wall_ms();
+        let t0 = mono_us();
         t.subject.kill()?;
         t.history.resource.exit(0, t0);
         Ok(t0)
@@ -145,8 +145,8 @@ fn no_heal<'a>() -> BoxFuture<'a, Result<()>> {
 }
 
 /// The note of a holder that reported the loss only after the new grant.
-fn lost_late(after_ms: i64) -> String {
-    format!("holder reported lost at +{after_ms} ms, after the new grant")
+fn lost_late(after_ms: f64) -> String {
+    format!("holder reported lost at +{after_ms:.0} ms, after the new grant")
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use super::netns::{self, NETNS_FAULT_BOUND};
 use super::{Nemesis, until_grant};
 use crate::scenario::checker::Retention;
-use crate::scenario::holder::{EventKind, wall_ms};
+use crate::scenario::holder::{EventKind, mono_us, ms_between};
 use crate::scenario::target::Target;
 use crate::scenario::workload::{Approach, BoxFuture, Ctx, Grant, Trial};
 use dlock_fixtures::faults::{Fault, FaultProxy};
@@ -75,7 +75,7 @@ impl Nemesis for Partition {
 
     fn start<'a>(&'a mut self, _t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
-            let t0 = wall_ms();
+            let t0 = mono_us();
             match &self.netns {
                 Some(ns) => ns.link_down()?,
                 None => set_all(&self.proxies, Fault::Blackhole),
@@ -161,17 +161,17 @@ pub(super) async fn after_cut(
     let mut states = Vec::new();
     while let Some(ev) = t.subject.try_event() {
         if let EventKind::State(st) = &ev.kind {
-            states.push(format!("{st} at +{} ms", ev.t_ms - t0));
+            states.push(format!("{st} at +{:.0} ms", ms_between(t0, ev.t_us)));
             if st == "lost" && lost.is_none() {
-                lost = Some(ev.t_ms);
+                lost = Some(ev.t_us);
             }
         }
     }
     if lost.is_none() && grant.is_some() {
         // The lock moved on; give the holder until the bound to notice.
         if let Some(ev) = t.subject.state("lost", bound).await {
-            states.push(format!("lost at +{} ms", ev.t_ms - t0));
-            lost = Some(ev.t_ms);
+            states.push(format!("lost at +{:.0} ms", ms_between(t0, ev.t_us)));
+            lost = Some(ev.t_us);
         }
     }
     if !states.is_empty() {
@@ -181,13 +181,14 @@ pub(super) async fn after_cut(
     if let Some(l) = lost {
         t.history.resource.exit(0, l);
     }
-    t.history.lost_ms = lost;
+    t.history.lost_us = lost;
     let Some((t_grant, _)) = grant else {
+        t.history.not_freed(lost);
         let why = match Retention::of(lost) {
             Retention::Stranded(l) => format!(
-                "the holder reported the loss at +{} ms but the server kept the lock: orphaned \
+                "the holder reported the loss at +{:.0} ms but the server kept the lock: orphaned \
                  until the holder's session ends or it releases",
-                l - t0
+                ms_between(t0, l)
             ),
             Retention::KeptByLiveHolder => why_kept.to_string(),
         };
@@ -195,7 +196,7 @@ pub(super) async fn after_cut(
             "not freed within {} s of the fault ({why})",
             bound.as_secs()
         ));
-        t.history.resource.exit(0, lost.unwrap_or_else(wall_ms));
+        t.history.resource.exit(0, lost.unwrap_or_else(mono_us));
         t.subject.release();
         if t.await_grant(bound).await?.is_none() {
             bail!("the waiter got no grant after the holder released");
@@ -211,18 +212,18 @@ pub(super) async fn after_cut(
         crate::say!(
             "[compare] {backend} × {scenario} (network namespace): link down → grant {} ms; \
              holder lost at {}",
-            t_grant - t0,
+            ms_between(t0, t_grant).round(),
             lost.map_or("never".into(), |l| format!(
-                "+{} ms ({} ms before the grant)",
-                l - t0,
-                t_grant - l
+                "+{:.0} ms ({:.1} ms before the grant)",
+                ms_between(t0, l),
+                ms_between(l, t_grant)
             ))
         );
     }
     // The old holder's write, sent before it knew, arrives now.
-    t.stale_write(wall_ms());
+    t.stale_write(mono_us());
     if lost.is_none() {
-        t.history.resource.exit(0, wall_ms());
+        t.history.resource.exit(0, mono_us());
     }
     Ok(())
 }

@@ -7,13 +7,13 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use super::{Nemesis, until_grant};
-use crate::scenario::holder::wall_ms;
+use crate::scenario::holder::{mono_us, ms_between};
 use crate::scenario::workload::{BoxFuture, Trial};
 
 /// SIGSTOP / SIGCONT of the subject.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Pause {
-    /// When the subject was resumed (harness clock, ms).
+    /// When the subject was resumed (`CLOCK_MONOTONIC` µs).
     resumed: i64,
 }
 
@@ -33,7 +33,7 @@ impl Nemesis for Pause {
 
     fn start<'a>(&'a mut self, t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
-            let t0 = wall_ms();
+            let t0 = mono_us();
             t.subject.pause()?;
             Ok(t0)
         })
@@ -41,7 +41,7 @@ impl Nemesis for Pause {
 
     fn stop<'a>(&'a mut self, t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.resumed = wall_ms();
+            self.resumed = mono_us();
             t.subject.resume()
         })
     }
@@ -55,13 +55,15 @@ impl Nemesis for Pause {
             // The holder wakes up inside its critical section and writes at once.
             let outcome = t.history.resource.write(0, t.token, t_resume);
             let Some((t_grant, _)) = grant else {
+                // It never ran while paused, so it could not have reported anything.
+                t.history.not_freed(None);
                 t.history.note(format!(
                     "not freed within {} s of the pause: the lock stays with the paused holder \
                      (no lease expires)",
                     pause_bound.as_secs()
                 ));
                 // Still its lock: the write is legitimate. Hand over cleanly.
-                t.history.resource.exit(0, wall_ms());
+                t.history.resource.exit(0, mono_us());
                 t.subject.release();
                 if t.await_grant(bound).await?.is_none() {
                     bail!("the waiter got no grant after the paused holder released");
@@ -73,12 +75,12 @@ impl Nemesis for Pause {
             // Does the woken holder learn, and when?
             match t.subject.state("lost", bound).await {
                 Some(ev) => {
-                    t.history.resource.exit(0, ev.t_ms);
-                    t.history.lost_ms = Some(ev.t_ms);
-                    t.history.extra.learn_after_resume_ms = Some((ev.t_ms - t_resume) as f64);
+                    t.history.resource.exit(0, ev.t_us);
+                    t.history.lost_us = Some(ev.t_us);
+                    t.history.extra.learn_after_resume_ms = Some(ms_between(t_resume, ev.t_us));
                 }
                 None => {
-                    t.history.resource.exit(0, wall_ms());
+                    t.history.resource.exit(0, mono_us());
                     t.history.note(format!(
                         "the resumed holder reported no loss within {bound:?}"
                     ));

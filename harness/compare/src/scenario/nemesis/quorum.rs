@@ -12,7 +12,7 @@ use anyhow::{Result, bail};
 
 use super::Nemesis;
 use crate::scenario::checker::Retention;
-use crate::scenario::holder::{Holder, wall_ms};
+use crate::scenario::holder::{Holder, mono_us, ms_between};
 use crate::scenario::target::Target;
 use crate::scenario::workload::trial::{Reported, await_grant_as, cause};
 use crate::scenario::workload::{BoxFuture, Grant, Trial};
@@ -97,7 +97,7 @@ impl Nemesis for QuorumLoss {
                 ),
                 None => format!("killed servers {} and {} of 3", down[0], down[1]),
             });
-            let t0 = wall_ms();
+            let t0 = mono_us();
             for &i in down {
                 cluster.kill_member(i).await?;
             }
@@ -135,17 +135,17 @@ impl QuorumLoss {
         let (early, mut waiter_gone) = during_outage(t, t0, outage).await;
         // Whatever of the outage is left (the grant above may have ended it early, or the
         // waiter may have exited at once).
-        let left = outage.saturating_sub(Duration::from_millis((wall_ms() - t0).max(0) as u64));
+        let left = outage.saturating_sub(Duration::from_micros((mono_us() - t0).max(0) as u64));
         tokio::time::sleep(left).await;
         let mut states = Reported::default();
         let mut lost = t.drain_subject(t0, &mut states);
-        let t_restart = wall_ms();
+        let t_restart = mono_us();
         self.stop(t).await?;
-        let t_back = wall_ms();
+        let t_back = mono_us();
         t.history.note(format!(
             "majority down for {} ms; restarting it took {} ms",
-            t_restart - t0,
-            t_back - t_restart
+            ms_between(t0, t_restart).round(),
+            ms_between(t_restart, t_back).round()
         ));
         let mut grant = early;
         if grant.is_none() && !waiter_gone {
@@ -169,34 +169,37 @@ impl QuorumLoss {
         if lost.is_none() && grant.is_some() {
             lost = t.await_subject_lost(t0, bound, &mut states).await;
         }
-        t.history.extra.left_held_ms = states.left_held.map(|l| (l - t0) as f64);
+        t.history.extra.left_held_ms = states.left_held.map(|l| ms_between(t0, l));
         t.history.note(if states.is_empty() {
             "the holder's guard stayed held throughout".to_string()
         } else {
             format!("holder reported: {}", states.join(", "))
         });
-        t.history.lost_ms = lost;
+        t.history.lost_us = lost;
         match grant {
             Some((t_grant, _)) => {
                 // A grant during the outage has no failover to measure, but the holder may
                 // still have learned before it.
-                t.history.handover_ms = Some(t_grant);
+                t.history.handover_us = Some(t_grant);
                 if early.is_none() {
                     t.history.handover(t_restart, t_grant);
                 }
-                t.stale_write(wall_ms());
+                t.stale_write(mono_us());
             }
-            None => t.history.note(format!(
-                "no other holder got the lock within {} s of the restart{}",
-                bound.as_secs(),
-                match Retention::of(lost) {
-                    Retention::Stranded(_) =>
-                        " although the holder reported it lost (orphaned until it releases)",
-                    Retention::KeptByLiveHolder => ": the holder kept it through the outage",
-                }
-            )),
+            None => {
+                t.history.not_freed(lost);
+                t.history.note(format!(
+                    "no other holder got the lock within {} s of the restart{}",
+                    bound.as_secs(),
+                    match Retention::of(lost) {
+                        Retention::Stranded(_) =>
+                            " although the holder reported it lost (orphaned until it releases)",
+                        Retention::KeptByLiveHolder => ": the holder kept it through the outage",
+                    }
+                ))
+            }
         }
-        t.history.resource.exit(0, wall_ms());
+        t.history.resource.exit(0, mono_us());
         Ok(())
     }
 }
@@ -217,8 +220,8 @@ async fn during_outage(t: &mut Trial<'_>, t0: i64, outage: Duration) -> (Option<
     };
     if let Some((at, _)) = early {
         t.history.note(format!(
-            "granted to the waiter at +{} ms, during the outage (no majority up)",
-            at - t0
+            "granted to the waiter at +{:.0} ms, during the outage (no majority up)",
+            ms_between(t0, at)
         ));
     }
     (early, gone)

@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 
 use super::Nemesis;
 use super::partition::{after_cut, set_all, unproxiable};
-use crate::scenario::holder::wall_ms;
+use crate::scenario::holder::mono_us;
 use crate::scenario::target::Target;
 use crate::scenario::workload::{Approach, BoxFuture, Ctx, Trial};
 use dlock_fixtures::faults::{Fault, FaultProxy};
@@ -57,7 +57,7 @@ impl Nemesis for Reset {
 
     fn start<'a>(&'a mut self, _t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
-            let t0 = wall_ms();
+            let t0 = mono_us();
             set_all(&self.proxies, Fault::Reset);
             Ok(t0)
         })

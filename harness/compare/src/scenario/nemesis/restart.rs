@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 
 use super::{Nemesis, lost_late};
 use crate::scenario::checker::Retention;
-use crate::scenario::holder::wall_ms;
+use crate::scenario::holder::{mono_us, ms_between};
 use crate::scenario::target::Target;
 use crate::scenario::workload::trial::{Reported, await_grant_as, first_line, has_ended};
 use crate::scenario::workload::{BoxFuture, Grant, Trial};
@@ -40,7 +40,7 @@ impl Nemesis for Restart {
 
     fn start<'a>(&'a mut self, t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
-            let t0 = wall_ms();
+            let t0 = mono_us();
             let target = t.ctx.target;
             match (&target.server, &target.cluster) {
                 (Some(server), _) if server.is_managed() => server.kill().await?,
@@ -77,7 +77,7 @@ impl Nemesis for Restart {
             } else {
                 "every server"
             };
-            let restarted_ms = wall_ms() - t0;
+            let restarted_ms = ms_between(t0, mono_us()).round();
             t.history.note(format!(
                 "{what} back (SIGKILL + start on the same port and data) after {restarted_ms} ms"
             ));
@@ -134,9 +134,9 @@ async fn observe(t: &mut Trial<'_>, t0: i64, grant: Option<Grant>) -> Result<()>
             if lost.is_none() {
                 // Does it learn at all, and how late?
                 if let Some(ev) = t.subject.state("lost", bound).await {
-                    t.history.note(lost_late(ev.t_ms - t0));
-                    t.history.resource.exit(0, ev.t_ms);
-                    lost = Some(ev.t_ms);
+                    t.history.note(lost_late(ms_between(t0, ev.t_us)));
+                    t.history.resource.exit(0, ev.t_us);
+                    lost = Some(ev.t_us);
                 } else {
                     t.history.note(format!(
                         "the holder reported no loss within {} s of the new grant",
@@ -144,22 +144,25 @@ async fn observe(t: &mut Trial<'_>, t0: i64, grant: Option<Grant>) -> Result<()>
                     ));
                 }
             }
-            t.history.lost_ms = lost;
-            t.stale_write(wall_ms());
+            t.history.lost_us = lost;
+            t.stale_write(mono_us());
         }
-        None => t.history.note(format!(
-            "no other holder got the lock within {} s of the restart: it survived the \
-             restart{}",
-            t.ctx.fault_bound().as_secs(),
-            match Retention::of(lost) {
-                Retention::Stranded(_) => {
-                    " although the holder reported it lost (orphaned until the holder releases \
-                     or its session ends)"
+        None => {
+            t.history.not_freed(lost);
+            t.history.note(format!(
+                "no other holder got the lock within {} s of the restart: it survived the \
+                 restart{}",
+                t.ctx.fault_bound().as_secs(),
+                match Retention::of(lost) {
+                    Retention::Stranded(_) => {
+                        " although the holder reported it lost (orphaned until the holder \
+                         releases or its session ends)"
+                    }
+                    Retention::KeptByLiveHolder => "",
                 }
-                Retention::KeptByLiveHolder => "",
-            }
-        )),
+            ))
+        }
     }
-    t.history.resource.exit(0, wall_ms());
+    t.history.resource.exit(0, mono_us());
     Ok(())
 }

@@ -85,9 +85,10 @@ pub fn choosing_markdown(r: &Report) -> String {
         .map_or_else(|| "—".into(), |t| format!("{t} ms"));
     let _ = writeln!(
         md,
-        "\nFailover: median (min–max) from the fault to the next holder's grant; `not freed`: \
-         nobody else got the lock within the bound (the cell's notes in `comparison.md` say \
-         whether the same live holder kept it). Verdicts other than safe are named. Measured by \
+        "\nFailover: median (min–max) from the fault to the next holder's grant; where nobody \
+         else got the lock within the bound: `kept by the live holder` (its session or lease \
+         survived the fault, legitimately) or `stranded` (the holder had given it up, the \
+         server had not). Verdicts other than safe are named. Measured by \
          `dlock compare` on `{}` ({} CPUs), ttl {ttl}, {} repetition(s) per cell, {} UTC, \
          commit {}; servers: {}.",
         r.run.host,

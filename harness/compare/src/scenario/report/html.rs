@@ -73,11 +73,12 @@ pub fn failover_svg(r: &Report) -> String {
                 (Status::Measured, None) => {
                     let _ = write!(
                         s,
-                        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="{color}" font-weight="bold">×<title>{} × {}: not freed</title></text>"#,
+                        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="{color}" font-weight="bold">×<title>{} × {}: {}</title></text>"#,
                         x + bar / 2.0,
                         top + 10.0,
                         esc(b),
-                        esc(scenario)
+                        esc(scenario),
+                        esc(&super::failover_text(c))
                     );
                 }
                 _ => {}
@@ -105,7 +106,7 @@ pub fn failover_svg(r: &Report) -> String {
     }
     let _ = write!(
         s,
-        r#"<text x="{left}" y="{:.0}">× at the top: no other holder got the lock within the bound (not freed)</text></svg>"#,
+        r#"<text x="{left}" y="{:.0}">× at the top: no other holder got the lock within the bound (kept by the live holder, or stranded: hover)</text></svg>"#,
         height - 8.0
     );
     s

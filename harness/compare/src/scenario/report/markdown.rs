@@ -76,15 +76,24 @@ fn reading_guide(md: &mut String) {
     let _ = writeln!(
         md,
         "\n## Reading guide\n\n\
-         - **Failover** is wall-clock time from the fault (release requested, SIGKILL, SIGSTOP) \
+         - **Clock**: every instant is `CLOCK_MONOTONIC` in microseconds — the holders print it \
+         with each event (`t_mono_us`), the harness reads it for its own marks; one clock for \
+         every process on the machine, never stepped, so events of different processes \
+         compare exactly (a tie is not \"first\").\n\
+         - **Failover** is the time from the fault (release requested, SIGKILL, SIGSTOP) \
          to the `acquired` event of a holder that was already waiting (`dlock hold --wait \
          forever`). Lease-based backends free a dead or frozen holder only when its lease / \
          session / `at_most` runs out, so expect up to one ttl there (what was left of the \
          lease when the fault hit; renewals restart it); PostgreSQL frees a \
          killed holder as soon as its connection closes, and never frees a *paused* one whose \
-         connection stays open (`not freed`).\n\
+         connection stays open (`kept by the live holder`). Where nobody else got the lock \
+         within the bound, the cell says who had it: `kept by the live holder` (it never \
+         reported a loss: its session or lease survived the fault, which is the backend's rule \
+         working) or `stranded` (the holder reported the loss but the server kept the lock \
+         for it until it released or its session ended), with counts when the repetitions \
+         differ.\n\
          - **overlap**: the harness-owned resource saw two holders inside the critical section \
-         at once (by the holders' own timestamps). A paused holder is inside until it reports \
+         at once (by the holders' own timestamps, µs). A paused holder is inside until it reports \
          the loss, so `holder_paused` shows overlap wherever the lock moved on while it slept.\n\
          - **stale write rejected**: after the hand-over, a write carrying the previous \
          holder's fencing token reaches the resource (a delayed request of the dead or paused \
@@ -92,7 +101,8 @@ fn reading_guide(md: &mut String) {
          it; `no`: the backend has no fencing token (or it did not increase), so nothing could \
          stop it; `—`: no stale write was possible (the old holder still held the lock).\n\
          - **learned first**: the faulty holder reported `lost` before the other holder's \
-         grant (ms: by how much; negative = after). Only where the holder survives the fault.\n\
+         grant, with the gap in ms: median; min to max over the repetitions (positive = that \
+         much before; negative = after). Only where the holder survives the fault.\n\
          - **holder_partitioned / connection_reset** put an in-process TCP fault proxy between \
          the holder and each of its servers (blackhole that keeps the sockets open; RST for \
          200 ms then pass); the waiter connects directly. Where the run is root on Linux, \
@@ -100,8 +110,9 @@ fn reading_guide(md: &mut String) {
          link down (the cell's partition note says which): a real partition, which the \
          server's TCP stack sees. A proxy blackhole is not: the server's kernel keeps talking \
          to the proxy, so a lock that the server frees only when the client's TCP connection \
-         dies (PostgreSQL) stays taken there (`not freed`). `not freed` after a 200 ms reset \
-         means the holder reconnected and kept its lock.\n\
+         dies (PostgreSQL) stays taken there. `kept by the live holder` after a 200 ms reset \
+         means the holder reconnected and kept its lock (its session or lease outlived the \
+         reset).\n\
          - **server_restart**: the server (Redlock: all three) is SIGKILLed and started again \
          on the same port and data; the failover includes the restart time (in the notes). A waiter that gives up \
          when its connection dies is replaced by a fresh one (holder 2 in the notes). `not \

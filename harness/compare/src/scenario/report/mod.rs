@@ -13,6 +13,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use super::cell::NotFreed;
 use super::{BACKENDS, Cell, Report, SCENARIOS, Status};
 
 use crate::bench::BenchEntry;
@@ -32,6 +33,25 @@ pub fn yes_no(v: Option<bool>) -> &'static str {
     }
 }
 
+/// Where the lock stayed when it did not move: `kept by the live holder` (legitimate: its
+/// session or lease survived the fault) or `stranded` (the holder had reported the loss, the
+/// server kept the lock for it), with counts when not every repetition was alike.
+pub fn not_freed_text(n: NotFreed, repetitions: usize) -> String {
+    let part = |k: usize, what: &str| match k {
+        0 => None,
+        k if k == repetitions => Some(what.to_string()),
+        k => Some(format!("{what} in {k} of {repetitions}")),
+    };
+    [
+        part(n.kept_by_live_holder, "kept by the live holder"),
+        part(n.stranded, "stranded"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(", ")
+}
+
 /// The failover text of a cell as the tables show it: `median (min–max)` in whole ms for a
 /// measured cell, else a word saying why there is no number.
 pub fn failover_text(c: &Cell) -> String {
@@ -40,11 +60,20 @@ pub fn failover_text(c: &Cell) -> String {
         Status::NotMeasured => "not measured".into(),
         Status::Failed => "failed".into(),
         Status::Measured => match c.failover_ms {
-            Some(f) if c.repetitions > 1 => {
-                format!("{:.0} ({:.0}–{:.0})", f.median, f.min, f.max)
+            Some(f) => {
+                let mut s = if c.repetitions > 1 {
+                    format!("{:.0} ({:.0}–{:.0})", f.median, f.min, f.max)
+                } else {
+                    format!("{:.0}", f.median)
+                };
+                if let Some(n) = c.not_freed {
+                    let _ = write!(s, " · {}", not_freed_text(n, c.repetitions));
+                }
+                s
             }
-            Some(f) => format!("{:.0}", f.median),
-            None => "not freed".into(),
+            None => c
+                .not_freed
+                .map_or_else(|| "not freed".into(), |n| not_freed_text(n, c.repetitions)),
         },
     }
 }
@@ -60,8 +89,15 @@ pub fn safety_text(c: &Cell) -> String {
             );
             if let Some(l) = c.holder_learned_before_handoff {
                 let _ = write!(s, " · learned first {}", yes_no(Some(l)));
-                if let Some(ms) = c.learned_before_handoff_ms {
-                    let _ = write!(s, " ({ms:+.0} ms)");
+                // The gap, not only its sign: CLOCK_MONOTONIC µs on both sides.
+                match c.learned_gap_ms {
+                    Some(g) if c.repetitions > 1 => {
+                        let _ = write!(s, " ({:+.1} ms; {:+.1} to {:+.1})", g.median, g.min, g.max);
+                    }
+                    Some(g) => {
+                        let _ = write!(s, " ({:+.1} ms)", g.median);
+                    }
+                    None => {}
                 }
             }
             s

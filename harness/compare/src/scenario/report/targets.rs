@@ -49,7 +49,7 @@ pub(super) fn target_rows(r: &Report) -> Vec<(String, &'static str, String, Opti
             let measured = match (c.failover_ms, c.ttl_ms) {
                 (Some(f), Some(ttl)) => format!("{:.0} ms (ttl {ttl} ms)", f.median),
                 (Some(f), None) => format!("{:.0} ms", f.median),
-                (None, _) => "not freed".to_string(),
+                (None, _) => super::failover_text(c),
             };
             rows.push((name.to_string(), target, measured, met));
         }

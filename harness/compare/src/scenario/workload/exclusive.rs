@@ -70,8 +70,8 @@ async fn begin<'a>(ctx: &'a Ctx<'a>, how: &Approach, netns: Option<&Netns>) -> R
     let EventKind::Acquired { token } = ev.kind else {
         unreachable!("acquired() returns acquired events")
     };
-    res.enter(0, token, ev.t_ms);
-    res.write(0, token, ev.t_ms);
+    res.enter(0, token, ev.t_us);
+    res.write(0, token, ev.t_us);
     let mut b = Holder::spawn(dlock, &spec_b)?;
     let b_ended = |err: String| anyhow!("the waiter ended before the fault: {err}");
     // B tries once, finds the lock held and says `waiting`; a grant instead is an overlap
@@ -79,20 +79,20 @@ async fn begin<'a>(ctx: &'a Ctx<'a>, how: &Approach, netns: Option<&Netns>) -> R
     let failure = match b.waiting_or_acquired(FIRST_GRANT).await {
         Ok(Some(Event {
             kind: EventKind::Acquired { token },
-            t_ms,
+            t_us,
             ..
         })) => {
-            res.enter(1, token, t_ms);
+            res.enter(1, token, t_us);
             None
         }
         // Settle: the waiting request is sent right after the event (see WAITER_SETTLE).
         Ok(Some(_)) => match b
             .next_event(WAITER_SETTLE)
             .await
-            .map(|ev| (ev.kind, ev.t_ms))
+            .map(|ev| (ev.kind, ev.t_us))
         {
-            Some((EventKind::Acquired { token }, t_ms)) => {
-                res.enter(1, token, t_ms);
+            Some((EventKind::Acquired { token }, t_us)) => {
+                res.enter(1, token, t_us);
                 None
             }
             Some((EventKind::Ended, _)) => Some(b_ended(b.stderr())),

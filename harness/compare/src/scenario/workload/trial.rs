@@ -7,10 +7,10 @@ use anyhow::{Result, anyhow};
 
 use super::{Ctx, Role};
 use crate::scenario::history::History;
-use crate::scenario::holder::{Event, EventKind, Holder};
+use crate::scenario::holder::{Event, EventKind, Holder, ms_between};
 use crate::scenario::resource::{FencedResource, HolderId};
 
-/// A grant: when (harness clock, ms) and with which fencing token.
+/// A grant: when (`CLOCK_MONOTONIC` µs) and with which fencing token.
 pub type Grant = (i64, Option<u64>);
 
 /// The subject (holder 0) and the contender (holder 1) of one repetition, and its history.
@@ -57,17 +57,17 @@ impl<'a> Trial<'a> {
         Holder::spawn(&self.ctx.opts.dlock_bin, &spec)
     }
 
-    /// The subject writes with its old token at `t_ms` (it does not know it lost the lock);
+    /// The subject writes with its old token at `t_us` (it does not know it lost the lock);
     /// recorded as the stale write.
-    pub fn stale_write(&mut self, t_ms: i64) {
-        let w = self.history.resource.write(0, self.token, t_ms);
+    pub fn stale_write(&mut self, t_us: i64) {
+        let w = self.history.resource.write(0, self.token, t_us);
         self.history.stale(w);
     }
 
     /// A write the subject sent from inside before it stopped (released or died), delivered
     /// only now; recorded as the stale write.
-    pub fn late_write(&mut self, t_ms: i64) {
-        let w = self.history.resource.late_write(0, self.token, t_ms);
+    pub fn late_write(&mut self, t_us: i64) {
+        let w = self.history.resource.late_write(0, self.token, t_us);
         self.history.stale(w);
     }
 
@@ -117,7 +117,7 @@ pub async fn await_grant_as(
     within: Duration,
 ) -> Result<Option<Grant>> {
     if let Some(s) = res.sections().iter().find(|s| s.holder == id) {
-        let (t, tok) = (s.enter_ms, s.token);
+        let (t, tok) = (s.enter_us, s.token);
         res.write(id, tok, t);
         return Ok(Some((t, tok)));
     }
@@ -126,9 +126,9 @@ pub async fn await_grant_as(
             let EventKind::Acquired { token } = ev.kind else {
                 unreachable!("acquired() returns acquired events")
             };
-            res.enter(id, token, ev.t_ms);
-            res.write(id, token, ev.t_ms);
-            Ok(Some((ev.t_ms, token)))
+            res.enter(id, token, ev.t_us);
+            res.write(id, token, ev.t_us);
+            Ok(Some((ev.t_us, token)))
         }
         None => Ok(None),
     }
@@ -139,16 +139,17 @@ pub async fn await_grant_as(
 pub struct Reported {
     /// `state at +ms` (from the fault), in order.
     lines: Vec<String>,
-    /// When it first reported anything but `held` (harness clock, ms).
+    /// When it first reported anything but `held` (`CLOCK_MONOTONIC` µs).
     pub left_held: Option<i64>,
 }
 
 impl Reported {
-    /// A `state` event at `t_ms`, `t0` being the fault.
-    pub fn state(&mut self, state: &str, t_ms: i64, t0: i64) {
-        self.lines.push(format!("{state} at +{} ms", t_ms - t0));
+    /// A `state` event at `t_us`, `t0` being the fault.
+    pub fn state(&mut self, state: &str, t_us: i64, t0: i64) {
+        self.lines
+            .push(format!("{state} at +{:.0} ms", ms_between(t0, t_us)));
         if state != "held" && self.left_held.is_none() {
-            self.left_held = Some(t_ms);
+            self.left_held = Some(t_us);
         }
     }
 
@@ -176,13 +177,15 @@ pub fn drain_states(
     while let Some(ev) = h.try_event() {
         match &ev.kind {
             EventKind::State(st) => {
-                states.state(st, ev.t_ms, t0);
+                states.state(st, ev.t_us, t0);
                 if st == "lost" && lost.is_none() {
-                    lost = Some(ev.t_ms);
-                    res.exit(id, ev.t_ms);
+                    lost = Some(ev.t_us);
+                    res.exit(id, ev.t_us);
                 }
             }
-            EventKind::Ended => states.lines.push(format!("exited at +{} ms", ev.t_ms - t0)),
+            EventKind::Ended => states
+                .lines
+                .push(format!("exited at +{:.0} ms", ms_between(t0, ev.t_us))),
             _ => {}
         }
     }
@@ -199,9 +202,9 @@ pub async fn await_lost(
     states: &mut Reported,
 ) -> Option<i64> {
     let ev = h.state("lost", within).await?;
-    states.state("lost", ev.t_ms, t0);
-    res.exit(id, ev.t_ms);
-    Some(ev.t_ms)
+    states.state("lost", ev.t_us, t0);
+    res.exit(id, ev.t_us);
+    Some(ev.t_us)
 }
 
 /// Whether the holder's output has ended (it exited), waiting briefly for the end.

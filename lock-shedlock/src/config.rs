@@ -1,12 +1,14 @@
-//! URL options shared by both flavours, and the PostgreSQL table layout.
+//! URL options of both flavours, and the PostgreSQL table layout.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use lock_core::{ConnectUrl, Error, Result};
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 
-use crate::BACKEND_PG;
+use crate::redis::{DEFAULT_ENV, DEFAULT_KEY_PREFIX, env_prefix};
+use crate::{BACKEND_PG, BACKEND_REDIS};
 
 /// Splits a URL's query into (our options, the URL without them). `ours` lists the option
 /// names this flavour understands; everything else stays in the URL for the client library.
@@ -142,11 +144,10 @@ impl ShedPgConfig {
                         bad(format!("option create_table={v:?}: expected true or false"))
                     })?
                 }
-                "fencing" => match v.as_str() {
-                    "table" => fencing = true,
-                    "none" => fencing = false,
-                    _ => return Err(bad(format!("option fencing={v:?}: expected table or none"))),
-                },
+                "fencing" => {
+                    fencing = parse_fencing(&v, "table")
+                        .ok_or_else(|| bad(fencing_expected(&v, "table")))?
+                }
                 "fencing_table" => fencing_table = ident(&v)?,
                 "pool" => {
                     pool_size = v
@@ -171,6 +172,83 @@ impl ShedPgConfig {
             pool_size,
         })
     }
+}
+
+/// Parsed `shedlock+redis://` options; the rest of the URL is for the redis client.
+pub(crate) struct ShedRedisConfig {
+    /// `redis://…` without our options.
+    pub(crate) client_url: url::Url,
+    /// What every lock key of this client starts with: `<prefix>:<env>:`.
+    pub(crate) key_prefix: String,
+    /// Reply and connect timeout.
+    pub(crate) timeout: Duration,
+    /// The hash holding one fencing counter per name (`?fencing=on`): the key prefix itself,
+    /// which no lock key equals because names are never empty.
+    pub(crate) fence_hash: Option<String>,
+}
+
+const REDIS_OPTIONS: &[&str] = &["env", "prefix", "timeout", "fencing"];
+
+impl ShedRedisConfig {
+    /// Parses `shedlock+redis://host:port[/db]?env=default&prefix=job-lock&timeout=5000ms&fencing=off`.
+    pub(crate) fn from_url(url: &ConnectUrl) -> Result<Self> {
+        let bad = |msg: String| Error::invalid_url(BACKEND_REDIS, format!("{msg} (URL {url})"));
+        let (mine, client_url) =
+            split_options(&format!("redis://{}", url.rest()), REDIS_OPTIONS).map_err(bad)?;
+        let (mut env, mut prefix) = (DEFAULT_ENV.to_string(), DEFAULT_KEY_PREFIX.to_string());
+        let mut timeout = Duration::from_secs(5);
+        let mut fencing = false;
+        for (k, v) in mine {
+            match k.as_str() {
+                "env" | "prefix" if v.is_empty() => {
+                    return Err(bad(format!("option {k} must not be empty")));
+                }
+                "env" => env = v,
+                "prefix" => prefix = v,
+                "timeout" => {
+                    timeout = v
+                        .strip_suffix("ms")
+                        .and_then(|ms| ms.parse::<u64>().ok())
+                        .filter(|ms| *ms > 0)
+                        .map(Duration::from_millis)
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "option timeout={v:?}: expected milliseconds like 5000ms"
+                            ))
+                        })?
+                }
+                "fencing" => {
+                    fencing =
+                        parse_fencing(&v, "key").ok_or_else(|| bad(fencing_expected(&v, "key")))?
+                }
+                _ => unreachable!("split_options only returns listed options"),
+            }
+        }
+        let key_prefix = env_prefix(&prefix, &env);
+        Ok(ShedRedisConfig {
+            client_url,
+            fence_hash: fencing.then(|| key_prefix.clone()),
+            key_prefix,
+            timeout,
+        })
+    }
+}
+
+/// `?fencing=`: `on` / `off` on both flavours, plus each flavour's own word for on
+/// (`table`, `key`, where the tokens live) and `none` for off, the spellings of earlier
+/// versions.
+pub(crate) fn parse_fencing(v: &str, where_word: &str) -> Option<bool> {
+    match v {
+        "on" => Some(true),
+        "off" | "none" => Some(false),
+        _ if v == where_word => Some(true),
+        _ => None,
+    }
+}
+
+/// The message for a `?fencing=` value [`parse_fencing`] refused.
+pub(crate) fn fencing_expected(v: &str, where_word: &str) -> String {
+    format!("option fencing={v:?}: expected on or off ({where_word} means on, none means off)")
 }
 
 pub(crate) fn parse_bool(v: &str) -> Option<bool> {
@@ -206,7 +284,24 @@ mod tests {
         assert!(!c.create_table);
         assert!(c.fencing_table.is_some());
         assert!(!format!("{c:?}").contains("pw"));
-        for bad in ["create_table=maybe", "fencing=column", "pool=0", "table="] {
+        for (fencing, on) in [
+            ("on", true),
+            ("table", true),
+            ("off", false),
+            ("none", false),
+        ] {
+            let u =
+                ConnectUrl::parse(&format!("shedlock+postgres://h/db?fencing={fencing}")).unwrap();
+            let c = ShedPgConfig::from_url(&u).unwrap();
+            assert_eq!(c.fencing_table.is_some(), on, "{fencing}");
+        }
+        for bad in [
+            "create_table=maybe",
+            "fencing=column",
+            "fencing=key",
+            "pool=0",
+            "table=",
+        ] {
             let u = ConnectUrl::parse(&format!("shedlock+postgres://h/db?{bad}")).unwrap();
             assert_eq!(
                 ShedPgConfig::from_url(&u).unwrap_err().kind(),
@@ -214,5 +309,46 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn redis_options_and_the_fencing_hash() {
+        let parse = |q: &str| {
+            ShedRedisConfig::from_url(
+                &ConnectUrl::parse(&format!("shedlock+redis://h:1/2{q}")).unwrap(),
+            )
+        };
+        let c = parse("").unwrap();
+        assert_eq!(c.key_prefix, "job-lock:default:");
+        assert_eq!(c.fence_hash, None);
+        assert_eq!(c.client_url.as_str(), "redis://h:1/2");
+        let c = parse("?env=prod&fencing=on&timeout=250ms&protocol=resp3").unwrap();
+        assert_eq!(c.fence_hash.as_deref(), Some("job-lock:prod:"));
+        assert_eq!(c.timeout, Duration::from_millis(250));
+        assert_eq!(c.client_url.as_str(), "redis://h:1/2?protocol=resp3");
+        for (fencing, on) in [("on", true), ("key", true), ("off", false), ("none", false)] {
+            assert_eq!(
+                parse(&format!("?fencing={fencing}"))
+                    .unwrap()
+                    .fence_hash
+                    .is_some(),
+                on
+            );
+        }
+        for bad in [
+            "fencing=table",
+            "fencing=yes",
+            "fencing=",
+            "env=",
+            "timeout=5s",
+        ] {
+            let err = parse(&format!("?{bad}")).err().expect(bad);
+            assert_eq!(err.kind(), ErrorKind::InvalidUrl, "{bad}");
+        }
+        let err = parse("?fencing=true").err().unwrap().to_string();
+        assert!(
+            err.contains(r#"fencing="true": expected on or off (key means on, none means off)"#),
+            "{err}"
+        );
     }
 }

@@ -42,11 +42,13 @@ fn default_table_statements() {
         sql.unlock,
         r#"WITH u AS (UPDATE "shedlock" SET "lock_until" = GREATEST("locked_at" + make_interval(secs => $3), timezone('utc', CURRENT_TIMESTAMP)) WHERE "name" = $1 AND "locked_by" = $2 AND "lock_until" > timezone('utc', CURRENT_TIMESTAMP) RETURNING 1) SELECT count(*) FROM u, LATERAL (SELECT pg_notify('dlock_shedlock', $1)) AS n"#
     );
-    assert!(sql.fence.is_none() && sql.create_fence_table.is_none());
+    assert!(sql.acquire_fenced.is_none() && sql.create_fence_table.is_none());
 }
 
 /// ShedLock's configurable names (`usingTableName`, `withColumnNames`) as URL options,
-/// quoted; and dlock's own fencing table, shared by dlock versions only.
+/// quoted; and dlock's own fencing table, shared by dlock versions only. With fencing the
+/// ShedLock table's statements are the same text (Java reads and writes the table unchanged);
+/// the acquire runs inside a statement that also counts the token.
 #[test]
 fn configured_names_and_fencing_table() {
     let (sql, table) = sql_for(
@@ -64,12 +66,23 @@ fn configured_names_and_fencing_table() {
             r#"CREATE TABLE IF NOT EXISTS "dlock_shedlock_fencing" (name text PRIMARY KEY, token bigint NOT NULL)"#
         )
     );
+    let acquire = r#"INSERT INTO "jobs"."locks" AS s ("lock_name", "until", "at", "by") VALUES ($1, timezone('utc', CURRENT_TIMESTAMP) + make_interval(secs => $2), timezone('utc', CURRENT_TIMESTAMP), $3) ON CONFLICT ("lock_name") DO UPDATE SET "until" = EXCLUDED."until", "at" = EXCLUDED."at", "by" = EXCLUDED."by" WHERE s."until" <= timezone('utc', CURRENT_TIMESTAMP)"#;
+    assert_eq!(sql.acquire, acquire);
     assert_eq!(
-        sql.fence.as_deref(),
-        Some(
-            r#"INSERT INTO "dlock_shedlock_fencing" AS f (name, token) VALUES ($1, 1) ON CONFLICT (name) DO UPDATE SET token = f.token + 1 RETURNING token"#
-        )
+        sql.acquire_fenced,
+        Some(format!(
+            r#"WITH won AS ({acquire} RETURNING 1) INSERT INTO "dlock_shedlock_fencing" AS f (name, token) SELECT $1, 1 FROM won ON CONFLICT (name) DO UPDATE SET token = f.token + 1 RETURNING token"#
+        ))
     );
+    for spelling in ["fencing=on", "fencing=table"] {
+        let (same, _) = sql_for(&format!("shedlock+postgres://app@db/prod?{spelling}"));
+        let (plain, _) = sql_for("shedlock+postgres://app@db/prod");
+        assert_eq!(
+            (&same.acquire, &same.extend, &same.unlock),
+            (&plain.acquire, &plain.extend, &plain.unlock)
+        );
+        assert!(same.acquire_fenced.is_some(), "{spelling}");
+    }
 }
 
 /// `locked_by` (PostgreSQL) and the value's owner part (Redis): `<hostname>:<pid>:<32 hex>`,
@@ -123,5 +136,26 @@ fn redis_key_and_value() {
             "web-1:4242:00112233445566778899aabbccddeeff"
         ),
         "ADDED:2025-12-07T00:00:00.123Z@web-1:4242:00112233445566778899aabbccddeeff"
+    );
+}
+
+/// `?fencing=on` (or `key`) on Redis: the counters live in one hash whose key is the env's key
+/// prefix itself (`job-lock:default:`), field = the name. No lock key equals it (names are
+/// never empty), so Java ShedLock, which reads only `job-lock:<env>:<name>`, never meets it;
+/// the lock key and value stay the ones above.
+#[test]
+fn redis_fencing_hash() {
+    let hash = |q: &str| {
+        crate::config::ShedRedisConfig::from_url(
+            &ConnectUrl::parse(&format!("shedlock+redis://h:6379{q}")).unwrap(),
+        )
+        .unwrap()
+        .fence_hash
+    };
+    assert_eq!(hash(""), None);
+    assert_eq!(hash("?fencing=on").as_deref(), Some("job-lock:default:"));
+    assert_eq!(
+        hash("?fencing=key&env=prod&prefix=app").as_deref(),
+        Some("app:prod:")
     );
 }

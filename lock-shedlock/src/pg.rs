@@ -38,7 +38,9 @@ pub(crate) struct Sql {
     pub(crate) extend: String,
     pub(crate) unlock: String,
     pub(crate) remaining: String,
-    pub(crate) fence: Option<String>,
+    /// With a fencing table: `acquire` and the name's next token in one statement, so the
+    /// token is counted in the same transaction as the grant (no other grant between).
+    pub(crate) acquire_fenced: Option<String>,
 }
 
 impl Sql {
@@ -59,6 +61,12 @@ impl Sql {
             q(&l.locked_at)?,
             q(&l.locked_by)?,
         );
+        let acquire = format!(
+            "INSERT INTO {t} AS s ({n}, {lu}, {la}, {lb}) \
+             VALUES ($1, {NOW} + make_interval(secs => $2), {NOW}, $3) \
+             ON CONFLICT ({n}) DO UPDATE SET {lu} = EXCLUDED.{lu}, {la} = EXCLUDED.{la}, {lb} = EXCLUDED.{lb} \
+             WHERE s.{lu} <= {NOW}"
+        );
         let sql = Sql {
             create_table: format!(
                 "CREATE TABLE IF NOT EXISTS {t} ({n} VARCHAR(64) NOT NULL, {lu} TIMESTAMP NOT NULL, \
@@ -71,12 +79,18 @@ impl Sql {
                 )),
                 None => None,
             },
-            acquire: format!(
-                "INSERT INTO {t} AS s ({n}, {lu}, {la}, {lb}) \
-                 VALUES ($1, {NOW} + make_interval(secs => $2), {NOW}, $3) \
-                 ON CONFLICT ({n}) DO UPDATE SET {lu} = EXCLUDED.{lu}, {la} = EXCLUDED.{la}, {lb} = EXCLUDED.{lb} \
-                 WHERE s.{lu} <= {NOW}"
-            ),
+            acquire_fenced: match fencing_table {
+                // The fencing row is taken only when `won` took the ShedLock row: an empty
+                // `won` inserts nothing and returns no token.
+                Some(ft) => Some(format!(
+                    "WITH won AS ({acquire} RETURNING 1) \
+                     INSERT INTO {} AS f (name, token) SELECT $1, 1 FROM won \
+                     ON CONFLICT (name) DO UPDATE SET token = f.token + 1 RETURNING token",
+                    q(ft)?
+                )),
+                None => None,
+            },
+            acquire,
             extend: format!(
                 "UPDATE {t} SET {lu} = {NOW} + make_interval(secs => $3) \
                  WHERE {n} = $1 AND {lb} = $2 AND {lu} > {NOW}"
@@ -91,16 +105,6 @@ impl Sql {
             remaining: format!(
                 "SELECT EXTRACT(EPOCH FROM ({lu} - {NOW}))::float8 FROM {t} WHERE {n} = $1"
             ),
-            fence: match fencing_table {
-                Some(ft) => {
-                    let ft = q(ft)?;
-                    Some(format!(
-                        "INSERT INTO {ft} AS f (name, token) VALUES ($1, 1) \
-                         ON CONFLICT (name) DO UPDATE SET token = f.token + 1 RETURNING token"
-                    ))
-                }
-                None => None,
-            },
         };
         Ok((sql, t))
     }
@@ -138,7 +142,7 @@ fn db(op: Operation) -> impl Fn(sqlx::Error) -> Error {
 }
 
 impl ShedPgBackend {
-    /// Capabilities without `?fencing=table`.
+    /// Capabilities without `?fencing=on`; with it, `fencing` and `persistent_tokens` too.
     pub const CAPABILITIES: Capabilities = Capabilities {
         fencing: false,
         shared: false,
@@ -282,17 +286,28 @@ impl ShedPgBackend {
     }
 
     /// One upsert attempt, as a future that owns what it needs (so that it can be finished
-    /// by a spawned task, see [`Finish`]). `Ok(true)`: the row is ours.
+    /// by a spawned task, see [`Finish`]). `Ok(None)`: the row is someone else's;
+    /// `Ok(Some(token))`: the row is ours, with its fencing token when there is a fencing table.
     fn attempt(
         &self,
         name: &LockName,
         opts: &LockOptions,
         owner: &str,
-    ) -> impl Future<Output = Result<bool>> + Send + 'static {
+    ) -> impl Future<Output = Result<Option<Option<FencingToken>>>> + Send + 'static {
         let (pool, sql) = (self.pool.clone(), Arc::clone(&self.sql));
         let (name, owner) = (name.as_str().to_owned(), owner.to_owned());
         let secs = opts.ttl().as_secs_f64();
         async move {
+            if let Some(fenced) = &sql.acquire_fenced {
+                let token: Option<i64> = sqlx::query_scalar(fenced)
+                    .bind(&name)
+                    .bind(secs)
+                    .bind(&owner)
+                    .fetch_optional(&pool)
+                    .await
+                    .map_err(db(Operation::Acquire))?;
+                return Ok(token.map(|t| Some(FencingToken::new(t as u64))));
+            }
             let r = sqlx::query(&sql.acquire)
                 .bind(&name)
                 .bind(secs)
@@ -300,7 +315,7 @@ impl ShedPgBackend {
                 .execute(&pool)
                 .await
                 .map_err(db(Operation::Acquire))?;
-            Ok(r.rows_affected() == 1)
+            Ok((r.rows_affected() == 1).then_some(None))
         }
     }
 
@@ -321,8 +336,8 @@ impl ShedPgBackend {
         let mut listening = false;
         loop {
             let sent = Instant::now();
-            // Armed before the upsert: if this future is dropped while it is in flight (or
-            // while the fencing token is fetched), the row is released in the background.
+            // Armed before the upsert: if this future is dropped while it is in flight, the row
+            // is released in the background.
             let pending = PendingLease::new(lease.clone());
             let attempt = self.attempt(name, opts, &lease.owner);
             // If this future is dropped while the upsert runs, `Finish` completes it first and
@@ -331,7 +346,7 @@ impl ShedPgBackend {
             // the row the insert then takes would stay until its `lock_until`.
             let (won, pending) = Finish::new(async move {
                 let won = attempt.await;
-                if let Ok(false) = won {
+                if let Ok(None) = won {
                     pending.disarm();
                     return (won, None);
                 }
@@ -339,8 +354,20 @@ impl ShedPgBackend {
             })
             .await;
             // An error drops `pending`, which releases the row in case the upsert went through.
-            if let (true, Some(pending)) = (won?, pending) {
-                return self.finish(name, opts, pending, sent, requested_at).await;
+            if let (Some(token), Some(pending)) = (won?, pending) {
+                let monitor =
+                    LeaseMonitor::new(name, BACKEND_PG, Some(lease_deadline(sent, opts.ttl())));
+                return Ok(Guard::new(
+                    Grant {
+                        name: name.clone(),
+                        backend: BACKEND_PG,
+                        token,
+                        lease: pending.into_lease(),
+                        monitor,
+                        requested_at,
+                    },
+                    opts,
+                ));
             }
             if plan.expired(Instant::now()) {
                 return Err(plan.busy_error(BACKEND_PG, name, " (row not expired yet)"));
@@ -381,39 +408,6 @@ impl ShedPgBackend {
             }
         }
     }
-
-    async fn finish(
-        &self,
-        name: &LockName,
-        opts: &LockOptions,
-        pending: PendingLease,
-        sent: Instant,
-        requested_at: Instant,
-    ) -> Result<Guard> {
-        // An error or a drop below releases the row through `pending`.
-        let token = match &self.sql.fence {
-            None => None,
-            Some(sql) => {
-                let r = sqlx::query_scalar::<_, i64>(sql)
-                    .bind(name.as_str())
-                    .fetch_one(&self.pool)
-                    .await;
-                Some(FencingToken::new(r.map_err(db(Operation::Acquire))? as u64))
-            }
-        };
-        let monitor = LeaseMonitor::new(name, BACKEND_PG, Some(lease_deadline(sent, opts.ttl())));
-        Ok(Guard::new(
-            Grant {
-                name: name.clone(),
-                backend: BACKEND_PG,
-                token,
-                lease: pending.into_lease(),
-                monitor,
-                requested_at,
-            },
-            opts,
-        ))
-    }
 }
 
 /// The LISTEN connection's task and its broadcast; dropping it (with the backend) stops the
@@ -449,7 +443,7 @@ impl Backend for ShedPgBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let fencing = self.sql.fence.is_some();
+        let fencing = self.sql.acquire_fenced.is_some();
         Capabilities {
             fencing,
             persistent_tokens: fencing,

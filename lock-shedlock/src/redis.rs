@@ -5,26 +5,49 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lock_core::{
-    Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, Grant, Guard, Lease,
-    LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Supervisors, WaitPlan,
-    lease_deadline,
+    Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
+    Lease, LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Supervisors,
+    WaitPlan, lease_deadline,
 };
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
 use crate::BACKEND_REDIS;
-use crate::config::split_options;
+use crate::config::ShedRedisConfig;
 use crate::owner::owner;
 
 /// Extends only our own value.
 const EXTEND: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 /// Deletes only our own value.
 const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+/// `?fencing=on`: ShedLock's `SET key value NX PX ttl`, byte for byte, and only when it took
+/// the key, the next fencing token of the name in the same script, so no other grant can come
+/// between the two. KEYS[1] the lock key, KEYS[2] the fencing hash; ARGV[1] the value,
+/// ARGV[2] the ttl in ms, ARGV[3] the name (the hash field). Returns the token, or nil when
+/// the key is taken.
+///
+/// A name with no counter yet starts from the server clock in microseconds rather than from
+/// 1: if Redis lost the hash (a restart without persistence) the count starts again above
+/// every token handed out before, as long as the server clock has not gone back and the name
+/// saw less than one grant per microsecond.
+const ACQUIRE_FENCED: &str = r"
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return nil
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
+  return redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+end
+local clock = redis.call('TIME')
+local micros = string.format('%.0f', clock[1] * 1000000 + clock[2])
+return redis.call('HINCRBY', KEYS[2], ARGV[3], micros)
+";
 /// The scripts, hashed once (`Script::new` computes the SHA-1 that `EVALSHA` sends).
 static EXTEND_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(EXTEND));
 static RELEASE_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(RELEASE));
+static ACQUIRE_FENCED_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(ACQUIRE_FENCED));
 
 /// ShedLock's Redis provider: key `job-lock:<env>:<name>`, value
 /// `ADDED:<instant>@<owner>`, `SET NX PX`.
@@ -33,6 +56,8 @@ pub struct ShedRedisBackend {
     supervisors: Supervisors,
     display_url: String,
     prefix: String,
+    /// The hash of fencing counters (`?fencing=on`), one field per name.
+    fence_hash: Option<String>,
     link: Arc<Link>,
     timeout: Duration,
 }
@@ -85,6 +110,7 @@ impl fmt::Debug for ShedRedisBackend {
         f.debug_struct("ShedRedisBackend")
             .field("url", &self.display_url)
             .field("prefix", &self.prefix)
+            .field("fence_hash", &self.fence_hash)
             .finish()
     }
 }
@@ -159,8 +185,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 impl ShedRedisBackend {
-    /// Capabilities: a lease, renewable, `at_least` by shortening the expiry; no fencing, no
-    /// notification (ShedLock defines none).
+    /// Capabilities without `?fencing=on`: a lease, renewable, `at_least` by shortening the
+    /// expiry; no notification (ShedLock defines none). With it, `fencing` too.
     pub const CAPABILITIES: Capabilities = Capabilities {
         fencing: false,
         shared: false,
@@ -172,40 +198,13 @@ impl ShedRedisBackend {
         min_ttl: Some(Duration::from_millis(10)),
     };
 
-    /// Parses `shedlock+redis://host:port[/db]?env=default&prefix=job-lock` and connects.
+    /// Parses `shedlock+redis://host:port[/db]?env=default&prefix=job-lock&fencing=off` and
+    /// connects.
     pub async fn connect(url: &ConnectUrl) -> Result<Self> {
         let bad = |msg: String| Error::invalid_url(BACKEND_REDIS, format!("{msg} (URL {url})"));
-        let (mine, rest) = split_options(
-            &format!("redis://{}", url.rest()),
-            &["env", "prefix", "timeout"],
-        )
-        .map_err(bad)?;
-        let (mut env, mut key_prefix, mut timeout) = (
-            DEFAULT_ENV.to_string(),
-            DEFAULT_KEY_PREFIX.to_string(),
-            Duration::from_secs(5),
-        );
-        for (k, v) in mine {
-            match k.as_str() {
-                "env" if !v.is_empty() => env = v,
-                "prefix" if !v.is_empty() => key_prefix = v,
-                "timeout" => {
-                    timeout = v
-                        .trim_end_matches("ms")
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|ms| *ms > 0 && v.ends_with("ms"))
-                        .map(Duration::from_millis)
-                        .ok_or_else(|| {
-                            bad(format!(
-                                "option timeout={v:?}: expected milliseconds like 5000ms"
-                            ))
-                        })?
-                }
-                _ => return Err(bad(format!("option {k} must not be empty"))),
-            }
-        }
-        let client = redis::Client::open(rest.as_str())
+        let cfg = ShedRedisConfig::from_url(url)?;
+        let timeout = cfg.timeout;
+        let client = redis::Client::open(cfg.client_url.as_str())
             .map_err(|e| bad(format!("the redis client rejected the URL: {e}")))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -227,7 +226,8 @@ impl ShedRedisBackend {
         Ok(ShedRedisBackend {
             supervisors: Supervisors::new(),
             display_url: url.to_string(),
-            prefix: env_prefix(&key_prefix, &env),
+            prefix: cfg.key_prefix,
+            fence_hash: cfg.fence_hash,
             link,
             timeout,
         })
@@ -254,30 +254,15 @@ impl ShedRedisBackend {
             let sent = Instant::now();
             // Armed before the SET: a cancelled acquire releases (value-checked) in the background.
             let pending = PendingLease::new(lease.clone());
-            let set: Option<String> = self
-                .link
-                .run(Operation::Acquire, |mut c| {
-                    let (key, value) = (key.clone(), value.clone());
-                    async move {
-                        redis::cmd("SET")
-                            .arg(&key)
-                            .arg(&value)
-                            .arg("NX")
-                            .arg("PX")
-                            .arg(ttl_ms)
-                            .query_async(&mut c)
-                            .await
-                    }
-                })
-                .await?;
-            if set.is_some() {
+            let set = self.take(&key, &value, name, ttl_ms).await?;
+            if let Some(token) = set {
                 let monitor =
                     LeaseMonitor::new(name, BACKEND_REDIS, Some(lease_deadline(sent, opts.ttl())));
                 return Ok(Guard::new(
                     Grant {
                         name: name.clone(),
                         backend: BACKEND_REDIS,
-                        token: None,
+                        token,
                         lease: pending.into_lease(),
                         monitor,
                         requested_at,
@@ -304,6 +289,47 @@ impl ShedRedisBackend {
         }
     }
 
+    /// One attempt to take `key`: `None` when it is taken, else the grant's fencing token
+    /// (`Some(None)` without `?fencing=on`, where the command is ShedLock's own `SET NX PX`).
+    async fn take(
+        &self,
+        key: &str,
+        value: &str,
+        name: &LockName,
+        ttl_ms: u64,
+    ) -> Result<Option<Option<FencingToken>>> {
+        let Some(hash) = &self.fence_hash else {
+            let set: Option<String> = self
+                .link
+                .run(Operation::Acquire, |mut c| async move {
+                    redis::cmd("SET")
+                        .arg(key)
+                        .arg(value)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            return Ok(set.map(|_| None));
+        };
+        let token: Option<u64> = self
+            .link
+            .run(Operation::Acquire, |mut c| async move {
+                ACQUIRE_FENCED_SCRIPT
+                    .key(key)
+                    .key(hash)
+                    .arg(value)
+                    .arg(ttl_ms)
+                    .arg(name.as_str())
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(token.map(|t| Some(FencingToken::new(t))))
+    }
+
     /// The per-command timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -316,7 +342,10 @@ impl Backend for ShedRedisBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Self::CAPABILITIES
+        Capabilities {
+            fencing: self.fence_hash.is_some(),
+            ..Self::CAPABILITIES
+        }
     }
 
     fn acquire<'a>(

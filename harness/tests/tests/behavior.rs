@@ -57,10 +57,18 @@ async fn variants() -> anyhow::Result<(Vec<(&'static str, String)>, Servers)> {
     v.push(("postgres", pg.url().to_string()));
     v.push(("postgres_fencing", format!("{}?fencing=table", pg.url())));
     v.push(("shedlock_postgres", format!("shedlock+{}", pg.url())));
+    v.push((
+        "shedlock_postgres_fencing",
+        format!("shedlock+{}?fencing=on", pg.url()),
+    ));
     servers.single.push(pg);
     let redis = fixtures::redis().await?;
     v.push(("redis", redis.url().to_string()));
     v.push(("shedlock_redis", format!("shedlock+{}", redis.url())));
+    v.push((
+        "shedlock_redis_fencing",
+        format!("shedlock+{}?fencing=on", redis.url()),
+    ));
     servers.single.push(redis);
     let redlock = fixtures::redlock(3).await?;
     v.push(("redlock", redlock.url().to_string()));

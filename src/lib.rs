@@ -17,6 +17,7 @@ pub const KNOWN_SCHEMES: &[(&str, &str)] = &[
     ("redis", "redis"),
     ("rediss", "redis"),
     ("redlock", "redis"),
+    ("redis+sentinel", "redis"),
     ("etcd", "etcd"),
     ("zk", "zookeeper"),
     ("shedlock+postgres", "shedlock"),

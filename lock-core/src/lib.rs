@@ -8,6 +8,7 @@ mod error;
 mod finish;
 mod guard;
 mod helpers;
+pub mod hosts;
 mod memory;
 mod name;
 pub mod observe;

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use lock_core::hosts::{TargetSessionAttrs, split_hosts};
 use lock_core::{ConnectUrl, Error, Result};
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
@@ -23,7 +24,12 @@ pub enum Fencing {
 /// The parsed backend configuration. `Debug` hides the password.
 #[derive(Clone)]
 pub struct PgConfig {
+    /// The first host's options.
     pub(crate) connect: PgConnectOptions,
+    /// Every host's options, in the order of the URL (`connect` first).
+    pub(crate) hosts: Vec<PgConnectOptions>,
+    /// Which host a session may settle on.
+    pub(crate) target: TargetSessionAttrs,
     pub(crate) display_url: String,
     pub(crate) key: KeyScheme,
     pub(crate) fencing: Fencing,
@@ -49,6 +55,8 @@ impl fmt::Debug for PgConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgConfig")
             .field("url", &self.display_url)
+            .field("hosts", &self.hosts.len())
+            .field("target_session_attrs", &self.target)
             .field("key", &self.key)
             .field("fencing", &self.fencing)
             .field("keepalives_idle", &self.keepalives_idle)
@@ -65,14 +73,18 @@ impl fmt::Debug for PgConfig {
 }
 
 impl PgConfig {
-    /// Parses a `postgres://` or `postgresql://` URL. dlock's own query options are removed
-    /// before the rest is handed to sqlx.
+    /// Parses a `postgres://` or `postgresql://` URL, which may name several hosts
+    /// (`h1:p1,h2:p2`, as libpq takes them). dlock's own query options are removed before the
+    /// rest is handed to sqlx, once per host.
     pub fn from_url(url: &ConnectUrl) -> Result<Self> {
         let bad = |msg: String| Error::invalid_url(BACKEND, format!("{msg} (URL {url})"));
-        let mut parsed = url::Url::parse(url.expose())
+        let per_host = split_hosts(url.expose());
+        let parsed = url::Url::parse(&per_host[0])
             .map_err(|e| bad(format!("not a valid PostgreSQL URL: {e}")))?;
         let mut cfg = PgConfig {
             connect: PgConnectOptions::new(),
+            hosts: Vec::new(),
+            target: TargetSessionAttrs::default(),
             display_url: url.to_string(),
             key: KeyScheme::HashTextExtended,
             fencing: Fencing::None,
@@ -133,6 +145,9 @@ impl PgConfig {
                     })?
                 }
                 "idle_timeout" => cfg.idle_timeout = dur(&v)?,
+                "target_session_attrs" => {
+                    cfg.target = v.parse().map_err(|e| bad(format!("option {e}")))?
+                }
                 "session_watch" => {
                     cfg.session_watch = match v.as_str() {
                         "on" | "true" => true,
@@ -150,20 +165,26 @@ impl PgConfig {
         if fencing_on {
             cfg.fencing = Fencing::Table(fencing_table);
         }
-        {
-            let mut q = parsed.query_pairs_mut();
-            q.clear();
-            for (k, v) in &rest {
-                q.append_pair(k, v);
+        for host_url in &per_host {
+            let mut parsed = url::Url::parse(host_url)
+                .map_err(|e| bad(format!("not a valid PostgreSQL URL: {e}")))?;
+            if rest.is_empty() {
+                parsed.set_query(None);
+            } else {
+                let mut q = parsed.query_pairs_mut();
+                q.clear();
+                for (k, v) in &rest {
+                    q.append_pair(k, v);
+                }
             }
+            cfg.hosts.push(
+                PgConnectOptions::from_str(parsed.as_str())
+                    .map_err(|e| bad(format!("sqlx rejected the URL: {e}")))?
+                    .application_name("dlock")
+                    .disable_statement_logging(),
+            );
         }
-        if rest.is_empty() {
-            parsed.set_query(None);
-        }
-        cfg.connect = PgConnectOptions::from_str(parsed.as_str())
-            .map_err(|e| bad(format!("sqlx rejected the URL: {e}")))?
-            .application_name("dlock")
-            .disable_statement_logging();
+        cfg.connect = cfg.hosts[0].clone();
         cfg.check_timings().map_err(bad)?;
         Ok(cfg)
     }
@@ -310,6 +331,31 @@ mod tests {
     }
 
     #[test]
+    fn several_hosts_each_get_the_options() {
+        let c = cfg("postgres://u:pw@h1:5432,h2:5433,[::1]/db?target_session_attrs=read-write&sslmode=disable&key=hashtext").unwrap();
+        assert_eq!(c.target, TargetSessionAttrs::ReadWrite);
+        let hosts: Vec<(String, u16)> = c
+            .hosts
+            .iter()
+            .map(|h| (h.get_host().to_string(), h.get_port()))
+            .collect();
+        assert_eq!(hosts[0], ("h1".to_string(), 5432));
+        assert_eq!(hosts[1], ("h2".to_string(), 5433));
+        assert_eq!(hosts[2].1, 5432);
+        assert_eq!(hosts.len(), 3);
+        for h in &c.hosts {
+            assert_eq!(h.get_database(), Some("db"));
+            assert_eq!(h.get_username(), "u");
+        }
+        assert_eq!(c.key, KeyScheme::HashText);
+        assert_eq!(c.connect.get_host(), "h1");
+        let one = cfg("postgres://h/db").unwrap();
+        assert_eq!((one.hosts.len(), one.target), (1, TargetSessionAttrs::Any));
+        let p = cfg("postgres://h1,h2/db?target_session_attrs=primary").unwrap();
+        assert_eq!(p.target, TargetSessionAttrs::Primary);
+    }
+
+    #[test]
     fn bad_options_are_invalid_url_errors() {
         for url in [
             "postgres://h/db?key=md5",
@@ -326,6 +372,9 @@ mod tests {
             "postgres://h/db?idle_sessions=1001",
             "postgres://h/db?idle_timeout=soon",
             "postgres://h/db?session_watch=maybe",
+            "postgres://h1,h2/db?target_session_attrs=standby",
+            "postgres://h1,h2/db?target_session_attrs=rw",
+            "postgres://h1,h2:x/db",
             "postgres://[::1/db",
         ] {
             let err = cfg(url).unwrap_err();

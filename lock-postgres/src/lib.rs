@@ -3,6 +3,7 @@
 
 mod backend;
 mod config;
+mod connect;
 #[cfg(test)]
 mod golden;
 mod key;

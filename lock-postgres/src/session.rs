@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lock_core::{Error, ErrorKind, Finish, LeaseMonitor, LockMode, Operation, Result};
+use sqlx::Executor;
 use sqlx::postgres::PgConnection;
-use sqlx::{Connection, Executor};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
@@ -137,17 +137,7 @@ impl Session {
         let scheme = cfg.key;
         let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let connect = async {
-            let mut conn = PgConnection::connect_with(&cfg.connect)
-                .await
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Connection,
-                        BACKEND,
-                        Operation::Connect,
-                        format!("cannot connect to {}", cfg.display_url),
-                    )
-                    .with_source(e)
-                })?;
+            let (mut conn, _) = crate::connect::connect(&cfg, None).await?;
             let setup = format!(
                 "SET tcp_keepalives_idle = {}; SET tcp_keepalives_interval = {}; \
                  SET tcp_keepalives_count = {}; SET tcp_user_timeout = {}; \
@@ -196,19 +186,20 @@ impl Session {
             }
             Ok::<_, Error>((conn, pid, marker))
         };
-        let (conn, pid, marker) = tokio::time::timeout(cfg.connect_timeout, connect)
-            .await
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::Connection,
-                    BACKEND,
-                    Operation::Connect,
-                    format!(
-                        "connecting to {} timed out after {:?}",
-                        cfg.display_url, cfg.connect_timeout
-                    ),
-                )
-            })??;
+        let (conn, pid, marker) =
+            tokio::time::timeout(cfg.connect_timeout * cfg.hosts.len() as u32, connect)
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::Connection,
+                        BACKEND,
+                        Operation::Connect,
+                        format!(
+                            "connecting to {} timed out after {:?}",
+                            cfg.display_url, cfg.connect_timeout
+                        ),
+                    )
+                })??;
         tracing::debug!(session = id, pid, "lock session opened");
         Ok(Session {
             inner: Arc::new(Inner {

@@ -1,8 +1,11 @@
-//! URL parsing: `redis://[user[:password]@]host[:port][/db][?options]` and
-//! `redlock://[user[:password]@]h1[:p1],h2[:p2],…[/db][?options]`.
+//! URL parsing: `redis://[user[:password]@]host[:port][/db][?options]`,
+//! `redlock://[user[:password]@]h1[:p1],h2[:p2],…[/db][?options]` and
+//! `redis+sentinel://[user[:password]@]s1[:p1],s2[:p2],…/master[/db][?options]`.
 
 use std::fmt;
 use std::time::Duration;
+
+use std::sync::Arc;
 
 use lock_core::{ConnectUrl, Error};
 use redis::RedisConnectionInfo;
@@ -12,6 +15,7 @@ pub(crate) const DEFAULT_PREFIX: &str = "dlock:";
 /// The default time to wait for a connection or a reply.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_PORT: u16 = 6379;
+const DEFAULT_SENTINEL_PORT: u16 = 26379;
 const OPTIONS: &str = "prefix, timeout";
 
 /// Why a `redis://` or `redlock://` URL was rejected. Carried as the source of the
@@ -63,6 +67,11 @@ pub enum InvalidUrl {
     /// A `#fragment`.
     #[error("URL fragments (#…) mean nothing here")]
     Fragment,
+    /// `redis+sentinel://` without the master's name as the path.
+    #[error(
+        "no master name: the path of a redis+sentinel:// URL is the name the Sentinels monitor the master under (redis+sentinel://s1:26379,s2:26379/mymaster)"
+    )]
+    NoMaster,
 }
 
 /// Single instance or Redlock.
@@ -70,6 +79,8 @@ pub enum InvalidUrl {
 pub(crate) enum Mode {
     Single,
     Redlock,
+    /// One master, found through its Sentinels.
+    Sentinel,
 }
 
 /// One Redis endpoint.
@@ -79,11 +90,18 @@ pub(crate) struct Endpoint {
     pub port: u16,
     pub info: RedisConnectionInfo,
     pub timeout: Duration,
+    /// When set, `host:port` is only the first Sentinel's: connections go to the master
+    /// they name.
+    pub sentinels: Option<Arc<crate::sentinel::Sentinels>>,
 }
 
 impl Endpoint {
-    /// `host:port` as people write it.
+    /// `host:port` as people write it (`master NAME via Sentinel h:p,…` through Sentinels).
     pub fn label(&self) -> String {
+        if let Some(s) = &self.sentinels {
+            let addrs: Vec<String> = s.addrs.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+            return format!("master {:?} via Sentinel {}", s.master, addrs.join(","));
+        }
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -117,6 +135,7 @@ impl Config {
     pub fn from_url(url: &ConnectUrl, backend: &'static str) -> Result<Config, Error> {
         let mode = match url.scheme() {
             "redlock" => Mode::Redlock,
+            "redis+sentinel" => Mode::Sentinel,
             _ => Mode::Single,
         };
         parse(mode, url.rest())
@@ -143,6 +162,7 @@ fn parse(mode: Mode, rest: &str) -> Result<Config, InvalidUrl> {
     let expected = match mode {
         Mode::Single => "redis://host:port",
         Mode::Redlock => "redlock://h1:p1,h2:p2,h3:p3",
+        Mode::Sentinel => "redis+sentinel://s1:26379,s2:26379/mymaster",
     };
     let mut info = RedisConnectionInfo::default();
     if let Some(userinfo) = userinfo {
@@ -159,6 +179,19 @@ fn parse(mode: Mode, rest: &str) -> Result<Config, InvalidUrl> {
         }
     }
     let path = path.trim_end_matches('/');
+    let (master, path) = match mode {
+        Mode::Sentinel => {
+            let (m, db) = path.split_once('/').unwrap_or((path, ""));
+            if m.is_empty() {
+                return Err(InvalidUrl::NoMaster);
+            }
+            (
+                Some(utf8(percent_decode_with(m, false)?, "master name")?),
+                db,
+            )
+        }
+        _ => (None, path),
+    };
     if !path.is_empty() {
         let db: i64 = path
             .parse()
@@ -192,8 +225,13 @@ fn parse(mode: Mode, rest: &str) -> Result<Config, InvalidUrl> {
         return Err(InvalidUrl::NoHost(expected));
     }
     let mut endpoints = Vec::new();
+    let default_port = if mode == Mode::Sentinel {
+        DEFAULT_SENTINEL_PORT
+    } else {
+        DEFAULT_PORT
+    };
     for host in hosts.split(',') {
-        let (host, port) = parse_host(host)?;
+        let (host, port) = parse_host(host, default_port)?;
         if endpoints
             .iter()
             .any(|e: &Endpoint| e.host.eq_ignore_ascii_case(&host) && e.port == port)
@@ -205,10 +243,17 @@ fn parse(mode: Mode, rest: &str) -> Result<Config, InvalidUrl> {
             port,
             info: info.clone(),
             timeout,
+            sentinels: None,
         });
     }
     if mode == Mode::Single && endpoints.len() > 1 {
         return Err(InvalidUrl::SeveralHosts);
+    }
+    if let Some(master) = master {
+        // One endpoint: the master, wherever the Sentinels say it is.
+        let addrs = endpoints.iter().map(|e| (e.host.clone(), e.port)).collect();
+        endpoints.truncate(1);
+        endpoints[0].sentinels = Some(Arc::new(crate::sentinel::Sentinels { master, addrs }));
     }
     Ok(Config {
         endpoints,
@@ -217,7 +262,7 @@ fn parse(mode: Mode, rest: &str) -> Result<Config, InvalidUrl> {
     })
 }
 
-fn parse_host(entry: &str) -> Result<(String, u16), InvalidUrl> {
+fn parse_host(entry: &str, default_port: u16) -> Result<(String, u16), InvalidUrl> {
     let bad = |reason: &str| InvalidUrl::BadHost {
         host: entry.to_string(),
         reason: reason.to_string(),
@@ -246,7 +291,7 @@ fn parse_host(entry: &str) -> Result<(String, u16), InvalidUrl> {
         return Err(bad("empty host name"));
     }
     let port = match port {
-        None => DEFAULT_PORT,
+        None => default_port,
         Some(p) => p
             .parse::<u16>()
             .ok()
@@ -365,6 +410,39 @@ mod tests {
         let c = ok(Mode::Redlock, "h1:1,h2:2,h3?timeout=2s");
         let labels: Vec<_> = c.endpoints.iter().map(Endpoint::label).collect();
         assert_eq!(labels, ["h1:1", "h2:2", "h3:6379"]);
+    }
+
+    #[test]
+    fn sentinel_urls() {
+        let c = ok(
+            Mode::Sentinel,
+            "u:pw@s1:5000,s2,[::1]:5002/my%20master/2?prefix=x",
+        );
+        assert_eq!(c.endpoints.len(), 1);
+        let e = &c.endpoints[0];
+        let s = e.sentinels.as_ref().unwrap();
+        assert_eq!(s.master, "my master");
+        assert_eq!(
+            s.addrs,
+            [
+                ("s1".to_string(), 5000),
+                ("s2".to_string(), 26379),
+                ("::1".to_string(), 5002)
+            ]
+        );
+        assert_eq!(e.info.db(), 2);
+        assert_eq!(e.info.password(), Some("pw"));
+        assert_eq!(c.prefix, b"x");
+        assert!(e.label().contains("via Sentinel s1:5000"), "{}", e.label());
+        assert!(!format!("{c:?}").contains("pw\""));
+        assert_eq!(ok(Mode::Sentinel, "s1/m").endpoints[0].info.db(), 0);
+        for bad in ["s1:1,s2:2", "s1:1/", "s1/m/x", "s1,s1/m"] {
+            assert!(parse(Mode::Sentinel, bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse(Mode::Sentinel, "s1:1").unwrap_err(),
+            InvalidUrl::NoMaster
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod node;
 mod notify;
 mod redlock;
 mod scripts;
+mod sentinel;
 mod wait;
 
 use std::sync::Arc;
@@ -23,8 +24,11 @@ pub const REDIS_SCHEME: &str = "redis";
 pub const REDISS_SCHEME: &str = "rediss";
 /// `redlock://[user[:password]@]h1[:p1],h2[:p2],…[/db][?…]`: Redlock over independent servers.
 pub const REDLOCK_SCHEME: &str = "redlock";
+/// `redis+sentinel://[user[:password]@]s1[:p1],s2[:p2],…/master[/db][?…]`: one Redis master,
+/// found through its Sentinels on every (re)connection, so the client follows a failover.
+pub const SENTINEL_SCHEME: &str = "redis+sentinel";
 /// Every scheme this crate registers.
-pub const SCHEMES: &[&str] = &[REDIS_SCHEME, REDISS_SCHEME, REDLOCK_SCHEME];
+pub const SCHEMES: &[&str] = &[REDIS_SCHEME, REDISS_SCHEME, REDLOCK_SCHEME, SENTINEL_SCHEME];
 
 /// What `redis://` offers: fencing tokens, leases with renewal, waiting by pub/sub.
 pub const REDIS_CAPABILITIES: Capabilities = backend::CAPABILITIES;
@@ -55,6 +59,13 @@ pub fn register(registry: &mut Registry) {
                      network or a TLS tunnel"
                 ),
             ))
+        })
+    });
+    registry.register(SENTINEL_SCHEME, REDIS_CAPABILITIES, |url| {
+        Box::pin(async move {
+            let config = config::Config::from_url(&url, backend::NAME)?;
+            let backend: Arc<dyn Backend> = Arc::new(backend::RedisBackend::connect(config).await?);
+            Ok(backend)
         })
     });
     registry.register(REDLOCK_SCHEME, REDLOCK_CAPABILITIES, |url| {

@@ -17,8 +17,15 @@ use crate::notify::Notifier;
 
 /// A TCP connection to `endpoint` with Nagle off (every lock request is one small write
 /// that waits for its reply).
+/// Through Sentinels: to the master they name now.
 pub(crate) async fn tcp(endpoint: &Endpoint) -> std::io::Result<TcpStream> {
-    let stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
+    let stream = match &endpoint.sentinels {
+        Some(s) => {
+            let (host, port) = s.master_addr(endpoint.timeout).await?;
+            TcpStream::connect((host.as_str(), port)).await?
+        }
+        None => TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?,
+    };
     stream.set_nodelay(true)?;
     Ok(stream)
 }
@@ -159,6 +166,24 @@ impl Node {
             let (mut conn, driver) =
                 MultiplexedConnection::new_with_config(&self.endpoint.info, stream, config).await?;
             let driver = tokio::spawn(driver);
+            if self.endpoint.sentinels.is_some() {
+                // The Sentinels may still name a master that was just demoted.
+                let role = redis::cmd("ROLE")
+                    .query_async::<redis::Value>(&mut conn)
+                    .await;
+                let refused = match role {
+                    Ok(r) if crate::sentinel::is_master(&r) => None,
+                    Ok(_) => Some(RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "the server the Sentinels named is not a master (yet)",
+                    ))),
+                    Err(e) => Some(e),
+                };
+                if let Some(e) = refused {
+                    driver.abort();
+                    return Err(e);
+                }
+            }
             if let Err(e) = crate::scripts::load_all()
                 .query_async::<()>(&mut conn)
                 .await

@@ -3,6 +3,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use lock_core::hosts::{TargetSessionAttrs, split_hosts};
 use lock_core::{ConnectUrl, Error, Result};
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
@@ -83,7 +84,12 @@ impl Default for TableLayout {
 /// Parsed `shedlock+postgres://` configuration. `Debug` hides the password.
 #[derive(Clone)]
 pub struct ShedPgConfig {
+    /// The first host's options (after `connect`: the chosen host's).
     pub(crate) connect: PgConnectOptions,
+    /// Every host's options, in the order of the URL.
+    pub(crate) hosts: Vec<PgConnectOptions>,
+    /// Which host the backend may settle on.
+    pub(crate) target: TargetSessionAttrs,
     pub(crate) display_url: String,
     pub(crate) layout: TableLayout,
     pub(crate) create_table: bool,
@@ -113,6 +119,7 @@ const PG_OPTIONS: &[&str] = &[
     "fencing",
     "fencing_table",
     "pool",
+    "target_session_attrs",
 ];
 
 impl ShedPgConfig {
@@ -120,7 +127,9 @@ impl ShedPgConfig {
     pub fn from_url(url: &ConnectUrl) -> Result<Self> {
         let bad = |msg: String| Error::invalid_url(BACKEND_PG, format!("{msg} (URL {url})"));
         let pg_url = format!("postgres://{}", url.rest());
-        let (mine, rest) = split_options(&pg_url, PG_OPTIONS).map_err(bad)?;
+        let per_host = split_hosts(&pg_url);
+        let (mine, _) = split_options(&per_host[0], PG_OPTIONS).map_err(bad)?;
+        let mut target = TargetSessionAttrs::default();
         let mut layout = TableLayout::default();
         let mut create_table = true;
         let mut fencing = false;
@@ -149,6 +158,9 @@ impl ShedPgConfig {
                         .ok_or_else(|| bad(fencing_expected(&v, "table")))?
                 }
                 "fencing_table" => fencing_table = ident(&v)?,
+                "target_session_attrs" => {
+                    target = v.parse().map_err(|e| bad(format!("option {e}")))?
+                }
                 "pool" => {
                     pool_size = v
                         .parse()
@@ -159,12 +171,20 @@ impl ShedPgConfig {
                 _ => unreachable!("split_options only returns listed options"),
             }
         }
-        let connect = PgConnectOptions::from_str(rest.as_str())
-            .map_err(|e| bad(format!("sqlx rejected the URL: {e}")))?
-            .application_name("dlock-shedlock")
-            .disable_statement_logging();
+        let mut hosts = Vec::new();
+        for host_url in &per_host {
+            let (_, rest) = split_options(host_url, PG_OPTIONS).map_err(bad)?;
+            hosts.push(
+                PgConnectOptions::from_str(rest.as_str())
+                    .map_err(|e| bad(format!("sqlx rejected the URL: {e}")))?
+                    .application_name("dlock-shedlock")
+                    .disable_statement_logging(),
+            );
+        }
         Ok(ShedPgConfig {
-            connect,
+            connect: hosts[0].clone(),
+            hosts,
+            target,
             display_url: url.to_string(),
             layout,
             create_table,
@@ -301,6 +321,7 @@ mod tests {
             "fencing=key",
             "pool=0",
             "table=",
+            "target_session_attrs=standby",
         ] {
             let u = ConnectUrl::parse(&format!("shedlock+postgres://h/db?{bad}")).unwrap();
             assert_eq!(
@@ -309,6 +330,21 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn several_hosts_share_the_options() {
+        let u = ConnectUrl::parse("shedlock+postgres://app@h1:5432,h2:5433/db?table=jobs&target_session_attrs=read-write&sslmode=disable").unwrap();
+        let c = ShedPgConfig::from_url(&u).unwrap();
+        assert_eq!(c.target, TargetSessionAttrs::ReadWrite);
+        assert_eq!(c.layout.table, "jobs");
+        let hosts: Vec<(&str, u16)> = c
+            .hosts
+            .iter()
+            .map(|h| (h.get_host(), h.get_port()))
+            .collect();
+        assert_eq!(hosts, [("h1", 5432), ("h2", 5433)]);
+        assert!(c.hosts.iter().all(|h| h.get_database() == Some("db")));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use lock_core::{
     Supervisors, WaitPlan, lease_deadline,
 };
 use sqlx::Connection;
-use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 
 /// How long connecting (one connection, or a connection from the pool) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,6 +141,54 @@ fn db(op: Operation) -> impl Fn(sqlx::Error) -> Error {
     }
 }
 
+/// The first host of `cfg` that connects and qualifies under its `target_session_attrs`
+/// (see `lock_core::hosts`): the primary, when the URL names a primary and its replicas.
+async fn choose_host(cfg: &ShedPgConfig) -> Result<PgConnectOptions> {
+    let mut why = Vec::new();
+    let mut source = None;
+    for host in &cfg.hosts {
+        let label = format!("{}:{}", host.get_host(), host.get_port());
+        let mut probe =
+            match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(host)).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    why.push(format!("{label}: {e}"));
+                    source = Some(e);
+                    continue;
+                }
+                Err(_) => {
+                    why.push(format!("{label}: no answer within {CONNECT_TIMEOUT:?}"));
+                    continue;
+                }
+            };
+        let ok = match cfg.target.check_sql() {
+            None => Ok(true),
+            Some(q) => sqlx::query_scalar::<_, bool>(q).fetch_one(&mut probe).await,
+        };
+        let _ = probe.close().await;
+        match ok {
+            Ok(true) => return Ok(host.clone()),
+            Ok(false) => why.push(format!(
+                "{label}: does not take writes (a standby, or read-only)"
+            )),
+            Err(e) => {
+                why.push(format!("{label}: asking its role failed: {e}"));
+                source = Some(e);
+            }
+        }
+    }
+    let err = Error::new(
+        ErrorKind::Connection,
+        BACKEND_PG,
+        Operation::Connect,
+        format!("cannot connect to {}: {}", cfg.display_url, why.join("; ")),
+    );
+    Err(match source {
+        Some(s) => err.with_source(s),
+        None => err,
+    })
+}
+
 impl ShedPgBackend {
     /// Capabilities without `?fencing=on`; with it, `fencing` and `persistent_tokens` too.
     pub const CAPABILITIES: Capabilities = Capabilities {
@@ -156,33 +204,13 @@ impl ShedPgBackend {
 
     /// Connects, checks (or creates) the table and reads its column sizes.
     pub async fn connect(url: &ConnectUrl) -> Result<Self> {
-        let cfg = ShedPgConfig::from_url(url)?;
+        let mut cfg = ShedPgConfig::from_url(url)?;
         let (sql, table) = Sql::new(&cfg.layout, cfg.fencing_table.as_deref())
             .map_err(|e| Error::invalid_url(BACKEND_PG, e))?;
         // One direct connection first: a refused or unreachable server fails here at once,
-        // with its cause. The pool would retry it until its acquire timeout and then report
-        // only that it timed out.
-        let cannot_connect = |why: &str| {
-            Error::new(
-                ErrorKind::Connection,
-                BACKEND_PG,
-                Operation::Connect,
-                format!("cannot connect to {}{why}", cfg.display_url),
-            )
-        };
-        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&cfg.connect)).await
-        {
-            Ok(Ok(probe)) => {
-                let _ = probe.close().await;
-            }
-            // The error's display carries its source: the cause.
-            Ok(Err(e)) => return Err(cannot_connect("").with_source(e)),
-            Err(_) => {
-                return Err(cannot_connect(&format!(
-                    ": no answer within {CONNECT_TIMEOUT:?}"
-                )));
-            }
-        }
+        // with its cause (the pool would retry it until its acquire timeout and then report
+        // only that it timed out). With several hosts it picks the one the pool uses.
+        cfg.connect = choose_host(&cfg).await?;
         let pool = PgPoolOptions::new()
             .max_connections(cfg.pool_size)
             .acquire_timeout(CONNECT_TIMEOUT)

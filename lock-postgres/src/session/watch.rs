@@ -237,8 +237,18 @@ async fn read_until_end(listener: &mut PgListener) -> String {
 
 /// Opens a watch connection, within `connect_timeout`.
 async fn open(cfg: &PgConfig) -> Result<Sentinel, String> {
-    let options = cfg.connect.clone().application_name(WATCH_APP_NAME);
     let connect = async {
+        // Several hosts: the one the lock sessions pick now (the primary, after a failover
+        // the promoted one); the probe connection that found it is closed.
+        let options = if cfg.hosts.len() > 1 {
+            let (conn, options) = crate::connect::connect(cfg, Some(WATCH_APP_NAME))
+                .await
+                .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
+            let _ = sqlx::Connection::close(conn).await;
+            options
+        } else {
+            cfg.connect.clone().application_name(WATCH_APP_NAME)
+        };
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .min_connections(0)
@@ -257,7 +267,7 @@ async fn open(cfg: &PgConfig) -> Result<Sentinel, String> {
             listener,
         })
     };
-    match tokio::time::timeout(cfg.connect_timeout, connect).await {
+    match tokio::time::timeout(cfg.connect_timeout * cfg.hosts.len() as u32, connect).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no connection within {:?}", cfg.connect_timeout)),

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,6 +42,7 @@ pub enum Fault {
 pub struct FaultProxy {
     addr: SocketAddr,
     fault: Arc<watch::Sender<Fault>>,
+    accepted: Arc<AtomicUsize>,
     accept: JoinHandle<()>,
 }
 
@@ -59,8 +61,11 @@ impl FaultProxy {
         let (tx, _) = watch::channel(Fault::Pass);
         let fault = Arc::new(tx);
         let f = fault.clone();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
                 let f = f.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
@@ -72,6 +77,7 @@ impl FaultProxy {
         Ok(FaultProxy {
             addr,
             fault,
+            accepted,
             accept,
         })
     }
@@ -89,6 +95,12 @@ impl FaultProxy {
     /// The current fault.
     pub fn fault(&self) -> Fault {
         *self.fault.borrow()
+    }
+
+    /// How many connections clients have opened to the proxy so far, whatever the fault
+    /// did to them (a blackholed connection is accepted, then held).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
     }
 }
 

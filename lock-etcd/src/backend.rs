@@ -35,8 +35,9 @@ pub(crate) struct Inner {
     /// The round trip of the last answered keepalive (at first: of the probe's revoke), in
     /// microseconds; 0 when unknown.
     pub last_rtt_micros: AtomicU64,
-    /// When the connections were last replaced (see [`crate::link::reconnect`]).
-    pub last_reconnect: Mutex<Option<Instant>>,
+    /// When the connections were last replaced, and how often since a keepalive was last
+    /// answered (see [`crate::link::reconnect`]).
+    pub reconnects: Mutex<crate::link::Reconnects>,
     /// Starts the guards' keepalive supervisors only when due.
     pub supervisors: Supervisors,
     /// Lease revokes and releases running in the background, which `close` waits for.
@@ -149,7 +150,7 @@ impl EtcdBackend {
                 min_ttl_secs,
                 pool: Mutex::new(LeasePool::default()),
                 last_rtt_micros: AtomicU64::new(first_rtt),
-                last_reconnect: Mutex::new(None),
+                reconnects: Mutex::default(),
                 supervisors: Supervisors::new(),
                 cleanups: Cleanups::new(),
             }),

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::NAME;
 use crate::backend::Inner;
 use crate::error::{call, from_etcd, retry, timed_out};
-use crate::link::{Backoff, reconnect};
+use crate::link::{Backoff, lock_reconnects, reconnect};
 
 /// At most this many idle leases are pooled; more are left to expire.
 const POOL_MAX: usize = 16;
@@ -91,11 +91,14 @@ pub(crate) fn renewal_limit(ttl: Duration, request_timeout: Duration) -> Duratio
 ///
 /// The first attempt goes down the current connection. When it has no answer after
 /// [`stall_after`] (four times the last keepalive round trip, between 50 ms and half of
-/// `limit`), or fails, the connection is replaced ([`reconnect`]) and another attempt sent,
-/// earlier ones staying in flight; then again after pauses of 25 ms, 50 ms, … (jittered, at
-/// most a quarter of `limit`) until one is answered or `limit` has passed. Callers measure the
-/// lease deadline from before this call, so an answer to a later attempt never moves the
-/// deadline further than an answer to the first one would have.
+/// `limit`), the connection is replaced ([`reconnect`]) and another attempt sent, earlier ones
+/// staying in flight; while the attempts stay unanswered, each further replacement waits
+/// twice as long as the one before ([`Reconnects`](crate::link::Reconnects), at most
+/// `limit`, counted across calls until a keepalive is answered). When every attempt has
+/// *failed*, the next follows after 25 ms, 50 ms, … (jittered, at most a quarter of `limit`).
+/// This goes on until one is answered or `limit` has passed. Callers measure the lease
+/// deadline from before this call, so an answer to a later attempt never moves the deadline
+/// further than an answer to the first one would have.
 pub(crate) async fn keep_alive(
     inner: &Inner,
     id: i64,
@@ -106,7 +109,9 @@ pub(crate) async fn keep_alive(
     let mut backoff = Backoff::new(Duration::from_millis(25), limit / 4);
     let mut attempts = JoinSet::new();
     spawn_keep_alive(&mut attempts, inner, id);
-    let mut next_try = Instant::now() + stall_after(inner, limit);
+    let stall = stall_after(inner, limit);
+    let silent_try = || lock_reconnects(inner).next_for_stall(Instant::now(), stall, limit);
+    let mut next_try = silent_try();
     let mut last_error = None;
     loop {
         tokio::select! {
@@ -115,11 +120,16 @@ pub(crate) async fn keep_alive(
                     Some(Ok((Ok(()), rtt))) => {
                         let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
                         inner.last_rtt_micros.store(micros, Ordering::Relaxed);
+                        lock_reconnects(inner).answered();
                         return Ok(true);
                     }
                     // etcd-client's wording for a keepalive answered with TTL 0.
                     Some(Ok((Err(etcd_client::Error::LeaseKeepAliveError(m)), _)))
-                        if m.contains("not found") => return Ok(false),
+                        if m.contains("not found") =>
+                    {
+                        lock_reconnects(inner).answered();
+                        return Ok(false);
+                    }
                     Some(Ok((Err(e), _))) => {
                         let e = from_etcd(op, "lease keepalive", e);
                         if e.kind() != ErrorKind::Connection {
@@ -139,7 +149,8 @@ pub(crate) async fn keep_alive(
             _ = tokio::time::sleep_until(next_try), if next_try < until => {
                 reconnect(inner, until).await;
                 spawn_keep_alive(&mut attempts, inner, id);
-                next_try = Instant::now() + backoff.pause();
+                // Another replacement only if this attempt stays silent (or fails, above).
+                next_try = silent_try();
             }
             _ = tokio::time::sleep_until(until) => {
                 // Dropping the set aborts the attempts still in flight.

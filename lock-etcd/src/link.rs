@@ -13,6 +13,14 @@
 //! the silent one (a plain insert would replace the old connection only once the new one is
 //! ready, and the balancer could still pick the old one). Requests already in flight finish
 //! (or time out) on the old connection, which closes after them.
+//!
+//! While the link stays silent every fresh connection is silent too, and replacing it again
+//! 25 ms, 50 ms, … later only adds connections: a blackholed holder under a 2 s lock opened
+//! 7–8 of them per stalled keepalive and 10–13 before its guard was lost (6 runs). So a
+//! replacement whose keepalive is still unanswered waits for twice as long as the one before
+//! it ([`Reconnects`]; from the stall time, at most the renewal budget), across keepalives,
+//! until a keepalive is answered. A connection that *fails* (refused, reset) is no reason to
+//! wait: the retry after a failure keeps its short backoff.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -26,19 +34,57 @@ use crate::backend::Inner;
 /// guards that stall together share one new connection.
 const MIN_RECONNECT_GAP: Duration = Duration::from_millis(20);
 
+/// The backend's replacements of its connections since a keepalive was last answered.
+#[derive(Debug, Default)]
+pub(crate) struct Reconnects {
+    /// When the connections were last replaced.
+    last: Option<Instant>,
+    /// Replacements since a keepalive was last answered.
+    unanswered: u32,
+}
+
+impl Reconnects {
+    /// When a keepalive that is still unanswered may replace the connections, given that it
+    /// counts as stalled after `stall` (from `now`): no earlier than `stall` from now, and
+    /// after the last unanswered replacement by `stall` doubled once per unanswered
+    /// replacement, at most `cap`.
+    pub fn next_for_stall(&self, now: Instant, stall: Duration, cap: Duration) -> Instant {
+        let earliest = now + stall;
+        match self.last {
+            Some(last) if self.unanswered > 0 => {
+                let gap = stall
+                    .saturating_mul(1 << self.unanswered.min(16))
+                    .min(cap.max(stall));
+                earliest.max(last + gap)
+            }
+            _ => earliest,
+        }
+    }
+
+    /// A keepalive was answered: the link works, the spacing starts over.
+    pub fn answered(&mut self) {
+        self.unanswered = 0;
+    }
+}
+
+pub(crate) fn lock_reconnects(inner: &Inner) -> std::sync::MutexGuard<'_, Reconnects> {
+    inner.reconnects.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Replaces the connections of `inner`'s client with fresh ones (see the module docs),
 /// unless another task did so within the last [`MIN_RECONNECT_GAP`]. Gives up at `until`.
 pub(crate) async fn reconnect(inner: &Inner, until: Instant) {
     {
-        let mut last = inner
-            .last_reconnect
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut reconnects = lock_reconnects(inner);
         let now = Instant::now();
-        if last.is_some_and(|at| now < at + MIN_RECONNECT_GAP) {
+        if reconnects
+            .last
+            .is_some_and(|at| now < at + MIN_RECONNECT_GAP)
+        {
             return;
         }
-        *last = Some(now);
+        reconnects.last = Some(now);
+        reconnects.unanswered = reconnects.unanswered.saturating_add(1);
     }
     let client = &inner.client;
     let swap = async {
@@ -115,6 +161,27 @@ mod tests {
             );
             full = (full * 2).min(cap);
         }
+    }
+
+    #[test]
+    fn unanswered_replacements_are_spaced_twice_as_far_each_time() {
+        let t0 = Instant::now();
+        let (stall, cap) = (Duration::from_millis(50), Duration::from_millis(667));
+        let mut r = Reconnects::default();
+        assert_eq!(r.next_for_stall(t0, stall, cap), t0 + stall);
+        let mut expected = Vec::new();
+        for _ in 0..6 {
+            r.last = Some(t0);
+            r.unanswered += 1;
+            expected.push(r.next_for_stall(t0, stall, cap) - t0);
+        }
+        let ms = |m| Duration::from_millis(m);
+        assert_eq!(
+            expected,
+            [ms(100), ms(200), ms(400), ms(667), ms(667), ms(667)]
+        );
+        r.answered();
+        assert_eq!(r.next_for_stall(t0, stall, cap), t0 + stall);
     }
 
     #[test]

@@ -226,6 +226,48 @@ async fn a_slow_link_keeps_the_lock_held_through_renewals() -> Result<()> {
     Ok(())
 }
 
+/// A holder whose link is blackholed (the proxy holds every byte and keeps every socket open)
+/// should not open a connection per retry while its renewals stall: from the cut until its
+/// guard is `Lost`, a 2 s lock opens at most a few (see lock-etcd's README, *Keepalives after
+/// a network blip*).
+#[tokio::test]
+async fn a_blackholed_holder_opens_few_new_connections() -> Result<()> {
+    common::init_tracing("dlock_fixtures=info,dlock_compare=info,lock_etcd=info");
+    let server = fixtures::managed_etcd(fast()).await?;
+    let upstream = server.addr().context("a managed etcd has an address")?;
+    let proxy = FaultProxy::start(upstream).await?;
+    let holder = EtcdBackend::connect(&format!("etcd://{}", proxy.addr())).await?;
+    let name = unique("blackholed-connections");
+    let g = holder
+        .acquire(&name, &LockOptions::new().with_ttl(Duration::from_secs(2)))
+        .await?;
+    let mut watch = g.watch();
+    let before = proxy.accepted();
+    proxy.set(Fault::Blackhole);
+    let cut = Instant::now();
+    let first = timeout(Duration::from_secs(5), watch.changed()).await?;
+    let at_first = (cut.elapsed(), proxy.accepted() - before);
+    let lost = timeout(Duration::from_secs(5), watch.lost_or_released()).await?;
+    let at_lost = (cut.elapsed(), proxy.accepted() - before);
+    proxy.set(Fault::Pass);
+    eprintln!(
+        "etcd blackholed under a 2 s lock: new connections {} by {first} at {:?}, {} by {lost} \
+         at {:?}",
+        at_first.1, at_first.0, at_lost.1, at_lost.0
+    );
+    ensure!(lost == LockState::Lost, "got {lost}");
+    ensure!(
+        at_lost.1 <= MAX_STALLED_CONNECTIONS,
+        "{} new connections while the renewals stalled (at most {MAX_STALLED_CONNECTIONS})",
+        at_lost.1
+    );
+    Ok(())
+}
+
+/// The bound of the test above, with room: 4 measured in every run, 10–13 before the spacing
+/// (lock-etcd's README).
+const MAX_STALLED_CONNECTIONS: usize = 6;
+
 /// `at_least` should keep the lock taken after an early release (on a lease nobody keeps
 /// alive), and the lock should free itself afterwards.
 #[tokio::test]

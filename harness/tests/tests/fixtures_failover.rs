@@ -64,16 +64,40 @@ async fn postgres_replica_streams_and_is_promoted() -> Result<()> {
     ensure!(one(r, "SELECT count(*)::text FROM t").await?.as_deref() == Some("2"));
     ensure!(pair.url().contains("target_session_attrs=read-write"));
 
-    let dir = pair.dir().to_path_buf();
-    let rpid = pair.replica().pid().context("replica pid")?;
-    let rport = pair.replica().port().context("replica port")?;
-    let pport = pair.primary().port().context("primary port")?;
-    drop(pair);
-    assert_gone(rpid, rport, Some(&dir)).await?;
     ensure!(
-        !fixtures::port_open(pport),
-        "the old primary's port is open"
+        pair.primary().addr() == Some(r),
+        "the pair follows the promotion"
     );
+
+    // The old primary comes back as a replica of the new one.
+    pair.reseed().await?;
+    ensure!(pair.replica().addr() == Some(p));
+    common::eventually(
+        "the row on the reseeded replica",
+        Duration::from_secs(10),
+        || async {
+            Ok(one(p, "SELECT count(*)::text FROM t")
+                .await
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some("2"))
+        },
+    )
+    .await?;
+    pair.replica().pid().context("the reseeded replica runs")?;
+
+    let dir = pair.dir().to_path_buf();
+    let gone: Vec<(u32, u16)> = pair
+        .members()
+        .iter()
+        .map(|s| (s.pid().unwrap_or(0), s.port().unwrap_or(0)))
+        .collect();
+    drop(pair);
+    for (pid, port) in gone {
+        assert_gone(pid, port, None).await?;
+    }
+    ensure!(!dir.exists(), "{} still exists", dir.display());
     Ok(())
 }
 
@@ -110,6 +134,17 @@ async fn redis_sentinels_promote_the_replica() -> Result<()> {
     );
     ensure!(command(r, &["SET", "k2", "v"]).await? == Resp::Simple("OK".into()));
     tracing::info!("promoted {took:?} after the kill");
+    ensure!(set.primary().addr() == Some(r));
+    // The old master rejoins as a replica and gets the new master's data.
+    let took = set.rejoin().await?;
+    tracing::info!("rejoined in {took:?}");
+    ensure!(set.replica().addr() == Some(p));
+    common::eventually(
+        "k2 on the rejoined replica",
+        Duration::from_secs(10),
+        || set.replica_has("k2"),
+    )
+    .await?;
 
     let dir = set
         .primary()
@@ -117,7 +152,8 @@ async fn redis_sentinels_promote_the_replica() -> Result<()> {
         .and_then(|d| d.parent())
         .context("dir")?
         .to_path_buf();
-    let pids: Vec<(u32, u16)> = std::iter::once(set.replica())
+    let pids: Vec<(u32, u16)> = [set.primary(), set.replica()]
+        .into_iter()
         .chain(set.sentinels())
         .map(|s| (s.pid().unwrap_or(0), s.port().unwrap_or(0)))
         .collect();

@@ -87,6 +87,9 @@ impl PgBackend {
             }
         };
         let session = session?;
+        // Once per backend: a pooler that hands this lone client the same server session
+        // every time passes every check inside the session (see `probe_pooler`).
+        session.probe_pooler().await?;
         let first = match (watch_opened, watch_opening) {
             (Some(done), _) => Opening::Done(done),
             (None, Some(pending)) => Opening::Pending(pending),

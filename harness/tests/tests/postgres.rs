@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use dlock::{Backend, ErrorKind, LockMode, LockName, LockOptions, LockState, Wait};
 use dlock_fixtures as fixtures;
+use dlock_fixtures::pgbouncer::PgBouncerOptions;
 use sqlx::Connection;
 
 /// Two clients exclude each other; release hands the lock to a waiter.
@@ -186,70 +187,117 @@ async fn cancelled_try_acquires_never_leave_a_grant_behind() {
     assert!(g.release().await.unwrap());
 }
 
-/// Behind a transaction-pooling PgBouncer (whose consecutive transactions land on different
-/// server sessions) acquiring should fail with a clear Unsupported error that names the
-/// pooler — never report a lock that the next statement's session does not hold.
+/// Behind a transaction-pooling PgBouncer `connect` should fail with a clear Unsupported
+/// error that names the pooler — whichever order the pool reuses its server connections in,
+/// and with a single one — so that nothing is ever locked on a shared server session.
 #[tokio::test]
 async fn a_transaction_pooler_is_detected_and_refused() {
     let pg = fixtures::managed_postgres().await.unwrap();
-    let bouncer = fixtures::pgbouncer(&pg).await.unwrap();
-    // A busy pooler: two transactions at once make it open both server connections, which
-    // it then uses in turn. (With a single server connection in the pool, every statement
-    // reaches the same server session and nothing is observable from the client: the lock
-    // then lives on a session that other clients share. The backend's README says so.)
-    let (mut c1, mut c2) = (
-        sqlx::PgConnection::connect(bouncer.url()).await.unwrap(),
-        sqlx::PgConnection::connect(bouncer.url()).await.unwrap(),
-    );
-    let n = unique("pooled");
-    let mut errors = Vec::new();
-    // A few rounds: a pooler that happens to give the same session twice must be caught on
-    // a later statement.
-    for _ in 0..5 {
-        // Before every round, not once: a round that fails closes its client connection in
-        // the middle of things, and PgBouncer may then drop that server connection and open
-        // a new one only later. A round served by a single server connection cannot tell
-        // (one fresh-clone CI run in six failed that way while the warm-up was done once).
-        for c in [&mut c1, &mut c2] {
-            sqlx::raw_sql("BEGIN; SELECT 1").execute(c).await.unwrap();
-        }
-        for c in [&mut c1, &mut c2] {
-            sqlx::raw_sql("COMMIT").execute(c).await.unwrap();
-        }
-        let err = match dlock::connect(bouncer.url()).await {
-            Err(e) => e,
-            Ok(b) => match b.acquire(&n, &LockOptions::new()).await {
-                Err(e) => e,
-                Ok(g) => match g.release().await {
-                    Err(e) => e,
-                    Ok(ours) => {
-                        // What the server saw, for whoever reads a failure.
-                        let mut direct = sqlx::PgConnection::connect(pg.url()).await.unwrap();
-                        let sessions: Vec<(i32, Option<String>)> = sqlx::query_as(
-                            "SELECT pid, state FROM pg_stat_activity \
-                             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-                        )
-                        .fetch_all(&mut direct)
-                        .await
-                        .unwrap();
-                        panic!(
-                            "a lock was granted and released ({ours}) through a transaction \
-                             pooler; server sessions now (pid, state): {sessions:?}"
-                        )
-                    }
-                },
-            },
-        };
-        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
-        let msg = err.to_string();
-        assert!(msg.contains("pooling proxy"), "{msg}");
-        errors.push(msg);
-    }
-    eprintln!("{}", errors[0]);
-    // Directly on the server the same name works.
-    let direct = connect(pg.url()).await;
-    let g = direct.acquire(&n, &LockOptions::new()).await.unwrap();
+    let pool = |server_connections, round_robin| PgBouncerOptions {
+        server_connections,
+        round_robin,
+    };
+    // In turn: the lock session's consecutive statements reach the two server sessions in
+    // turn, which its own checks see at open (the probe may see it too).
+    refused_behind(&pg, pool(2, true), "", None).await;
+    // PgBouncer's default, most recently released first, and a pool of one: every statement
+    // of the lone lock session reaches one server session, and only the pooler probe (the
+    // next client, handed that same server session) can tell. With two server connections
+    // the session watch is off: its connection's one message at open (sqlx's ping) is another
+    // client's transaction, and one that lands between the lock session's last statement and
+    // the probe's takes that server session first. A single server connection cannot be
+    // taken from the probe, only delayed.
+    refused_behind(
+        &pg,
+        pool(2, false),
+        "session_watch=off",
+        Some("pooler probe"),
+    )
+    .await;
+    refused_behind(&pg, pool(1, false), "", Some("pooler probe")).await;
+    // Nothing was locked through the poolers, and the server itself works.
+    let mut direct = sqlx::PgConnection::connect(pg.url()).await.unwrap();
+    let advisory: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            .fetch_one(&mut direct)
+            .await
+            .unwrap();
+    assert_eq!(advisory, 0);
+    let g = connect(pg.url())
+        .await
+        .acquire(&unique("pooled"), &LockOptions::new())
+        .await
+        .unwrap();
     assert!(g.release().await.unwrap());
+}
+
+/// Starts a PgBouncer with `options` in front of `pg` (a fresh one: no client of an earlier
+/// case still using the pool), makes its pool hold exactly its server connections, all idle
+/// and known, and has `dlock::connect` (with `query`) refused through it; `by` must appear
+/// in the error when set: which check caught it.
+async fn refused_behind(
+    pg: &fixtures::Server,
+    options: PgBouncerOptions,
+    query: &str,
+    by: Option<&str>,
+) {
+    let bouncer = fixtures::pgbouncer::start_with(pg, options).await.unwrap();
+    // Each client holds a server connection in an open transaction, so the pool must open
+    // every one it may have (and cannot open more); then all are released, in this order.
+    let mut clients = Vec::new();
+    let mut ours = Vec::new();
+    for _ in 0..options.server_connections {
+        let mut c = sqlx::PgConnection::connect(bouncer.url()).await.unwrap();
+        let row = sqlx::raw_sql("BEGIN; SELECT pg_backend_pid()")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        ours.push(sqlx::Row::get::<i32, _>(&row, 0));
+        clients.push(c);
+    }
+    for mut c in clients {
+        sqlx::raw_sql("COMMIT").execute(&mut c).await.unwrap();
+        c.close().await.unwrap();
+    }
+    // What the server sees: exactly those sessions, all idle (besides this one).
+    let mut direct = sqlx::PgConnection::connect(pg.url()).await.unwrap();
+    let before = server_sessions(&mut direct).await;
+    ours.sort_unstable();
+    assert_eq!(
+        before.iter().map(|s| s.0).collect::<Vec<_>>(),
+        ours,
+        "{before:?}"
+    );
+    assert!(before.iter().all(|s| s.2 == "idle"), "{before:?}");
+    let err = match dlock::connect(&with_query(bouncer.url(), query)).await {
+        Err(e) => e,
+        Ok(_) => panic!(
+            "connected through a transaction pooler ({options:?}, {query:?}); server \
+             sessions (pid, application_name, state) before: {before:?}, now: {:?}",
+            server_sessions(&mut direct).await
+        ),
+    };
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{options:?}: {err}");
+    let msg = err.to_string();
+    assert!(msg.contains("pooling proxy"), "{options:?}: {msg}");
+    if let Some(by) = by {
+        assert!(
+            msg.contains(by),
+            "{options:?}: caught, but not by {by}: {msg}"
+        );
+    }
+    eprintln!("{options:?} {query:?}: {msg}");
+}
+
+/// The server's client sessions other than `direct`'s: pid, application_name, state.
+async fn server_sessions(direct: &mut sqlx::PgConnection) -> Vec<(i32, String, String)> {
+    sqlx::query_as(
+        "SELECT pid, coalesce(application_name, ''), coalesce(state, '') FROM pg_stat_activity \
+         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() ORDER BY pid",
+    )
+    .fetch_all(direct)
+    .await
+    .unwrap()
 }
 
 /// One wait on `n` by `waiter` while `holder` holds it: returns the server pid of the session

@@ -14,10 +14,10 @@ use crate::cleanups::Cleanups;
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::name::LockName;
 use crate::observe;
-use crate::options::{LockMode, LockOptions, Renew};
+use crate::options::{LockMode, LockOptions};
+use crate::renewal::{SupervisorPlan, supervise};
 use crate::state_cell;
 use crate::supervisors::{Supervisors, Ticket};
-use crate::wait_plan::sleep_until_opt;
 
 /// A fencing token: a number that strictly increases across successive grants of the same
 /// lock name. Pass it to the resource you protect and have the resource reject writes that
@@ -134,7 +134,7 @@ struct Status {
 #[derive(Clone)]
 pub struct LeaseMonitor {
     tx: state_cell::Sender<Status>,
-    backend: &'static str,
+    pub(crate) backend: &'static str,
     /// For log lines only (shown as `backend:name`); kept as the name, not formatted, so a
     /// grant costs no string building.
     name: LockName,
@@ -417,7 +417,7 @@ pub struct Grant {
 /// - [`extend`](Guard::extend), [`release`](Guard::release).
 ///
 /// While the guard lives, a background task renews the lease every ttl/3 (unless the
-/// options say [`Renew::Off`], and never past `max_hold`), marks the guard `Unverifiable` when a
+/// options say [`Renew::Off`](crate::Renew::Off), and never past `max_hold`), marks the guard `Unverifiable` when a
 /// renewal fails and `Lost` when the deadline passes unconfirmed. It never re-acquires a lost
 /// lock.
 ///
@@ -686,111 +686,6 @@ impl Drop for Guard {
                 backend = self.backend,
                 "guard dropped outside a tokio runtime: not released; it frees when its lease expires or its session ends"
             );
-        }
-    }
-}
-
-/// What the supervisor does for one grant.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SupervisorPlan {
-    ttl: Duration,
-    /// `None`: no renewal, just the deadline.
-    renew_every: Option<Duration>,
-    /// No renewal is *sent* after this instant.
-    renew_until: Option<Instant>,
-    /// The first renewal (one interval after the grant), unless past `renew_until`.
-    first_renewal: Option<Instant>,
-}
-
-impl SupervisorPlan {
-    fn from_options(opts: &LockOptions, acquired_at: Instant) -> Self {
-        let (renew_every, renew_until) = match opts.renew() {
-            Renew::Off => (None, None),
-            Renew::Auto { max_hold } => (
-                Some(opts.renew_interval().max(Duration::from_millis(1))),
-                // The last renewal may extend the lease by one ttl, so stop sending one ttl
-                // before the maximum hold.
-                max_hold.map(|m| acquired_at + m.saturating_sub(opts.ttl())),
-            ),
-        };
-        let first_renewal = renew_every
-            .map(|every| acquired_at + every)
-            .filter(|at| renew_until.is_none_or(|until| *at <= until));
-        SupervisorPlan {
-            ttl: opts.ttl(),
-            renew_every,
-            renew_until,
-            first_renewal,
-        }
-    }
-
-    /// The supervisor's first job: the first renewal, or the deadline if that comes first.
-    pub(crate) fn first_event(&self, deadline: Instant) -> Instant {
-        self.first_renewal.map_or(deadline, |r| r.min(deadline))
-    }
-}
-
-/// Renews the lease on schedule (the first renewal at `plan.first_renewal`) and turns the
-/// deadline into `Lost`. Ends when the state is `Lost` or `Released`, or the guard is gone.
-pub(crate) async fn supervise(
-    lease: std::sync::Weak<dyn Lease>,
-    monitor: LeaseMonitor,
-    plan: SupervisorPlan,
-) {
-    let mut watch = monitor.subscribe();
-    let mut next_renewal = plan.first_renewal;
-    loop {
-        let state = monitor.state();
-        if matches!(state, LockState::Lost | LockState::Released) {
-            return;
-        }
-        let Some(deadline) = monitor.valid_until() else {
-            return;
-        };
-        if let (Some(at), Some(until)) = (next_renewal, plan.renew_until) {
-            if at > until {
-                next_renewal = None;
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => {
-                // A backend task may have moved the deadline without a state change (a
-                // confirmation while already `Held` does not wake watchers).
-                if monitor.valid_until().is_some_and(|d| d > Instant::now()) {
-                    continue;
-                }
-                monitor.report_lost("the lease deadline passed without a confirmed renewal");
-                return;
-            }
-            _ = sleep_until_opt(next_renewal) => {
-                let Some(lease) = lease.upgrade() else { return };
-                let sent = Instant::now();
-                let outcome = tokio::time::timeout_at(deadline, lease.extend(plan.ttl)).await;
-                drop(lease);
-                let every = plan.renew_every.unwrap_or(plan.ttl);
-                match outcome {
-                    Ok(Ok(true)) => {
-                        observe::renewed(monitor.backend);
-                        monitor.report_confirmed(Some(lease_deadline(sent, plan.ttl)));
-                        next_renewal = Some(sent + every);
-                    }
-                    Ok(Ok(false)) => {
-                        monitor.report_lost("renewal: the lock is no longer ours");
-                        return;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "renewal failed");
-                        monitor.report_unverifiable("a renewal failed");
-                        // Retry sooner than the regular schedule; the deadline still stands.
-                        next_renewal = Some(Instant::now() + (every / 3).max(Duration::from_millis(5)));
-                    }
-                    Err(_) => {
-                        monitor.report_lost("the lease deadline passed while a renewal was in flight");
-                        return;
-                    }
-                }
-            }
-            _ = watch.changed() => {}
         }
     }
 }

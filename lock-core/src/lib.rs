@@ -15,6 +15,7 @@ pub mod observe;
 mod options;
 mod random;
 mod registry;
+mod renewal;
 #[cfg(feature = "cron")]
 pub mod schedule;
 mod state_cell;

@@ -26,7 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::guard::{LeaseMonitor, SupervisorPlan, supervise};
+use crate::guard::LeaseMonitor;
+use crate::renewal::{SupervisorPlan, supervise};
 use crate::{Lease, LockState};
 
 /// The supervisor timetable of one backend. Cheap to clone (clones share it). A backend keeps

@@ -92,6 +92,9 @@ async fn compare(args: opt::CompareArgs) -> i32 {
             v
         }
     };
+    if let Some(duration) = args.soak {
+        return soak(args, duration, dlock_bin).await;
+    }
     // No --only: every section.
     let section = |s| args.only.is_empty() || args.only.contains(&s);
     let no_bench = args.no_bench || !section(opt::CompareSection::Bench);
@@ -137,6 +140,64 @@ async fn compare(args: opt::CompareArgs) -> i32 {
         .any(|c| c.status == scenario::Status::Failed)
     {
         eprintln!("dlock: some cells failed; see the report");
+        return 1;
+    }
+    EXIT_OK
+}
+
+/// `dlock compare --soak`: see [`dlock_compare::soak`].
+async fn soak(
+    args: opt::CompareArgs,
+    duration: std::time::Duration,
+    dlock_bin: std::path::PathBuf,
+) -> i32 {
+    use dlock_compare::soak;
+    if duration.is_zero() || args.ttl.is_zero() {
+        return usage("--soak and --ttl must be more than 0");
+    }
+    let opts = soak::SoakOptions {
+        dlock_bin,
+        duration,
+        seed: args.seed.unwrap_or_else(soak::fresh_seed),
+        backends: if args.backends.is_empty() {
+            scenario::BACKENDS.iter().map(|s| s.to_string()).collect()
+        } else {
+            args.backends
+        },
+        ttl: args.ttl,
+        out: args.out,
+    };
+    let report = match soak::soak(&opts).await {
+        Ok(r) => r,
+        Err(e) => return usage(&format!("{e:#}")),
+    };
+    if let Err(e) = soak::report::write(&report, &opts.out) {
+        eprintln!("dlock: {e:#}");
+        return EXIT_SOFTWARE;
+    }
+    println!(
+        "\nReport: {} and {}",
+        opts.out.join("soak.md").display(),
+        opts.out.join("soak.json").display()
+    );
+    if report.failed() {
+        for b in report.backends.iter().filter(|b| b.failed()) {
+            for v in &b.findings.violations {
+                eprintln!(
+                    "dlock: {}: fencing violation: holder {} wrote with token {:?} at +{:.1} ms after holder {} got the lock with {:?} at +{:.1} ms (seed {}):\n  {}",
+                    b.backend,
+                    v.holder,
+                    v.token,
+                    v.write_ms,
+                    v.taken_over_by,
+                    v.taken_over_token,
+                    v.taken_over_ms,
+                    report.seed,
+                    v.window.join("\n  ")
+                );
+            }
+        }
+        eprintln!("dlock: soak failed (seed {}); see the report", report.seed);
         return 1;
     }
     EXIT_OK

@@ -137,6 +137,17 @@ pub struct CompareArgs {
     /// `not_measured`.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub only: Vec<CompareSection>,
+
+    /// Soak instead of the matrix: 16 holders per backend on one lock under random faults
+    /// for this long in all (split evenly across --backends, run one after another); writes
+    /// soak.json and soak.md into --out. Exit 1 on a fencing violation.
+    #[arg(long, value_parser = parse_duration)]
+    pub soak: Option<Duration>,
+
+    /// The soak's seed (printed by every soak run): replays its fault schedule and hold
+    /// times. Default: a fresh one.
+    #[arg(long, requires = "soak")]
+    pub seed: Option<u64>,
 }
 
 /// A section of `dlock compare` (`--only`).

@@ -10,3 +10,4 @@ pub(crate) use say;
 pub mod bench;
 pub mod progress;
 pub mod scenario;
+pub mod soak;

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "clean_handoff",
     "holder_killed",
     "holder_paused",
@@ -14,6 +14,7 @@ const SCENARIOS: [&str; 9] = [
     "server_restart",
     "latency",
     "quorum_loss",
+    "primary_failover",
     "clock_skew",
 ];
 

@@ -147,9 +147,10 @@ mod tests {
 
     #[test]
     fn the_plan_counts_the_measured_cells_and_the_sections() {
-        // 7 × 9 cells, of which 4 are quorum_loss on a single server (not applicable).
+        // 7 × 10 cells, of which 4 are quorum_loss on a single server and 2 are
+        // primary_failover without a primary (Redlock, ShedLock-Redis): not applicable.
         let all = Plan::of(&opts(true, Some(BenchPlan::short())));
-        assert_eq!(all.cells, 59);
+        assert_eq!(all.cells, 64);
         assert_eq!(all.bench_backends, 7);
         assert_eq!(all.total(), all.scenarios + all.bench);
         let scenarios = Plan::of(&opts(true, None));

@@ -51,7 +51,7 @@ pub const BACKENDS: [&str; 7] = [
 ];
 
 /// The scenarios of the matrix, in report order.
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "clean_handoff",
     "holder_killed",
     "holder_paused",
@@ -60,6 +60,7 @@ pub const SCENARIOS: [&str; 9] = [
     "server_restart",
     "latency",
     "quorum_loss",
+    "primary_failover",
     "clock_skew",
 ];
 

@@ -9,7 +9,7 @@ use super::cell::{BackendInfo, BenchFailure, Cell, Report, RunInfo, Status};
 use super::checker::{self, Observed};
 use super::holder::wall_ms;
 use super::nemesis::{self, Nemesis};
-use super::target::{Target, capabilities, start_cluster_target, start_target};
+use super::target::{Target, capabilities, start_target};
 use super::workload::{Ctx, WORKLOADS, Workload, lock_name};
 use super::{BACKENDS, CompareOptions, SCENARIOS, estimate, report};
 use crate::bench::{self, BenchEntry};
@@ -224,15 +224,15 @@ impl<'o> Run<'o> {
         // the cell is done.
         let own;
         let target = if n.own_servers(backend) {
-            crate::say!("[compare] {backend}: starting a 3-member cluster for {scenario}");
-            match start_cluster_target(backend, self.opts.ttl).await {
+            crate::say!("[compare] {backend}: starting servers of its own for {scenario}");
+            match n.servers(backend, self.opts.ttl).await {
                 Ok(t) => {
                     own = t;
                     &own
                 }
                 Err(e) => {
-                    crate::say!("[compare] {backend}: cannot start the cluster: {e:#}");
-                    let why = format!("the 3-member cluster did not start: {e:#}");
+                    crate::say!("[compare] {backend}: cannot start its servers: {e:#}");
+                    let why = format!("the servers of {scenario} did not start: {e:#}");
                     return Cell::empty(backend, scenario, Status::Failed, Some(why));
                 }
             }

@@ -27,6 +27,9 @@ pub struct Target {
     /// ZooKeeper ensemble); `quorum_loss` kills and restarts their members. Dropping it stops
     /// them.
     pub(crate) cluster: Option<fixtures::Cluster>,
+    /// A primary with replicas (`primary_failover`): the PostgreSQL pair or the Redis
+    /// Sentinel set the URL names.
+    pub(crate) failover: Option<super::nemesis::failover::Replicated>,
 }
 
 impl Target {
@@ -44,6 +47,27 @@ impl Target {
             frees_by,
             server: Some(server),
             cluster: None,
+            failover: None,
+        }
+    }
+
+    /// A primary with replicas, every address in `members`.
+    pub(crate) fn replicated(
+        url: String,
+        members: Vec<SocketAddr>,
+        ttl_ms: Option<u64>,
+        frees_by: &'static str,
+        servers: super::nemesis::failover::Replicated,
+    ) -> Target {
+        Target {
+            url,
+            addr: None,
+            members,
+            ttl_ms,
+            frees_by,
+            server: None,
+            cluster: None,
+            failover: Some(servers),
         }
     }
 
@@ -65,6 +89,7 @@ impl Target {
             frees_by,
             server: None,
             cluster: Some(cluster),
+            failover: None,
         }
     }
 }
@@ -189,6 +214,7 @@ impl Target {
     pub(crate) fn is_managed(&self) -> bool {
         self.server.as_ref().is_some_and(|s| s.is_managed())
             || self.cluster.as_ref().is_some_and(|c| c.is_managed())
+            || self.failover.is_some()
     }
 
     /// A fault proxy in front of every server (Redlock: each instance), each set to `fault`

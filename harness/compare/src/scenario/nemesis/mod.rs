@@ -7,6 +7,7 @@
 //! cell. The clean handoff is the nemesis that injects nothing: the holder releases.
 
 mod clock;
+pub(crate) mod failover;
 mod handoff;
 mod kill;
 pub mod latency;
@@ -28,6 +29,7 @@ use dlock_fixtures::netns::Netns;
 use super::holder::mono_us;
 
 pub use clock::{SKEW_HOLD_TTLS, SKEW_MS, SkewedClocks};
+pub use failover::PrimaryFailover;
 pub use handoff::CleanHandoff;
 pub use kill::Kill;
 pub use latency::Latency;
@@ -60,6 +62,15 @@ pub trait Nemesis {
     /// its cell and stopped after it.
     fn own_servers(&self, _backend: &str) -> bool {
         false
+    }
+
+    /// The servers of its own ([`Nemesis::own_servers`]): by default the 3-member cluster.
+    fn servers<'a>(
+        &'a self,
+        backend: &'a str,
+        ttl: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Target>> {
+        Box::pin(super::target::start_cluster_target(backend, ttl))
     }
 
     /// Why this build cannot measure it on `target` (the one its cell runs on), if it cannot.
@@ -111,6 +122,7 @@ pub fn all() -> Vec<Box<dyn Nemesis>> {
         Box::new(Restart),
         Box::new(Latency::default()),
         Box::new(QuorumLoss::default()),
+        Box::new(PrimaryFailover::default()),
         Box::new(SkewedClocks),
     ]
 }

@@ -85,6 +85,10 @@ pub struct Cell {
     /// The repetitions in which nobody else got the lock within the bound, by where it
     /// stayed (`null`: it moved in every repetition).
     pub not_freed: Option<NotFreed>,
+    /// holder_killed on backends whose lease the harness can read or set (etcd, Redis,
+    /// ShedLock on Redis): failover minus what was left of the holder's lease at the kill, ms
+    /// (etcd: its 500 ms expiry sweep shows here).
+    pub beyond_lease_ms: Option<Stats>,
     /// Lease / session timeout / `at_most` in force, ms (`null`: the lock has none).
     pub ttl_ms: Option<u64>,
     /// Observations.
@@ -167,6 +171,7 @@ impl Cell {
             learned_before_handoff_ms: None,
             learned_gap_ms: None,
             not_freed: None,
+            beyond_lease_ms: None,
             ttl_ms: None,
             notes: Vec::new(),
             timeline: None,

@@ -62,6 +62,7 @@ pub fn check(history: History) -> Observed {
         extra,
         mut notes,
     } = history;
+    let mut extra = extra;
     let failover_ms = fault_us
         .zip(handover_us)
         .map(|(fault, grant)| ms_between(fault, grant));
@@ -69,6 +70,9 @@ pub fn check(history: History) -> Observed {
     let learned = handover_us
         .zip(lost_us)
         .map(|(grant, lost)| (lost < grant, ms_between(lost, grant)));
+    extra.beyond_lease_ms = failover_ms
+        .zip(extra.lease_left_ms)
+        .map(|(f, left)| f - left);
     let overlap = resource.overlap_observed();
     if overlap {
         notes.push(overlap_note(&resource));
@@ -226,6 +230,21 @@ fn extra_notes(cell: &mut Cell, reps: &[&Extra]) {
             kept.iter().filter(|k| **k).count(),
             kept.len()
         ));
+    }
+    let left: Vec<f64> = reps.iter().filter_map(|r| r.lease_left_ms).collect();
+    let beyond: Vec<f64> = reps.iter().filter_map(|r| r.beyond_lease_ms).collect();
+    if let (Some(l), Some(b)) = (Stats::of(&left), Stats::of(&beyond)) {
+        cell.notes.push(format!(
+            "lease left at the kill: {}; failover minus the lease left (the lock reaching the \
+             waiter after the lease ran out): {:.0} ms (median; {:.0}–{:.0}), {} of {n} \
+             repetitions",
+            range(l),
+            b.median,
+            b.min,
+            b.max,
+            beyond.len()
+        ));
+        cell.beyond_lease_ms = Some(b);
     }
     let handoff: Vec<f64> = reps.iter().filter_map(|r| r.handoff_ms).collect();
     if let Some(s) = Stats::of(&handoff) {

@@ -21,6 +21,7 @@ pub mod checker;
 pub mod estimate;
 pub mod history;
 pub mod holder;
+mod lease_left;
 pub mod nemesis;
 pub mod report;
 pub mod resource;

@@ -5,7 +5,8 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use super::{Nemesis, kill_subject, no_heal, until_grant};
-use crate::scenario::holder::mono_us;
+use crate::scenario::holder::{mono_us, ms_between};
+use crate::scenario::lease_left::lease_left;
 use crate::scenario::workload::{BoxFuture, Trial};
 
 /// SIGKILL of the subject.
@@ -37,7 +38,20 @@ impl Nemesis for Kill {
     fn run<'a>(&'a mut self, t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let bound = t.ctx.grant_bound();
+            // Just before the kill: what is left of its lease (etcd: set to the full TTL).
+            let left = match lease_left(t.ctx.backend, t.ctx.target, &t.ctx.name).await {
+                Ok(left) => left,
+                Err(e) => {
+                    t.history.note(format!(
+                        "the lease left at the kill could not be read: {e:#}"
+                    ));
+                    None
+                }
+            };
             let (t0, grant) = until_grant(self, t, bound).await?;
+            if let Some((ms, at)) = left {
+                t.history.extra.lease_left_ms = Some(ms - ms_between(at, t0));
+            }
             let Some((t_grant, _)) = grant else {
                 bail!("the waiter got no grant within {bound:?} of the SIGKILL");
             };

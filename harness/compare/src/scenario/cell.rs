@@ -71,6 +71,9 @@ pub struct Cell {
     /// A late write with the previous holder's token was rejected in every repetition
     /// (`null`: no stale write was possible, the previous holder still held the lock).
     pub stale_write_rejected: Option<bool>,
+    /// The stale write carried no fencing token: the backend (as configured) issues none, so
+    /// `stale_write_rejected` is false by construction, not by a check that failed.
+    pub no_token: bool,
     /// Time from the fault to the next holder's grant, over the repetitions that had one.
     pub failover_ms: Option<Stats>,
     /// The faulty holder learned it had lost the lock before the next grant (every
@@ -166,6 +169,7 @@ impl Cell {
             repetitions: 0,
             overlap_observed: None,
             stale_write_rejected: None,
+            no_token: false,
             failover_ms: None,
             holder_learned_before_handoff: None,
             learned_before_handoff_ms: None,

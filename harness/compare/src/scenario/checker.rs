@@ -10,7 +10,7 @@
 use super::cell::{Cell, NotFreed, Stats, Timeline};
 use super::history::{Extra, History};
 use super::holder::ms_between;
-use super::resource::FencedResource;
+use super::resource::{FencedResource, WriteOutcome};
 
 /// What one repetition showed.
 #[derive(Debug, Default)]
@@ -21,6 +21,8 @@ pub struct Observed {
     pub timeline: Option<Timeline>,
     /// `None`: no stale write was possible.
     pub stale_rejected: Option<bool>,
+    /// The stale write carried no token: the backend gave none, nothing could check it.
+    pub stale_unfenced: bool,
     /// Fault → the next holder's grant, ms.
     pub failover_ms: Option<f64>,
     /// (learned before the handover, handover − learned in ms).
@@ -89,6 +91,7 @@ pub fn check(history: History) -> Observed {
         overlap,
         timeline: failover_ms.and_then(|f| Timeline::of(&resource, f)),
         stale_rejected: stale_write.map(|w| w.rejected()),
+        stale_unfenced: stale_write == Some(WriteOutcome::Unfenced),
         failover_ms,
         learned,
         retained,
@@ -131,6 +134,7 @@ pub fn aggregate(cell: &mut Cell, reps: &[Observed]) {
     cell.repetitions = reps.len();
     cell.timeline = reps.iter().find_map(|r| r.timeline.clone());
     cell.overlap_observed = Some(reps.iter().any(|r| r.overlap));
+    cell.no_token = reps.iter().any(|r| r.stale_unfenced);
     let stale: Vec<bool> = reps.iter().filter_map(|r| r.stale_rejected).collect();
     cell.stale_write_rejected = if stale.is_empty() {
         None

@@ -9,7 +9,7 @@ use super::cell::{BackendInfo, BenchFailure, Cell, Report, RunInfo, Status};
 use super::checker::{self, Observed};
 use super::holder::wall_ms;
 use super::nemesis::{self, Nemesis};
-use super::target::{Target, capabilities, start_target};
+use super::target::{Target, live_capabilities, start_target};
 use super::workload::{Ctx, WORKLOADS, Workload, lock_name};
 use super::{BACKENDS, CompareOptions, SCENARIOS, estimate, report};
 use crate::bench::{self, BenchEntry};
@@ -142,7 +142,7 @@ impl<'o> Run<'o> {
         self.backends.push(BackendInfo {
             name: backend.to_string(),
             url: dlock::redact(&target.url).to_string(),
-            capabilities: capabilities(&target.url),
+            capabilities: live_capabilities(&target.url).await,
             ttl_ms: target.ttl_ms,
             frees_by: target.frees_by.to_string(),
         });
@@ -329,7 +329,7 @@ impl<'o> Run<'o> {
         let pinning = bench::pin_server_apart(&pids);
         crate::say!("[compare] {backend}: {}", pinning.description);
         let measured =
-            bench::run_backend(backend, &target.url, plan, Some(&self.opts.dlock_bin)).await;
+            bench::run_backend(backend, &target.bench_url, plan, Some(&self.opts.dlock_bin)).await;
         if !pinning.undo() {
             crate::say!("[compare] {backend}: could not give dlock its CPUs back");
         }

@@ -12,8 +12,12 @@ use dlock_fixtures::faults::{Fault, FaultProxy};
 
 /// A backend's URL and the servers that keep it alive.
 pub struct Target {
-    /// The URL every holder is given (unless a nemesis reroutes the subject's).
+    /// The URL every holder is given (unless a nemesis reroutes the subject's): with fencing
+    /// tokens turned on where the backend has them only as an option.
     pub(crate) url: String,
+    /// The URL the benchmarks use: the backend's defaults (no fencing option), so that the
+    /// ratio to the raw floor measures the lock itself.
+    pub(crate) bench_url: String,
     /// The one server's address, for backends a single proxy can sit in front of.
     pub(crate) addr: Option<SocketAddr>,
     /// Every server address in the URL (one proxy each in `latency`); empty when unknown
@@ -40,6 +44,7 @@ impl Target {
         frees_by: &'static str,
     ) -> Target {
         Target {
+            bench_url: url.clone(),
             url,
             addr: server.addr(),
             members: server.addr().into_iter().collect(),
@@ -60,6 +65,7 @@ impl Target {
         servers: super::nemesis::failover::Replicated,
     ) -> Target {
         Target {
+            bench_url: url.clone(),
             url,
             addr: None,
             members,
@@ -78,6 +84,7 @@ impl Target {
         frees_by: &'static str,
     ) -> Target {
         Target {
+            bench_url: url.clone(),
             url,
             addr: None,
             members: cluster
@@ -94,7 +101,19 @@ impl Target {
     }
 }
 
-/// Starts the servers of `backend`.
+impl Target {
+    /// The same target with `option` (`fencing=…`) added to the holders' URL; the
+    /// benchmarks keep the plain one.
+    fn fenced(mut self, option: &str) -> Target {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        self.url = format!("{}{sep}{option}", self.url);
+        self
+    }
+}
+
+/// Starts the servers of `backend`. Where fencing tokens are an option (PostgreSQL's and
+/// ShedLock's side tables, ShedLock on Redis's counter), the holders get it: the comparison
+/// shows what the tokens stop.
 pub(crate) async fn start_target(backend: &str, ttl: Duration) -> Result<Target> {
     let ttl_ms = Some(ttl.as_millis() as u64);
     Ok(match backend {
@@ -106,6 +125,7 @@ pub(crate) async fn start_target(backend: &str, ttl: Duration) -> Result<Target>
                 None,
                 "session lock: freed when the holder's connection closes",
             )
+            .fenced("fencing=table")
         }
         "shedlock-postgres" => {
             let pg = fixtures::postgres().await?;
@@ -115,6 +135,7 @@ pub(crate) async fn start_target(backend: &str, ttl: Duration) -> Result<Target>
                 ttl_ms,
                 "lock_until in the table (at_most), renewed by the holder",
             )
+            .fenced("fencing=table")
         }
         "redis" | "shedlock-redis" => {
             let r = fixtures::redis().await?;
@@ -129,7 +150,12 @@ pub(crate) async fn start_target(backend: &str, ttl: Duration) -> Result<Target>
                     "key expiry (at_most), renewed by the holder",
                 )
             };
-            Target::single(url, r, ttl_ms, frees_by)
+            let t = Target::single(url, r, ttl_ms, frees_by);
+            if backend == "shedlock-redis" {
+                t.fenced("fencing=on")
+            } else {
+                t
+            }
         }
         "redlock" => {
             let c = fixtures::redlock(3).await?;
@@ -194,6 +220,19 @@ pub(crate) async fn start_cluster_target(backend: &str, ttl: Duration) -> Result
         }
         other => bail!("{other} has no cluster target"),
     })
+}
+
+/// Capabilities of a backend connected to `url` (options such as `fencing=` included), or
+/// the scheme's registered ones when it cannot connect.
+pub(crate) async fn live_capabilities(url: &str) -> String {
+    match dlock::connect(url).await {
+        Ok(b) => {
+            let caps = b.capabilities().to_string();
+            b.close().await;
+            caps
+        }
+        Err(_) => capabilities(url),
+    }
 }
 
 /// Capabilities of the scheme of `url` as `dlock backends` prints them.

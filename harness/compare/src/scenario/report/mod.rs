@@ -82,10 +82,14 @@ pub fn failover_text(c: &Cell) -> String {
 pub fn safety_text(c: &Cell) -> String {
     match c.status {
         Status::Measured => {
+            let stale = if c.no_token && c.stale_write_rejected == Some(false) {
+                format!("no token ({})", c.backend)
+            } else {
+                yes_no(c.stale_write_rejected).to_string()
+            };
             let mut s = format!(
-                "overlap {} · stale write rejected {}",
+                "overlap {} · stale write rejected {stale}",
                 yes_no(c.overlap_observed),
-                yes_no(c.stale_write_rejected)
             );
             if let Some(l) = c.holder_learned_before_handoff {
                 let _ = write!(s, " · learned first {}", yes_no(Some(l)));

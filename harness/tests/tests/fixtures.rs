@@ -497,3 +497,44 @@ async fn zookeeper_ensemble_writes_with_one_member_down_not_two() -> Result<()> 
     }
     Ok(())
 }
+
+/// The throwaway PKI: the good server certificate verifies against the CA, each bad one fails
+/// for its own reason, keys are private, and the directory goes away on drop.
+#[test]
+fn the_test_pki_has_one_good_and_three_bad_server_certificates() {
+    let pki = dlock_fixtures::TestPki::new().expect("openssl");
+    let verify = |ca: &std::path::Path, cert: &std::path::Path, host: Option<&str>| {
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.arg("verify").arg("-CAfile").arg(ca);
+        if let Some(h) = host {
+            cmd.arg("-verify_hostname").arg(h);
+        }
+        let out = cmd.arg(cert).output().expect("openssl verify");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = verify(&pki.ca, &pki.server.cert, Some("localhost"));
+    assert!(ok, "{out}");
+    let (ok, out) = verify(&pki.ca, &pki.client.cert, None);
+    assert!(ok, "{out}");
+    let (ok, out) = verify(&pki.ca, &pki.expired.cert, None);
+    assert!(!ok && out.contains("expired"), "{out}");
+    let (ok, out) = verify(&pki.ca, &pki.foreign.cert, None);
+    assert!(!ok, "{out}");
+    let (ok, out) = verify(&pki.other_ca, &pki.foreign.cert, Some("localhost"));
+    assert!(ok, "the foreign certificate is good for its own CA: {out}");
+    let (ok, out) = verify(&pki.ca, &pki.wrong_host.cert, Some("localhost"));
+    assert!(!ok && out.contains("hostname"), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&pki.server.key)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the key is private");
+    let dir = pki.dir().to_path_buf();
+    drop(pki);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}

@@ -28,6 +28,8 @@ pub const EXIT_SOFTWARE: i32 = 70;
 pub const EXIT_BUSY: i32 = 75;
 /// The lock was lost while held.
 pub const EXIT_LOST: i32 = 76;
+/// The server refused our credentials or our access to the lock (EX_NOPERM).
+pub const EXIT_NOPERM: i32 = 77;
 
 /// Parses the process arguments, runs the command and returns the exit code.
 pub fn main() -> i32 {
@@ -97,7 +99,8 @@ pub fn exit_code(e: &Error) -> i32 {
         | ErrorKind::Unsupported => EXIT_USAGE,
         ErrorKind::Contended | ErrorKind::Timeout => EXIT_BUSY,
         ErrorKind::Lost => EXIT_LOST,
-        ErrorKind::Connection | ErrorKind::Backend => EXIT_UNAVAILABLE,
+        ErrorKind::Connection | ErrorKind::Backend | ErrorKind::Tls => EXIT_UNAVAILABLE,
+        ErrorKind::Auth => EXIT_NOPERM,
         _ => EXIT_SOFTWARE,
     }
 }

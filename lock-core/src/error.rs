@@ -26,6 +26,13 @@ pub enum ErrorKind {
     Connection,
     /// The backend answered with an error of its own.
     Backend,
+    /// A secure connection could not be made: the server's certificate was not accepted
+    /// (unknown CA, wrong host name, expired), the client's was refused, the server requires
+    /// TLS and the URL did not ask for it (or the reverse). The message says which.
+    Tls,
+    /// The server refused who we are or what we asked: a wrong user or password, or a user
+    /// not allowed to touch the lock's keys (a role confined to another prefix, an ACL).
+    Auth,
 }
 
 impl ErrorKind {
@@ -41,6 +48,8 @@ impl ErrorKind {
             ErrorKind::Lost => "lost",
             ErrorKind::Connection => "connection",
             ErrorKind::Backend => "backend",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Auth => "auth",
         }
     }
 

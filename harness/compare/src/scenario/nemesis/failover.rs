@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::{Nemesis, lost_late};
+use super::{Nemesis, await_late_loss};
 use crate::scenario::checker::Retention;
 use crate::scenario::holder::{Holder, mono_us, ms_between};
 use crate::scenario::target::{Target, start_cluster_target};
@@ -245,16 +245,7 @@ async fn observe(t: &mut Trial<'_>, t0: i64, third: &mut Option<Holder>) -> Resu
                 ms_between(t0, t_grant)
             ));
             if lost.is_none() {
-                if let Some(ev) = t.subject.state("lost", bound).await {
-                    t.history.note(lost_late(ms_between(t0, ev.t_us)));
-                    t.history.resource.exit(0, ev.t_us);
-                    lost = Some(ev.t_us);
-                } else {
-                    t.history.note(format!(
-                        "the holder reported no loss within {} s of the new grant",
-                        bound.as_secs()
-                    ));
-                }
+                lost = await_late_loss(t, t0, bound).await;
             }
             t.history.lost_us = lost;
             t.stale_write(mono_us());

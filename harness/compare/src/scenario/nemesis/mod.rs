@@ -161,6 +161,27 @@ fn lost_late(after_ms: f64) -> String {
     format!("holder reported lost at +{after_ms:.0} ms, after the new grant")
 }
 
+/// After another holder's grant, a subject that had not reported `lost` yet: waits up to
+/// `bound` for it, notes how late (from the fault `t0`) or that it never came, and records
+/// it as the subject leaving the resource. Returns when it reported the loss, if it did.
+async fn await_late_loss(t: &mut Trial<'_>, t0: i64, bound: Duration) -> Option<i64> {
+    match t.subject.state("lost", bound).await {
+        Some(ev) => {
+            t.history
+                .note(lost_late(super::holder::ms_between(t0, ev.t_us)));
+            t.history.resource.exit(0, ev.t_us);
+            Some(ev.t_us)
+        }
+        None => {
+            t.history.note(format!(
+                "the holder reported no loss within {} s of the new grant",
+                bound.as_secs()
+            ));
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

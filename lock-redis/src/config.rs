@@ -1,14 +1,17 @@
 //! URL parsing: `redis://[user[:password]@]host[:port][/db][?options]`,
 //! `redlock://[user[:password]@]h1[:p1],h2[:p2],…[/db][?options]` and
-//! `redis+sentinel://[user[:password]@]s1[:p1],s2[:p2],…/master[/db][?options]`.
+//! `redis+sentinel://[user[:password]@]s1[:p1],s2[:p2],…/master[/db][?options]`, and over
+//! TLS `rediss://…` and Redlock with `rediss://` members or `?tls=on`.
 
 use std::fmt;
 use std::time::Duration;
 
 use std::sync::Arc;
 
-use lock_core::{ConnectUrl, Error};
+use lock_core::{ConnectUrl, Error, ErrorKind, Operation};
 use redis::RedisConnectionInfo;
+
+use crate::tls::TlsWanted;
 
 /// The default key prefix.
 pub(crate) const DEFAULT_PREFIX: &str = "dlock:";
@@ -16,7 +19,7 @@ pub(crate) const DEFAULT_PREFIX: &str = "dlock:";
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_PORT: u16 = 6379;
 const DEFAULT_SENTINEL_PORT: u16 = 26379;
-const OPTIONS: &str = "prefix, timeout";
+const OPTIONS: &str = "prefix, timeout, ca (alias cacert), cert, key, tls (redlock)";
 
 /// Why a `redis://` or `redlock://` URL was rejected. Carried as the source of the
 /// [`ErrorKind::InvalidUrl`](lock_core::ErrorKind::InvalidUrl) error that connecting returns.
@@ -67,6 +70,28 @@ pub enum InvalidUrl {
     /// A `#fragment`.
     #[error("URL fragments (#…) mean nothing here")]
     Fragment,
+    /// Redlock members where some speak TLS and some do not.
+    #[error(
+        "Redlock members mix TLS and plain text: every member sees the lock's tokens, so one \
+         plain-text member would show them to anyone on its network; make every member \
+         rediss:// (or use ?tls=on) or none"
+    )]
+    MixedTls,
+    /// `ca=`, `cert=` or `key=` on a connection without TLS.
+    #[error(
+        "option {0} applies to TLS connections only: use rediss://host:port (Redlock: rediss:// \
+         members or ?tls=on)"
+    )]
+    TlsOptionWithoutTls(&'static str),
+    /// `cert=` without `key=` or the reverse.
+    #[error("a client certificate needs both cert= and key=")]
+    CertWithoutKey,
+    /// TLS through Sentinel is not implemented.
+    #[error(
+        "TLS through Sentinel (to the Sentinels and the master) is not supported yet; \
+         redis+sentinel:// speaks plain text only"
+    )]
+    TlsThroughSentinel,
     /// `redis+sentinel://` without the master's name as the path.
     #[error(
         "no master name: the path of a redis+sentinel:// URL is the name the Sentinels monitor the master under (redis+sentinel://s1:26379,s2:26379/mymaster)"
@@ -93,6 +118,10 @@ pub(crate) struct Endpoint {
     /// When set, `host:port` is only the first Sentinel's: connections go to the master
     /// they name.
     pub sentinels: Option<Arc<crate::sentinel::Sentinels>>,
+    /// TLS on every connection (the server's certificate must name `host`).
+    pub tls: Option<crate::tls::Connector>,
+    /// What the TLS settings were, for `Debug` (paths, never key material).
+    pub tls_wanted: Option<TlsWanted>,
 }
 
 impl Endpoint {
@@ -117,6 +146,7 @@ impl fmt::Debug for Endpoint {
             .field("db", &self.info.db())
             .field("username", &self.info.username())
             .field("password", &self.info.password().map(|_| "***"))
+            .field("tls", &self.tls_wanted.as_ref().map(TlsWanted::describe))
             .finish()
     }
 }
@@ -131,22 +161,84 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    /// Parses `url` (scheme `redis` or `redlock`).
+    /// Parses `url` (scheme `redis`, `rediss`, `redlock` or `redis+sentinel`) and, for TLS,
+    /// reads the certificate files it names.
     pub fn from_url(url: &ConnectUrl, backend: &'static str) -> Result<Config, Error> {
         let mode = match url.scheme() {
             "redlock" => Mode::Redlock,
             "redis+sentinel" => Mode::Sentinel,
             _ => Mode::Single,
         };
-        parse(mode, url.rest())
-            .map_err(|e| Error::invalid_url(backend, format!("{e} (URL {url})")).with_source(e))
+        let mut config = parse(mode, url.scheme() == "rediss", url.rest()).map_err(|e| {
+            let kind = match e {
+                InvalidUrl::TlsThroughSentinel => ErrorKind::Unsupported,
+                _ => ErrorKind::InvalidUrl,
+            };
+            Error::new(
+                kind,
+                backend,
+                Operation::Connect,
+                format!("{e} (URL {url})"),
+            )
+            .with_source(e)
+        })?;
+        if let Some(wanted) = config.endpoints[0].tls_wanted.clone() {
+            let connector = crate::tls::Connector::new(&wanted).map_err(|(kind, why)| {
+                Error::new(
+                    kind,
+                    backend,
+                    Operation::Connect,
+                    format!("{why} (URL {url})"),
+                )
+            })?;
+            for e in &mut config.endpoints {
+                e.tls = Some(connector.clone());
+            }
+        }
+        Ok(config)
     }
 }
 
-fn parse(mode: Mode, rest: &str) -> Result<Config, InvalidUrl> {
+/// Redlock members may be written `rediss://host:port` (or `redis://host:port`): strips
+/// those schemes, counting (TLS members, explicitly plain members).
+fn member_schemes(mode: Mode, rest: &str) -> (String, usize, usize) {
+    if mode != Mode::Redlock {
+        return (rest.to_string(), 0, 0);
+    }
+    let (head, query) = match rest.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (rest, None),
+    };
+    let (mut tls, mut plain) = (0, 0);
+    let mut members = Vec::new();
+    for piece in head.split(',') {
+        let at = piece.rfind('@').map_or(0, |i| i + 1);
+        let (before, member) = piece.split_at(at);
+        let member = if let Some(m) = member.strip_prefix("rediss://") {
+            tls += 1;
+            m
+        } else if let Some(m) = member.strip_prefix("redis://") {
+            plain += 1;
+            m
+        } else {
+            member
+        };
+        members.push(format!("{before}{member}"));
+    }
+    let mut out = members.join(",");
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    (out, tls, plain)
+}
+
+fn parse(mode: Mode, tls_scheme: bool, rest: &str) -> Result<Config, InvalidUrl> {
     if rest.contains('#') {
         return Err(InvalidUrl::Fragment);
     }
+    let (rest, tls_members, plain_members) = member_schemes(mode, rest);
+    let rest = rest.as_str();
     let (before_query, query) = match rest.split_once('?') {
         Some((a, q)) => (a, Some(q)),
         None => (rest, None),
@@ -202,8 +294,12 @@ fn parse(mode: Mode, rest: &str) -> Result<Config, InvalidUrl> {
     }
     let mut prefix: Option<Vec<u8>> = None;
     let mut timeout: Option<Duration> = None;
+    let mut tls_files = TlsOptions::default();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if tls_files.take(key, value)? {
+            continue;
+        }
         match key {
             "prefix" => {
                 if prefix.is_some() {
@@ -244,10 +340,22 @@ fn parse(mode: Mode, rest: &str) -> Result<Config, InvalidUrl> {
             info: info.clone(),
             timeout,
             sentinels: None,
+            tls: None,
+            tls_wanted: None,
         });
     }
     if mode == Mode::Single && endpoints.len() > 1 {
         return Err(InvalidUrl::SeveralHosts);
+    }
+    let tls = tls_files.decide(
+        mode,
+        tls_scheme,
+        endpoints.len(),
+        tls_members,
+        plain_members,
+    )?;
+    for e in &mut endpoints {
+        e.tls_wanted = tls.clone();
     }
     if let Some(master) = master {
         // One endpoint: the master, wherever the Sentinels say it is.
@@ -260,6 +368,117 @@ fn parse(mode: Mode, rest: &str) -> Result<Config, InvalidUrl> {
         prefix: prefix.unwrap_or_else(|| DEFAULT_PREFIX.as_bytes().to_vec()),
         timeout,
     })
+}
+
+/// The TLS query options as given.
+#[derive(Default)]
+struct TlsOptions {
+    ca: Option<Vec<u8>>,
+    cert: Option<Vec<u8>>,
+    key: Option<Vec<u8>>,
+    on: Option<bool>,
+}
+
+impl TlsOptions {
+    /// Takes `key=value` if it is a TLS option (`ca`, its redis-cli name `cacert`, `cert`,
+    /// `key`, `tls`).
+    fn take(&mut self, key: &str, value: &str) -> Result<bool, InvalidUrl> {
+        let (slot, name) = match key {
+            "ca" | "cacert" => (&mut self.ca, "ca"),
+            "cert" => (&mut self.cert, "cert"),
+            "key" => (&mut self.key, "key"),
+            "tls" => {
+                if self.on.is_some() {
+                    return Err(InvalidUrl::Repeated("tls"));
+                }
+                self.on = Some(match value {
+                    "on" | "true" | "yes" => true,
+                    "off" | "false" | "no" => false,
+                    _ => {
+                        return Err(InvalidUrl::BadValue {
+                            option: "tls",
+                            value: value.to_string(),
+                            reason: "expected on or off",
+                        });
+                    }
+                });
+                return Ok(true);
+            }
+            _ => return Ok(false),
+        };
+        if slot.is_some() {
+            return Err(InvalidUrl::Repeated(name));
+        }
+        let path = percent_decode_with(value, true)?;
+        if path.is_empty() {
+            return Err(InvalidUrl::BadValue {
+                option: name,
+                value: String::new(),
+                reason: "expected a file path",
+            });
+        }
+        *slot = Some(path);
+        Ok(true)
+    }
+
+    /// Whether the connections use TLS, and with what.
+    fn decide(
+        self,
+        mode: Mode,
+        tls_scheme: bool,
+        members: usize,
+        tls_members: usize,
+        plain_members: usize,
+    ) -> Result<Option<TlsWanted>, InvalidUrl> {
+        let tls = match mode {
+            Mode::Single => {
+                if self.on.is_some() {
+                    return Err(InvalidUrl::UnknownOption("tls".to_string()));
+                }
+                tls_scheme
+            }
+            Mode::Sentinel => {
+                if self.on == Some(true) || self.ca.is_some() || self.cert.is_some() {
+                    return Err(InvalidUrl::TlsThroughSentinel);
+                }
+                false
+            }
+            Mode::Redlock => {
+                let unmarked = members - tls_members - plain_members;
+                match self.on {
+                    Some(true) if plain_members > 0 => return Err(InvalidUrl::MixedTls),
+                    Some(false) if tls_members > 0 => return Err(InvalidUrl::MixedTls),
+                    Some(on) => on,
+                    None if tls_members > 0 && tls_members < members => {
+                        return Err(InvalidUrl::MixedTls);
+                    }
+                    None => tls_members > 0 && unmarked == 0,
+                }
+            }
+        };
+        let path = |b: Vec<u8>, what| utf8(b, what).map(std::path::PathBuf::from);
+        if !tls {
+            for (set, name) in [
+                (self.ca.is_some(), "ca"),
+                (self.cert.is_some(), "cert"),
+                (self.key.is_some(), "key"),
+            ] {
+                if set {
+                    return Err(InvalidUrl::TlsOptionWithoutTls(name));
+                }
+            }
+            return Ok(None);
+        }
+        let client = match (self.cert, self.key) {
+            (Some(c), Some(k)) => Some((path(c, "cert")?, path(k, "key")?)),
+            (None, None) => None,
+            _ => return Err(InvalidUrl::CertWithoutKey),
+        };
+        Ok(Some(TlsWanted {
+            ca: self.ca.map(|c| path(c, "ca")).transpose()?,
+            client,
+        }))
+    }
 }
 
 fn parse_host(entry: &str, default_port: u16) -> Result<(String, u16), InvalidUrl> {
@@ -368,155 +587,4 @@ fn utf8(bytes: Vec<u8>, what: &'static str) -> Result<String, InvalidUrl> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ok(mode: Mode, rest: &str) -> Config {
-        parse(mode, rest).unwrap_or_else(|e| panic!("{rest}: {e}"))
-    }
-
-    #[test]
-    fn single_instance_urls() {
-        let c = ok(Mode::Single, "127.0.0.1:6380");
-        assert_eq!(c.endpoints.len(), 1);
-        assert_eq!(c.endpoints[0].label(), "127.0.0.1:6380");
-        assert_eq!(c.prefix, b"dlock:");
-        assert_eq!(c.timeout, DEFAULT_TIMEOUT);
-
-        let c = ok(
-            Mode::Single,
-            "app:p%40ss@cache/3?prefix=my%20app%3A&timeout=250ms",
-        );
-        assert_eq!(c.endpoints[0].label(), "cache:6379");
-        assert_eq!(c.endpoints[0].info.db(), 3);
-        assert_eq!(c.endpoints[0].info.username(), Some("app"));
-        assert_eq!(c.endpoints[0].info.password(), Some("p@ss"));
-        assert_eq!(c.prefix, b"my app:");
-        assert_eq!(c.timeout, Duration::from_millis(250));
-
-        // `+` is literal in userinfo (form encoding applies to query values only)
-        let c = ok(Mode::Single, "app:a+b%2Bc@cache?prefix=x+y");
-        assert_eq!(c.endpoints[0].info.password(), Some("a+b+c"));
-        assert_eq!(c.prefix, b"x y");
-
-        let c = ok(Mode::Single, ":secret@[::1]:7000/?prefix=");
-        assert_eq!(c.endpoints[0].label(), "[::1]:7000");
-        assert_eq!(c.endpoints[0].info.username(), None);
-        assert!(c.prefix.is_empty());
-    }
-
-    #[test]
-    fn redlock_urls() {
-        let c = ok(Mode::Redlock, "h1:1,h2:2,h3?timeout=2s");
-        let labels: Vec<_> = c.endpoints.iter().map(Endpoint::label).collect();
-        assert_eq!(labels, ["h1:1", "h2:2", "h3:6379"]);
-    }
-
-    #[test]
-    fn sentinel_urls() {
-        let c = ok(
-            Mode::Sentinel,
-            "u:pw@s1:5000,s2,[::1]:5002/my%20master/2?prefix=x",
-        );
-        assert_eq!(c.endpoints.len(), 1);
-        let e = &c.endpoints[0];
-        let s = e.sentinels.as_ref().unwrap();
-        assert_eq!(s.master, "my master");
-        assert_eq!(
-            s.addrs,
-            [
-                ("s1".to_string(), 5000),
-                ("s2".to_string(), 26379),
-                ("::1".to_string(), 5002)
-            ]
-        );
-        assert_eq!(e.info.db(), 2);
-        assert_eq!(e.info.password(), Some("pw"));
-        assert_eq!(c.prefix, b"x");
-        assert!(e.label().contains("via Sentinel s1:5000"), "{}", e.label());
-        assert!(!format!("{c:?}").contains("pw\""));
-        assert_eq!(ok(Mode::Sentinel, "s1/m").endpoints[0].info.db(), 0);
-        for bad in ["s1:1,s2:2", "s1:1/", "s1/m/x", "s1,s1/m"] {
-            assert!(parse(Mode::Sentinel, bad).is_err(), "{bad}");
-        }
-        assert_eq!(
-            parse(Mode::Sentinel, "s1:1").unwrap_err(),
-            InvalidUrl::NoMaster
-        );
-    }
-
-    #[test]
-    fn debug_hides_the_password() {
-        let c = ok(Mode::Single, "u:hunter2@h:1");
-        let dbg = format!("{c:?}");
-        assert!(!dbg.contains("hunter2"), "{dbg}");
-        assert!(dbg.contains("***"), "{dbg}");
-    }
-
-    #[test]
-    fn bad_urls_are_typed_errors() {
-        type Case = (Mode, &'static str, fn(&InvalidUrl) -> bool);
-        let cases: &[Case] = &[
-            (Mode::Single, "", |e| matches!(e, InvalidUrl::NoHost(_))),
-            (Mode::Redlock, "?prefix=x", |e| {
-                matches!(e, InvalidUrl::NoHost(_))
-            }),
-            (Mode::Single, "h:1,h:2", |e| {
-                matches!(e, InvalidUrl::SeveralHosts)
-            }),
-            (Mode::Single, "h:port", |e| {
-                matches!(e, InvalidUrl::BadHost { .. })
-            }),
-            (Mode::Single, "h:0", |e| {
-                matches!(e, InvalidUrl::BadHost { .. })
-            }),
-            (Mode::Redlock, "h:1,,h:2", |e| {
-                matches!(e, InvalidUrl::BadHost { .. })
-            }),
-            (Mode::Single, "[::1:7000", |e| {
-                matches!(e, InvalidUrl::BadHost { .. })
-            }),
-            (Mode::Single, "h/db", |e| {
-                matches!(e, InvalidUrl::BadDatabase(_))
-            }),
-            (Mode::Single, "h?bogus=1", |e| {
-                matches!(e, InvalidUrl::UnknownOption(_))
-            }),
-            (Mode::Single, "h?timeout=soon", |e| {
-                matches!(e, InvalidUrl::BadValue { .. })
-            }),
-            (Mode::Single, "h?timeout=0", |e| {
-                matches!(e, InvalidUrl::BadValue { .. })
-            }),
-            (Mode::Single, "h?prefix=a&prefix=b", |e| {
-                matches!(e, InvalidUrl::Repeated(_))
-            }),
-            (Mode::Single, "h?prefix=%zz", |e| {
-                matches!(e, InvalidUrl::BadEncoding(_))
-            }),
-            (Mode::Single, "h#x", |e| matches!(e, InvalidUrl::Fragment)),
-            (Mode::Redlock, "h:1,H:1,h:2", |e| {
-                matches!(e, InvalidUrl::DuplicateHost(_))
-            }),
-        ];
-        for (mode, rest, check) in cases {
-            match parse(*mode, rest) {
-                Ok(c) => panic!("{rest:?} parsed: {c:?}"),
-                Err(e) => assert!(check(&e), "{rest:?}: unexpected {e:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(
-            parse_duration("timeout", "1m").unwrap(),
-            Duration::from_secs(60)
-        );
-        assert_eq!(
-            parse_duration("timeout", "750").unwrap(),
-            Duration::from_millis(750)
-        );
-        assert!(parse_duration("timeout", "2h").is_err());
-    }
-}
+mod tests;

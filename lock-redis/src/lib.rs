@@ -10,17 +10,19 @@ mod notify;
 mod redlock;
 mod scripts;
 mod sentinel;
+mod tls;
 mod wait;
 
 use std::sync::Arc;
 
-use lock_core::{Backend, Capabilities, Error, ErrorKind, Operation, Registry};
+use lock_core::{Backend, Capabilities, Registry};
 
 pub use config::InvalidUrl;
 
 /// `redis://[user[:password]@]host[:port][/db][?prefix=…&timeout=…]`: one Redis server.
 pub const REDIS_SCHEME: &str = "redis";
-/// `rediss://…` (Redis over TLS): known, but this build has no TLS; connecting says so.
+/// `rediss://[user[:password]@]host[:port][/db][?ca=…&cert=…&key=…]`: one Redis server over
+/// TLS (the `tls` feature; without it connecting fails with `Unsupported`).
 pub const REDISS_SCHEME: &str = "rediss";
 /// `redlock://[user[:password]@]h1[:p1],h2[:p2],…[/db][?…]`: Redlock over independent servers.
 pub const REDLOCK_SCHEME: &str = "redlock";
@@ -36,8 +38,8 @@ pub const REDIS_CAPABILITIES: Capabilities = backend::CAPABILITIES;
 /// token** (independent instances share no counter that could order grants safely).
 pub const REDLOCK_CAPABILITIES: Capabilities = redlock::CAPABILITIES;
 
-/// Registers `redis://`, `rediss://` (which fails with `Unsupported`: no TLS in this build)
-/// and `redlock://`.
+/// Registers `redis://`, `rediss://` (`Unsupported` without the `tls` feature),
+/// `redlock://` and `redis+sentinel://`.
 pub fn register(registry: &mut Registry) {
     registry.register(REDIS_SCHEME, REDIS_CAPABILITIES, |url| {
         Box::pin(async move {
@@ -46,19 +48,11 @@ pub fn register(registry: &mut Registry) {
             Ok(backend)
         })
     });
-    // No capabilities: nothing can be done with it in this build.
-    registry.register(REDISS_SCHEME, Capabilities::default(), |url| {
+    registry.register(REDISS_SCHEME, REDIS_CAPABILITIES, |url| {
         Box::pin(async move {
-            Err(Error::new(
-                ErrorKind::Unsupported,
-                backend::NAME,
-                Operation::Connect,
-                format!(
-                    "{url}: Redis over TLS (rediss://) is not supported by this build of \
-                     lock-redis, which is compiled without TLS; use redis:// on a trusted \
-                     network or a TLS tunnel"
-                ),
-            ))
+            let config = config::Config::from_url(&url, backend::NAME)?;
+            let backend: Arc<dyn Backend> = Arc::new(backend::RedisBackend::connect(config).await?);
+            Ok(backend)
         })
     });
     registry.register(SENTINEL_SCHEME, REDIS_CAPABILITIES, |url| {

@@ -9,25 +9,63 @@ use std::time::Duration;
 use lock_core::{Error, ErrorKind, Operation};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue, RedisError, ScriptInvocation};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::config::Endpoint;
 use crate::notify::Notifier;
 
-/// A TCP connection to `endpoint` with Nagle off (every lock request is one small write
-/// that waits for its reply).
+/// A connection's byte stream: plain TCP or TLS over it.
+pub(crate) type Stream = Box<dyn Io>;
+
+/// What redis-rs needs of a stream.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A connection to `endpoint` with Nagle off (every lock request is one small write that
+/// waits for its reply), through TLS when the URL asked for it.
 /// Through Sentinels: to the master they name now.
-pub(crate) async fn tcp(endpoint: &Endpoint) -> std::io::Result<TcpStream> {
-    let stream = match &endpoint.sentinels {
-        Some(s) => {
-            let (host, port) = s.master_addr(endpoint.timeout).await?;
-            TcpStream::connect((host.as_str(), port)).await?
-        }
-        None => TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?,
+pub(crate) async fn dial(endpoint: &Endpoint) -> Result<Stream, NodeError> {
+    let addr = || endpoint.label();
+    let io = |source: std::io::Error| NodeError::Redis {
+        addr: addr(),
+        source: RedisError::from(source),
     };
-    stream.set_nodelay(true)?;
-    Ok(stream)
+    let (host, stream) = match &endpoint.sentinels {
+        Some(s) => {
+            let (host, port) = s.master_addr(endpoint.timeout).await.map_err(io)?;
+            let stream = TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(io)?;
+            (host, stream)
+        }
+        None => {
+            let stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+                .await
+                .map_err(io)?;
+            (endpoint.host.clone(), stream)
+        }
+    };
+    stream.set_nodelay(true).map_err(io)?;
+    match &endpoint.tls {
+        None => Ok(Box::new(stream)),
+        Some(tls) => match tokio::time::timeout(endpoint.timeout, tls.wrap(&host, stream)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(NodeError::Tls {
+                addr: addr(),
+                reason: crate::tls::cause(&e)
+                    .unwrap_or_else(|| format!("TLS handshake failed: {e}")),
+                source: Some(RedisError::from(e)),
+            }),
+            // A plain-text Redis reads the ClientHello as the start of a command and waits.
+            Err(_) => Err(NodeError::Silent {
+                addr: addr(),
+                after: endpoint.timeout,
+                tls: true,
+            }),
+        },
+    }
 }
 
 /// A failed request to one endpoint.
@@ -37,12 +75,49 @@ pub(crate) enum NodeError {
     Redis { addr: String, source: RedisError },
     /// No reply in time.
     Timeout { addr: String, after: Duration },
+    /// Connected, but the first command of a plain-text connection, or the TLS handshake,
+    /// got no reply.
+    Silent {
+        addr: String,
+        after: Duration,
+        tls: bool,
+    },
+    /// The TLS layer refused (certificate, handshake), or a plain-text connection met a
+    /// server that seems to want TLS. `reason` says which.
+    Tls {
+        addr: String,
+        reason: String,
+        source: Option<RedisError>,
+    },
 }
 
 impl fmt::Display for NodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NodeError::Redis { addr, source } => write!(f, "{addr}: {source}"),
+            NodeError::Redis { addr, source } => match crate::tls::cause(source) {
+                Some(tls) => write!(f, "{addr}: {tls} ({source})"),
+                None if is_auth(source) => write!(f, "{addr}: {}", auth_message(source)),
+                None => write!(f, "{addr}: {source}"),
+            },
+            NodeError::Tls { addr, reason, .. } => write!(f, "{addr}: {reason}"),
+            NodeError::Silent {
+                addr,
+                after,
+                tls: false,
+            } => write!(
+                f,
+                "{addr}: connected, but no reply to the first command within {after:?}: the port \
+                 may accept only TLS (use rediss://), or the server is stalled"
+            ),
+            NodeError::Silent {
+                addr,
+                after,
+                tls: true,
+            } => write!(
+                f,
+                "{addr}: connected, but no answer to the TLS handshake within {after:?}: the \
+                 server does not speak TLS on this port (use redis://), or it is stalled"
+            ),
             NodeError::Timeout { addr, after } => write!(f, "{addr}: no reply within {after:?}"),
         }
     }
@@ -52,19 +127,52 @@ impl std::error::Error for NodeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             NodeError::Redis { source, .. } => Some(source),
-            NodeError::Timeout { .. } => None,
+            NodeError::Tls { source, .. } => source.as_ref().map(|s| s as _),
+            NodeError::Timeout { .. } | NodeError::Silent { .. } => None,
         }
     }
 }
 
+/// A refused `AUTH` (wrong user or password), no `AUTH` where one is needed, or a command or
+/// key the user's ACL does not allow.
+fn is_auth(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOPERM" | "NOAUTH" | "WRONGPASS"))
+}
+
+/// Says which of the three it was; never repeats the password (redis-rs does not put it in
+/// its errors either).
+fn auth_message(e: &RedisError) -> String {
+    match e.code() {
+        Some("NOPERM") => format!(
+            "permission denied by the server's ACL ({}): the user must be allowed dlock's keys \
+             (the key prefix and everything under it, e.g. `~dlock:*` and `~dlock:`), \
+             EVALSHA and SCRIPT LOAD, and for waiters SUBSCRIBE on the same names (`&dlock:*`)",
+            e.detail().unwrap_or("NOPERM")
+        ),
+        Some("NOAUTH") => "authentication required: the server wants a password \
+                           (redis://user:password@host)"
+            .to_string(),
+        _ => "authentication failed: the server refused the user name or password \
+              (WRONGPASS)"
+            .to_string(),
+    }
+}
+
 impl NodeError {
-    /// The lock-domain kind: transport trouble is `Connection`, anything the server
-    /// answered with (wrong type, no permission, read-only replica, …) is `Backend`.
+    /// The lock-domain kind: transport trouble is `Connection`, TLS refusals `Tls`, a refused
+    /// password or an ACL that forbids dlock's keys or commands `Auth`, anything else the
+    /// server answered with (wrong type, read-only replica, …) `Backend`.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            NodeError::Timeout { .. } => ErrorKind::Connection,
+            NodeError::Timeout { .. } | NodeError::Silent { .. } => ErrorKind::Connection,
+            NodeError::Tls { .. } => ErrorKind::Tls,
             NodeError::Redis { source, .. } => {
-                if source.is_io_error()
+                if is_auth(source) {
+                    ErrorKind::Auth
+                } else if crate::tls::cause(source).is_some() {
+                    ErrorKind::Tls
+                } else if source.is_io_error()
                     || source.is_connection_refusal()
                     || source.is_connection_dropped()
                     || source.is_timeout()
@@ -158,55 +266,29 @@ impl Node {
             return Ok(link);
         }
         let after = self.endpoint.timeout;
-        let connect = async {
-            let stream = tcp(&self.endpoint).await.map_err(RedisError::from)?;
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(None)
-                .set_response_timeout(None);
-            let (mut conn, driver) =
-                MultiplexedConnection::new_with_config(&self.endpoint.info, stream, config).await?;
-            let driver = tokio::spawn(driver);
-            if self.endpoint.sentinels.is_some() {
-                // The Sentinels may still name a master that was just demoted.
-                let role = redis::cmd("ROLE")
-                    .query_async::<redis::Value>(&mut conn)
-                    .await;
-                let refused = match role {
-                    Ok(r) if crate::sentinel::is_master(&r) => None,
-                    Ok(_) => Some(RedisError::from(std::io::Error::new(
-                        std::io::ErrorKind::ConnectionRefused,
-                        "the server the Sentinels named is not a master (yet)",
-                    ))),
-                    Err(e) => Some(e),
-                };
-                if let Some(e) = refused {
-                    driver.abort();
-                    return Err(e);
-                }
-            }
-            if let Err(e) = crate::scripts::load_all()
-                .query_async::<()>(&mut conn)
-                .await
-            {
-                driver.abort();
-                return Err(e);
-            }
-            Ok((conn, driver))
+        let started = tokio::time::Instant::now();
+        let timed_out = || NodeError::Timeout {
+            addr: self.label.clone(),
+            after,
         };
-        let (conn, driver) = match tokio::time::timeout(after, connect).await {
+        let stream = match tokio::time::timeout(after, dial(&self.endpoint)).await {
+            Ok(stream) => stream?,
+            Err(_) => return Err(timed_out()),
+        };
+        let left = after.saturating_sub(started.elapsed());
+        let (conn, driver) = match tokio::time::timeout(left, self.set_up(stream)).await {
             Ok(Ok(pair)) => pair,
-            Ok(Err(source)) => {
-                return Err(NodeError::Redis {
-                    addr: self.label.clone(),
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(NodeError::Timeout {
+            Ok(Err(source)) => return Err(self.setup_failed(source)),
+            // Connected, then silence: Redis's TLS port waits for a handshake that a
+            // plain-text client never starts.
+            Err(_) if self.endpoint.tls.is_none() && self.next_id.load(Ordering::Relaxed) == 1 => {
+                return Err(NodeError::Silent {
                     addr: self.label.clone(),
                     after,
+                    tls: false,
                 });
             }
+            Err(_) => return Err(timed_out()),
         };
         let link = Link {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -216,6 +298,69 @@ impl Node {
         tracing::debug!(redis = %self.label, "connected");
         *self.slot() = Some(link.clone());
         Ok(link)
+    }
+
+    /// A server that closes a plain-text connection before answering its first command,
+    /// when this endpoint never had a connection, most likely wants TLS (Redis with only a
+    /// `tls-port` drops a client that does not start a handshake). Later, after a connection
+    /// worked, the same is a plain connection failure (a server restarting).
+    fn setup_failed(&self, source: RedisError) -> NodeError {
+        let never_connected = self.next_id.load(Ordering::Relaxed) == 1;
+        let closed = source.is_connection_dropped()
+            || source.is_io_error() && !source.is_connection_refusal() && !source.is_timeout();
+        if self.endpoint.tls.is_none() && never_connected && closed {
+            return NodeError::Tls {
+                addr: self.label.clone(),
+                reason: "the server closed the plain-text connection before answering the first \
+                         command: it may accept only TLS on this port (use rediss://)"
+                    .to_string(),
+                source: Some(source),
+            };
+        }
+        NodeError::Redis {
+            addr: self.label.clone(),
+            source,
+        }
+    }
+
+    /// redis-rs's connection over `stream` (AUTH, SELECT), the role check through Sentinels,
+    /// and the scripts loaded.
+    async fn set_up(
+        &self,
+        stream: Stream,
+    ) -> Result<(MultiplexedConnection, JoinHandle<()>), RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(None)
+            .set_response_timeout(None);
+        let (mut conn, driver) =
+            MultiplexedConnection::new_with_config(&self.endpoint.info, stream, config).await?;
+        let driver = tokio::spawn(driver);
+        if self.endpoint.sentinels.is_some() {
+            // The Sentinels may still name a master that was just demoted.
+            let role = redis::cmd("ROLE")
+                .query_async::<redis::Value>(&mut conn)
+                .await;
+            let refused = match role {
+                Ok(r) if crate::sentinel::is_master(&r) => None,
+                Ok(_) => Some(RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "the server the Sentinels named is not a master (yet)",
+                ))),
+                Err(e) => Some(e),
+            };
+            if let Some(e) = refused {
+                driver.abort();
+                return Err(e);
+            }
+        }
+        if let Err(e) = crate::scripts::load_all()
+            .query_async::<()>(&mut conn)
+            .await
+        {
+            driver.abort();
+            return Err(e);
+        }
+        Ok((conn, driver))
     }
 
     /// Forgets `link` if it is still the current one, so the next request reconnects.

@@ -10,13 +10,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::StreamExt;
-use redis::RedisError;
 use redis::aio::{PubSub, PubSubSink};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Endpoint;
-use crate::node::tcp;
+use crate::node::dial;
 
 #[derive(Default)]
 struct Table {
@@ -100,9 +99,11 @@ impl Notifier {
         }
     }
 
-    async fn connect(&self, epoch: u64) -> Result<Subscription, RedisError> {
-        let stream = tcp(&self.endpoint).await?;
-        let pubsub = PubSub::new(&self.endpoint.info, stream).await?;
+    async fn connect(&self, epoch: u64) -> Result<Subscription, String> {
+        let stream = dial(&self.endpoint).await.map_err(|e| e.to_string())?;
+        let pubsub = PubSub::new(&self.endpoint.info, stream)
+            .await
+            .map_err(|e| e.to_string())?;
         let (sink, mut messages) = pubsub.split();
         let table = Arc::clone(&self.table);
         let reader = tokio::spawn(async move {
@@ -144,7 +145,7 @@ impl Notifier {
             };
             let sub = match tokio::time::timeout(timeout, self.connect(epoch)).await {
                 Ok(Ok(sub)) => sub,
-                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(format!("no pub/sub connection within {timeout:?}")),
             };
             lock(&self.table).live = Some(epoch);

@@ -134,13 +134,17 @@ impl RedlockBackend {
         let nodes: Vec<Node> = config.endpoints.into_iter().map(Node::new).collect();
         let quorum = nodes.len() / 2 + 1;
         let outcomes = join_all(nodes.iter().map(|n| n.link())).await;
-        let errors: Vec<String> = outcomes
-            .into_iter()
-            .filter_map(|o| o.err().map(|e| e.to_string()))
-            .collect();
+        let failures: Vec<NodeError> = outcomes.into_iter().filter_map(|o| o.err()).collect();
+        // Every instance refusing for the same reason (TLS, authentication) says so in the
+        // kind; otherwise an unreachable quorum is a connection failure.
+        let kind = match failures.first().map(NodeError::kind) {
+            Some(k) if failures.iter().all(|e| e.kind() == k) => k,
+            _ => ErrorKind::Connection,
+        };
+        let errors: Vec<String> = failures.iter().map(ToString::to_string).collect();
         if nodes.len() - errors.len() < quorum {
             return Err(Error::new(
-                ErrorKind::Connection,
+                kind,
                 NAME,
                 Operation::Connect,
                 format!(

@@ -212,7 +212,13 @@ async fn redis_restarts_on_same_port_and_forgets_without_persistence() -> Result
 async fn redis_with_persistence_keeps_data_across_kill_and_restart() -> Result<()> {
     common::init_tracing("dlock_fixtures=info,dlock_compare=info");
     // Shared and driven from another task, as fault-injecting tests will do.
-    let r = std::sync::Arc::new(fixtures::managed_redis(RedisOptions { persistent: true }).await?);
+    let r = std::sync::Arc::new(
+        fixtures::managed_redis(RedisOptions {
+            persistent: true,
+            ..Default::default()
+        })
+        .await?,
+    );
     let port = r.port().unwrap();
     assert_eq!(redis_cli(port, &["SET", "k", "v1"]).await?, "OK");
     r.kill().await?;

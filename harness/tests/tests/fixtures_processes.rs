@@ -90,7 +90,10 @@ async fn child_process_entry() -> Result<()> {
         "abort" => {
             let (pg, redis, etcd, zk) = tokio::join!(
                 fixtures::managed_postgres(),
-                fixtures::managed_redis(RedisOptions { persistent: true }),
+                fixtures::managed_redis(RedisOptions {
+                    persistent: true,
+                    ..Default::default()
+                }),
                 fixtures::managed_etcd(EtcdOptions::default()),
                 fixtures::managed_zookeeper(ZooKeeperOptions::default()),
             );

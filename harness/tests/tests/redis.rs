@@ -348,7 +348,7 @@ async fn killed_holder_frees_the_lock_within_its_ttl() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_without_persistence_loses_the_lock_and_the_guard_notices() -> Result<()> {
     common::init_tracing("warn");
-    let server = fixtures::managed_redis(RedisOptions { persistent: false }).await?;
+    let server = fixtures::managed_redis(RedisOptions::default()).await?;
     let url = server.url();
     let name = common::unique("restart");
     let key = format!("dlock:{name}");
@@ -382,7 +382,11 @@ async fn restart_without_persistence_loses_the_lock_and_the_guard_notices() -> R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_persistence_keeps_the_lock() -> Result<()> {
     common::init_tracing("warn");
-    let server = fixtures::managed_redis(RedisOptions { persistent: true }).await?;
+    let server = fixtures::managed_redis(RedisOptions {
+        persistent: true,
+        ..Default::default()
+    })
+    .await?;
     let url = server.url();
     let name = common::unique("persist");
     let backend = connect(url).await?;

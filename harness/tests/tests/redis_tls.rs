@@ -1,0 +1,364 @@
+//! Redis over TLS (`rediss://`), Redlock over TLS members and Redis ACL users (issue #25),
+//! against real `redis-server`s with a TLS port and certificates made at test time
+//! ([`TestPki`]). Each test starts its own servers, so the tests run in parallel.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use dlock::{ErrorKind, LockOptions};
+use dlock_fixtures::{self as fixtures, CertKey, RedisOptions, RedisTls, Server, TestPki};
+
+const PASSWORD: &str = "s3cret-Pa55word";
+
+/// ACL users: `locker` may use dlock's keys and channels, `outsider` only `other:*`.
+fn users() -> Vec<String> {
+    vec![
+        format!("locker on >{PASSWORD} ~dlock:* &dlock:* +@all"),
+        format!("outsider on >{PASSWORD} ~other:* &other:* +@all"),
+    ]
+}
+
+/// A Redis whose second port speaks TLS only, with `cert` as its certificate.
+async fn tls_redis(pki: &TestPki, cert: &CertKey, require_client_cert: bool) -> Result<Server> {
+    fixtures::managed_redis(RedisOptions {
+        tls: Some(RedisTls {
+            server: cert.clone(),
+            ca: pki.ca.clone(),
+            require_client_cert,
+        }),
+        users: users(),
+        ..Default::default()
+    })
+    .await
+}
+
+fn tls_port(server: &Server) -> u16 {
+    server.ports()[1]
+}
+
+/// `rediss://[userinfo@]host:TLS_PORT?ca=CA[&extra]`.
+fn url(server: &Server, userinfo: &str, host: &str, ca: &std::path::Path, extra: &str) -> String {
+    format!(
+        "rediss://{userinfo}{host}:{}?ca={}{extra}",
+        tls_port(server),
+        ca.display()
+    )
+}
+
+/// Connecting must fail with `kind` and a message containing `says`.
+async fn refused(url: &str, kind: ErrorKind, says: &str) -> Result<String> {
+    refused_as(url, &[kind], says).await
+}
+
+/// Connecting must fail with one of `kinds` and a message containing `says`.
+async fn refused_as(url: &str, kinds: &[ErrorKind], says: &str) -> Result<String> {
+    match dlock::connect(url).await {
+        Ok(_) => bail!("{} connected", dlock::redact(url)),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            ensure!(
+                kinds.contains(&e.kind()),
+                "expected {kinds:?}, got {:?}: {msg}",
+                e.kind()
+            );
+            ensure!(msg.contains(says), "message lacks {says:?}: {msg}");
+            ensure!(!msg.contains(PASSWORD), "the password leaked: {msg}");
+            Ok(msg)
+        }
+    }
+}
+
+/// One acquisition and release; returns the fencing token.
+async fn lock_once(url: &str) -> Result<Option<u64>> {
+    let backend = dlock::connect(url)
+        .await
+        .with_context(|| format!("connecting to {}", dlock::redact(url)))?;
+    let guard = backend
+        .acquire(
+            &common::unique("tls"),
+            &LockOptions::new().with_ttl(Duration::from_secs(5)),
+        )
+        .await?;
+    let token = guard.token().map(|t| t.get());
+    ensure!(guard.release().await?, "the release found the lock gone");
+    Ok(token)
+}
+
+#[tokio::test]
+async fn verify_full_with_the_right_ca_works() -> Result<()> {
+    let pki = TestPki::new()?;
+    let server = tls_redis(&pki, &pki.server, false).await?;
+    for host in ["localhost", "127.0.0.1"] {
+        let url = url(&server, "", host, &pki.ca, "");
+        let first = lock_once(&url).await?.context("no fencing token")?;
+        let second = lock_once(&url).await?.context("no fencing token")?;
+        let _ = (first, second);
+    }
+    // Tokens keep increasing for one name across connections.
+    let u = url(&server, "", "localhost", &pki.ca, "");
+    let backend = dlock::connect(&u).await?;
+    let name = common::unique("tls-fence");
+    let opts = LockOptions::new().with_ttl(Duration::from_secs(5));
+    let g1 = backend.acquire(&name, &opts).await?;
+    let t1 = g1.token().context("token")?;
+    g1.release().await?;
+    let g2 = backend.acquire(&name, &opts).await?;
+    ensure!(g2.token().context("token")? > t1, "tokens did not increase");
+    g2.release().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_ca_a_wrong_host_and_an_expired_certificate_are_tls_errors() -> Result<()> {
+    let pki = TestPki::new()?;
+    let (good, wrong_host, expired) = tokio::try_join!(
+        tls_redis(&pki, &pki.server, false),
+        tls_redis(&pki, &pki.wrong_host, false),
+        tls_redis(&pki, &pki.expired, false),
+    )?;
+    let foreign = url(&good, "", "localhost", &pki.other_ca, "");
+    refused(&foreign, ErrorKind::Tls, "unknown issuer").await?;
+    let host = url(&wrong_host, "", "localhost", &pki.ca, "");
+    refused(&host, ErrorKind::Tls, "not valid for name").await?;
+    let old = url(&expired, "", "localhost", &pki.ca, "");
+    refused(&old, ErrorKind::Tls, "expired").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn plain_text_to_a_tls_only_port_is_a_tls_error_saying_so() -> Result<()> {
+    let pki = TestPki::new()?;
+    let server = tls_redis(&pki, &pki.server, false).await?;
+    // Redis's TLS port either closes the connection (`Tls`) or waits for a handshake that
+    // never comes (`Connection` after the timeout); both messages say the port may want TLS.
+    let plain = format!("redis://127.0.0.1:{}?timeout=500ms", tls_port(&server));
+    for _ in 0..3 {
+        refused_as(
+            &plain,
+            &[ErrorKind::Tls, ErrorKind::Connection],
+            "may accept only TLS",
+        )
+        .await?;
+    }
+    // And the reverse: TLS to the plain-text port.
+    let reverse = format!(
+        "rediss://127.0.0.1:{}?ca={}&timeout=500ms",
+        server.ports()[0],
+        pki.ca.display()
+    );
+    let kinds = [ErrorKind::Tls, ErrorKind::Connection];
+    refused_as(&reverse, &kinds, "does not speak TLS").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_required_client_certificate_is_asked_for_and_accepted() -> Result<()> {
+    let pki = TestPki::new()?;
+    let server = tls_redis(&pki, &pki.server, true).await?;
+    let without = url(&server, "", "localhost", &pki.ca, "");
+    refused(&without, ErrorKind::Tls, "client certificate").await?;
+    let with = url(
+        &server,
+        "",
+        "localhost",
+        &pki.ca,
+        &format!(
+            "&cert={}&key={}",
+            pki.client.cert.display(),
+            pki.client.key.display()
+        ),
+    );
+    lock_once(&with).await?.context("no token")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_password_and_a_forbidden_key_pattern_are_auth_errors() -> Result<()> {
+    let pki = TestPki::new()?;
+    let server = tls_redis(&pki, &pki.server, false).await?;
+    let ok = url(
+        &server,
+        &format!("locker:{PASSWORD}@"),
+        "localhost",
+        &pki.ca,
+        "",
+    );
+    lock_once(&ok).await?.context("no token")?;
+    let wrong = url(&server, "locker:not-it@", "localhost", &pki.ca, "");
+    refused(&wrong, ErrorKind::Auth, "WRONGPASS").await?;
+    // `outsider` connects (AUTH, SCRIPT LOAD need no key) but may not touch `dlock:*`.
+    let outsider = url(
+        &server,
+        &format!("outsider:{PASSWORD}@"),
+        "localhost",
+        &pki.ca,
+        "",
+    );
+    let backend = dlock::connect(&outsider).await?;
+    let err = backend
+        .acquire(
+            &common::unique("forbidden"),
+            &LockOptions::new().with_ttl(Duration::from_secs(5)),
+        )
+        .await
+        .err()
+        .context("an ACL user without dlock's keys acquired a lock")?;
+    let msg = format!("{err:#}");
+    ensure!(err.kind() == ErrorKind::Auth, "{:?}: {msg}", err.kind());
+    ensure!(
+        msg.contains("~dlock:*") && msg.contains("NOPERM") || msg.contains("permission"),
+        "{msg}"
+    );
+    ensure!(!msg.contains(PASSWORD), "{msg}");
+    // Debug of the backend hides the password.
+    let dbg = format!("{backend:?}");
+    ensure!(!dbg.contains(PASSWORD), "Debug shows the password: {dbg}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn redlock_refuses_mixed_members_and_works_over_tls() -> Result<()> {
+    let pki = TestPki::new()?;
+    let mixed = "redlock://rediss://127.0.0.1:7001,redis://127.0.0.1:7002,rediss://127.0.0.1:7003";
+    refused(mixed, ErrorKind::InvalidUrl, "mix TLS and plain text").await?;
+    let mixed = "redlock://rediss://127.0.0.1:7001,127.0.0.1:7002,rediss://127.0.0.1:7003";
+    refused(mixed, ErrorKind::InvalidUrl, "mix TLS and plain text").await?;
+    let mixed = "redlock://redis://127.0.0.1:7001,127.0.0.1:7002?tls=on";
+    refused(mixed, ErrorKind::InvalidUrl, "mix TLS and plain text").await?;
+
+    let cluster = fixtures::redis_instances(
+        3,
+        RedisOptions {
+            tls: Some(RedisTls {
+                server: pki.server.clone(),
+                ca: pki.ca.clone(),
+                require_client_cert: false,
+            }),
+            users: users(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let members: Vec<String> = cluster
+        .members()
+        .iter()
+        .map(|s| format!("rediss://localhost:{}", tls_port(s)))
+        .collect();
+    let ca = pki.ca.display();
+    let url = format!("redlock://locker:{PASSWORD}@{}?ca={ca}", members.join(","));
+    ensure!(lock_once(&url).await?.is_none(), "Redlock gave a token");
+    let hosts: Vec<String> = cluster
+        .members()
+        .iter()
+        .map(|s| format!("localhost:{}", tls_port(s)))
+        .collect();
+    let url = format!("redlock://{}?tls=on&ca={ca}", hosts.join(","));
+    lock_once(&url).await?;
+    // The wrong CA on every member: a TLS error, not a bare "unreachable".
+    let url = format!(
+        "redlock://{}?tls=on&ca={}",
+        hosts.join(","),
+        pki.other_ca.display()
+    );
+    refused(&url, ErrorKind::Tls, "unknown issuer").await?;
+    Ok(())
+}
+
+/// `dlock ARGS…`: (exit code, stdout, stderr).
+fn dlock_cli(args: &[&str]) -> Result<(Option<i32>, String, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running dlock")?;
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn the_cli_reaches_the_tls_server_and_keeps_secrets_out_of_its_output() -> Result<()> {
+    let pki = TestPki::new()?;
+    let server = tls_redis(&pki, &pki.server, true).await?;
+    let certs = format!(
+        "&cert={}&key={}",
+        pki.client.cert.display(),
+        pki.client.key.display()
+    );
+    let good = url(
+        &server,
+        &format!("locker:{PASSWORD}@"),
+        "localhost",
+        &pki.ca,
+        &certs,
+    );
+    let bad = url(
+        &server,
+        "locker:wrong-password@",
+        "localhost",
+        &pki.ca,
+        &certs,
+    );
+    let key_lines: Vec<String> = std::fs::read_to_string(&pki.client.key)?
+        .lines()
+        .filter(|l| !l.starts_with("-----") && !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    ensure!(!key_lines.is_empty(), "no key lines read");
+    let runs = [
+        (vec!["run", good.as_str(), "tls-job", "--", "true"], Some(0)),
+        (vec!["run", bad.as_str(), "tls-job", "--", "true"], Some(77)),
+        // `hold` prints JSON events.
+        (
+            vec![
+                "hold",
+                good.as_str(),
+                "tls-job",
+                "--for",
+                "50ms",
+                "--no-stdin",
+            ],
+            Some(0),
+        ),
+        (
+            vec![
+                "hold",
+                bad.as_str(),
+                "tls-job",
+                "--for",
+                "50ms",
+                "--no-stdin",
+            ],
+            Some(77),
+        ),
+        (vec!["backends", "--json"], Some(0)),
+        (vec!["backends"], Some(0)),
+    ];
+    for (args, want) in runs {
+        let (code, stdout, stderr) = dlock_cli(&args)?;
+        let all = format!("{stdout}\n{stderr}");
+        ensure!(
+            code == want,
+            "dlock {:?}: exit {code:?}, want {want:?}:\n{all}",
+            args[0]
+        );
+        ensure!(
+            !all.contains(PASSWORD) && !all.contains("wrong-password"),
+            "password in output of dlock {}: {all}",
+            args[0]
+        );
+        for l in &key_lines {
+            ensure!(
+                !all.contains(l.as_str()),
+                "a line of the key file in the output of dlock {}",
+                args[0]
+            );
+        }
+    }
+    Ok(())
+}

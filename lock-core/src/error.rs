@@ -191,6 +191,15 @@ impl Error {
         )
     }
 
+    /// The same error as another kind, with `cause` in front of its message: for a cause
+    /// found in the error's chain after it was made (a connection refused for TLS or
+    /// authentication, reported by a host-by-host connect as unreachable).
+    pub fn reclassified(mut self, kind: ErrorKind, cause: impl fmt::Display) -> Self {
+        self.kind = kind;
+        self.message = format!("{cause}: {}", self.message);
+        self
+    }
+
     /// Shorthand for an [`ErrorKind::InvalidUrl`] error raised by `backend`.
     pub fn invalid_url(backend: &'static str, message: impl Into<String>) -> Self {
         Error::new(ErrorKind::InvalidUrl, backend, Operation::Connect, message)

@@ -13,6 +13,7 @@ mod memory;
 mod name;
 pub mod observe;
 mod options;
+pub mod pg_tls;
 mod random;
 mod registry;
 mod renewal;

@@ -124,6 +124,8 @@ pub fn redact(url: &str) -> String {
                     Some((k, _)) if SECRET_KEYS.contains(&k.to_ascii_lowercase().as_str()) => {
                         format!("{k}=***")
                     }
+                    // A PEM given inline (a key, for clients that take one in the URL).
+                    Some((k, v)) if v.starts_with("-----BEGIN") => format!("{k}=***"),
                     _ => kv.to_string(),
                 })
                 .collect();
@@ -290,6 +292,10 @@ mod tests {
             "redlock://:***@h1:1,h2:2"
         );
         assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(
+            redact("postgres://h/db?sslkey=-----BEGIN%20PRIVATE%20KEY-----abc&sslcert=/c.pem"),
+            "postgres://h/db?sslkey=***&sslcert=/c.pem"
+        );
         // Passwords written without percent-encoding.
         for (url, shown) in [
             ("postgres://u:pa/ss@h/db?x=1", "postgres://u:***@h/db?x=1"),

@@ -5,7 +5,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use lock_core::hosts::{TargetSessionAttrs, split_hosts};
-use lock_core::{ConnectUrl, Error, Result};
+use lock_core::pg_tls::{self, PgTls, PgTlsOptions};
+use lock_core::{ConnectUrl, Error, Operation, Result};
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 
@@ -31,6 +32,8 @@ pub struct PgConfig {
     /// Which host a session may settle on.
     pub(crate) target: TargetSessionAttrs,
     pub(crate) display_url: String,
+    /// TLS as the URL asked (already applied to every host's options).
+    pub(crate) tls: PgTls,
     pub(crate) key: KeyScheme,
     pub(crate) fencing: Fencing,
     pub(crate) keepalives_idle: Duration,
@@ -57,6 +60,7 @@ impl fmt::Debug for PgConfig {
             .field("url", &self.display_url)
             .field("hosts", &self.hosts.len())
             .field("target_session_attrs", &self.target)
+            .field("tls", &self.tls)
             .field("key", &self.key)
             .field("fencing", &self.fencing)
             .field("keepalives_idle", &self.keepalives_idle)
@@ -86,6 +90,7 @@ impl PgConfig {
             hosts: Vec::new(),
             target: TargetSessionAttrs::default(),
             display_url: url.to_string(),
+            tls: PgTls::default(),
             key: KeyScheme::HashTextExtended,
             fencing: Fencing::None,
             keepalives_idle: Duration::from_secs(3),
@@ -102,14 +107,23 @@ impl PgConfig {
         let mut fencing_table = "dlock_fencing".to_string();
         let mut fencing_on = false;
         let mut rest: Vec<(String, String)> = Vec::new();
+        let mut tls = PgTlsOptions::default();
         for (k, v) in parsed.query_pairs() {
             let (k, v) = (k.into_owned(), v.into_owned());
             let dur =
                 |v: &str| parse_duration(v).map_err(|e| bad(format!("option {k}={v:?}: {e}")));
             match k.as_str() {
-                "key" => {
-                    cfg.key =
-                        KeyScheme::from_str(&v).map_err(|e| bad(format!("option key: {e}")))?
+                // `key=` is the key scheme (a word) or, like on every backend, the client's
+                // TLS key (a file: a path with `/` or `.`).
+                "key" if !pg_tls::names_a_file(&v) => {
+                    cfg.key = KeyScheme::from_str(&v).map_err(|e| {
+                        bad(format!(
+                            "option key: {e} (or a client key file, as a path with / or .)"
+                        ))
+                    })?
+                }
+                t if pg_tls::OPTION_NAMES.contains(&t) => {
+                    tls.take(t, &v).map_err(bad)?;
                 }
                 "fencing" => match v.as_str() {
                     "table" => fencing_on = true,
@@ -165,18 +179,27 @@ impl PgConfig {
         if fencing_on {
             cfg.fencing = Fencing::Table(fencing_table);
         }
+        cfg.tls = tls.finish(cfg!(feature = "tls")).map_err(|(kind, m)| {
+            Error::new(
+                kind,
+                BACKEND,
+                Operation::Connect,
+                format!("{m} (URL {url})"),
+            )
+        })?;
+        let tls_options = cfg.tls.libpq_options();
         for host_url in &per_host {
             let mut parsed = url::Url::parse(host_url)
                 .map_err(|e| bad(format!("not a valid PostgreSQL URL: {e}")))?;
-            if rest.is_empty() {
-                parsed.set_query(None);
-            } else {
-                let mut q = parsed.query_pairs_mut();
-                q.clear();
-                for (k, v) in &rest {
-                    q.append_pair(k, v);
-                }
+            let mut q = parsed.query_pairs_mut();
+            q.clear();
+            for (k, v) in &rest {
+                q.append_pair(k, v);
             }
+            for (k, v) in &tls_options {
+                q.append_pair(k, v);
+            }
+            drop(q);
             cfg.hosts.push(
                 PgConnectOptions::from_str(parsed.as_str())
                     .map_err(|e| bad(format!("sqlx rejected the URL: {e}")))?
@@ -353,6 +376,43 @@ mod tests {
         assert_eq!((one.hosts.len(), one.target), (1, TargetSessionAttrs::Any));
         let p = cfg("postgres://h1,h2/db?target_session_attrs=primary").unwrap();
         assert_eq!(p.target, TargetSessionAttrs::Primary);
+    }
+
+    #[test]
+    fn tls_options_in_libpq_and_dlock_spellings() {
+        let f = std::env::current_exe().unwrap();
+        let f = f.to_str().unwrap();
+        // `key=` is the key scheme when it is a word, the client key when it is a file.
+        let c = cfg(&format!(
+            "postgres://h/db?key=hashtext&sslmode=prefer&ca={f}&cert={f}&sslkey={f}"
+        ))
+        .unwrap();
+        assert_eq!(c.key, KeyScheme::HashText);
+        assert!(c.tls.client.is_some());
+        let c = cfg(&format!(
+            "postgres://h/db?key={f}&sslcert={f}&sslrootcert={f}"
+        ))
+        .unwrap();
+        assert_eq!(c.key, KeyScheme::HashTextExtended);
+        assert_eq!(c.tls.mode, pg_tls::SslMode::Prefer);
+        if cfg!(feature = "tls") {
+            let c = cfg(&format!("postgres://h1,h2/db?sslmode=require&ca={f}")).unwrap();
+            for h in &c.hosts {
+                assert!(matches!(
+                    h.get_ssl_mode(),
+                    sqlx::postgres::PgSslMode::VerifyCa
+                ));
+            }
+        } else {
+            let err = cfg("postgres://h/db?sslmode=require").unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        }
+        let err = cfg(&format!("postgres://h/db?sslrootcert={f}&ca=/other.pem")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidUrl, "{err}");
+        assert!(
+            err.to_string().contains("sslrootcert and ca disagree"),
+            "{err}"
+        );
     }
 
     #[test]

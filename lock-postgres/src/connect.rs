@@ -6,7 +6,7 @@
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
-use lock_core::{Error, ErrorKind, Operation, Result};
+use lock_core::{Error, ErrorKind, Operation, Result, pg_tls};
 
 use crate::BACKEND;
 use crate::config::PgConfig;
@@ -14,6 +14,15 @@ use crate::config::PgConfig;
 /// `host:port` of `o`, for messages.
 fn label(o: &PgConnectOptions) -> String {
     format!("{}:{}", o.get_host(), o.get_port())
+}
+
+/// What a connection attempt (a `sqlx::Error` in an error's chain) was refused for, when that
+/// is TLS or authentication: the kind to report and the cause in words.
+pub(crate) fn refusal(e: &(dyn std::error::Error + 'static)) -> Option<(ErrorKind, String)> {
+    let e = e.downcast_ref::<sqlx::Error>()?;
+    let db = e.as_database_error();
+    let code = db.and_then(|d| d.code());
+    pg_tls::classify(db.map(|d| (code.as_deref(), d.message())), e)
 }
 
 /// A connection to the first host of `cfg` that qualifies, and that host's options (with
@@ -73,8 +82,12 @@ pub(crate) async fn connect(
         Operation::Connect,
         format!("cannot connect to {}: {}", cfg.display_url, why.join("; ")),
     );
-    Err(match source {
-        Some(s) => err.with_source(s),
-        None => err,
-    })
+    // A TLS or authentication refusal is what to report: retrying cannot help.
+    Err(pg_tls::reclassify(
+        match source {
+            Some(s) => err.with_source(s),
+            None => err,
+        },
+        refusal,
+    ))
 }

@@ -4,7 +4,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use lock_core::hosts::{TargetSessionAttrs, split_hosts};
-use lock_core::{ConnectUrl, Error, Result};
+use lock_core::pg_tls::{self, PgTls, PgTlsOptions};
+use lock_core::{ConnectUrl, Error, Operation, Result};
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 
@@ -91,6 +92,8 @@ pub struct ShedPgConfig {
     /// Which host the backend may settle on.
     pub(crate) target: TargetSessionAttrs,
     pub(crate) display_url: String,
+    /// TLS as the URL asked (already applied to every host's options).
+    pub(crate) tls: PgTls,
     pub(crate) layout: TableLayout,
     pub(crate) create_table: bool,
     pub(crate) fencing_table: Option<String>,
@@ -101,6 +104,7 @@ impl std::fmt::Debug for ShedPgConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShedPgConfig")
             .field("url", &self.display_url)
+            .field("tls", &self.tls)
             .field("layout", &self.layout)
             .field("create_table", &self.create_table)
             .field("fencing_table", &self.fencing_table)
@@ -128,7 +132,15 @@ impl ShedPgConfig {
         let bad = |msg: String| Error::invalid_url(BACKEND_PG, format!("{msg} (URL {url})"));
         let pg_url = format!("postgres://{}", url.rest());
         let per_host = split_hosts(&pg_url);
-        let (mine, _) = split_options(&per_host[0], PG_OPTIONS).map_err(bad)?;
+        // libpq's TLS options (and dlock's aliases ca=, cert=, key=) are ours too: checked
+        // and resolved as the advisory-lock backend does (lock_core::pg_tls).
+        let names: Vec<&str> = PG_OPTIONS
+            .iter()
+            .chain(pg_tls::OPTION_NAMES)
+            .copied()
+            .collect();
+        let (mine, _) = split_options(&per_host[0], &names).map_err(bad)?;
+        let mut tls = PgTlsOptions::default();
         let mut target = TargetSessionAttrs::default();
         let mut layout = TableLayout::default();
         let mut create_table = true;
@@ -168,12 +180,24 @@ impl ShedPgConfig {
                         .filter(|n| (1..=64).contains(n))
                         .ok_or_else(|| bad(format!("option pool={v:?}: expected 1..=64")))?
                 }
+                t if pg_tls::OPTION_NAMES.contains(&t) => {
+                    tls.take(t, &v).map_err(bad)?;
+                }
                 _ => unreachable!("split_options only returns listed options"),
             }
         }
+        let tls = tls.finish(cfg!(feature = "tls")).map_err(|(kind, m)| {
+            Error::new(
+                kind,
+                BACKEND_PG,
+                Operation::Connect,
+                format!("{m} (URL {url})"),
+            )
+        })?;
         let mut hosts = Vec::new();
         for host_url in &per_host {
-            let (_, rest) = split_options(host_url, PG_OPTIONS).map_err(bad)?;
+            let (_, mut rest) = split_options(host_url, &names).map_err(bad)?;
+            rest.query_pairs_mut().extend_pairs(tls.libpq_options());
             hosts.push(
                 PgConnectOptions::from_str(rest.as_str())
                     .map_err(|e| bad(format!("sqlx rejected the URL: {e}")))?
@@ -186,12 +210,25 @@ impl ShedPgConfig {
             hosts,
             target,
             display_url: url.to_string(),
+            tls,
             layout,
             create_table,
             fencing_table: fencing.then_some(fencing_table),
             pool_size,
         })
     }
+}
+
+/// What a connection attempt (a `sqlx::Error` in an error's chain) was refused for, when that
+/// is TLS or authentication: the kind to report and the cause in words
+/// ([`lock_core::pg_tls::reclassify`] takes it).
+pub(crate) fn pg_refusal(
+    e: &(dyn std::error::Error + 'static),
+) -> Option<(lock_core::ErrorKind, String)> {
+    let e = e.downcast_ref::<sqlx::Error>()?;
+    let db = e.as_database_error();
+    let code = db.and_then(|d| d.code());
+    pg_tls::classify(db.map(|d| (code.as_deref(), d.message())), e)
 }
 
 /// Parsed `shedlock+redis://` options; the rest of the URL is for the redis client.

@@ -210,7 +210,11 @@ impl ShedPgBackend {
         // One direct connection first: a refused or unreachable server fails here at once,
         // with its cause (the pool would retry it until its acquire timeout and then report
         // only that it timed out). With several hosts it picks the one the pool uses.
-        cfg.connect = choose_host(&cfg).await?;
+        // A TLS or authentication refusal is reported as such (`Tls`, `Auth`), not as an
+        // unreachable host.
+        cfg.connect = choose_host(&cfg)
+            .await
+            .map_err(|e| lock_core::pg_tls::reclassify(e, crate::config::pg_refusal))?;
         let pool = PgPoolOptions::new()
             .max_connections(cfg.pool_size)
             .acquire_timeout(CONNECT_TIMEOUT)

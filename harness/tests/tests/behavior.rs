@@ -73,6 +73,14 @@ async fn variants() -> anyhow::Result<(Vec<(&'static str, String)>, Servers)> {
     let redlock = fixtures::redlock(3).await?;
     v.push(("redlock", redlock.url().to_string()));
     servers.clusters.push(redlock);
+    // Once over TLS: Redis and Redlock on TLS-only ports, the server's name verified.
+    let redis_pki = fixtures::TestPki::new()?;
+    let (redis_tls, redlock_tls) = redis_over_tls(&redis_pki).await?;
+    v.push(("redis_tls", redis_tls.0));
+    v.push(("redlock_tls", redlock_tls.0));
+    servers.single.push(redis_tls.1);
+    servers.clusters.push(redlock_tls.1);
+    servers.pki.push(redis_pki);
     let etcd = fixtures::etcd().await?;
     v.push(("etcd", etcd.url().to_string()));
     servers.single.push(etcd);
@@ -88,9 +96,37 @@ async fn variants() -> anyhow::Result<(Vec<(&'static str, String)>, Servers)> {
     Ok((v, servers))
 }
 
+/// A Redis and 3 Redlock instances listening for TLS (a plain port beside it for the
+/// fixture's probe), with their `rediss://` and `redlock://…?tls=on` URLs.
+async fn redis_over_tls(
+    pki: &fixtures::TestPki,
+) -> anyhow::Result<((String, fixtures::Server), (String, fixtures::Cluster))> {
+    let options = fixtures::RedisOptions {
+        tls: Some(fixtures::RedisTls {
+            server: pki.server.clone(),
+            ca: pki.ca.clone(),
+            require_client_cert: false,
+        }),
+        ..Default::default()
+    };
+    let ca = pki.ca.display();
+    let single = fixtures::managed_redis(options.clone()).await?;
+    let url = format!("rediss://localhost:{}?ca={ca}", single.ports()[1]);
+    let cluster = fixtures::redis_instances(3, options).await?;
+    let hosts: Vec<String> = cluster
+        .members()
+        .iter()
+        .map(|s| format!("localhost:{}", s.ports()[1]))
+        .collect();
+    let redlock = format!("redlock://{}?tls=on&ca={ca}", hosts.join(","));
+    Ok(((url, single), (redlock, cluster)))
+}
+
 /// Keeps the servers alive until the end of the run.
 #[derive(Default)]
 struct Servers {
     single: Vec<fixtures::Server>,
     clusters: Vec<fixtures::Cluster>,
+    /// Certificates the TLS servers' URLs name.
+    pki: Vec<fixtures::TestPki>,
 }

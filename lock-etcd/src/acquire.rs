@@ -300,7 +300,10 @@ async fn take_if_free(inner: &Inner, prefix: &[u8], key: &[u8], lease: i64) -> R
     let mut kv = inner.client.kv_client();
     let resp = call(
         Operation::Acquire,
-        "taking the lock",
+        &format!(
+            "taking the lock (keys under {:?})",
+            String::from_utf8_lossy(prefix)
+        ),
         inner.config.request_timeout,
         kv.txn(txn),
     )
@@ -341,7 +344,10 @@ async fn enqueue(inner: &Inner, prefix: &[u8], key: &[u8], lease: i64) -> Result
     let mut kv = inner.client.kv_client();
     let resp = call(
         Operation::Acquire,
-        "queueing the lock key",
+        &format!(
+            "queueing the lock key (keys under {:?})",
+            String::from_utf8_lossy(prefix)
+        ),
         inner.config.request_timeout,
         kv.txn(txn),
     )

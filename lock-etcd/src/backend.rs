@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::NAME;
 use crate::config::Config;
-use crate::error::{call, timed_out};
+use crate::error::{call, from_connect, timed_out};
 use crate::lease::{LeasePool, secs_ceil};
 
 /// Locks in etcd, laid out like etcd's own `concurrency.Mutex` (see the crate docs).
@@ -98,6 +98,10 @@ impl EtcdBackend {
         if let Some((user, password)) = &config.credentials {
             options = options.with_user(user.clone(), password.clone());
         }
+        if let Some(files) = &config.tls {
+            options = crate::tls::with_tls(options, files)?;
+        }
+        let tls = crate::tls::Spoke::of(config.tls.as_ref());
         let connecting = format!("connecting to {}", config.display);
         let client = match tokio::time::timeout(
             config.connect_timeout,
@@ -107,7 +111,8 @@ impl EtcdBackend {
         {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => {
-                return Err(crate::error::from_etcd(Operation::Connect, &connecting, e));
+                let e = from_connect(&connecting, e, tls);
+                return Err(plain_to_tls(e, &config).await);
             }
             Err(_) => {
                 return Err(timed_out(
@@ -120,13 +125,15 @@ impl EtcdBackend {
         // The probe: the server raises a TTL below its minimum to the minimum.
         let mut leases = client.lease_client();
         let what = format!("{connecting} (granting a probe lease)");
-        let probe = call(
-            Operation::Connect,
-            &what,
-            config.connect_timeout,
-            leases.grant(1, None),
-        )
-        .await?;
+        let probe = match tokio::time::timeout(config.connect_timeout, leases.grant(1, None)).await
+        {
+            Ok(Ok(probe)) => probe,
+            Ok(Err(e)) => {
+                let e = from_connect(&what, e, tls);
+                return Err(plain_to_tls(e, &config).await);
+            }
+            Err(_) => return Err(timed_out(Operation::Connect, &what, config.connect_timeout)),
+        };
         let min_ttl_secs = probe.ttl().max(1);
         // The revoke travels on the connection the grant opened: its round trip is the first
         // estimate of how long a keepalive takes (see `lease::keep_alive`).
@@ -192,6 +199,32 @@ impl EtcdBackend {
         }
         Ok(secs)
     }
+}
+
+/// A plain connection that failed: when the server turns out to speak TLS, a `Tls` error
+/// that says so instead of a bare connection error.
+async fn plain_to_tls(e: Error, config: &Config) -> Error {
+    if config.tls.is_some() || e.kind() != ErrorKind::Connection {
+        return e;
+    }
+    let Some(endpoint) = config.endpoints.first() else {
+        return e;
+    };
+    let within = config.connect_timeout.min(Duration::from_secs(1));
+    if !crate::tls::answers_as_tls_server(endpoint, within).await {
+        return e;
+    }
+    Error::new(
+        ErrorKind::Tls,
+        NAME,
+        Operation::Connect,
+        format!(
+            "connecting to {}: the server requires TLS (it answered plain text as a TLS \
+             server): add ca=FILE (and cert=, key= if it wants a client certificate)",
+            config.display
+        ),
+    )
+    .with_source(e)
 }
 
 impl Backend for EtcdBackend {

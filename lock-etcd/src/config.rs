@@ -1,6 +1,7 @@
 //! `etcd://h:p[,h:p…][/prefix][?options]` → a typed configuration.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use lock_core::{ConnectUrl, Error, Result};
@@ -20,7 +21,33 @@ pub(crate) const OPTIONS: &[(&str, &str)] = &[
         "request_timeout",
         "5s: how long one request may take before it counts as failed",
     ),
+    (
+        "tls",
+        "on when ca= is given, else off: on = https:// endpoints, the server's certificate \
+         verified against ca= and the URL's host",
+    ),
+    (
+        "ca",
+        "PEM file of the CA that signed the server's certificate (alias: cacert, etcdctl's name)",
+    ),
+    (
+        "cert",
+        "PEM client certificate for mutual TLS (etcd's --client-cert-auth), with key=",
+    ),
+    (
+        "key",
+        "PEM private key of cert= (the file is read, never printed)",
+    ),
 ];
+
+/// Where the TLS material lives: paths, read at connect (never printed beyond the path).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TlsFiles {
+    /// The CA to verify the server with.
+    pub ca: PathBuf,
+    /// Client certificate and key, for mutual TLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
 
 /// What an `etcd://` URL says.
 #[derive(Clone, PartialEq, Eq)]
@@ -33,6 +60,8 @@ pub(crate) struct Config {
     pub credentials: Option<(String, String)>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// TLS, when the URL asks for it (`endpoints` are then `https://`).
+    pub tls: Option<TlsFiles>,
     /// The URL with its password hidden, for messages.
     pub display: String,
 }
@@ -46,6 +75,7 @@ impl fmt::Debug for Config {
             .field("password", &self.credentials.as_ref().map(|_| "***"))
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -109,8 +139,10 @@ impl Config {
             credentials,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
+            tls: None,
             display: url.to_string(),
         };
+        let mut tls = TlsOptions::default();
         for pair in query
             .into_iter()
             .flat_map(|q| q.split('&'))
@@ -120,6 +152,10 @@ impl Config {
             let slot = match key {
                 "connect_timeout" => &mut config.connect_timeout,
                 "request_timeout" => &mut config.request_timeout,
+                "tls" | "ca" | "cacert" | "cert" | "key" => {
+                    tls.set(key, value).map_err(|what| invalid(url, what))?;
+                    continue;
+                }
                 _ => {
                     let known: Vec<&str> = OPTIONS.iter().map(|(k, _)| *k).collect();
                     return Err(invalid(
@@ -131,7 +167,74 @@ impl Config {
             *slot = parse_timeout(value)
                 .map_err(|what| invalid(url, format!("option {key}: {what}")))?;
         }
+        config.tls = tls.finish().map_err(|what| invalid(url, what))?;
+        if config.tls.is_some() {
+            for endpoint in &mut config.endpoints {
+                endpoint.replace_range(..HTTP.len(), HTTPS);
+            }
+        }
         Ok(config)
+    }
+}
+
+const HTTP: &str = "http://";
+const HTTPS: &str = "https://";
+
+/// The TLS options as the query gives them, before they are checked together.
+#[derive(Default)]
+struct TlsOptions {
+    on: Option<bool>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+impl TlsOptions {
+    fn set(&mut self, key: &str, value: &str) -> std::result::Result<(), String> {
+        let twice = || format!("option {key} given twice (ca and cacert are one option)");
+        if key == "tls" {
+            let on = match value {
+                "on" | "true" | "1" => true,
+                "off" | "false" | "0" => false,
+                _ => return Err(format!("option tls: {value:?} is not on or off")),
+            };
+            return match self.on.replace(on) {
+                Some(_) => Err(twice()),
+                None => Ok(()),
+            };
+        }
+        let path = percent_decode(value)
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| format!("option {key}: expected a file path"))?;
+        let slot = match key {
+            "ca" | "cacert" => &mut self.ca,
+            "cert" => &mut self.cert,
+            _ => &mut self.key,
+        };
+        match slot.replace(PathBuf::from(path)) {
+            Some(_) => Err(twice()),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(self) -> std::result::Result<Option<TlsFiles>, String> {
+        let any_file = self.ca.is_some() || self.cert.is_some() || self.key.is_some();
+        if !self.on.unwrap_or(any_file) {
+            if any_file {
+                return Err("tls=off with ca=, cert= or key=: drop tls=off to use TLS".into());
+            }
+            return Ok(None);
+        }
+        let ca = self.ca.ok_or(
+            "TLS needs ca=FILE (the PEM of the CA that signed the server's certificate; \
+             this build trusts no system roots)",
+        )?;
+        let identity = match (self.cert, self.key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err("cert= and key= go together (mutual TLS needs both)".into()),
+        };
+        Ok(Some(TlsFiles { ca, identity }))
     }
 }
 
@@ -242,6 +345,41 @@ mod tests {
             !shown.contains("p@ss") && !shown.contains("p%40ss"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn tls_options_switch_to_https_and_keep_the_files() {
+        let c =
+            parse("etcd://a:1,b:2/p?ca=/pki/ca.crt&cert=/pki/c.crt&key=/pki/c%20k.key").unwrap();
+        assert_eq!(c.endpoints, ["https://a:1", "https://b:2"]);
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.ca, PathBuf::from("/pki/ca.crt"));
+        assert_eq!(
+            tls.identity,
+            Some(("/pki/c.crt".into(), "/pki/c k.key".into()))
+        );
+        // etcdctl's name for the CA; tls=on is implied by it and may be said.
+        let c = parse("etcd://h:1?tls=on&cacert=/ca").unwrap();
+        assert_eq!(c.endpoints, ["https://h:1"]);
+        assert_eq!(c.tls.unwrap().identity, None);
+        assert!(parse("etcd://h:1?tls=off").unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn inconsistent_tls_options_are_invalid_url_errors() {
+        let cases = [
+            ("etcd://h:1?tls=on", "needs ca="),
+            ("etcd://h:1?tls=off&ca=/ca", "tls=off with ca="),
+            ("etcd://h:1?ca=/ca&cert=/c", "go together"),
+            ("etcd://h:1?ca=/ca&cacert=/ca", "given twice"),
+            ("etcd://h:1?tls=maybe", "not on or off"),
+            ("etcd://h:1?ca=", "file path"),
+        ];
+        for (url, needle) in cases {
+            let err = parse(url).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidUrl, "{url}: {err}");
+            assert!(err.to_string().contains(needle), "{url}: {err}");
+        }
     }
 
     #[test]

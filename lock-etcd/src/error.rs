@@ -8,10 +8,20 @@ use lock_core::{Error, ErrorKind, Operation, Result};
 
 use crate::NAME;
 
-/// Maps an etcd client error: unreachable, timed out or leaderless → `Connection`; anything
-/// the server refused → `Backend`.
+/// Maps an etcd client error: unreachable, timed out or leaderless → `Connection`; a wrong
+/// user or password, or a role without rights on the keys → `Auth`; anything else the server
+/// refused → `Backend`.
 pub(crate) fn from_etcd(op: Operation, what: &str, e: EtcdError) -> Error {
     let (kind, hint) = match &e {
+        EtcdError::GRpcStatus(status) if auth_refusal(status.code() as i32, status.message()) => {
+            let hint = if status.message().contains("permission denied") {
+                " (permission denied: the etcd user's role has no readwrite permission on the \
+                 keys dlock uses)"
+            } else {
+                " (etcd authentication failed: wrong user name or password?)"
+            };
+            (ErrorKind::Auth, hint)
+        }
         EtcdError::GRpcStatus(status) => match status.code() as i32 {
             grpc::CANCELLED
             | grpc::UNKNOWN
@@ -35,8 +45,34 @@ pub(crate) fn from_etcd(op: Operation, what: &str, e: EtcdError) -> Error {
     Error::new(kind, NAME, op, format!("{what} failed{hint}")).with_source(e)
 }
 
+/// Whether etcd refused a request for who the client is: a wrong password
+/// (`InvalidArgument`, "authentication failed"), a missing or stale token
+/// (`Unauthenticated`), or a role without the permission (`PermissionDenied`).
+fn auth_refusal(code: i32, message: &str) -> bool {
+    matches!(code, grpc::PERMISSION_DENIED | grpc::UNAUTHENTICATED)
+        || message.contains("authentication failed")
+        || message.contains("permission denied")
+}
+
+/// A failed connect: a TLS cause found in the error chain → `Tls` saying which; else as
+/// [`from_etcd`].
+pub(crate) fn from_connect(what: &str, e: EtcdError, spoke: crate::tls::Spoke) -> Error {
+    match crate::tls::cause(&e, spoke) {
+        Some(cause) => Error::new(
+            ErrorKind::Tls,
+            NAME,
+            Operation::Connect,
+            format!("{what}: {cause}"),
+        )
+        .with_source(e),
+        None => from_etcd(Operation::Connect, what, e),
+    }
+}
+
 /// gRPC status codes (the numbers are fixed by the gRPC spec).
 mod grpc {
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const UNAUTHENTICATED: i32 = 16;
     pub const CANCELLED: i32 = 1;
     pub const UNKNOWN: i32 = 2;
     pub const DEADLINE_EXCEEDED: i32 = 4;

@@ -84,6 +84,16 @@ async fn variants() -> anyhow::Result<(Vec<(&'static str, String)>, Servers)> {
     let etcd = fixtures::etcd().await?;
     v.push(("etcd", etcd.url().to_string()));
     servers.single.push(etcd);
+    // Once over mutual TLS: a TLS-only etcd that requires a client certificate.
+    let etcd_pki = fixtures::TestPki::new()?;
+    let etcd_tls = fixtures::managed_etcd(fixtures::EtcdOptions {
+        tls: Some(fixtures::EtcdTls::from_pki(&etcd_pki, true)),
+        ..Default::default()
+    })
+    .await?;
+    v.push(("etcd_tls", etcd_tls.url().to_string()));
+    servers.single.push(etcd_tls);
+    servers.pki.push(etcd_pki);
     let etcd3 = fixtures::etcd_cluster(3, Default::default()).await?;
     v.push(("etcd_cluster", etcd3.url().to_string()));
     servers.clusters.push(etcd3);

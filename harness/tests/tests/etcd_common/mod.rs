@@ -23,6 +23,7 @@ pub fn fast() -> EtcdOptions {
     EtcdOptions {
         heartbeat_interval: Duration::from_millis(50),
         election_timeout: Duration::from_millis(500),
+        ..EtcdOptions::default()
     }
 }
 

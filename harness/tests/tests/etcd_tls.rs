@@ -1,0 +1,244 @@
+//! etcd over TLS and with authentication, against real etcd servers whose certificates are
+//! made at test time ([`TestPki`]): verify-full with the right CA (IP and DNS names), mutual
+//! TLS, each way a TLS connection is refused (a wrong CA, a wrong host name, an expired
+//! certificate, plain text to a TLS-only server, no client certificate), etcd's users and
+//! roles (a wrong password, a role without rights on the prefix), the CLI's exit code 77, and
+//! that passwords and key material never show.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use dlock::etcd::EtcdBackend;
+use dlock::{Backend, ErrorKind, LockName, LockOptions};
+use dlock_fixtures::etcd::{EtcdUsers, enable_auth};
+use dlock_fixtures::{CertKey, EtcdOptions, EtcdTls, Server, TestPki};
+
+/// A managed etcd whose client port speaks TLS only, with `server` as its certificate.
+async fn tls_etcd(pki: &TestPki, server: &CertKey, client_cert_auth: bool) -> Result<Server> {
+    let mut tls = EtcdTls::from_pki(pki, client_cert_auth);
+    tls.server = server.clone();
+    let options = EtcdOptions {
+        tls: Some(tls),
+        ..EtcdOptions::default()
+    };
+    dlock_fixtures::managed_etcd(options).await
+}
+
+/// `etcd://127.0.0.1:P` of `server`, without its query.
+fn base(server: &Server) -> String {
+    server
+        .url()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn query_for(pki: &TestPki, ca: &std::path::Path, client: bool) -> String {
+    let mut q = format!("ca={}", ca.display());
+    if client {
+        q.push_str(&format!(
+            "&cert={}&key={}",
+            pki.client.cert.display(),
+            pki.client.key.display()
+        ));
+    }
+    q
+}
+
+/// One acquire and release of `name` through `url`.
+async fn lock_once(url: &str, name: &str) -> dlock::Result<()> {
+    let backend = dlock::connect(url).await?;
+    let guard = backend
+        .acquire(&LockName::new(name)?, &LockOptions::new())
+        .await?;
+    guard.release().await?;
+    backend.close().await;
+    Ok(())
+}
+
+/// The error of connecting to `url`, which must fail with `kind` and say `needle`.
+async fn refused(url: &str, kind: ErrorKind, needle: &str) -> Result<dlock::Error> {
+    let err = match lock_once(url, "tls-refused").await {
+        Ok(()) => anyhow::bail!("{url} should have been refused"),
+        Err(e) => e,
+    };
+    ensure!(err.kind() == kind, "{url}: expected {kind:?}, got {err:?}");
+    ensure!(
+        err.to_string().contains(needle),
+        "{url}: expected the message to say {needle:?}: {err}"
+    );
+    Ok(err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_the_right_ca_works_by_ip_and_by_name() -> Result<()> {
+    let pki = TestPki::new()?;
+    let etcd = tls_etcd(&pki, &pki.server, true).await?;
+    // The fixture's URL: 127.0.0.1 (verified against the certificate's IP SAN).
+    lock_once(etcd.url(), "tls-by-ip").await?;
+    // localhost (its DNS SAN), with etcdctl's name for the CA.
+    let by_name = format!(
+        "{}?{}",
+        base(&etcd).replace("127.0.0.1", "localhost"),
+        query_for(&pki, &pki.ca, true).replacen("ca=", "cacert=", 1)
+    );
+    lock_once(&by_name, "tls-by-name").await?;
+    // A URL with TLS has https endpoints; the guard's renewals run over it.
+    let backend = EtcdBackend::connect(etcd.url()).await?;
+    let guard = backend
+        .acquire(
+            &LockName::new("tls-renewed")?,
+            &LockOptions::new().with_ttl(Duration::from_secs(2)),
+        )
+        .await?;
+    // Past one ttl the guard is still held: its keepalives went over TLS.
+    let left = tokio::time::timeout(Duration::from_millis(2500), guard.not_held()).await;
+    ensure!(left.is_err(), "the guard left Held: {left:?}");
+    ensure!(guard.release().await?, "the renewed lock was still ours");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ca_or_no_client_certificate_is_a_tls_error_that_says_which() -> Result<()> {
+    let pki = TestPki::new()?;
+    let etcd = tls_etcd(&pki, &pki.server, true).await?;
+    let wrong_ca = format!("{}?{}", base(&etcd), query_for(&pki, &pki.other_ca, true));
+    refused(&wrong_ca, ErrorKind::Tls, "unknown issuer").await?;
+    let no_client = format!("{}?{}", base(&etcd), query_for(&pki, &pki.ca, false));
+    refused(&no_client, ErrorKind::Tls, "requires a client certificate").await?;
+    // Plain text to the TLS-only port.
+    refused(&base(&etcd), ErrorKind::Tls, "requires TLS").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_host_name_or_an_expired_certificate_is_a_tls_error_that_says_which() -> Result<()>
+{
+    let pki = TestPki::new()?;
+    let (wrong_host, expired) = tokio::try_join!(
+        tls_etcd(&pki, &pki.wrong_host, false),
+        tls_etcd(&pki, &pki.expired, false)
+    )?;
+    let url = |s: &Server| format!("{}?{}", base(s), query_for(&pki, &pki.ca, false));
+    refused(&url(&wrong_host), ErrorKind::Tls, "host name").await?;
+    refused(&url(&expired), ErrorKind::Tls, "expired").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_roles_a_wrong_password_and_a_forbidden_prefix_are_auth_errors() -> Result<()> {
+    let pki = TestPki::new()?;
+    let tls = EtcdTls::from_pki(&pki, true);
+    let etcd = tls_etcd(&pki, &pki.server, true).await?;
+    let users = enable_auth(&etcd, &tls).await?;
+    let with = |user: &str, password: &str, prefix: &str| {
+        format!(
+            "etcd://{user}:{password}@{}/{prefix}?{}",
+            base(&etcd).trim_start_matches("etcd://"),
+            tls.url_query()
+        )
+    };
+    let ok = with("dlock", &users.dlock_password, EtcdUsers::DLOCK_PREFIX);
+    lock_once(&ok, "auth-ok").await?;
+
+    let wrong = with("dlock", "not-the-password", EtcdUsers::DLOCK_PREFIX);
+    let err = refused(&wrong, ErrorKind::Auth, "authentication failed").await?;
+    ensure!(
+        !format!("{err} {err:?}").contains("not-the-password"),
+        "{err:?}"
+    );
+
+    // User `other` may only touch `other/`.
+    let forbidden = with("other", &users.other_password, EtcdUsers::DLOCK_PREFIX);
+    let err = refused(&forbidden, ErrorKind::Auth, "permission denied").await?;
+    ensure!(
+        err.to_string().contains(EtcdUsers::DLOCK_PREFIX),
+        "the message names the prefix: {err}"
+    );
+    let allowed = with("other", &users.other_password, EtcdUsers::OTHER_PREFIX);
+    lock_once(&allowed, "auth-other").await?;
+
+    // Debug of the backend and of the error never shows the password.
+    let backend = EtcdBackend::connect(&ok).await?;
+    let shown = format!("{backend:?}");
+    ensure!(!shown.contains(&users.dlock_password), "{shown}");
+    ensure!(shown.contains("***"), "{shown}");
+    Ok(())
+}
+
+fn dlock(args: &[&str]) -> Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .output()
+        .context("running dlock")
+}
+
+/// Every secret that must not show: the password and each line of each key file.
+fn secrets(pki: &TestPki, password: &str) -> Result<Vec<String>> {
+    let mut out = vec![password.to_string()];
+    for key in [&pki.client.key, &pki.server.key] {
+        let text = std::fs::read_to_string(key)?;
+        out.extend(
+            text.lines()
+                .filter(|l| !l.starts_with("-----") && !l.trim().is_empty())
+                .map(str::to_string),
+        );
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlock_run_reaches_the_tls_server_by_url_alone_and_exits_77_on_a_wrong_password()
+-> Result<()> {
+    let pki = TestPki::new()?;
+    let tls = EtcdTls::from_pki(&pki, true);
+    let etcd = tls_etcd(&pki, &pki.server, true).await?;
+    let users = enable_auth(&etcd, &tls).await?;
+    let url = |password: &str| {
+        format!(
+            "etcd://dlock:{password}@{}/{}?{}",
+            base(&etcd).trim_start_matches("etcd://"),
+            EtcdUsers::DLOCK_PREFIX,
+            tls.url_query()
+        )
+    };
+    let good = url(&users.dlock_password);
+    let ran = dlock(&["-vv", "run", &good, "cli-job", "--", "echo", "ran"])?;
+    let text = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    ensure!(ran.status.code() == Some(0), "{}", text(&ran));
+    ensure!(String::from_utf8_lossy(&ran.stdout).contains("ran"));
+
+    let wrong_password = format!("{}-wrong", users.dlock_password);
+    let bad = dlock(&["-vv", "run", &url(&wrong_password), "cli-job", "--", "true"])?;
+    ensure!(bad.status.code() == Some(77), "{}", text(&bad));
+    let backends = dlock(&["backends", "--json"])?;
+    ensure!(backends.status.success(), "{}", text(&backends));
+
+    let mut leaks = Vec::new();
+    for secret in secrets(&pki, &users.dlock_password)?
+        .into_iter()
+        .chain([wrong_password.clone()])
+    {
+        for (what, o) in [
+            ("run", &ran),
+            ("run (wrong)", &bad),
+            ("backends", &backends),
+        ] {
+            if text(o).contains(&secret) {
+                leaks.push(format!("{what} printed a secret"));
+            }
+        }
+    }
+    ensure!(leaks.is_empty(), "{leaks:?}");
+    Ok(())
+}

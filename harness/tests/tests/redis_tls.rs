@@ -362,3 +362,40 @@ async fn the_cli_reaches_the_tls_server_and_keeps_secrets_out_of_its_output() ->
     }
     Ok(())
 }
+
+/// Measurement, not a check (`cargo test -p dlock-server-tests --test redis_tls -- --ignored
+/// --nocapture`): acquire + release p50 over TLS against plain text on the same server, 500
+/// samples each, alternating; lock-redis's README (Measured) quotes it.
+#[tokio::test]
+#[ignore]
+async fn measure_tls_against_plain_text() -> Result<()> {
+    let pki = TestPki::new()?;
+    let server = tls_redis(&pki, &pki.server, false).await?;
+    let plain = dlock::connect(server.url()).await?;
+    let tls = dlock::connect(&url(&server, "", "localhost", &pki.ca, "")).await?;
+    let opts = LockOptions::new().with_ttl(Duration::from_secs(5));
+    let name = common::unique("measure");
+    let (mut p, mut t) = (Vec::new(), Vec::new());
+    for i in 0..550 {
+        for (backend, out) in [(&plain, &mut p), (&tls, &mut t)] {
+            let started = std::time::Instant::now();
+            backend.acquire(&name, &opts).await?.release().await?;
+            if i >= 50 {
+                out.push(started.elapsed());
+            }
+        }
+    }
+    let pct = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        v[((v.len() - 1) as f64 * q) as usize]
+    };
+    let (p50, t50) = (pct(&mut p, 0.5), pct(&mut t, 0.5));
+    println!(
+        "500 samples each after 50 warm-up: plain p50 {p50:?} p90 {:?}; TLS p50 {t50:?} p90 {:?}; \
+         p50 ratio TLS/plain {:.3}",
+        pct(&mut p, 0.9),
+        pct(&mut t, 0.9),
+        t50.as_secs_f64() / p50.as_secs_f64()
+    );
+    Ok(())
+}

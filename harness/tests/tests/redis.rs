@@ -578,10 +578,16 @@ async fn bad_input_is_a_typed_error() -> Result<()> {
         ("redis://h:1,h:2".to_string(), ErrorKind::InvalidUrl),
         ("redlock://h:1,h:1".to_string(), ErrorKind::InvalidUrl),
         ("redlock://".to_string(), ErrorKind::InvalidUrl),
+        // TLS is supported (redis_tls.rs), except through Sentinel.
         (
-            "rediss://127.0.0.1:6379".to_string(),
+            "redis+sentinel://127.0.0.1:1/m?tls=on".to_string(),
             ErrorKind::Unsupported,
         ),
+        (
+            "redis://127.0.0.1:1?ca=/ca.pem".to_string(),
+            ErrorKind::InvalidUrl,
+        ),
+        ("rediss://127.0.0.1:1".to_string(), ErrorKind::Connection),
         ("redis://127.0.0.1:1".to_string(), ErrorKind::Connection),
     ] {
         let err = dlock::connect(&bad).await.unwrap_err();

@@ -242,3 +242,59 @@ async fn dlock_run_reaches_the_tls_server_by_url_alone_and_exits_77_on_a_wrong_p
     ensure!(leaks.is_empty(), "{leaks:?}");
     Ok(())
 }
+
+/// The price of TLS: uncontended acquire + release through one etcd that listens both ways
+/// (mutual TLS, and plain text), alternating, 500 samples each after a warm-up. Prints the
+/// p50s and their ratio (lock-etcd's README, Measured). Run on demand:
+/// `cargo test -p dlock-server-tests --test etcd_tls -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_acquire_release_p50_over_tls_and_plain() -> Result<()> {
+    let pki = TestPki::new()?;
+    let mut tls = EtcdTls::from_pki(&pki, true);
+    tls.also_plain = true;
+    let etcd = dlock_fixtures::managed_etcd(EtcdOptions {
+        tls: Some(tls),
+        ..EtcdOptions::default()
+    })
+    .await?;
+    let plain_url = format!("etcd://127.0.0.1:{}", etcd.ports()[3]);
+    let over_tls = EtcdBackend::connect(etcd.url()).await?;
+    let plain = EtcdBackend::connect(&plain_url).await?;
+    let name = LockName::new("tls-price")?;
+    let opts = LockOptions::new().with_ttl(Duration::from_secs(10));
+    let once = |b: &EtcdBackend| {
+        let (b, name, opts) = (b.clone(), name.clone(), opts.clone());
+        async move {
+            let start = tokio::time::Instant::now();
+            let g = b.acquire(&name, &opts).await?;
+            g.release().await?;
+            anyhow::Ok(start.elapsed())
+        }
+    };
+    for _ in 0..50 {
+        once(&over_tls).await?;
+        once(&plain).await?;
+    }
+    let (mut t, mut p) = (Vec::new(), Vec::new());
+    for _ in 0..500 {
+        t.push(once(&over_tls).await?);
+        p.push(once(&plain).await?);
+    }
+    t.sort();
+    p.sort();
+    let ms = |v: &[Duration], q: usize| v[v.len() * q / 100].as_secs_f64() * 1e3;
+    println!(
+        "TLS p10/p50/p90 {:.3}/{:.3}/{:.3} ms; plain {:.3}/{:.3}/{:.3} ms; p50 ratio {:.3}",
+        ms(&t, 10),
+        ms(&t, 50),
+        ms(&t, 90),
+        ms(&p, 10),
+        ms(&p, 50),
+        ms(&p, 90),
+        ms(&t, 50) / ms(&p, 50)
+    );
+    over_tls.close().await;
+    plain.close().await;
+    Ok(())
+}

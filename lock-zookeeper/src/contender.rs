@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use lock_core::{Operation, Result};
-use zookeeper_client::{Acls, CreateMode, Error as ZkError};
+use zookeeper_client::{CreateMode, Error as ZkError};
 
 use crate::error;
 use crate::layout;
@@ -67,7 +67,7 @@ impl Contender {
         let what = || format!("creating a contender node under {}", self.lock_path);
         let create_path = format!("{}/{}", self.lock_path, self.prefix);
         let data = format!("dlock pid {}", std::process::id()).into_bytes();
-        let mode = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+        let mode = CreateMode::EphemeralSequential.with_acls(self.session.acls());
         let mut last_err = None;
         for _ in 0..ENTER_ATTEMPTS {
             let create = client.create(&create_path, &data, &mode);
@@ -91,7 +91,7 @@ impl Contender {
                     });
                 }
                 Err(ZkError::NoNode) => {
-                    let parents = CreateMode::Container.with_acls(Acls::anyone_all());
+                    let parents = CreateMode::Container.with_acls(self.session.acls());
                     match self
                         .bounded(
                             Operation::Acquire,

@@ -18,11 +18,17 @@ pub(crate) fn from_zk(operation: Operation, what: &str, err: zookeeper_client::E
         | Zk::NoHosts
         | Zk::Timeout
         | Zk::Custom(_) => ErrorKind::Connection,
+        Zk::NoAuth | Zk::AuthFailed => ErrorKind::Auth,
         _ => ErrorKind::Backend,
     };
     let hint = match &err {
         Zk::SessionExpired => "; the ZooKeeper session expired",
-        Zk::NoAuth => "; the znode's ACL does not allow this client (add credentials to the URL?)",
+        Zk::NoAuth => {
+            "; the znode's ACL does not allow this client: nodes dlock creates with \
+             user:password@ in the URL may be changed only by that user with that password \
+             (a wrong password is a different digest identity)"
+        }
+        Zk::AuthFailed => "; ZooKeeper authentication failed",
         _ => "",
     };
     Error::new(kind, NAME, operation, format!("{what}{hint}")).with_source(err)

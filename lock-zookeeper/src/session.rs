@@ -8,7 +8,7 @@ use std::time::Duration;
 use lock_core::{Cleanups, LeaseMonitor, LockState, Operation, Result, sleep_until_opt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use zookeeper_client::{Client, SessionState, StateWatcher};
+use zookeeper_client::{Acl, Acls, Client, Permission, SessionState, StateWatcher};
 
 use crate::config::Config;
 use crate::error;
@@ -21,9 +21,19 @@ pub(crate) struct Session {
     /// Deletes this session's clients started in the background (withdrawn contenders,
     /// dropped guards, releases held back by `at_least`).
     cleanups: Cleanups,
+    /// The ACL of every node this session creates (see [`Session::acls`]).
+    acls: Acls<'static>,
     /// Dropped with the session: tells the watcher task to stop.
     _stop: oneshot::Sender<()>,
 }
+
+/// With credentials: every permission for the creator's identity (ZooKeeper's `auth` scheme,
+/// which the server stores as `digest:USER:HASH` of the session's digest credentials), and
+/// read for anyone, so that every contender can list and watch the queue.
+static CREATOR_ALL_ANYONE_READ: [Acl; 2] = [
+    Acl::new_const(Permission::ALL, "auth", ""),
+    Acl::new_const(Permission::READ, "world", "anyone"),
+];
 
 /// How the session looks from here.
 #[derive(Debug, Clone, Copy)]
@@ -105,8 +115,19 @@ impl Session {
             timeout,
             grants,
             cleanups: Cleanups::new(),
+            acls: match config.digest_auth() {
+                Some(_) => Acls::new(&CREATOR_ALL_ANYONE_READ),
+                None => Acls::anyone_all(),
+            },
             _stop: stop,
         }))
+    }
+
+    /// The ACL for nodes this session creates: without credentials open to anyone (ZooKeeper's
+    /// `world:anyone`, all permissions); with `user:password@`, all permissions for the
+    /// creator's digest identity and read for anyone.
+    pub fn acls(&self) -> Acls<'static> {
+        self.acls
     }
 
     /// The client (cheap to clone; every clone talks over this session).

@@ -318,3 +318,59 @@ async fn the_cli_reaches_the_tls_server_and_never_prints_secrets() {
         }
     }
 }
+
+/// Measurement, not a check (`--ignored --nocapture`): acquire + release p50 over TLS
+/// (`verify-full`) against plain text on the same server, 500 samples each, alternating one
+/// operation at a time. The TLS-only server gets a plain-text `pg_hba.conf` line for this.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run with --ignored --nocapture"]
+async fn measure_tls_against_plain_text() {
+    let pki = TestPki::new().unwrap();
+    let s = server(&pki, &pki.server).await;
+    let hba = s.dir().unwrap().join("data").join("pg_hba.conf");
+    let mut text = std::fs::read_to_string(&hba).unwrap();
+    text.push_str("host all all 127.0.0.1/32 scram-sha-256\n");
+    std::fs::write(&hba, text).unwrap();
+    let mut admin = sqlx::PgConnection::connect(s.url()).await.unwrap();
+    sqlx::query("SELECT pg_reload_conf()")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let plain_url = url(&s, PASSWORD, "sslmode=disable");
+    // The reload is asynchronous: the server's own answer says when the new line is in.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let plain = loop {
+        match dlock::connect(&plain_url).await {
+            Ok(b) => break b,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+                tokio::task::yield_now().await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let tls = dlock::connect(s.url()).await.unwrap();
+    let name = LockName::new("measure").unwrap();
+    let opts = LockOptions::new();
+    let (mut t, mut p) = (Vec::new(), Vec::new());
+    for i in 0..550 {
+        for (b, out) in [(&tls, &mut t), (&plain, &mut p)] {
+            let start = std::time::Instant::now();
+            let g = b.acquire(&name, &opts).await.unwrap();
+            g.release().await.unwrap();
+            if i >= 50 {
+                out.push(start.elapsed());
+            }
+        }
+    }
+    let p50 = |v: &mut Vec<std::time::Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (tp, pp) = (p50(&mut t), p50(&mut p));
+    println!(
+        "acquire+release p50 over {} samples each: TLS {tp:?}, plain {pp:?}, ratio {:.3}",
+        t.len(),
+        tp.as_secs_f64() / pp.as_secs_f64()
+    );
+}

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// One URL per host of `url`, in the order given, each with `url`'s user, path and query; a
 /// URL with one host (or no `://`) comes back as it is. Commas inside `[…]` (IPv6) or in the
@@ -112,6 +113,71 @@ impl FromStr for TargetSessionAttrs {
     }
 }
 
+/// Why one host of a several-host URL was not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HostRefusal {
+    /// It could not be reached: refused, reset, or no answer in time (the client's message).
+    Unreachable(String),
+    /// It answered, but its sessions do not take writes (a standby, or a read-only server),
+    /// which `target_session_attrs=read-write` or `primary` rules out.
+    NotWritable,
+    /// Asking it for its role failed (the client's message).
+    RoleUnknown(String),
+}
+
+/// No host of the URL qualified: each host, in the URL's order, with why. The source of the
+/// `Connection` error a PostgreSQL backend returns then, so callers can tell a URL that names
+/// only standbys (or a failover nobody has promoted yet: [`NoUsableHost::only_standbys`])
+/// from servers that are down, without reading the message.
+#[derive(Debug, Clone)]
+pub struct NoUsableHost {
+    /// `host:port` and why it was not used.
+    pub hosts: Vec<(String, HostRefusal)>,
+    /// The client library's last error, when there was one: this error's `source`.
+    pub cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl NoUsableHost {
+    /// True when every host answered and none takes writes: there is no primary among them.
+    pub fn only_standbys(&self) -> bool {
+        !self.hosts.is_empty()
+            && self
+                .hosts
+                .iter()
+                .all(|(_, why)| *why == HostRefusal::NotWritable)
+    }
+}
+
+impl fmt::Display for NoUsableHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.only_standbys() {
+            f.write_str("no host takes writes (only standbys or read-only servers); ")?;
+        }
+        for (i, (host, why)) in self.hosts.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            match why {
+                HostRefusal::Unreachable(e) => write!(f, "{host}: {e}")?,
+                HostRefusal::NotWritable => {
+                    write!(f, "{host}: does not take writes (a standby, or read-only)")?
+                }
+                HostRefusal::RoleUnknown(e) => write!(f, "{host}: asking its role failed: {e}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NoUsableHost {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,14 +191,52 @@ mod tests {
                 "postgres://u:p@h2:5433/db?target_session_attrs=read-write&a=1,2"
             ]
         );
-        assert_eq!(split_hosts("postgres://h1,h2"), ["postgres://h1", "postgres://h2"]);
+        assert_eq!(
+            split_hosts("postgres://h1,h2"),
+            ["postgres://h1", "postgres://h2"]
+        );
         assert_eq!(
             split_hosts("postgres://[::1]:5432,[::2]/db"),
             ["postgres://[::1]:5432/db", "postgres://[::2]/db"]
         );
-        for one in ["postgres://u@h/db?x=a,b", "postgres://h", "no-scheme,at,all"] {
+        for one in [
+            "postgres://u@h/db?x=a,b",
+            "postgres://h",
+            "no-scheme,at,all",
+        ] {
             assert_eq!(split_hosts(one), [one]);
         }
+    }
+
+    #[test]
+    fn no_usable_host_says_whether_only_standbys_answered() {
+        let standby = |h: &str| (h.to_string(), HostRefusal::NotWritable);
+        let e = NoUsableHost {
+            hosts: vec![standby("h1:5432"), standby("h2:5432")],
+            cause: None,
+        };
+        assert!(e.only_standbys());
+        assert_eq!(
+            e.to_string(),
+            "no host takes writes (only standbys or read-only servers); h1:5432: does not take \
+             writes (a standby, or read-only); h2:5432: does not take writes (a standby, or \
+             read-only)"
+        );
+        let e = NoUsableHost {
+            hosts: vec![
+                ("h1:5432".into(), HostRefusal::Unreachable("refused".into())),
+                standby("h2:5432"),
+            ],
+            cause: None,
+        };
+        assert!(!e.only_standbys());
+        assert!(
+            !NoUsableHost {
+                hosts: vec![],
+                cause: None
+            }
+            .only_standbys()
+        );
     }
 
     #[test]

@@ -85,8 +85,6 @@ impl Default for TableLayout {
 /// Parsed `shedlock+postgres://` configuration. `Debug` hides the password.
 #[derive(Clone)]
 pub struct ShedPgConfig {
-    /// The first host's options (after `connect`: the chosen host's).
-    pub(crate) connect: PgConnectOptions,
     /// Every host's options, in the order of the URL.
     pub(crate) hosts: Vec<PgConnectOptions>,
     /// Which host the backend may settle on.
@@ -206,7 +204,6 @@ impl ShedPgConfig {
             );
         }
         Ok(ShedPgConfig {
-            connect: hosts[0].clone(),
             hosts,
             target,
             display_url: url.to_string(),

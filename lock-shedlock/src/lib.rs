@@ -6,6 +6,7 @@ mod config;
 mod golden;
 mod owner;
 mod pg;
+mod primary;
 mod redis;
 
 use std::sync::Arc;

@@ -9,17 +9,14 @@ use lock_core::{
     Guard, Lease, LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result,
     Supervisors, WaitPlan, lease_deadline,
 };
-use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
-
-/// How long connecting (one connection, or a connection from the pool) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use sqlx::postgres::PgListener;
 use tokio::sync::{OnceCell, broadcast};
 use tokio::time::Instant;
 
 use crate::BACKEND_PG;
 use crate::config::{ShedPgConfig, TableLayout, quote_ident};
 use crate::owner::owner;
+use crate::primary::PrimaryPool;
 
 /// The channel releases notify on (payload: the lock name), so waiting dlock clients wake at
 /// once. Java ShedLock does not notify; its releases are noticed at the row's `lock_until`.
@@ -115,7 +112,7 @@ pub struct ShedPgBackend {
     /// Starts the guards' renewal supervisors only when due.
     supervisors: Supervisors,
     cfg: ShedPgConfig,
-    pool: PgPool,
+    primary: Arc<PrimaryPool>,
     sql: Arc<Sql>,
     /// Longest name the `name` column takes, in characters (`None`: unlimited).
     name_max: Option<usize>,
@@ -141,54 +138,6 @@ fn db(op: Operation) -> impl Fn(sqlx::Error) -> Error {
     }
 }
 
-/// The first host of `cfg` that connects and qualifies under its `target_session_attrs`
-/// (see `lock_core::hosts`): the primary, when the URL names a primary and its replicas.
-async fn choose_host(cfg: &ShedPgConfig) -> Result<PgConnectOptions> {
-    let mut why = Vec::new();
-    let mut source = None;
-    for host in &cfg.hosts {
-        let label = format!("{}:{}", host.get_host(), host.get_port());
-        let mut probe =
-            match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(host)).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => {
-                    why.push(format!("{label}: {e}"));
-                    source = Some(e);
-                    continue;
-                }
-                Err(_) => {
-                    why.push(format!("{label}: no answer within {CONNECT_TIMEOUT:?}"));
-                    continue;
-                }
-            };
-        let ok = match cfg.target.check_sql() {
-            None => Ok(true),
-            Some(q) => sqlx::query_scalar::<_, bool>(q).fetch_one(&mut probe).await,
-        };
-        let _ = probe.close().await;
-        match ok {
-            Ok(true) => return Ok(host.clone()),
-            Ok(false) => why.push(format!(
-                "{label}: does not take writes (a standby, or read-only)"
-            )),
-            Err(e) => {
-                why.push(format!("{label}: asking its role failed: {e}"));
-                source = Some(e);
-            }
-        }
-    }
-    let err = Error::new(
-        ErrorKind::Connection,
-        BACKEND_PG,
-        Operation::Connect,
-        format!("cannot connect to {}: {}", cfg.display_url, why.join("; ")),
-    );
-    Err(match source {
-        Some(s) => err.with_source(s),
-        None => err,
-    })
-}
-
 impl ShedPgBackend {
     /// Capabilities without `?fencing=on`; with it, `fencing` and `persistent_tokens` too.
     pub const CAPABILITIES: Capabilities = Capabilities {
@@ -204,34 +153,19 @@ impl ShedPgBackend {
 
     /// Connects, checks (or creates) the table and reads its column sizes.
     pub async fn connect(url: &ConnectUrl) -> Result<Self> {
-        let mut cfg = ShedPgConfig::from_url(url)?;
+        let cfg = ShedPgConfig::from_url(url)?;
         let (sql, table) = Sql::new(&cfg.layout, cfg.fencing_table.as_deref())
             .map_err(|e| Error::invalid_url(BACKEND_PG, e))?;
-        // One direct connection first: a refused or unreachable server fails here at once,
-        // with its cause (the pool would retry it until its acquire timeout and then report
-        // only that it timed out). With several hosts it picks the one the pool uses.
+        // With several hosts: the first that qualifies now, and again after a failover.
         // A TLS or authentication refusal is reported as such (`Tls`, `Auth`), not as an
         // unreachable host.
-        cfg.connect = choose_host(&cfg)
+        let primary = PrimaryPool::connect(&cfg)
             .await
             .map_err(|e| lock_core::pg_tls::reclassify(e, crate::config::pg_refusal))?;
-        let pool = PgPoolOptions::new()
-            .max_connections(cfg.pool_size)
-            .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_with(cfg.connect.clone())
-            .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Connection,
-                    BACKEND_PG,
-                    Operation::Connect,
-                    format!("cannot connect to {}", cfg.display_url),
-                )
-                .with_source(e)
-            })?;
+        let pool = primary.pool();
         let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
             .bind(&table)
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await
             .map_err(db(Operation::Connect))?;
         if exists.is_none() {
@@ -243,12 +177,12 @@ impl ShedPgBackend {
                     format!("table {table} does not exist and create_table=false"),
                 ));
             }
-            ignore_duplicate(sqlx::query(&sql.create_table).execute(&pool).await)
+            ignore_duplicate(sqlx::query(&sql.create_table).execute(pool).await)
                 .map_err(db(Operation::Connect))?;
             tracing::info!(%table, "created the ShedLock table");
         }
         if let Some(create) = &sql.create_fence_table {
-            ignore_duplicate(sqlx::query(create).execute(&pool).await)
+            ignore_duplicate(sqlx::query(create).execute(pool).await)
                 .map_err(db(Operation::Connect))?;
         }
         let sizes: Vec<(String, Option<i32>)> = sqlx::query_as(
@@ -257,7 +191,7 @@ impl ShedPgBackend {
         )
         .bind(cfg.layout.schema.as_deref())
         .bind(&cfg.layout.table)
-        .fetch_all(&pool)
+        .fetch_all(pool)
         .await
         .map_err(db(Operation::Connect))?;
         let size = |col: &str| {
@@ -271,7 +205,7 @@ impl ShedPgBackend {
         Ok(ShedPgBackend {
             supervisors: Supervisors::new(),
             cfg,
-            pool,
+            primary,
             sql: Arc::new(sql),
             name_max,
             locked_by_max,
@@ -300,16 +234,10 @@ impl ShedPgBackend {
         let tx = self
             .releases
             .get_or_try_init(|| async {
-                let mut listener = PgListener::connect_with(&self.pool).await?;
+                let mut listener = PgListener::connect_with(self.primary.pool()).await?;
                 listener.listen(CHANNEL).await?;
                 let (tx, _) = broadcast::channel(256);
-                let sender = tx.clone();
-                let task = tokio::spawn(async move {
-                    // No receiver right now is fine: later waiters subscribe again.
-                    while let Ok(n) = listener.recv().await {
-                        let _ = sender.send(n.payload().to_string());
-                    }
-                });
+                let task = tokio::spawn(listen(Arc::clone(&self.primary), listener, tx.clone()));
                 Ok::<_, sqlx::Error>(Listening { tx, task })
             })
             .await
@@ -326,7 +254,7 @@ impl ShedPgBackend {
         opts: &LockOptions,
         owner: &str,
     ) -> impl Future<Output = Result<Option<Option<FencingToken>>>> + Send + 'static {
-        let (pool, sql) = (self.pool.clone(), Arc::clone(&self.sql));
+        let (primary, sql) = (Arc::clone(&self.primary), Arc::clone(&self.sql));
         let (name, owner) = (name.as_str().to_owned(), owner.to_owned());
         let secs = opts.ttl().as_secs_f64();
         async move {
@@ -335,8 +263,9 @@ impl ShedPgBackend {
                     .bind(&name)
                     .bind(secs)
                     .bind(&owner)
-                    .fetch_optional(&pool)
+                    .fetch_optional(primary.pool())
                     .await
+                    .inspect_err(|e| primary.failed(e))
                     .map_err(db(Operation::Acquire))?;
                 return Ok(token.map(|t| Some(FencingToken::new(t as u64))));
             }
@@ -344,8 +273,9 @@ impl ShedPgBackend {
                 .bind(&name)
                 .bind(secs)
                 .bind(&owner)
-                .execute(&pool)
+                .execute(primary.pool())
                 .await
+                .inspect_err(|e| primary.failed(e))
                 .map_err(db(Operation::Acquire))?;
             Ok((r.rows_affected() == 1).then_some(None))
         }
@@ -358,7 +288,7 @@ impl ShedPgBackend {
         let requested_at = plan.requested_at;
         let lease = Arc::new(ShedPgLease {
             supervisors: self.supervisors.clone(),
-            pool: self.pool.clone(),
+            primary: Arc::clone(&self.primary),
             sql: self.sql.clone(),
             name: name.clone(),
             owner: owner(self.locked_by_max),
@@ -413,8 +343,9 @@ impl ShedPgBackend {
             // Sleep until the row expires or a dlock release of this name is announced.
             let remaining: Option<f64> = sqlx::query_scalar(&self.sql.remaining)
                 .bind(name.as_str())
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.primary.pool())
                 .await
+                .inspect_err(|e| self.primary.failed(e))
                 .map_err(db(Operation::Acquire))?;
             let wake =
                 Instant::now() + Duration::from_secs_f64(remaining.unwrap_or(0.0).clamp(0.0, 1e9));
@@ -425,7 +356,8 @@ impl ShedPgBackend {
                 };
                 loop {
                     match rx.recv().await {
-                        Ok(n) if n == name.as_str() => return,
+                        // Empty: the listener was disconnected and may have missed releases.
+                        Ok(n) if n == name.as_str() || n.is_empty() => return,
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Lagged(_)) => return,
                         Err(broadcast::error::RecvError::Closed) => {
@@ -452,6 +384,59 @@ struct Listening {
 impl Drop for Listening {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Forwards released names from `listener` to `tx` for as long as the backend lives. A lost
+/// connection is replaced through the pool (so on the current primary after a failover);
+/// releases sent meanwhile were missed, so every waiter is woken (an empty name) once a
+/// listener listens again. No receiver right now is fine: later waiters subscribe again.
+async fn listen(
+    primary: Arc<PrimaryPool>,
+    mut listener: PgListener,
+    tx: broadcast::Sender<String>,
+) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => {
+                let _ = tx.send(n.payload().to_string());
+            }
+            // The connection was lost, and the listener reconnected and listens again.
+            Ok(None) => {
+                let _ = tx.send(String::new());
+            }
+            Err(sqlx::Error::PoolClosed) => return,
+            // The server ended the session (a FATAL error), or no new connection could be
+            // opened: a new listener, as soon as one listens.
+            Err(e) => {
+                tracing::debug!(error = %e, "the LISTEN connection is down; replacing it");
+                primary.failed(&e);
+                drop(listener);
+                listener = relisten(&primary).await;
+                let _ = tx.send(String::new());
+            }
+        }
+    }
+}
+
+/// A new listener on [`CHANNEL`], retried (10 ms doubling up to 1 s apart) until one
+/// listens.
+async fn relisten(primary: &Arc<PrimaryPool>) -> PgListener {
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let attempt = async {
+            let mut l = PgListener::connect_with(primary.pool()).await?;
+            l.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        match attempt.await {
+            Ok(l) => return l,
+            Err(e) => {
+                primary.failed(&e);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
     }
 }
 
@@ -499,7 +484,7 @@ impl Backend for ShedPgBackend {
 
 struct ShedPgLease {
     supervisors: Supervisors,
-    pool: PgPool,
+    primary: Arc<PrimaryPool>,
     sql: Arc<Sql>,
     name: LockName,
     owner: String,
@@ -512,8 +497,9 @@ impl ShedPgLease {
             .bind(self.name.as_str())
             .bind(&self.owner)
             .bind(self.at_least.as_secs_f64())
-            .fetch_one(&self.pool)
+            .fetch_one(self.primary.pool())
             .await
+            .inspect_err(|e| self.primary.failed(e))
             .map_err(db(Operation::Release))?;
         Ok(n == 1)
     }
@@ -530,8 +516,9 @@ impl Lease for ShedPgLease {
                 .bind(self.name.as_str())
                 .bind(&self.owner)
                 .bind(ttl.as_secs_f64())
-                .execute(&self.pool)
+                .execute(self.primary.pool())
                 .await
+                .inspect_err(|e| self.primary.failed(e))
                 .map_err(db(Operation::Extend))?;
             Ok(r.rows_affected() == 1)
         })

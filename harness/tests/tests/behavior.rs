@@ -62,6 +62,25 @@ async fn variants() -> anyhow::Result<(Vec<(&'static str, String)>, Servers)> {
         format!("shedlock+{}?fencing=on", pg.url()),
     ));
     servers.single.push(pg);
+    // Once over TLS per PostgreSQL backend: a TLS-only server, verify-full with this run's CA.
+    let pki = fixtures::TestPki::new()?;
+    let pg_tls = fixtures::managed_postgres_with(fixtures::PostgresOptions {
+        tls: Some(fixtures::PostgresTls {
+            server: pki.server.clone(),
+            ca: pki.ca.clone(),
+            password: "behavior-suite".into(),
+            client_cert_user: "dlock-client".into(),
+            also_plain: false,
+        }),
+    })
+    .await?;
+    v.push(("postgres_tls", pg_tls.url().to_string()));
+    v.push((
+        "shedlock_postgres_tls",
+        format!("shedlock+{}", pg_tls.url()),
+    ));
+    servers.single.push(pg_tls);
+    servers.pki.push(pki);
     let redis = fixtures::redis().await?;
     v.push(("redis", redis.url().to_string()));
     v.push(("shedlock_redis", format!("shedlock+{}", redis.url())));

@@ -23,6 +23,7 @@ async fn server(pki: &TestPki, cert: &CertKey) -> Server {
             ca: pki.ca.clone(),
             password: PASSWORD.into(),
             client_cert_user: CERT_USER.into(),
+            also_plain: false,
         }),
     })
     .await

@@ -12,6 +12,7 @@ mod floor;
 mod measure;
 mod pin;
 mod run;
+mod tls;
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ pub use measure::{
 };
 pub use pin::{Pinning, pin_apart, pin_server_apart};
 pub use run::run_backend;
+pub use tls::{METRIC as TLS_METRIC, tls_entry};
 
 /// Latency samples of one operation.
 #[derive(Debug, Clone, Default)]

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use dlock::Backend;
 
 use super::*;
@@ -22,6 +22,12 @@ pub async fn run_backend(
     let floor = Floor::connect(backend, url).await?;
     if let Some(floor) = &floor {
         out.extend(uncontended_entries(backend, &*client, floor, plan).await?);
+    }
+    if let Some(e) = tls_entry(backend, plan.samples)
+        .await
+        .context("the TLS benchmark")?
+    {
+        out.push(e);
     }
     out.extend(handoff_entries(backend, url, floor.as_ref(), plan).await?);
     let tp = throughput(Arc::clone(&client), plan.tasks, plan.per_task).await?;

@@ -61,11 +61,13 @@ pub fn choosing_markdown(r: &Report) -> String {
     );
     let _ = writeln!(md, "|---|---|{}---|", "---|".repeat(COLUMNS.len()));
     for b in backends_of(r) {
-        let fencing = r
-            .backends
-            .iter()
-            .find(|x| x.name == b)
-            .is_some_and(|x| x.capabilities.split(' ').any(|c| c == "fencing"));
+        let info = r.backends.iter().find(|x| x.name == b);
+        let fencing = info.is_some_and(|x| x.capabilities.split(' ').any(|c| c == "fencing"));
+        // Tokens that the run turned on with a URL option say which.
+        let option = info.and_then(|x| {
+            let q = x.url.split_once('?')?.1;
+            q.split('&').find(|kv| kv.starts_with("fencing="))
+        });
         let cols: Vec<String> = COLUMNS
             .iter()
             .map(|(s, _)| failure(cell(r, b, s)))
@@ -74,7 +76,11 @@ pub fn choosing_markdown(r: &Report) -> String {
         let _ = writeln!(
             md,
             "| {b} | {} | {} | {to_run} |",
-            if fencing { "yes" } else { "no" },
+            match (fencing, option) {
+                (true, Some(o)) => format!("yes, with `{o}`"),
+                (true, None) => "yes".to_string(),
+                (false, _) => "no".to_string(),
+            },
             cols.join(" | ")
         );
     }

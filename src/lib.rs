@@ -22,6 +22,7 @@ pub const KNOWN_SCHEMES: &[(&str, &str)] = &[
     ("zk", "zookeeper"),
     ("shedlock+postgres", "shedlock"),
     ("shedlock+redis", "shedlock"),
+    ("shedlock+rediss", "shedlock"),
 ];
 
 /// A registry with `memory://` and every backend this build's features enable; the schemes

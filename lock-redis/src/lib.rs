@@ -10,7 +10,7 @@ mod notify;
 mod redlock;
 mod scripts;
 mod sentinel;
-mod tls;
+pub mod tls;
 mod wait;
 
 use std::sync::Arc;

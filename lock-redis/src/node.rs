@@ -9,19 +9,12 @@ use std::time::Duration;
 use lock_core::{Error, ErrorKind, Operation};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue, RedisError, ScriptInvocation};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::config::Endpoint;
 use crate::notify::Notifier;
-
-/// A connection's byte stream: plain TCP or TLS over it.
-pub(crate) type Stream = Box<dyn Io>;
-
-/// What redis-rs needs of a stream.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+use crate::tls::Stream;
 
 /// A connection to `endpoint` with Nagle off (every lock request is one small write that
 /// waits for its reply), through TLS when the URL asked for it.

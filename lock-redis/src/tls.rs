@@ -1,5 +1,5 @@
 //! `rediss://` and TLS Redlock members: the TCP stream each connection opens (see
-//! [`crate::node::dial`]) wrapped in rustls, with the **ring** provider configured explicitly
+//! `node::dial`) wrapped in rustls, with the **ring** provider configured explicitly
 //! (no process-wide default, no aws-lc-rs, no OpenSSL). redis-rs's own TLS support is not
 //! used: it only applies to the connections redis-rs opens itself, and every connection here
 //! is opened by this crate (Nagle off, Sentinel lookups) and handed to redis-rs ready-made.
@@ -8,12 +8,24 @@
 //! certificates (rustls-native-certs: `SSL_CERT_FILE` / `SSL_CERT_DIR` or the distribution's
 //! bundle). The server's certificate must name the host of the URL (a DNS name, or an IP
 //! address SAN for `127.0.0.1`); there is no option to skip that.
+//!
+//! Public so that other Redis-speaking backends (lock-shedlock's `shedlock+rediss://`) use
+//! the same trust rules, provider and refusal messages instead of a second copy.
 
 use std::path::PathBuf;
 
-/// What the URL asked for: paths only (the files are read when connecting).
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A connection's byte stream: plain TCP or TLS over it.
+pub type Stream = Box<dyn Io>;
+
+/// What redis-rs needs of a stream.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// What the URL asked for: paths only (the files are read by [`Connector::new`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct TlsWanted {
+pub struct TlsWanted {
     /// `ca=`: trust only the certificates in this PEM file.
     pub ca: Option<PathBuf>,
     /// `cert=` and `key=`: a client certificate and its private key (PEM).
@@ -36,10 +48,10 @@ impl TlsWanted {
 }
 
 #[cfg(feature = "tls")]
-pub(crate) use imp::{Connector, cause};
+pub use imp::{Connector, cause};
 
 #[cfg(not(feature = "tls"))]
-pub(crate) use off::{Connector, cause};
+pub use off::{Connector, cause};
 
 #[cfg(not(feature = "tls"))]
 mod off {
@@ -47,7 +59,7 @@ mod off {
 
     /// Never built without the `tls` feature.
     #[derive(Clone)]
-    pub(crate) struct Connector(std::convert::Infallible);
+    pub struct Connector(std::convert::Infallible);
 
     impl Connector {
         /// Always refuses: this build has no TLS.
@@ -60,17 +72,18 @@ mod off {
             ))
         }
 
+        /// Never called: no `Connector` exists without the `tls` feature.
         pub async fn wrap(
             &self,
             _: &str,
             _: tokio::net::TcpStream,
-        ) -> std::io::Result<crate::node::Stream> {
+        ) -> std::io::Result<super::Stream> {
             match self.0 {}
         }
     }
 
     /// No TLS, no TLS failures.
-    pub(crate) fn cause(_: &(dyn std::error::Error + 'static)) -> Option<String> {
+    pub fn cause(_: &(dyn std::error::Error + 'static)) -> Option<String> {
         None
     }
 }
@@ -90,7 +103,7 @@ mod imp {
 
     /// A client configuration built once per URL and shared by every connection.
     #[derive(Clone)]
-    pub(crate) struct Connector {
+    pub struct Connector {
         inner: TlsConnector,
     }
 
@@ -168,11 +181,7 @@ mod imp {
         }
 
         /// The TLS handshake over `tcp`, verifying the server's certificate for `host`.
-        pub async fn wrap(
-            &self,
-            host: &str,
-            tcp: TcpStream,
-        ) -> std::io::Result<crate::node::Stream> {
+        pub async fn wrap(&self, host: &str, tcp: TcpStream) -> std::io::Result<super::Stream> {
             let name = ServerName::try_from(host.to_string()).map_err(|e| {
                 std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
@@ -186,7 +195,7 @@ mod imp {
 
     /// What went wrong at the TLS layer, in words, if `err` (or an error it wraps, including
     /// inside an `io::Error`) is a rustls error.
-    pub(crate) fn cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    pub fn cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
         type Shared = Arc<dyn std::error::Error + Send + Sync>;
         let mut next = Some(err);
         while let Some(e) = next {

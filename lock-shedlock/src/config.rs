@@ -1,11 +1,14 @@
 //! URL options of both flavours, and the PostgreSQL table layout.
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use lock_core::hosts::{TargetSessionAttrs, split_hosts};
 use lock_core::pg_tls::{self, PgTls, PgTlsOptions};
-use lock_core::{ConnectUrl, Error, Operation, Result};
+use lock_core::{ConnectUrl, Error, ErrorKind, Operation, Result};
+use lock_redis::tls::TlsWanted;
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 
@@ -228,10 +231,18 @@ pub(crate) fn pg_refusal(
     pg_tls::classify(db.map(|d| (code.as_deref(), d.message())), e)
 }
 
-/// Parsed `shedlock+redis://` options; the rest of the URL is for the redis client.
+/// Parsed `shedlock+redis://` and `shedlock+rediss://` options. `Debug` hides the password.
+#[derive(Clone)]
 pub(crate) struct ShedRedisConfig {
-    /// `redis://…` without our options.
-    pub(crate) client_url: url::Url,
+    /// The server's host (also the name its certificate must carry over TLS) and port.
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    /// User, password, database: what redis-rs sends when a connection opens.
+    pub(crate) info: RedisConnectionInfo,
+    /// `shedlock+rediss://`: the TLS files the URL named (paths only).
+    pub(crate) tls: Option<TlsWanted>,
+    /// `?prefix=` (`job-lock`): the ACL key pattern `~<prefix>:*` refusals name.
+    pub(crate) prefix: String,
     /// What every lock key of this client starts with: `<prefix>:<env>:`.
     pub(crate) key_prefix: String,
     /// Reply and connect timeout.
@@ -241,17 +252,37 @@ pub(crate) struct ShedRedisConfig {
     pub(crate) fence_hash: Option<String>,
 }
 
-const REDIS_OPTIONS: &[&str] = &["env", "prefix", "timeout", "fencing"];
+impl std::fmt::Debug for ShedRedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShedRedisConfig")
+            .field("addr", &format!("{}:{}", self.host, self.port))
+            .field("db", &self.info.db())
+            .field("username", &self.info.username())
+            .field("password", &self.info.password().map(|_| "***"))
+            .field("tls", &self.tls.as_ref().map(TlsWanted::describe))
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("fence_hash", &self.fence_hash)
+            .finish()
+    }
+}
+
+const REDIS_OPTIONS: &[&str] = &[
+    "env", "prefix", "timeout", "fencing", "ca", "cacert", "cert", "key", "insecure",
+];
 
 impl ShedRedisConfig {
-    /// Parses `shedlock+redis://host:port[/db]?env=default&prefix=job-lock&timeout=5000ms&fencing=off`.
+    /// Parses `shedlock+redis://[user:password@]host:port[/db]?env=default&prefix=job-lock&timeout=5000ms&fencing=off`,
+    /// and `shedlock+rediss://…` with `ca=` (alias `cacert=`), `cert=`, `key=` besides.
     pub(crate) fn from_url(url: &ConnectUrl) -> Result<Self> {
         let bad = |msg: String| Error::invalid_url(BACKEND_REDIS, format!("{msg} (URL {url})"));
+        let tls_scheme = url.scheme() == crate::SCHEME_REDISS;
         let (mine, client_url) =
             split_options(&format!("redis://{}", url.rest()), REDIS_OPTIONS).map_err(bad)?;
         let (mut env, mut prefix) = (DEFAULT_ENV.to_string(), DEFAULT_KEY_PREFIX.to_string());
         let mut timeout = Duration::from_secs(5);
         let mut fencing = false;
+        let mut tls_files = Vec::new();
         for (k, v) in mine {
             match k.as_str() {
                 "env" | "prefix" if v.is_empty() => {
@@ -275,17 +306,90 @@ impl ShedRedisConfig {
                     fencing =
                         parse_fencing(&v, "key").ok_or_else(|| bad(fencing_expected(&v, "key")))?
                 }
-                _ => unreachable!("split_options only returns listed options"),
+                // redis-rs's `rediss://…#insecure` spelling, were it passed through: refused
+                // rather than silently meaning nothing.
+                "insecure" => {
+                    return Err(bad(
+                        "there is no switch to skip certificate verification: name the server's \
+                         CA with ca=FILE"
+                            .to_string(),
+                    ));
+                }
+                _ => tls_files.push((k, v)),
             }
         }
+        let tls = redis_tls(tls_scheme, tls_files).map_err(bad)?;
+        if tls.is_some() && !cfg!(feature = "tls") {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                BACKEND_REDIS,
+                Operation::Connect,
+                format!(
+                    "shedlock+rediss:// needs lock-shedlock's `tls` feature (the dlock facade's \
+                     `tls`, on by default), which this build lacks (URL {url})"
+                ),
+            ));
+        }
+        let info = client_url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| bad(format!("the redis client rejected the URL: {e}")))?;
+        let (host, port) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+            other => return Err(bad(format!("expected host:port, got {other:?}"))),
+        };
         let key_prefix = env_prefix(&prefix, &env);
         Ok(ShedRedisConfig {
-            client_url,
+            host,
+            port,
+            info: info.redis_settings().clone(),
+            tls,
+            prefix,
             fence_hash: fencing.then(|| key_prefix.clone()),
             key_prefix,
             timeout,
         })
     }
+}
+
+/// The TLS files of a `shedlock+rediss://` URL, with lock-redis's option names and meaning:
+/// `ca=` (alias `cacert=`) trusts only that file's CAs (none: the system roots), `cert=` and
+/// `key=` come together. On `shedlock+redis://` they are refused: they would mean nothing.
+fn redis_tls(
+    tls_scheme: bool,
+    given: Vec<(String, String)>,
+) -> std::result::Result<Option<TlsWanted>, String> {
+    let (mut ca, mut cert, mut key) = (None, None, None);
+    for (option, value) in given {
+        let slot = match option.as_str() {
+            "ca" | "cacert" => &mut ca,
+            "cert" => &mut cert,
+            _ => &mut key,
+        };
+        if !tls_scheme {
+            return Err(format!(
+                "option {option} applies to TLS connections only: use shedlock+rediss://host:port"
+            ));
+        }
+        if slot.is_some() {
+            return Err(format!(
+                "option {option} given twice (cacert= is another name for ca=)"
+            ));
+        }
+        if value.is_empty() {
+            return Err(format!("option {option}= needs a file path"));
+        }
+        *slot = Some(PathBuf::from(value));
+    }
+    if !tls_scheme {
+        return Ok(None);
+    }
+    let client = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("a client certificate needs both cert= and key=".to_string()),
+    };
+    Ok(Some(TlsWanted { ca, client }))
 }
 
 /// `?fencing=`: `on` / `off` on both flavours, plus each flavour's own word for on
@@ -391,11 +495,12 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.key_prefix, "job-lock:default:");
         assert_eq!(c.fence_hash, None);
-        assert_eq!(c.client_url.as_str(), "redis://h:1/2");
+        assert_eq!((c.host.as_str(), c.port, c.info.db()), ("h", 1, 2));
+        assert_eq!(c.tls, None);
         let c = parse("?env=prod&fencing=on&timeout=250ms&protocol=resp3").unwrap();
         assert_eq!(c.fence_hash.as_deref(), Some("job-lock:prod:"));
         assert_eq!(c.timeout, Duration::from_millis(250));
-        assert_eq!(c.client_url.as_str(), "redis://h:1/2?protocol=resp3");
+        assert_eq!(c.info.protocol(), redis::ProtocolVersion::RESP3);
         for (fencing, on) in [("on", true), ("key", true), ("off", false), ("none", false)] {
             assert_eq!(
                 parse(&format!("?fencing={fencing}"))
@@ -412,13 +517,57 @@ mod tests {
             "env=",
             "timeout=5s",
         ] {
-            let err = parse(&format!("?{bad}")).err().expect(bad);
+            let err = parse(&format!("?{bad}")).expect_err(bad);
             assert_eq!(err.kind(), ErrorKind::InvalidUrl, "{bad}");
         }
-        let err = parse("?fencing=true").err().unwrap().to_string();
+        let err = parse("?fencing=true").unwrap_err().to_string();
         assert!(
             err.contains(r#"fencing="true": expected on or off (key means on, none means off)"#),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rediss_takes_lock_redis_tls_options_and_redis_refuses_them() {
+        let parse = |u: &str| ShedRedisConfig::from_url(&ConnectUrl::parse(u).unwrap());
+        let c = parse("shedlock+redis://app:pw%40x@h:1/1").unwrap();
+        assert_eq!(c.info.username(), Some("app"));
+        assert_eq!(c.info.password(), Some("pw@x"));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("pw@x") && debug.contains("***"), "{debug}");
+        let full = "shedlock+rediss://app:pw%40x@localhost:6380/1?cacert=/ca.pem&cert=/c.pem&key=/k.pem&fencing=on";
+        if !cfg!(feature = "tls") {
+            let e = parse(full).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        } else {
+            let c = parse(full).unwrap();
+            assert_eq!(c.info.password(), Some("pw@x"));
+            let tls = c.tls.clone().unwrap();
+            assert_eq!(tls.ca, Some(PathBuf::from("/ca.pem")));
+            assert_eq!(
+                tls.client,
+                Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem")))
+            );
+            let debug = format!("{c:?}");
+            assert!(
+                !debug.contains("pw@x") && debug.contains("/ca.pem"),
+                "{debug}"
+            );
+            // No ca=: the system roots.
+            let c = parse("shedlock+rediss://localhost:6380").unwrap();
+            assert_eq!(c.tls.unwrap().ca, None);
+        }
+        for (u, says) in [
+            ("shedlock+redis://h:1?ca=/ca.pem", "TLS connections only"),
+            ("shedlock+redis://h:1?key=/k.pem", "TLS connections only"),
+            ("shedlock+rediss://h:1?ca=/a&cacert=/b", "given twice"),
+            ("shedlock+rediss://h:1?ca=", "needs a file path"),
+            ("shedlock+rediss://h:1?cert=/c.pem", "both cert= and key="),
+            ("shedlock+rediss://h:1?insecure=true&ca=/a", "no switch"),
+        ] {
+            let e = parse(u).expect_err(u);
+            assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{u}: {e}");
+            assert!(e.to_string().contains(says), "{u}: {e}");
+        }
     }
 }

@@ -5,16 +5,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lock_core::{
-    Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
-    Lease, LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Supervisors,
-    WaitPlan, lease_deadline,
+    Backend, BoxFuture, Capabilities, ConnectUrl, Error, FencingToken, Grant, Guard, Lease,
+    LeaseMonitor, LockName, LockOptions, Operation, PendingLease, Result, Supervisors, WaitPlan,
+    lease_deadline,
 };
-use redis::aio::MultiplexedConnection;
+use lock_redis::tls::Connector;
 use tokio::time::Instant;
 
 use crate::BACKEND_REDIS;
 use crate::config::ShedRedisConfig;
 use crate::owner::owner;
+use crate::redis_link::{Link, Target};
 
 /// Extends only our own value.
 const EXTEND: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
@@ -62,49 +63,6 @@ pub struct ShedRedisBackend {
     timeout: Duration,
 }
 
-/// One multiplexed connection, replaced by a new one after a connection error.
-struct Link {
-    client: redis::Client,
-    config: redis::AsyncConnectionConfig,
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
-}
-
-impl Link {
-    async fn get(&self) -> Result<MultiplexedConnection> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let c = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await
-            .map_err(redis_error(Operation::Connect))?;
-        *slot = Some(c.clone());
-        Ok(c)
-    }
-
-    /// Runs `f` on the connection; a connection-level failure drops it so the next call
-    /// reconnects.
-    async fn run<T, F, Fut>(&self, op: Operation, f: F) -> Result<T>
-    where
-        F: FnOnce(MultiplexedConnection) -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        let conn = self.get().await?;
-        match f(conn).await {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                let err = redis_error(op)(e);
-                if err.kind() == ErrorKind::Connection {
-                    *self.conn.lock().await = None;
-                }
-                Err(err)
-            }
-        }
-    }
-}
-
 impl fmt::Debug for ShedRedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShedRedisBackend")
@@ -112,21 +70,6 @@ impl fmt::Debug for ShedRedisBackend {
             .field("prefix", &self.prefix)
             .field("fence_hash", &self.fence_hash)
             .finish()
-    }
-}
-
-fn redis_error(op: Operation) -> impl Fn(redis::RedisError) -> Error {
-    move |e| {
-        let kind = if e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-        {
-            ErrorKind::Connection
-        } else {
-            ErrorKind::Backend
-        };
-        Error::new(kind, BACKEND_REDIS, op, "Redis command failed").with_source(e)
     }
 }
 
@@ -198,38 +141,38 @@ impl ShedRedisBackend {
         min_ttl: Some(Duration::from_millis(10)),
     };
 
-    /// Parses `shedlock+redis://host:port[/db]?env=default&prefix=job-lock&fencing=off` and
-    /// connects.
+    /// Parses `shedlock+redis://[user:password@]host:port[/db]?env=default&prefix=job-lock&fencing=off`
+    /// (or `shedlock+rediss://…?ca=…&cert=…&key=…`, over TLS) and connects.
     pub async fn connect(url: &ConnectUrl) -> Result<Self> {
-        let bad = |msg: String| Error::invalid_url(BACKEND_REDIS, format!("{msg} (URL {url})"));
         let cfg = ShedRedisConfig::from_url(url)?;
-        let timeout = cfg.timeout;
-        let client = redis::Client::open(cfg.client_url.as_str())
-            .map_err(|e| bad(format!("the redis client rejected the URL: {e}")))?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let link = Arc::new(Link {
-            client,
-            config,
-            conn: tokio::sync::Mutex::new(None),
-        });
-        link.get().await.map_err(|e| {
-            Error::new(
-                ErrorKind::Connection,
-                BACKEND_REDIS,
-                Operation::Connect,
-                format!("cannot connect to {url}"),
-            )
-            .with_boxed_source(Box::new(e))
-        })?;
+        let tls = match &cfg.tls {
+            None => None,
+            Some(wanted) => Some(Connector::new(wanted).map_err(|(kind, why)| {
+                Error::new(
+                    kind,
+                    BACKEND_REDIS,
+                    Operation::Connect,
+                    format!("{why} (URL {url})"),
+                )
+            })?),
+        };
+        let link = Arc::new(Link::new(Target {
+            host: cfg.host,
+            port: cfg.port,
+            info: cfg.info,
+            tls,
+            timeout: cfg.timeout,
+            prefix: cfg.prefix,
+            fencing: cfg.fence_hash.is_some(),
+        }));
+        link.open_first(format!("cannot connect to {url}")).await?;
         Ok(ShedRedisBackend {
             supervisors: Supervisors::new(),
             display_url: url.to_string(),
             prefix: cfg.key_prefix,
             fence_hash: cfg.fence_hash,
             link,
-            timeout,
+            timeout: cfg.timeout,
         })
     }
 

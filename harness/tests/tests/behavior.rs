@@ -95,7 +95,10 @@ async fn variants() -> anyhow::Result<(Vec<(&'static str, String)>, Servers)> {
     // Once over TLS: Redis and Redlock on TLS-only ports, the server's name verified.
     let redis_pki = fixtures::TestPki::new()?;
     let (redis_tls, redlock_tls) = redis_over_tls(&redis_pki).await?;
+    // ShedLock's Redis keys over the same TLS-only port, fencing on so its test runs over TLS.
+    let shedlock_tls = format!("shedlock+{}&fencing=on", redis_tls.0);
     v.push(("redis_tls", redis_tls.0));
+    v.push(("shedlock_redis_tls", shedlock_tls));
     v.push(("redlock_tls", redlock_tls.0));
     servers.single.push(redis_tls.1);
     servers.clusters.push(redlock_tls.1);

@@ -53,7 +53,7 @@ pub struct Extra {
     /// clock_skew: the behind-clock holder's clean release → the next holder's grant, ms.
     pub handoff_ms: Option<f64>,
     /// holder_killed: what was left of the holder's lease at the kill, ms (where it can be
-    /// read or set, see [`lease_left`](super::lease_left)).
+    /// read or set: etcd, Redis, ShedLock on Redis).
     pub lease_left_ms: Option<f64>,
     /// holder_killed: failover − `lease_left_ms`: how long after its lease ran out the lock
     /// reached the waiter (set by the checker).

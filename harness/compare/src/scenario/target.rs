@@ -104,7 +104,7 @@ impl Target {
 impl Target {
     /// The same target with `option` (`fencing=…`) added to the holders' URL; the
     /// benchmarks keep the plain one.
-    fn fenced(mut self, option: &str) -> Target {
+    pub(crate) fn fenced(mut self, option: &str) -> Target {
         let sep = if self.url.contains('?') { '&' } else { '?' };
         self.url = format!("{}{sep}{option}", self.url);
         self

@@ -295,7 +295,9 @@ pub(crate) async fn start_failover_target(backend: &str, ttl: Duration) -> Resul
                 )
             };
             let members = addrs(&[&pair.members()[0], &pair.members()[1]]);
+            // Tokens as in the other cells: the fencing table is replicated like any table.
             Target::replicated(url, members, ttl_ms, frees_by, Replicated::Postgres(pair))
+                .fenced("fencing=table")
         }
         "redis" => {
             let set = fixtures::redis_sentinel(SentinelOptions::default()).await?;

@@ -405,6 +405,7 @@ async fn credentials_in_the_url_authenticate() -> Result<()> {
         .await
         .unwrap_err();
     ensure!(!format!("{err} {err:?}").contains("wrong-pw"), "{err:?}");
-    ensure!(err.kind() == ErrorKind::Backend, "{err}");
+    // A refused password is an authentication error (the CLI exits 77), not a backend one.
+    ensure!(err.kind() == ErrorKind::Auth, "{err}");
     Ok(())
 }

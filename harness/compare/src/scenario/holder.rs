@@ -15,6 +15,11 @@ use dlock_fixtures::netns::Netns;
 /// How much of a holder's stderr is kept for error messages.
 const STDERR_KEEP: usize = 4096;
 
+/// Environment variable naming a directory where each holder's whole stderr is also
+/// written, as `holder-<pid>.log`, for debugging (run with `RUST_LOG` set, which the holders
+/// inherit).
+pub const STDERR_DIR_ENV: &str = "DLOCK_COMPARE_HOLDER_STDERR";
+
 /// What a holder printed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {
@@ -289,11 +294,21 @@ impl Holder {
         });
         let stderr = Arc::new(Mutex::new(String::new()));
         let keep = stderr.clone();
+        let mut copy = std::env::var_os(STDERR_DIR_ENV)
+            .filter(|d| !d.is_empty())
+            .and_then(|d| {
+                let path = Path::new(&d).join(format!("holder-{pid}.log"));
+                std::fs::File::create(path).ok()
+            });
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             while let Ok(n) = stderr_pipe.read(&mut buf).await {
                 if n == 0 {
                     break;
+                }
+                if let Some(f) = copy.as_mut() {
+                    use std::io::Write;
+                    let _ = f.write_all(&buf[..n]);
                 }
                 let mut s = keep.lock().unwrap_or_else(|e| e.into_inner());
                 if s.len() < STDERR_KEEP {
@@ -426,11 +441,46 @@ impl Holder {
     }
 
     fn signal(&self, sig: libc::c_int) -> Result<()> {
-        // SAFETY: kill(2) on our own child's pid; the child is not reaped before Drop.
-        if unsafe { libc::kill(self.pid as libc::pid_t, sig) } != 0 {
+        // `None` once the child has been reaped ([`Holder::exit_status`]): its pid may then
+        // belong to another process, which must not get this signal.
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| anyhow!("holder {} has already exited", self.pid))?;
+        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
+        if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
             return Err(std::io::Error::last_os_error().into());
         }
         Ok(())
+    }
+
+    /// How the process ended, if it has (without waiting; reaps it, so no signal is sent to
+    /// its pid afterwards).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits up to `within` for the process to exit; how it ended, if it did (reaps it).
+    pub async fn exit_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Whether the process is stopped (SIGSTOP) right now: state `T` in `/proc/<pid>/stat`.
+    /// `false` when it is not, or when that cannot be read (no `/proc`, already reaped).
+    pub fn is_stopped(&self) -> bool {
+        let Some(pid) = self.child.id() else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // The state follows the command name, which is in parentheses.
+        stat.rfind(')')
+            .and_then(|i| stat.get(i + 2..i + 3))
+            .is_some_and(|state| state == "T")
     }
 
     /// SIGKILL.

@@ -267,7 +267,9 @@ impl<'o> Run<'o> {
         cell.ttl_ms = target.ttl_ms;
         cell.notes.extend(n.cell_notes(target));
         let mut reps = Vec::new();
-        for rep in 0..repeat {
+        let mut voids = 0;
+        let mut rep = 0;
+        while rep < repeat {
             crate::say!(
                 "[compare {done}/{total}] {backend} × {scenario}: repetition {}/{repeat}",
                 rep + 1,
@@ -285,7 +287,19 @@ impl<'o> Run<'o> {
                 workload,
             };
             match repetition(&ctx, n).await {
-                Ok(r) => reps.push(r),
+                Ok(r) => {
+                    reps.push(r);
+                    rep += 1;
+                }
+                Err(e) if voids < MAX_VOIDS && e.downcast_ref::<nemesis::Void>().is_some() => {
+                    voids += 1;
+                    crate::say!(
+                        "[compare] {backend} × {scenario}: repetition {} void, run again: {e:#}",
+                        rep + 1
+                    );
+                    cell.notes
+                        .push(format!("repetition {} void and run again: {e:#}", rep + 1));
+                }
                 Err(e) => {
                     crate::say!("[compare] {backend} × {scenario}: failed: {e:#}");
                     cell.status = Status::Failed;
@@ -357,6 +371,9 @@ impl<'o> Run<'o> {
         );
     }
 }
+
+/// How many void repetitions ([`nemesis::Void`]) a cell runs again before it fails.
+const MAX_VOIDS: usize = 3;
 
 /// One repetition: the nemesis prepares, the workload begins, the nemesis runs its schedule,
 /// the holders stop, the checker reads the history.

@@ -111,6 +111,20 @@ pub trait Nemesis {
     fn teardown(&mut self) {}
 }
 
+/// A repetition that measured something other than its fault — the subject process died of
+/// a signal the nemesis did not send (another process on the machine SIGKILLed it) — and is
+/// run again instead of being counted (see the runner).
+#[derive(Debug)]
+pub struct Void(pub String);
+
+impl std::fmt::Display for Void {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Void {}
+
 /// Every nemesis, in report order.
 pub fn all() -> Vec<Box<dyn Nemesis>> {
     vec![

@@ -6,15 +6,20 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use super::{Nemesis, until_grant};
+use super::{Nemesis, Void, until_grant};
 use crate::scenario::holder::{mono_us, ms_between};
 use crate::scenario::workload::{BoxFuture, Trial};
+
+/// How long a subject that was not stopped when it was resumed gets to finish exiting.
+const DYING: Duration = Duration::from_secs(5);
 
 /// SIGSTOP / SIGCONT of the subject.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Pause {
     /// When the subject was resumed (`CLOCK_MONOTONIC` µs).
     resumed: i64,
+    /// Whether the subject was still stopped when it was resumed (`false`: it was dying).
+    was_stopped: bool,
 }
 
 impl Nemesis for Pause {
@@ -42,6 +47,10 @@ impl Nemesis for Pause {
     fn stop<'a>(&'a mut self, t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.resumed = mono_us();
+            // Read before SIGCONT: a live paused process is stopped; one that is being killed
+            // is not (it was woken to die), though it may not be reapable yet — its sockets
+            // close, the server frees its lock and the waiter is granted before it is.
+            self.was_stopped = t.subject.is_stopped();
             t.subject.resume()
         })
     }
@@ -51,6 +60,28 @@ impl Nemesis for Pause {
             let pause_bound = t.ctx.fault_bound();
             let bound = t.ctx.grant_bound();
             let (t0, grant) = until_grant(self, t, pause_bound).await?;
+            // A stopped process dies only of SIGKILL, which this nemesis never sends. One that
+            // died anyway (another process on the machine killed it) ended its sessions, and
+            // the server rightly gave the lock on: that measures nothing about the backend.
+            // Seen once in a compare run (the dead holder was then recorded as a live one
+            // that "reported no loss", and as an overlap).
+            let died = if self.was_stopped {
+                None
+            } else {
+                // Not stopped when resumed: dying, or (a grant within moments of the SIGSTOP)
+                // not stopped yet. A dying process is gone in moments; a live one is waited
+                // for this long, for nothing.
+                t.subject.exit_within(DYING).await
+            };
+            if let Some(status) = died {
+                return Err(Void(format!(
+                    "the paused holder (pid {}) died during the pause ({status}), of a signal \
+                     this scenario does not send; its sessions ended with it, so the lock was \
+                     free",
+                    t.subject.pid()
+                ))
+                .into());
+            }
             let t_resume = self.resumed;
             // The holder wakes up inside its critical section and writes at once.
             let outcome = t.history.resource.write(0, t.token, t_resume);
@@ -81,9 +112,13 @@ impl Nemesis for Pause {
                 }
                 None => {
                     t.history.resource.exit(0, mono_us());
-                    t.history.note(format!(
-                        "the resumed holder reported no loss within {bound:?}"
-                    ));
+                    let note = match t.subject.exit_status() {
+                        Some(status) => {
+                            format!("the resumed holder exited ({status}) without reporting a loss")
+                        }
+                        None => format!("the resumed holder reported no loss within {bound:?}"),
+                    };
+                    t.history.note(note);
                 }
             }
             Ok(())

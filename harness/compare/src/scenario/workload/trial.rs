@@ -103,7 +103,13 @@ impl<'a> Trial<'a> {
                 format!(" ({who}: {err})")
             }
         };
-        result.map_err(|e| anyhow!("{e:#}{}{}", with("holder", err_a), with("waiter", err_b)))?;
+        result.map_err(|e| {
+            // Kept as it is, so that the runner can tell it (and run the repetition again).
+            if e.downcast_ref::<crate::scenario::nemesis::Void>().is_some() {
+                return e;
+            }
+            anyhow!("{e:#}{}{}", with("holder", err_a), with("waiter", err_b))
+        })?;
         Ok(self.history)
     }
 }

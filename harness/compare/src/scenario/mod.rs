@@ -35,7 +35,8 @@ use std::time::Duration;
 use crate::bench::BenchPlan;
 
 pub use cell::{
-    BackendInfo, BenchFailure, Cell, Report, RunInfo, Stats, Status, Timeline, TimelineSection,
+    BackendInfo, BenchFailure, Cell, NotFreed, Report, RunInfo, Stats, Status, Timeline,
+    TimelineSection,
 };
 pub use nemesis::RESET_FOR;
 pub use runner::compare;

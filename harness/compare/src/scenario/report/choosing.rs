@@ -38,7 +38,11 @@ fn failure(c: Option<&Cell>) -> String {
         return "—".into();
     };
     let time = match (c.status, c.failover_ms) {
-        (Status::Measured, Some(_)) => format!("{} ms", failover_text(c)),
+        // The unit goes after the number, before any "· kept by …" part.
+        (Status::Measured, Some(_)) => match failover_text(c).split_once(" · ") {
+            Some((number, rest)) => format!("{number} ms · {rest}"),
+            None => format!("{} ms", failover_text(c)),
+        },
         _ => failover_text(c),
     };
     match Verdict::of(c) {
@@ -141,5 +145,21 @@ mod tests {
         assert_eq!(utc_date(951_782_400_000), "2000-02-29 00:00");
         // Checked with Python: datetime.utcfromtimestamp(1796605459.167).
         assert_eq!(utc_date(1_796_605_459_167), "2026-12-07 01:04");
+    }
+
+    #[test]
+    fn the_unit_follows_the_number_not_the_kept_part() {
+        use super::super::super::{Cell, NotFreed, Stats, Status};
+        let mut c = Cell::empty("etcd", "server_restart", Status::Measured, None);
+        c.repetitions = 3;
+        c.failover_ms = Stats::of(&[4024.0, 4026.0]);
+        c.not_freed = Some(NotFreed {
+            kept_by_live_holder: 1,
+            stranded: 0,
+        });
+        assert_eq!(
+            super::failure(Some(&c)),
+            "4025 (4024–4026) ms · kept by the live holder in 1 of 3"
+        );
     }
 }

@@ -5,10 +5,12 @@
 //! roles (a wrong password, a role without rights on the prefix), the CLI's exit code 77, and
 //! that passwords and key material never show.
 
-use std::process::{Command, Output, Stdio};
+mod common;
+
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
+use common::secrets::{assert_no_secrets, dlock_cli, secret_lines};
 use dlock::etcd::EtcdBackend;
 use dlock::{Backend, ErrorKind, LockName, LockOptions};
 use dlock_fixtures::etcd::{EtcdUsers, enable_auth};
@@ -168,29 +170,6 @@ async fn users_and_roles_a_wrong_password_and_a_forbidden_prefix_are_auth_errors
     Ok(())
 }
 
-fn dlock(args: &[&str]) -> Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
-        .args(args)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .output()
-        .context("running dlock")
-}
-
-/// Every secret that must not show: the password and each line of each key file.
-fn secrets(pki: &TestPki, password: &str) -> Result<Vec<String>> {
-    let mut out = vec![password.to_string()];
-    for key in [&pki.client.key, &pki.server.key] {
-        let text = std::fs::read_to_string(key)?;
-        out.extend(
-            text.lines()
-                .filter(|l| !l.starts_with("-----") && !l.trim().is_empty())
-                .map(str::to_string),
-        );
-    }
-    Ok(out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlock_run_reaches_the_tls_server_by_url_alone_and_exits_77_on_a_wrong_password()
 -> Result<()> {
@@ -206,40 +185,25 @@ async fn dlock_run_reaches_the_tls_server_by_url_alone_and_exits_77_on_a_wrong_p
             tls.url_query()
         )
     };
+    let debug = &[("RUST_LOG", "debug")];
     let good = url(&users.dlock_password);
-    let ran = dlock(&["-vv", "run", &good, "cli-job", "--", "echo", "ran"])?;
-    let text = |o: &Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
-    ensure!(ran.status.code() == Some(0), "{}", text(&ran));
-    ensure!(String::from_utf8_lossy(&ran.stdout).contains("ran"));
+    let ran = dlock_cli(
+        &["-vv", "run", &good, "cli-job", "--", "echo", "ran"],
+        debug,
+    );
+    let ran = ran.expect_code(0);
+    ensure!(ran.stdout.contains("ran"));
 
     let wrong_password = format!("{}-wrong", users.dlock_password);
-    let bad = dlock(&["-vv", "run", &url(&wrong_password), "cli-job", "--", "true"])?;
-    ensure!(bad.status.code() == Some(77), "{}", text(&bad));
-    let backends = dlock(&["backends", "--json"])?;
-    ensure!(backends.status.success(), "{}", text(&backends));
+    let wrong = url(&wrong_password);
+    let bad = dlock_cli(&["-vv", "run", &wrong, "cli-job", "--", "true"], debug).expect_code(77);
+    let backends = dlock_cli(&["backends", "--json"], debug).expect_code(0);
 
-    let mut leaks = Vec::new();
-    for secret in secrets(&pki, &users.dlock_password)?
-        .into_iter()
-        .chain([wrong_password.clone()])
-    {
-        for (what, o) in [
-            ("run", &ran),
-            ("run (wrong)", &bad),
-            ("backends", &backends),
-        ] {
-            if text(o).contains(&secret) {
-                leaks.push(format!("{what} printed a secret"));
-            }
-        }
-    }
-    ensure!(leaks.is_empty(), "{leaks:?}");
+    // Every secret that must not show: the passwords and each line of each key file.
+    let mut secrets = vec![users.dlock_password.clone(), wrong_password];
+    secrets.extend(secret_lines(&pki.client.key));
+    secrets.extend(secret_lines(&pki.server.key));
+    assert_no_secrets([&ran, &bad, &backends], &secrets);
     Ok(())
 }
 

@@ -4,8 +4,9 @@
 //! for a wrong password), client certificates, and the CLI reaching the server with URL
 //! options only — without the password or key material in anything it prints.
 
-use std::process::{Command, Output};
+mod common;
 
+use common::secrets::{assert_no_secrets, dlock_cli, secret_lines};
 use dlock::{ErrorKind, LockName, LockOptions};
 use dlock_fixtures::{self as fixtures, CertKey, PostgresOptions, PostgresTls, Server, TestPki};
 use sqlx::Connection;
@@ -49,6 +50,17 @@ async fn acquire_release(url: &str) -> dlock::Result<()> {
     assert!(g.release().await?, "released our own lock");
     backend.close().await;
     Ok(())
+}
+
+/// Creates [`CERT_USER`] (superuser, password [`PASSWORD`]) on `s`.
+async fn create_cert_user(s: &Server) {
+    let mut admin = sqlx::PgConnection::connect(s.url()).await.unwrap();
+    sqlx::query(&format!(
+        "CREATE ROLE \"{CERT_USER}\" SUPERUSER LOGIN PASSWORD '{PASSWORD}'"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
 }
 
 /// The error `connect` gives for `url` (a test failure if it connects).
@@ -114,6 +126,21 @@ async fn a_certificate_for_another_host_is_refused_naming_the_host() {
         .unwrap();
 }
 
+/// `verify-full` with the right CA to `s` must be refused with a `Tls` error containing
+/// `says`, in both backends.
+async fn verify_full_is_refused(pki: &TestPki, s: &Server, says: &str) {
+    let full = url(
+        s,
+        PASSWORD,
+        &format!("sslmode=verify-full&ca={}", path(&pki.ca)),
+    );
+    for u in [full.clone(), format!("shedlock+{full}")] {
+        let e = refused(&u).await;
+        assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    }
+}
+
 /// A server certificate from a CA the client does not trust should be refused with a `Tls`
 /// error saying so, in both backends; `sslmode=require` without a CA checks nothing and
 /// connects (libpq's meaning).
@@ -121,16 +148,7 @@ async fn a_certificate_for_another_host_is_refused_naming_the_host() {
 async fn a_certificate_from_an_unknown_ca_is_refused() {
     let pki = TestPki::new().unwrap();
     let s = server(&pki, &pki.foreign).await;
-    let full = url(
-        &s,
-        PASSWORD,
-        &format!("sslmode=verify-full&ca={}", path(&pki.ca)),
-    );
-    for u in [full.clone(), format!("shedlock+{full}")] {
-        let e = refused(&u).await;
-        assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
-        assert!(e.to_string().contains("not signed by a trusted CA"), "{e}");
-    }
+    verify_full_is_refused(&pki, &s, "not signed by a trusted CA").await;
     acquire_release(&url(&s, PASSWORD, "sslmode=require"))
         .await
         .unwrap();
@@ -141,16 +159,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused() {
 async fn an_expired_certificate_is_refused() {
     let pki = TestPki::new().unwrap();
     let s = server(&pki, &pki.expired).await;
-    let full = url(
-        &s,
-        PASSWORD,
-        &format!("sslmode=verify-full&ca={}", path(&pki.ca)),
-    );
-    for u in [full.clone(), format!("shedlock+{full}")] {
-        let e = refused(&u).await;
-        assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
-        assert!(e.to_string().contains("expired"), "{e}");
-    }
+    verify_full_is_refused(&pki, &s, "expired").await;
 }
 
 /// Plain text to a TLS-only server should be a `Tls` error saying the server requires TLS
@@ -193,13 +202,7 @@ async fn plain_text_is_refused_as_tls_and_a_wrong_password_as_auth() {
 async fn a_client_certificate_gets_a_clientcert_role_in() {
     let pki = TestPki::new().unwrap();
     let s = server(&pki, &pki.server).await;
-    let mut admin = sqlx::PgConnection::connect(s.url()).await.unwrap();
-    sqlx::query(&format!(
-        "CREATE ROLE \"{CERT_USER}\" SUPERUSER LOGIN PASSWORD '{PASSWORD}'"
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    create_cert_user(&s).await;
     let (ca, cert, key) = (path(&pki.ca), path(&pki.client.cert), path(&pki.client.key));
     let port = s.port().unwrap();
     let base = format!("postgres://{CERT_USER}:{PASSWORD}@127.0.0.1:{port}/postgres");
@@ -216,14 +219,6 @@ async fn a_client_certificate_gets_a_clientcert_role_in() {
     assert!(e.to_string().contains("certificate"), "{e}");
 }
 
-fn dlock_cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
-        .args(args)
-        .env("RUST_LOG", "trace")
-        .output()
-        .expect("run dlock-under-test")
-}
-
 /// `dlock run` should reach the TLS server with URL options only (both PostgreSQL schemes,
 /// with a client certificate too), exit 77 (EX_NOPERM) on a wrong password and 69 on plain
 /// text; nothing the CLI prints (stdout and stderr, trace logs on, `dlock hold`'s JSON
@@ -232,13 +227,7 @@ fn dlock_cli(args: &[&str]) -> Output {
 async fn the_cli_reaches_the_tls_server_and_never_prints_secrets() {
     let pki = TestPki::new().unwrap();
     let s = server(&pki, &pki.server).await;
-    let mut admin = sqlx::PgConnection::connect(s.url()).await.unwrap();
-    sqlx::query(&format!(
-        "CREATE ROLE \"{CERT_USER}\" SUPERUSER LOGIN PASSWORD '{PASSWORD}'"
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    create_cert_user(&s).await;
     let (ca, cert, key) = (path(&pki.ca), path(&pki.client.cert), path(&pki.client.key));
     let port = s.port().unwrap();
     let good = url(&s, PASSWORD, &format!("sslmode=verify-full&ca={ca}"));
@@ -246,78 +235,40 @@ async fn the_cli_reaches_the_tls_server_and_never_prints_secrets() {
         "postgres://{CERT_USER}:{PASSWORD}@127.0.0.1:{port}/postgres?sslmode=verify-full&ca={ca}&cert={cert}&key={key}"
     );
     let wrong = url(&s, "wrong-pw-Hc4", &format!("sslmode=verify-full&ca={ca}"));
+    let trace = &[("RUST_LOG", "trace")];
     let mut outputs = Vec::new();
     for u in [&good, &mtls] {
         for u in [u.clone(), format!("shedlock+{u}")] {
-            let o = dlock_cli(&["run", &u, "cli-tls-job", "--", "true"]);
-            assert_eq!(
-                o.status.code(),
-                Some(0),
-                "{}",
-                String::from_utf8_lossy(&o.stderr)
+            outputs
+                .push(dlock_cli(&["run", &u, "cli-tls-job", "--", "true"], trace).expect_code(0));
+            let hold = ["hold", "--for", "50ms", "--no-stdin", &u, "cli-tls-hold"];
+            let o = dlock_cli(&hold, trace).expect_code(0);
+            assert!(
+                o.stdout.contains("\"acquired\""),
+                "{}: {}",
+                o.what,
+                o.stdout
             );
-            outputs.push(o);
-            let o = dlock_cli(&["hold", "--for", "50ms", "--no-stdin", &u, "cli-tls-hold"]);
-            assert_eq!(
-                o.status.code(),
-                Some(0),
-                "{}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            assert!(String::from_utf8_lossy(&o.stdout).contains("\"acquired\""));
             outputs.push(o);
         }
     }
     for u in [wrong.clone(), format!("shedlock+{wrong}")] {
-        let o = dlock_cli(&["run", &u, "cli-tls-job", "--", "true"]);
-        assert_eq!(
-            o.status.code(),
-            Some(77),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
+        let o = dlock_cli(&["run", &u, "cli-tls-job", "--", "true"], trace).expect_code(77);
+        assert!(
+            !o.stderr.contains("wrong-pw-Hc4"),
+            "{}: the wrong password shows",
+            o.what
         );
-        assert!(!String::from_utf8_lossy(&o.stderr).contains("wrong-pw-Hc4"));
         outputs.push(o);
     }
-    let o = dlock_cli(&[
-        "run",
-        &url(&s, PASSWORD, "sslmode=disable"),
-        "j",
-        "--",
-        "true",
-    ]);
-    assert_eq!(
-        o.status.code(),
-        Some(69),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    outputs.push(o);
-    let o = dlock_cli(&["backends", "--json"]);
-    assert_eq!(o.status.code(), Some(0));
-    outputs.push(o);
+    let plain = url(&s, PASSWORD, "sslmode=disable");
+    outputs.push(dlock_cli(&["run", &plain, "j", "--", "true"], trace).expect_code(69));
+    outputs.push(dlock_cli(&["backends", "--json"], trace).expect_code(0));
 
     let mut secrets = vec![PASSWORD.to_string()];
-    for k in [&pki.client.key, &pki.server.key] {
-        let text = std::fs::read_to_string(k).unwrap();
-        secrets.extend(
-            text.lines()
-                .filter(|l| !l.is_empty() && !l.starts_with("-----"))
-                .map(str::to_string),
-        );
-    }
-    assert!(secrets.len() > 2, "the key files have base64 lines");
-    for o in &outputs {
-        for stream in [&o.stdout, &o.stderr] {
-            let text = String::from_utf8_lossy(stream);
-            for secret in &secrets {
-                assert!(
-                    !text.contains(secret.as_str()),
-                    "a secret in the CLI's output:\n{text}"
-                );
-            }
-        }
-    }
+    secrets.extend(secret_lines(&pki.client.key));
+    secrets.extend(secret_lines(&pki.server.key));
+    assert_no_secrets(&outputs, &secrets);
 }
 
 /// Measurement, not a check (`--ignored --nocapture`): acquire + release p50 over TLS

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use common::secrets::{assert_no_secrets, dlock_cli, secret_lines};
 use dlock::{ErrorKind, LockOptions};
 use dlock_fixtures::{self as fixtures, CertKey, RedisOptions, RedisTls, Server, TestPki};
 
@@ -267,20 +267,6 @@ async fn redlock_refuses_mixed_members_and_works_over_tls() -> Result<()> {
     Ok(())
 }
 
-/// `dlock ARGS…`: (exit code, stdout, stderr).
-fn dlock_cli(args: &[&str]) -> Result<(Option<i32>, String, String)> {
-    let out = Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("running dlock")?;
-    Ok((
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
 #[tokio::test]
 async fn the_cli_reaches_the_tls_server_and_keeps_secrets_out_of_its_output() -> Result<()> {
     let pki = TestPki::new()?;
@@ -304,62 +290,19 @@ async fn the_cli_reaches_the_tls_server_and_keeps_secrets_out_of_its_output() ->
         &pki.ca,
         &certs,
     );
-    let key_lines: Vec<String> = std::fs::read_to_string(&pki.client.key)?
-        .lines()
-        .filter(|l| !l.starts_with("-----") && !l.is_empty())
-        .map(str::to_string)
-        .collect();
-    ensure!(!key_lines.is_empty(), "no key lines read");
-    let runs = [
-        (vec!["run", good.as_str(), "tls-job", "--", "true"], Some(0)),
-        (vec!["run", bad.as_str(), "tls-job", "--", "true"], Some(77)),
+    let mut secrets = vec![PASSWORD.to_string(), "wrong-password".to_string()];
+    secrets.extend(secret_lines(&pki.client.key));
+    let hold = |url| ["hold", url, "tls-job", "--for", "50ms", "--no-stdin"];
+    let outputs = [
+        dlock_cli(&["run", &good, "tls-job", "--", "true"], &[]).expect_code(0),
+        dlock_cli(&["run", &bad, "tls-job", "--", "true"], &[]).expect_code(77),
         // `hold` prints JSON events.
-        (
-            vec![
-                "hold",
-                good.as_str(),
-                "tls-job",
-                "--for",
-                "50ms",
-                "--no-stdin",
-            ],
-            Some(0),
-        ),
-        (
-            vec![
-                "hold",
-                bad.as_str(),
-                "tls-job",
-                "--for",
-                "50ms",
-                "--no-stdin",
-            ],
-            Some(77),
-        ),
-        (vec!["backends", "--json"], Some(0)),
-        (vec!["backends"], Some(0)),
+        dlock_cli(&hold(&good), &[]).expect_code(0),
+        dlock_cli(&hold(&bad), &[]).expect_code(77),
+        dlock_cli(&["backends", "--json"], &[]).expect_code(0),
+        dlock_cli(&["backends"], &[]).expect_code(0),
     ];
-    for (args, want) in runs {
-        let (code, stdout, stderr) = dlock_cli(&args)?;
-        let all = format!("{stdout}\n{stderr}");
-        ensure!(
-            code == want,
-            "dlock {:?}: exit {code:?}, want {want:?}:\n{all}",
-            args[0]
-        );
-        ensure!(
-            !all.contains(PASSWORD) && !all.contains("wrong-password"),
-            "password in output of dlock {}: {all}",
-            args[0]
-        );
-        for l in &key_lines {
-            ensure!(
-                !all.contains(l.as_str()),
-                "a line of the key file in the output of dlock {}",
-                args[0]
-            );
-        }
-    }
+    assert_no_secrets(&outputs, &secrets);
     Ok(())
 }
 

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use common::secrets::{assert_no_secrets, dlock_cli, secret_lines};
 use dlock::{ErrorKind, LockOptions};
 use dlock_fixtures::{self as fixtures, CertKey, RedisOptions, RedisTls, Server, TestPki};
 
@@ -237,21 +237,6 @@ async fn a_wrong_password_and_a_user_without_shedlock_keys_are_auth_errors() -> 
     Ok(())
 }
 
-/// `dlock ARGS…` with `RUST_LOG=trace`: (exit code, stdout, stderr).
-fn dlock_cli(args: &[&str]) -> Result<(Option<i32>, String, String)> {
-    let out = Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
-        .args(args)
-        .env("RUST_LOG", "trace")
-        .stdin(Stdio::null())
-        .output()
-        .context("running dlock")?;
-    Ok((
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
 #[tokio::test]
 async fn the_cli_reaches_the_tls_server_and_keeps_secrets_out_of_its_output() -> Result<()> {
     let pki = TestPki::new()?;
@@ -276,48 +261,23 @@ async fn the_cli_reaches_the_tls_server_and_keeps_secrets_out_of_its_output() ->
         &pki.ca,
         &certs,
     );
-    let key_lines: Vec<String> = std::fs::read_to_string(&pki.client.key)?
-        .lines()
-        .filter(|l| !l.starts_with("-----") && !l.is_empty())
-        .map(str::to_string)
-        .collect();
-    ensure!(!key_lines.is_empty(), "no key lines read");
-    let runs = [
-        (vec!["run", good.as_str(), "tls-job", "--", "true"], Some(0)),
-        (vec!["run", bad.as_str(), "tls-job", "--", "true"], Some(77)),
-        (vec!["backends", "--json"], Some(0)),
+    let mut secrets = vec![PASSWORD.to_string(), "wrong-password".to_string()];
+    secrets.extend(secret_lines(&pki.client.key));
+    let trace = &[("RUST_LOG", "trace")];
+    let outputs = [
+        dlock_cli(&["run", &good, "tls-job", "--", "true"], trace).expect_code(0),
+        dlock_cli(&["run", &bad, "tls-job", "--", "true"], trace).expect_code(77),
+        dlock_cli(&["backends", "--json"], trace).expect_code(0),
     ];
-    for (args, want) in runs {
-        let (code, stdout, stderr) = dlock_cli(&args)?;
-        let all = format!("{stdout}\n{stderr}");
-        ensure!(
-            code == want,
-            "dlock {:?}: exit {code:?}, want {want:?}:\n{all}",
-            args[0]
-        );
-        ensure!(
-            !all.contains(PASSWORD) && !all.contains("wrong-password"),
-            "password in output of dlock {}: {all}",
-            args[0]
-        );
-        for l in &key_lines {
-            ensure!(
-                !all.contains(l.as_str()),
-                "a line of the key file in the output of dlock {}",
-                args[0]
-            );
-        }
-        if args[0] == "backends" {
-            let doc: serde_json::Value = serde_json::from_str(&stdout)?;
-            let rediss = doc["schemes"]
-                .as_array()
-                .context("no schemes")?
-                .iter()
-                .find(|s| s["scheme"] == "shedlock+rediss")
-                .context("shedlock+rediss is not listed")?;
-            ensure!(rediss["status"] == "available", "{rediss}");
-        }
-    }
+    assert_no_secrets(&outputs, &secrets);
+    let doc: serde_json::Value = serde_json::from_str(&outputs[2].stdout)?;
+    let rediss = doc["schemes"]
+        .as_array()
+        .context("no schemes")?
+        .iter()
+        .find(|s| s["scheme"] == "shedlock+rediss")
+        .context("shedlock+rediss is not listed")?;
+    ensure!(rediss["status"] == "available", "{rediss}");
     // Without the client certificate the server refuses the handshake: a TLS error.
     let no_cert = url(
         &server,

@@ -15,9 +15,8 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
-
 use anyhow::{Context, Result, ensure};
+use common::secrets::{assert_no_secrets, dlock_cli};
 use dlock::{ErrorKind, LockName, LockOptions};
 use zookeeper_client::{Client, Error as ZkError, Permission};
 
@@ -97,15 +96,6 @@ async fn nodes_made_with_credentials_belong_to_their_creator_and_are_readable_by
     Ok(())
 }
 
-fn dlock(args: &[&str]) -> Result<Output> {
-    Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
-        .args(args)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .output()
-        .context("running dlock")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlock_run_exits_77_when_its_password_does_not_match_the_locks_acl() -> Result<()> {
     let server = dlock_fixtures::zookeeper().await?;
@@ -115,14 +105,10 @@ async fn dlock_run_exits_77_when_its_password_does_not_match_the_locks_acl() -> 
         .acquire(&LockName::new("cli-job")?, &LockOptions::new())
         .await?;
     let wrong = with_user(server.url(), "ops", "ops-pass-WRONG", &base);
-    let o = dlock(&["-vv", "run", &wrong, "cli-job", "--", "true"])?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    ensure!(o.status.code() == Some(77), "{text}");
-    ensure!(!text.contains("ops-pass"), "the password leaked: {text}");
+    let run = ["-vv", "run", &wrong, "cli-job", "--", "true"];
+    let o = dlock_cli(&run, &[("RUST_LOG", "debug")]).expect_code(77);
+    // "ops-pass" is the start of both passwords, the right one and the wrong one.
+    assert_no_secrets([&o], &["ops-pass"]);
     guard.release().await?;
     Ok(())
 }

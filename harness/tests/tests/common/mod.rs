@@ -1,6 +1,8 @@
 //! Helpers shared by the real-server test files.
 #![allow(dead_code)]
 
+pub mod secrets;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -310,7 +310,7 @@ async fn the_cli_reaches_the_tls_server_and_keeps_secrets_out_of_its_output() ->
 /// --nocapture`): acquire + release p50 over TLS against plain text on the same server, 500
 /// samples each, alternating; lock-redis's README (Measured) quotes it.
 #[tokio::test]
-#[ignore]
+#[ignore = "a measurement, not a check: run with --ignored --nocapture"]
 async fn measure_tls_against_plain_text() -> Result<()> {
     let pki = TestPki::new()?;
     let server = tls_redis(&pki, &pki.server, false).await?;

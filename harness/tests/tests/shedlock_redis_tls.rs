@@ -6,10 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
+use common::redis_tls::{self, lock_once, tls_port};
 use common::secrets::{assert_no_secrets, dlock_cli, secret_lines};
 use dlock::{ErrorKind, LockOptions};
-use dlock_fixtures::{self as fixtures, CertKey, RedisOptions, RedisTls, Server, TestPki};
+use dlock_fixtures::{CertKey, Server, TestPki};
 
 const PASSWORD: &str = "s3cret-Shed-Pa55word";
 
@@ -28,64 +29,17 @@ fn users() -> Vec<String> {
 
 /// A Redis whose second port speaks TLS only, with `cert` as its certificate.
 async fn tls_redis(pki: &TestPki, cert: &CertKey, require_client_cert: bool) -> Result<Server> {
-    fixtures::managed_redis(RedisOptions {
-        tls: Some(RedisTls {
-            server: cert.clone(),
-            ca: pki.ca.clone(),
-            require_client_cert,
-        }),
-        users: users(),
-        ..Default::default()
-    })
-    .await
-}
-
-fn tls_port(server: &Server) -> u16 {
-    server.ports()[1]
+    redis_tls::tls_redis(pki, cert, require_client_cert, users()).await
 }
 
 /// `shedlock+rediss://[userinfo@]host:TLS_PORT?ca=CA[&extra]`.
 fn url(server: &Server, userinfo: &str, host: &str, ca: &std::path::Path, extra: &str) -> String {
-    format!(
-        "shedlock+rediss://{userinfo}{host}:{}?ca={}{extra}",
-        tls_port(server),
-        ca.display()
-    )
+    redis_tls::tls_url("shedlock+rediss", server, userinfo, host, ca, extra)
 }
 
 /// Connecting must fail with one of `kinds` and a message containing `says`.
 async fn refused(url: &str, kinds: &[ErrorKind], says: &str) -> Result<String> {
-    match dlock::connect(url).await {
-        Ok(_) => bail!("{} connected", dlock::redact(url)),
-        Err(e) => {
-            let msg = format!("{e:#}");
-            ensure!(
-                kinds.contains(&e.kind()),
-                "expected {kinds:?}, got {:?}: {msg}",
-                e.kind()
-            );
-            ensure!(msg.contains(says), "message lacks {says:?}: {msg}");
-            ensure!(!msg.contains(PASSWORD), "the password leaked: {msg}");
-            eprintln!("{:?}: {msg}", e.kind());
-            Ok(msg)
-        }
-    }
-}
-
-/// One acquisition and release; returns the fencing token.
-async fn lock_once(url: &str) -> Result<Option<u64>> {
-    let backend = dlock::connect(url)
-        .await
-        .with_context(|| format!("connecting to {}", dlock::redact(url)))?;
-    let guard = backend
-        .acquire(
-            &common::unique("shed-tls"),
-            &LockOptions::new().with_ttl(Duration::from_secs(5)),
-        )
-        .await?;
-    let token = guard.token().map(|t| t.get());
-    ensure!(guard.release().await?, "the release found the lock gone");
-    Ok(token)
+    redis_tls::refused_as(url, kinds, says, PASSWORD).await
 }
 
 #[tokio::test]

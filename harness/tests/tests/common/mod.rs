@@ -1,6 +1,7 @@
 //! Helpers shared by the real-server test files.
 #![allow(dead_code)]
 
+pub mod redis_tls;
 pub mod secrets;
 
 use std::io::{BufRead, BufReader};

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::{Nemesis, await_late_loss};
+use super::{Nemesis, record_moved};
 use crate::scenario::checker::Retention;
 use crate::scenario::holder::{Holder, mono_us, ms_between};
 use crate::scenario::target::{Target, start_cluster_target};
@@ -236,19 +236,14 @@ async fn observe(t: &mut Trial<'_>, t0: i64, third: &mut Option<Holder>) -> Resu
         grant = await_grant_as(2, w, &mut t.history.resource, within).await?;
     }
     let mut states = Reported::default();
-    let mut lost = t.drain_subject(t0, &mut states);
+    let lost = t.drain_subject(t0, &mut states);
     match grant {
         Some((t_grant, _)) => {
-            t.history.handover(t0, t_grant);
             t.history.note(format!(
                 "lock lost: another holder was granted it {:.0} ms after the kill",
                 ms_between(t0, t_grant)
             ));
-            if lost.is_none() {
-                lost = await_late_loss(t, t0, bound).await;
-            }
-            t.history.lost_us = lost;
-            t.stale_write(mono_us());
+            record_moved(t, t0, t_grant, lost, bound).await;
         }
         None => {
             t.history.not_freed(lost);

@@ -175,6 +175,25 @@ fn lost_late(after_ms: f64) -> String {
     format!("holder reported lost at +{after_ms:.0} ms, after the new grant")
 }
 
+/// The lock moved to another holder at `t_grant` after the fault at `t0`: records the
+/// handover, waits (up to `bound`) for a subject that had not reported `lost` yet, then the
+/// subject's stale write.
+async fn record_moved(
+    t: &mut Trial<'_>,
+    t0: i64,
+    t_grant: i64,
+    mut lost: Option<i64>,
+    bound: Duration,
+) {
+    t.history.handover(t0, t_grant);
+    if lost.is_none() {
+        // Does it learn at all, and how late?
+        lost = await_late_loss(t, t0, bound).await;
+    }
+    t.history.lost_us = lost;
+    t.stale_write(mono_us());
+}
+
 /// After another holder's grant, a subject that had not reported `lost` yet: waits up to
 /// `bound` for it, notes how late (from the fault `t0`) or that it never came, and records
 /// it as the subject leaving the resource. Returns when it reported the loss, if it did.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use super::{Nemesis, await_late_loss};
+use super::{Nemesis, record_moved};
 use crate::scenario::checker::Retention;
 use crate::scenario::holder::{mono_us, ms_between};
 use crate::scenario::target::Target;
@@ -123,21 +123,13 @@ async fn next_holder(
 async fn observe(t: &mut Trial<'_>, t0: i64, grant: Option<Grant>) -> Result<()> {
     let bound = t.ctx.grant_bound();
     let mut states = Reported::default();
-    let mut lost = t.drain_subject(t0, &mut states);
+    let lost = t.drain_subject(t0, &mut states);
     if !states.is_empty() {
         t.history
             .note(format!("holder reported: {}", states.join(", ")));
     }
     match grant {
-        Some((t_grant, _)) => {
-            t.history.handover(t0, t_grant);
-            if lost.is_none() {
-                // Does it learn at all, and how late?
-                lost = await_late_loss(t, t0, bound).await;
-            }
-            t.history.lost_us = lost;
-            t.stale_write(mono_us());
-        }
+        Some((t_grant, _)) => record_moved(t, t0, t_grant, lost, bound).await,
         None => {
             t.history.not_freed(lost);
             t.history.note(format!(

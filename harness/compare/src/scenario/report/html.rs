@@ -112,13 +112,19 @@ pub fn failover_svg(r: &Report) -> String {
     s
 }
 
-pub(super) fn html_table(r: &Report, text: impl Fn(&Cell) -> String) -> String {
-    let cols = measured_scenarios(r);
+/// `<table>` with its header row: backend, then each scenario.
+fn table_head(cols: &[&str]) -> String {
     let mut h = String::from("<table><tr><th>backend</th>");
-    for c in &cols {
+    for c in cols {
         let _ = write!(h, "<th>{}</th>", esc(c));
     }
     h.push_str("</tr>");
+    h
+}
+
+pub(super) fn html_table(r: &Report, text: impl Fn(&Cell) -> String) -> String {
+    let cols = measured_scenarios(r);
+    let mut h = table_head(&cols);
     for b in backends_of(r) {
         let _ = write!(h, "<tr><th>{}</th>", esc(b));
         for s in &cols {
@@ -135,11 +141,7 @@ pub(super) fn html_table(r: &Report, text: impl Fn(&Cell) -> String) -> String {
 /// for a documented overlap, where the backend's README says so, on hover).
 fn safety_html(r: &Report) -> String {
     let cols = measured_scenarios(r);
-    let mut h = String::from("<table><tr><th>backend</th>");
-    for c in &cols {
-        let _ = write!(h, "<th>{}</th>", esc(c));
-    }
-    h.push_str("</tr>");
+    let mut h = table_head(&cols);
     for b in backends_of(r) {
         let _ = write!(h, "<tr><th>{}</th>", esc(b));
         for s in &cols {

@@ -84,7 +84,7 @@ async fn start(
 ) -> Result<Option<(fixtures::Server, String, String, &'static str)>> {
     Ok(Some(match backend {
         "postgres" => {
-            let password = format!("bench-{:x}", nonce());
+            let password = format!("bench-{:x}", dlock::random_u64());
             let pg = fixtures::managed_postgres_with(fixtures::PostgresOptions {
                 tls: Some(fixtures::PostgresTls {
                     server: pki.server.clone(),
@@ -135,12 +135,4 @@ async fn start(
         }
         _ => return Ok(None),
     }))
-}
-
-/// A per-run value for the throwaway password.
-fn nonce() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-        ^ u64::from(std::process::id())
 }

@@ -107,8 +107,15 @@ pub(crate) fn cause(error: &(dyn StdError + 'static), spoke: Spoke) -> Option<&'
             return Some("the TLS handshake failed");
         }
         // TLS 1.3: the server checks the client's certificate after the client considers the
-        // handshake done; etcd (Go) then closes the connection without an alert rustls reports.
-        if spoke == Spoke::Tls && (has("connection closed") || has("operation was canceled")) {
+        // handshake done; etcd (Go) then closes the connection without an alert rustls reports
+        // (seen as a closed connection, a cancelled operation, or — when the client was still
+        // writing — a broken pipe or a reset).
+        if spoke == Spoke::Tls
+            && (has("connection closed")
+                || has("operation was canceled")
+                || has("broken pipe")
+                || has("connection reset"))
+        {
             return Some(
                 "the server closed the connection right after the TLS handshake: it requires a \
                  client certificate (mutual TLS: give cert= and key=)",

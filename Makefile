@@ -7,6 +7,7 @@ CARGO ?= cargo
 
 test:
 	scripts/install-servers
+	scripts/install-peers
 	$(CARGO) test --workspace --all-features
 	# the facade once more without features: schemes then name the feature they need
 	$(CARGO) test -p dlock --no-default-features
@@ -32,12 +33,17 @@ servers:
 # Criterion latency benches (each beside its backend's raw floor) and contention drivers.
 bench:
 	scripts/install-servers
+	scripts/install-peers
 	$(CARGO) bench -p benches
+	# dlock beside the peer libraries (the same peers section as make compare, on its own)
+	$(CARGO) build --release -p dlock-cli --features harness --bin dlock
+	$${CARGO_TARGET_DIR:-target}/release/dlock compare --only peers --out report/bench-peers
 
 # The failure-scenario comparison: starts its own servers, runs every backend x scenario cell
 # and writes report/comparison.json and report/comparison.md.
 compare:
 	scripts/install-servers
+	scripts/install-peers
 	$(CARGO) build --release -p dlock-cli --features harness --bin dlock
 	$${CARGO_TARGET_DIR:-target}/release/dlock compare
 	scripts/update-readme report/choosing.md

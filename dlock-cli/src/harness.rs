@@ -12,6 +12,7 @@ pub(crate) async fn main(cmd: HarnessCommand) -> i32 {
         HarnessCommand::Conformance(args) => conformance(args).await,
         HarnessCommand::Compare(args) => compare(args).await,
         HarnessCommand::HoldMany(args) => hold_many(args).await,
+        HarnessCommand::Peer(args) => crate::peer::serve(&args.url).await,
         HarnessCommand::Servers(ServersCommand::Up { cluster }) => {
             match dlock_fixtures::servers_up(cluster).await {
                 Ok(()) => EXIT_OK,
@@ -98,6 +99,7 @@ async fn compare(args: opt::CompareArgs) -> i32 {
     // No --only: every section.
     let section = |s| args.only.is_empty() || args.only.contains(&s);
     let no_bench = args.no_bench || !section(opt::CompareSection::Bench);
+    let no_peers = args.no_bench || !section(opt::CompareSection::Peers);
     let opts = CompareOptions {
         dlock_bin,
         repeat: args.repeat.unwrap_or(if args.quick { 1 } else { 3 }),
@@ -110,6 +112,11 @@ async fn compare(args: opt::CompareArgs) -> i32 {
             (true, _) => None,
             (false, true) => Some(dlock_compare::bench::BenchPlan::quick()),
             (false, false) => Some(dlock_compare::bench::BenchPlan::short()),
+        },
+        peers: match (no_peers, args.quick) {
+            (true, _) => None,
+            (false, true) => Some(dlock_compare::peers::PeersPlan::quick()),
+            (false, false) => Some(dlock_compare::peers::PeersPlan::short()),
         },
     };
     if opts.ttl.is_zero() {

@@ -6,6 +6,8 @@ mod backends;
 mod harness;
 mod hold;
 pub mod opt;
+#[cfg(feature = "harness")]
+mod peer;
 mod run;
 
 use std::sync::Arc;

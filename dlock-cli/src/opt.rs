@@ -84,6 +84,19 @@ pub enum HarnessCommand {
     /// its sockets, then release them. Its own process, so that the memory is its own.
     #[command(hide = true)]
     HoldMany(HoldManyArgs),
+    /// The comparison's peer harness for dlock itself: answers the line protocol of
+    /// `peers/README.md` on stdin/stdout with the backend at URL (dlock's defaults), the same
+    /// protocol the peer libraries' harnesses answer.
+    #[command(hide = true)]
+    Peer(PeerArgs),
+}
+
+/// `dlock peer` arguments.
+#[cfg(feature = "harness")]
+#[derive(Debug, Args)]
+pub struct PeerArgs {
+    /// Lock service URL.
+    pub url: String,
 }
 
 /// `dlock hold-many` arguments.
@@ -128,12 +141,12 @@ pub struct CompareArgs {
     pub out: std::path::PathBuf,
 
     /// Skip the benchmarks (latency beside the raw floor, handoff, throughput, many locks)
-    /// that run after each backend's scenarios.
+    /// and the peers that run after each backend's scenarios.
     #[arg(long)]
     pub no_bench: bool,
 
     /// Comma-separated sections to run (default: all): `scenarios` (the failure matrix),
-    /// `bench` (the short benchmarks). The cells of a section left out are reported
+    /// `bench` (the short benchmarks), `peers` (dlock beside the peer libraries). The cells of a section left out are reported
     /// `not_measured`.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub only: Vec<CompareSection>,
@@ -158,6 +171,8 @@ pub enum CompareSection {
     Scenarios,
     /// The short benchmarks after each backend's scenarios.
     Bench,
+    /// dlock beside the peer libraries (`peers/`), after each backend's benchmarks.
+    Peers,
 }
 
 /// `dlock conformance` arguments.

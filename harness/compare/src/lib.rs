@@ -8,6 +8,7 @@ macro_rules! say {
 pub(crate) use say;
 
 pub mod bench;
+pub mod peers;
 pub mod progress;
 pub mod scenario;
 pub mod soak;

@@ -68,6 +68,9 @@ fn compare_quick_writes_a_consistent_report() {
             "--quick",
             "--backends",
             "postgres,redis",
+            // The peers section has its own test (compare_peers.rs).
+            "--only",
+            "scenarios,bench",
             "--out",
         ])
         .arg(&out)

@@ -236,6 +236,8 @@ pub struct Report {
     pub benchmarks: Vec<BenchEntry>,
     /// Backends whose benchmarks failed, and why.
     pub benchmark_failures: Vec<BenchFailure>,
+    /// dlock beside the peer libraries (empty without the peers section).
+    pub peers: Vec<crate::peers::PeerRow>,
 }
 
 /// A backend whose benchmarks could not run to the end.

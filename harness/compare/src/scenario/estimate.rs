@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::nemesis;
 use super::{BACKENDS, CompareOptions, runner};
 use crate::bench::BenchPlan;
+use crate::peers::PeersPlan;
 
 /// Starting (and later stopping) one backend's servers.
 const SERVERS: Duration = Duration::from_millis(500);
@@ -23,6 +24,13 @@ const BENCH_SHORT: Duration = Duration::from_millis(5_500);
 /// One backend's benchmarks with [`BenchPlan::quick`].
 const BENCH_QUICK: Duration = Duration::from_millis(500);
 
+/// One peer beside dlock with [`PeersPlan::short`] (three SIGKILL failovers per side of up
+/// to a ttl each, six 1 s throughput runs per side, the handoff chains' start-up).
+const PEER_SHORT: Duration = Duration::from_secs(30);
+
+/// One peer with [`PeersPlan::quick`].
+const PEER_QUICK: Duration = Duration::from_secs(10);
+
 /// The expected cost of a run, by section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -36,6 +44,10 @@ pub struct Plan {
     pub bench_backends: usize,
     /// The benchmarks.
     pub bench: Duration,
+    /// Peers measured beside dlock.
+    pub peer_count: usize,
+    /// The peers section.
+    pub peers: Duration,
 }
 
 impl Plan {
@@ -65,7 +77,20 @@ impl Plan {
             scenarios += SERVERS * backends.len() as u32;
         }
         let bench_backends = opts.bench.as_ref().map_or(0, |_| backends.len());
+        let peer_count = match &opts.peers {
+            None => 0,
+            Some(_) => crate::peers::PEERS
+                .iter()
+                .filter(|p| backends.contains(&p.backend))
+                .count(),
+        };
+        let per_peer = match &opts.peers {
+            Some(p) if p.samples <= PeersPlan::quick().samples => PEER_QUICK,
+            _ => PEER_SHORT,
+        };
         Plan {
+            peer_count,
+            peers: per_peer * peer_count as u32,
             cells,
             repeat: opts.repeat,
             scenarios,
@@ -74,9 +99,9 @@ impl Plan {
         }
     }
 
-    /// Both sections.
+    /// Every section.
     pub fn total(&self) -> Duration {
-        self.scenarios + self.bench
+        self.scenarios + self.bench + self.peers
     }
 
     /// One line for the log: the total and what it is made of.
@@ -100,8 +125,17 @@ impl Plan {
                 self.bench_backends
             )
         };
+        let peers = if self.peer_count == 0 {
+            "no peers".to_string()
+        } else {
+            format!(
+                "peers {} ({} peer(s))",
+                minutes(self.peers),
+                self.peer_count
+            )
+        };
         format!(
-            "expected to take about {}: {scenarios}, {bench}",
+            "expected to take about {}: {scenarios}, {bench}, {peers}",
             minutes(self.total())
         )
     }
@@ -142,6 +176,7 @@ mod tests {
             out: "report".into(),
             run_scenarios: scenarios,
             bench,
+            peers: None,
         }
     }
 
@@ -153,6 +188,12 @@ mod tests {
         assert_eq!(all.cells, 64);
         assert_eq!(all.bench_backends, 7);
         assert_eq!(all.total(), all.scenarios + all.bench);
+        let with_peers = Plan::of(&CompareOptions {
+            peers: Some(PeersPlan::short()),
+            ..opts(false, None)
+        });
+        assert_eq!(with_peers.peer_count, crate::peers::PEERS.len());
+        assert_eq!(with_peers.total(), with_peers.peers);
         let scenarios = Plan::of(&opts(true, None));
         assert_eq!(
             (scenarios.bench, scenarios.scenarios),

@@ -93,6 +93,8 @@ pub struct CompareOptions {
     pub run_scenarios: bool,
     /// The benchmarks to run after each backend's scenarios (`None`: none).
     pub bench: Option<BenchPlan>,
+    /// The peers section, run beside the benchmarks (`None`: none).
+    pub peers: Option<crate::peers::PeersPlan>,
 }
 
 #[cfg(test)]

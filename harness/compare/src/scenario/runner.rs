@@ -62,6 +62,7 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
         scenarios: run.cells,
         benchmarks: run.benchmarks,
         benchmark_failures: run.benchmark_failures,
+        peers: run.peers,
     })
 }
 
@@ -115,6 +116,7 @@ struct Run<'o> {
     cells: Vec<Cell>,
     benchmarks: Vec<BenchEntry>,
     benchmark_failures: Vec<BenchFailure>,
+    peers: Vec<crate::peers::PeerRow>,
 }
 
 impl<'o> Run<'o> {
@@ -129,6 +131,7 @@ impl<'o> Run<'o> {
             cells: Vec::new(),
             benchmarks: Vec::new(),
             benchmark_failures: Vec::new(),
+            peers: Vec::new(),
         }
     }
 
@@ -154,8 +157,8 @@ impl<'o> Run<'o> {
                 self.cells.push(cell);
             }
         }
-        if let Some(plan) = &self.opts.bench {
-            self.bench(backend, &target, plan).await;
+        if self.opts.bench.is_some() || self.opts.peers.is_some() {
+            self.bench(backend, &target).await;
         }
     }
 
@@ -320,8 +323,9 @@ impl<'o> Run<'o> {
         cell
     }
 
-    /// The benchmarks of one backend, its servers pinned apart from this process.
-    async fn bench(&mut self, backend: &str, target: &Target, plan: &bench::BenchPlan) {
+    /// The benchmarks and the peers of one backend, its servers pinned apart from this
+    /// process.
+    async fn bench(&mut self, backend: &str, target: &Target) {
         crate::say!("[compare] {backend}: benchmarks");
         crate::progress::set(self.done, format!("{backend}: benchmarks"));
         let started = Instant::now();
@@ -342,8 +346,26 @@ impl<'o> Run<'o> {
             .collect();
         let pinning = bench::pin_server_apart(&pids);
         crate::say!("[compare] {backend}: {}", pinning.description);
-        let measured =
-            bench::run_backend(backend, &target.bench_url, plan, Some(&self.opts.dlock_bin)).await;
+        let measured = match &self.opts.bench {
+            Some(plan) => {
+                bench::run_backend(backend, &target.bench_url, plan, Some(&self.opts.dlock_bin))
+                    .await
+            }
+            None => Ok(Vec::new()),
+        };
+        if let Some(peers) = &self.opts.peers {
+            crate::progress::set(self.done, format!("{backend}: peers"));
+            let harnesses = crate::peers::Harnesses::locate(&self.opts.dlock_bin);
+            let rows = crate::peers::run_backend(
+                backend,
+                &target.bench_url,
+                self.opts.ttl,
+                peers,
+                &harnesses,
+            )
+            .await;
+            self.peers.extend(rows);
+        }
         if !pinning.undo() {
             crate::say!("[compare] {backend}: could not give dlock its CPUs back");
         }

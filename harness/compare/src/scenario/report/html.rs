@@ -189,6 +189,7 @@ Faults: {faults}. Full data: <a href="comparison.json">comparison.json</a>; read
 {safety}
 {timelines}
 {bench}
+{peers}
 </body></html>
 "#,
         host = esc(&r.run.host),
@@ -200,6 +201,7 @@ Faults: {faults}. Full data: <a href="comparison.json">comparison.json</a>; read
         failover = html_table(r, failover_text),
         safety = safety_html(r),
         bench = bench_html(r),
+        peers = super::peers::peers_html(r),
         timelines = timeline_svg(r).map_or_else(String::new, |t| format!(
             "<h2>Who held the lock around the fault</h2><p>First repetition of each cell; time \
              relative to the fault (for latency and quorum_loss: the start of the step or the \

@@ -40,6 +40,10 @@ pub fn markdown(r: &Report) -> String {
         );
         md.push_str(&table);
     }
+    if let Some(t) = peers_markdown(r) {
+        let _ = writeln!(md, "\n## dlock beside the peer libraries\n");
+        md.push_str(&t);
+    }
     if let Some(t) = targets_markdown(r) {
         let _ = writeln!(md, "\n## Targets\n");
         md.push_str(&t);

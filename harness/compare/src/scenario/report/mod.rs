@@ -5,6 +5,7 @@ mod bench;
 mod choosing;
 mod html;
 mod markdown;
+mod peers;
 mod targets;
 mod verdict;
 
@@ -21,6 +22,7 @@ pub use bench::{bench_markdown, latency_svg};
 pub use choosing::choosing_markdown;
 pub use html::{failover_svg, html, timeline_svg};
 pub use markdown::markdown;
+pub use peers::peers_markdown;
 pub use targets::targets_markdown;
 pub use verdict::{DOCUMENTED_OVERLAPS, Verdict};
 

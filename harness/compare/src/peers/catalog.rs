@@ -1,0 +1,286 @@
+//! Which peer libraries are compared on which backend, where their harnesses live, and what
+//! each one does (or skips) beside dlock.
+
+use std::path::{Path, PathBuf};
+
+use super::proc::Launch;
+
+/// The ecosystem a peer's harness is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HarnessKind {
+    /// `peers/rust` (`dlock-peer-rust`).
+    Rust,
+    /// `peers/python` (`harness.py` in its virtualenv).
+    Python,
+}
+
+impl HarnessKind {
+    /// `rust` / `python`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HarnessKind::Rust => "rust",
+            HarnessKind::Python => "python",
+        }
+    }
+}
+
+/// One peer library on one backend.
+#[derive(Debug, Clone)]
+pub struct PeerSpec {
+    /// The comparison's backend name.
+    pub backend: &'static str,
+    /// The protocol's `PEER`.
+    pub peer: &'static str,
+    /// Which harness runs it.
+    pub harness: HarnessKind,
+    /// What it leaves out that dlock does (empty: nothing measurable).
+    pub does_less: &'static str,
+    /// How its waiters learn that the lock is free.
+    pub waits_by: &'static str,
+}
+
+/// Every peer, by backend.
+pub const PEERS: &[PeerSpec] = &[
+    PeerSpec {
+        backend: "postgres",
+        peer: "sqlx-advisory",
+        harness: HarnessKind::Rust,
+        does_less: "no session watch (a dead session is noticed at the next statement), no deadline or state on the guard, no fencing option; the same two statements on a SHA-256 key",
+        waits_by: "the server's lock queue (pg_advisory_lock blocks)",
+    },
+    PeerSpec {
+        backend: "postgres",
+        peer: "psycopg-advisory",
+        harness: HarnessKind::Python,
+        does_less: "the seed's pg_advisory_lock(hashtext(name)) + unlock and nothing else: no session watch, no deadline, no fencing",
+        waits_by: "the server's lock queue (pg_advisory_lock blocks)",
+    },
+    PeerSpec {
+        backend: "redis",
+        peer: "rslock",
+        harness: HarnessKind::Rust,
+        does_less: "no fencing counter, no wake-up publish, no renewal (SET NX PX + token-checked DEL only)",
+        waits_by: "retries: 3 tries per lock() call, 0–200 ms random delay between, lock() again at once",
+    },
+    PeerSpec {
+        backend: "redis",
+        peer: "redis-py",
+        harness: HarnessKind::Python,
+        does_less: "no fencing counter, no wake-up publish, no renewal",
+        waits_by: "polls every 100 ms (its default sleep)",
+    },
+    PeerSpec {
+        backend: "redis",
+        peer: "python-redis-lock",
+        harness: HarnessKind::Python,
+        does_less: "no fencing counter, no renewal (auto_renewal off by default); TTL in whole seconds",
+        waits_by: "BLPOP on a signal list its release pushes",
+    },
+    PeerSpec {
+        backend: "redis",
+        peer: "pottery",
+        harness: HarnessKind::Python,
+        does_less: "no fencing counter, no wake-up publish, no renewal (Redlock over one master)",
+        waits_by: "retries with a random delay",
+    },
+    PeerSpec {
+        backend: "redlock",
+        peer: "rslock",
+        harness: HarnessKind::Rust,
+        does_less: "no wake-up publish, no renewal",
+        waits_by: "retries: 3 tries per lock() call, 0–200 ms random delay between, lock() again at once",
+    },
+    PeerSpec {
+        backend: "redlock",
+        peer: "pottery",
+        harness: HarnessKind::Python,
+        does_less: "no wake-up publish, no renewal",
+        waits_by: "retries with a random delay",
+    },
+    PeerSpec {
+        backend: "etcd",
+        peer: "etcd-v3lock",
+        harness: HarnessKind::Rust,
+        does_less: "",
+        waits_by: "the server's own queue (the Lock RPC watches the predecessor key server-side)",
+    },
+    PeerSpec {
+        backend: "zookeeper",
+        peer: "kazoo",
+        harness: HarnessKind::Python,
+        does_less: "no fencing token (kazoo's own node layout, not Curator's)",
+        waits_by: "a watch on the predecessor node",
+    },
+];
+
+/// The raw floor each backend's rows are read against: the least work a lock needs there.
+pub fn floor_of(backend: &str) -> &'static str {
+    match backend {
+        "postgres" => "pg_advisory_lock + pg_advisory_unlock (two statements on one session)",
+        "redis" => {
+            "SET NX PX + token-checked DEL; dlock's own work adds its token counter and wake-up publish in the same scripts"
+        }
+        "redlock" => {
+            "SET NX PX + token-checked DEL on a quorum of 3; dlock adds its wake-up publish"
+        }
+        "etcd" => {
+            "lease grant once + put-if-absent txn + delete (the Lock RPC does range + watch server-side)"
+        }
+        "zookeeper" => "create EPHEMERAL_SEQUENTIAL + getChildren + delete",
+        _ => "",
+    }
+}
+
+/// The URL a peer takes, from the dlock URL of the same servers (`None`: not a form we map).
+pub fn peer_url(backend: &str, dlock_url: &str) -> Option<String> {
+    let no_query = dlock_url.split('?').next().unwrap_or(dlock_url);
+    match backend {
+        "postgres" => Some(no_query.to_string()),
+        "redis" => no_query
+            .strip_prefix("redis://")
+            .map(|r| format!("redis://{}", r.trim_end_matches('/'))),
+        "redlock" => no_query
+            .strip_prefix("redlock://")
+            .map(|r| format!("redis://{}", r.trim_end_matches('/'))),
+        "etcd" => no_query.strip_prefix("etcd://").map(|r| {
+            r.trim_end_matches('/')
+                .split(',')
+                .map(|h| format!("http://{h}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+        "zookeeper" => no_query
+            .strip_prefix("zk://")
+            .map(|r| r.split('/').next().unwrap_or(r).to_string()),
+        _ => None,
+    }
+}
+
+/// Where the harnesses are.
+#[derive(Debug, Clone)]
+pub struct Harnesses {
+    /// The `dlock` binary (`dlock peer URL`).
+    pub dlock_bin: PathBuf,
+    /// The `peers/` directory of this checkout.
+    pub peers_dir: PathBuf,
+}
+
+/// Environment variable naming the `peers/` directory (default: found from the working
+/// directory upwards).
+pub const PEERS_DIR_ENV: &str = "DLOCK_PEERS_DIR";
+
+impl Harnesses {
+    /// The harnesses of this checkout: `peers/` from [`PEERS_DIR_ENV`] or the first
+    /// ancestor of the working directory (then of `dlock_bin`) that has `peers/README.md`.
+    pub fn locate(dlock_bin: &Path) -> Harnesses {
+        let from_env = std::env::var_os(PEERS_DIR_ENV).map(PathBuf::from);
+        let search = |start: &Path| {
+            start
+                .ancestors()
+                .map(|a| a.join("peers"))
+                .find(|p| p.join("README.md").is_file())
+        };
+        let peers_dir = from_env
+            .or_else(|| std::env::current_dir().ok().and_then(|d| search(&d)))
+            .or_else(|| search(dlock_bin))
+            .unwrap_or_else(|| PathBuf::from("peers"));
+        Harnesses {
+            dlock_bin: dlock_bin.to_path_buf(),
+            peers_dir,
+        }
+    }
+
+    /// dlock's own harness.
+    pub fn dlock(&self, ttl_ms: u64) -> Launch {
+        Launch {
+            program: self.dlock_bin.clone(),
+            pre_args: vec!["peer".into()],
+            peer_arg: None,
+            env: session_env(ttl_ms),
+        }
+    }
+
+    /// The Rust harness binary (built by `scripts/install-peers`).
+    pub fn rust_bin(&self) -> PathBuf {
+        self.peers_dir.join("rust/target/release/dlock-peer-rust")
+    }
+
+    /// How to start `spec`'s harness, or why it cannot be.
+    pub fn launch(&self, spec: &PeerSpec, ttl_ms: u64) -> Result<Launch, String> {
+        let (program, pre_args) = match spec.harness {
+            HarnessKind::Rust => (self.rust_bin(), vec![]),
+            HarnessKind::Python => (
+                self.peers_dir.join("python/.venv/bin/python"),
+                vec![
+                    self.peers_dir
+                        .join("python/harness.py")
+                        .to_string_lossy()
+                        .into_owned(),
+                ],
+            ),
+        };
+        if !program.exists() {
+            return Err(format!(
+                "the {} harness is not installed ({} missing): run scripts/install-peers",
+                spec.harness.as_str(),
+                program.display()
+            ));
+        }
+        Ok(Launch {
+            program,
+            pre_args,
+            peer_arg: Some(spec.peer.to_string()),
+            env: session_env(ttl_ms),
+        })
+    }
+}
+
+/// The session timeout a session-based peer without a per-lock ttl (kazoo) is given: the
+/// comparison's ttl, as dlock's ZooKeeper URL gets it.
+fn session_env(ttl_ms: u64) -> Vec<(String, String)> {
+    vec![("DLOCK_PEER_SESSION_MS".into(), ttl_ms.to_string())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_urls_come_from_the_dlock_urls() {
+        let cases = [
+            (
+                "postgres",
+                "postgres://u@127.0.0.1:5/db?fencing=table",
+                "postgres://u@127.0.0.1:5/db",
+            ),
+            ("redis", "redis://127.0.0.1:6/", "redis://127.0.0.1:6"),
+            (
+                "redlock",
+                "redlock://127.0.0.1:1,127.0.0.1:2,127.0.0.1:3",
+                "redis://127.0.0.1:1,127.0.0.1:2,127.0.0.1:3",
+            ),
+            (
+                "etcd",
+                "etcd://127.0.0.1:7,127.0.0.1:8?prefix=x",
+                "http://127.0.0.1:7,http://127.0.0.1:8",
+            ),
+            (
+                "zookeeper",
+                "zk://127.0.0.1:9/chroot?session_timeout=2s",
+                "127.0.0.1:9",
+            ),
+        ];
+        for (backend, url, want) in cases {
+            assert_eq!(peer_url(backend, url).as_deref(), Some(want), "{backend}");
+        }
+        assert_eq!(peer_url("redis", "rediss://x:1"), None);
+    }
+
+    #[test]
+    fn every_peer_has_a_floor_and_a_wait_policy() {
+        for p in PEERS {
+            assert!(!floor_of(p.backend).is_empty(), "{}", p.backend);
+            assert!(!p.waits_by.is_empty(), "{}", p.peer);
+        }
+    }
+}

@@ -10,6 +10,9 @@ pub mod opt;
 mod peer;
 mod run;
 
+// `CLOCK_MONOTONIC` in microseconds, the clock every process on the machine shares (never
+// stepped or skewed), in the holders' events: the same one the peer harnesses use.
+use dlock_peer_proto::mono_us;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -367,23 +370,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// `CLOCK_MONOTONIC` in microseconds: one clock shared by every process on the machine
-/// (unlike the wall clock, never stepped or skewed), so a harness can order events of
-/// several holders to the microsecond. Its zero is arbitrary (boot); only differences mean
-/// something.
-fn mono_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 /// Writes the completion script for `args.shell` to stdout.

@@ -48,6 +48,9 @@ struct Shared {
     /// (no lock key can equal it, since names are never empty).
     prefix: Vec<u8>,
     timeout: Duration,
+    /// Whether grants carry a fencing token (`fencing=off`: the acquire script skips the
+    /// counter).
+    fencing: bool,
     /// Starts the guards' renewal supervisors only when due.
     supervisors: Supervisors,
 }
@@ -68,6 +71,7 @@ impl RedisBackend {
                 node,
                 prefix: config.prefix,
                 timeout: config.timeout,
+                fencing: config.fencing,
                 supervisors: Supervisors::new(),
             }),
         })
@@ -107,13 +111,13 @@ impl RedisBackend {
                 token: token.clone(),
                 armed: true,
             };
-            let fence = FenceSlot::of(&shared.prefix, name);
+            let fence = shared.fencing.then(|| FenceSlot::of(&shared.prefix, name));
             let sent = Instant::now();
             let reply = scripts::acquire(
                 node,
                 &link,
                 &key,
-                Some(fence),
+                fence,
                 &token,
                 ttl,
                 shared.timeout.min(ttl),
@@ -186,7 +190,10 @@ impl Backend for RedisBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        CAPABILITIES
+        Capabilities {
+            fencing: self.shared.fencing,
+            ..CAPABILITIES
+        }
     }
 
     fn acquire<'a>(

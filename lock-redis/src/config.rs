@@ -19,7 +19,8 @@ pub(crate) const DEFAULT_PREFIX: &str = "dlock:";
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_PORT: u16 = 6379;
 const DEFAULT_SENTINEL_PORT: u16 = 26379;
-const OPTIONS: &str = "prefix, timeout, ca (alias cacert), cert, key, tls (redlock)";
+const OPTIONS: &str =
+    "prefix, timeout, fencing (redis://), ca (alias cacert), cert, key, tls (redlock)";
 
 /// Why a `redis://` or `redlock://` URL was rejected. Carried as the source of the
 /// [`ErrorKind::InvalidUrl`](lock_core::ErrorKind::InvalidUrl) error that connecting returns.
@@ -92,6 +93,12 @@ pub enum InvalidUrl {
          redis+sentinel:// speaks plain text only"
     )]
     TlsThroughSentinel,
+    /// `fencing=` on a Redlock URL.
+    #[error(
+        "option fencing applies to redis://, rediss:// and redis+sentinel:// only: Redlock has \
+         no fencing tokens (independent counters on N servers give no single order)"
+    )]
+    FencingOnRedlock,
     /// `redis+sentinel://` without the master's name as the path.
     #[error(
         "no master name: the path of a redis+sentinel:// URL is the name the Sentinels monitor the master under (redis+sentinel://s1:26379,s2:26379/mymaster)"
@@ -158,6 +165,8 @@ pub(crate) struct Config {
     /// Raw bytes: keys are `prefix ++ name`.
     pub prefix: Vec<u8>,
     pub timeout: Duration,
+    /// Whether the acquire script also counts a fencing token (`fencing=on`, the default).
+    pub fencing: bool,
 }
 
 impl Config {
@@ -294,6 +303,7 @@ fn parse(mode: Mode, tls_scheme: bool, rest: &str) -> Result<Config, InvalidUrl>
     }
     let mut prefix: Option<Vec<u8>> = None;
     let mut timeout: Option<Duration> = None;
+    let mut fencing: Option<bool> = None;
     let mut tls_files = TlsOptions::default();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -312,6 +322,25 @@ fn parse(mode: Mode, tls_scheme: bool, rest: &str) -> Result<Config, InvalidUrl>
                     return Err(InvalidUrl::Repeated("timeout"));
                 }
                 timeout = Some(parse_duration("timeout", value)?);
+            }
+            "fencing" => {
+                if mode == Mode::Redlock {
+                    return Err(InvalidUrl::FencingOnRedlock);
+                }
+                if fencing.is_some() {
+                    return Err(InvalidUrl::Repeated("fencing"));
+                }
+                fencing = Some(match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => {
+                        return Err(InvalidUrl::BadValue {
+                            option: "fencing",
+                            value: value.to_string(),
+                            reason: "expected on or off",
+                        });
+                    }
+                });
             }
             other => return Err(InvalidUrl::UnknownOption(other.to_string())),
         }
@@ -367,6 +396,7 @@ fn parse(mode: Mode, tls_scheme: bool, rest: &str) -> Result<Config, InvalidUrl>
         endpoints,
         prefix: prefix.unwrap_or_else(|| DEFAULT_PREFIX.as_bytes().to_vec()),
         timeout,
+        fencing: fencing.unwrap_or(mode != Mode::Redlock),
     })
 }
 

@@ -5,9 +5,10 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-const FIELDS: [&str; 19] = [
+const FIELDS: [&str; 20] = [
     "backend",
     "peer",
+    "dlock_options",
     "peer_version",
     "harness",
     "metric",

@@ -742,3 +742,31 @@ async fn redlock_contention_keeps_exclusion() -> Result<()> {
     }
     Ok(())
 }
+
+/// `fencing=off`: the acquire script skips the counter, the guard has no token and the
+/// backend says it has none; the default URL keeps both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_off_grants_without_a_token() -> Result<()> {
+    let server = fixtures::redis().await?;
+    let plain = connect(server.url()).await?;
+    let off = connect(&format!("{}?fencing=off", server.url())).await?;
+    ensure!(plain.capabilities().fencing && !off.capabilities().fencing);
+    let name = LockName::new("fencing-off")?;
+    let g = plain.acquire(&name, &ttl(ms(2000))).await?;
+    ensure!(g.token().is_some(), "the default grant has a token");
+    ensure!(g.release().await?, "released");
+    let g = off.acquire(&name, &ttl(ms(2000))).await?;
+    ensure!(
+        g.token().is_none(),
+        "fencing=off granted a token: {:?}",
+        g.token()
+    );
+    // Still a lock: the other client cannot take it meanwhile.
+    let busy = plain.acquire(&name, &ttl(ms(2000))).await;
+    ensure!(
+        busy.as_ref().err().map(|e| e.kind()) == Some(ErrorKind::Contended),
+        "{busy:?}"
+    );
+    ensure!(g.release().await?, "released");
+    Ok(())
+}

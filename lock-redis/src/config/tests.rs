@@ -260,3 +260,26 @@ fn durations() {
     );
     assert!(parse_duration("timeout", "2h").is_err());
 }
+
+#[test]
+fn fencing_is_on_by_default_and_can_be_turned_off_where_it_exists() {
+    assert!(ok(Mode::Single, "h").fencing);
+    assert!(ok(Mode::Single, "h?fencing=on").fencing);
+    assert!(!ok(Mode::Single, "h?fencing=off").fencing);
+    assert!(!ok(Mode::Sentinel, "s1/master?fencing=off").fencing);
+    assert!(!ok(Mode::Redlock, "a,b,c").fencing, "Redlock has no tokens");
+    for (mode, rest, want) in [
+        (Mode::Single, "h?fencing=maybe", "expected on or off"),
+        (Mode::Single, "h?fencing=on&fencing=off", "given twice"),
+        (
+            Mode::Redlock,
+            "a,b,c?fencing=on",
+            "Redlock has no fencing tokens",
+        ),
+    ] {
+        let e = parse(mode, false, rest)
+            .err()
+            .unwrap_or_else(|| panic!("{rest} parsed"));
+        assert!(e.to_string().contains(want), "{rest}: {e}");
+    }
+}

@@ -37,6 +37,9 @@ pub struct PeerSpec {
     pub does_less: &'static str,
     /// How its waiters learn that the lock is free.
     pub waits_by: &'static str,
+    /// A query option given to dlock's URL for this comparison (empty: dlock's defaults);
+    /// dlock measured both ways where a peer skips work a user may not want.
+    pub dlock_option: &'static str,
 }
 
 /// Every peer, by backend.
@@ -47,6 +50,7 @@ pub const PEERS: &[PeerSpec] = &[
         harness: HarnessKind::Rust,
         does_less: "no session watch (a dead session is noticed at the next statement), no deadline or state on the guard, no fencing option; the same two statements on a SHA-256 key",
         waits_by: "the server's lock queue (pg_advisory_lock blocks)",
+        dlock_option: "",
     },
     PeerSpec {
         backend: "postgres",
@@ -54,6 +58,7 @@ pub const PEERS: &[PeerSpec] = &[
         harness: HarnessKind::Python,
         does_less: "the seed's pg_advisory_lock(hashtext(name)) + unlock and nothing else: no session watch, no deadline, no fencing",
         waits_by: "the server's lock queue (pg_advisory_lock blocks)",
+        dlock_option: "",
     },
     PeerSpec {
         backend: "redis",
@@ -61,6 +66,15 @@ pub const PEERS: &[PeerSpec] = &[
         harness: HarnessKind::Rust,
         does_less: "no fencing counter, no wake-up publish, no renewal (SET NX PX + token-checked DEL only)",
         waits_by: "retries: 3 tries per lock() call, 0–200 ms random delay between, lock() again at once",
+        dlock_option: "",
+    },
+    PeerSpec {
+        backend: "redis",
+        peer: "rslock",
+        harness: HarnessKind::Rust,
+        does_less: "no wake-up publish, no renewal (dlock here without its fencing counter: fencing=off)",
+        waits_by: "retries: 3 tries per lock() call, 0–200 ms random delay between, lock() again at once",
+        dlock_option: "fencing=off",
     },
     PeerSpec {
         backend: "redis",
@@ -68,6 +82,7 @@ pub const PEERS: &[PeerSpec] = &[
         harness: HarnessKind::Python,
         does_less: "no fencing counter, no wake-up publish, no renewal",
         waits_by: "polls every 100 ms (its default sleep)",
+        dlock_option: "",
     },
     PeerSpec {
         backend: "redis",
@@ -75,6 +90,7 @@ pub const PEERS: &[PeerSpec] = &[
         harness: HarnessKind::Python,
         does_less: "no fencing counter, no renewal (auto_renewal off by default); TTL in whole seconds",
         waits_by: "BLPOP on a signal list its release pushes",
+        dlock_option: "",
     },
     PeerSpec {
         backend: "redis",
@@ -82,6 +98,7 @@ pub const PEERS: &[PeerSpec] = &[
         harness: HarnessKind::Python,
         does_less: "no fencing counter, no wake-up publish, no renewal (Redlock over one master)",
         waits_by: "retries with a random delay",
+        dlock_option: "",
     },
     PeerSpec {
         backend: "redlock",
@@ -89,6 +106,7 @@ pub const PEERS: &[PeerSpec] = &[
         harness: HarnessKind::Rust,
         does_less: "no wake-up publish, no renewal",
         waits_by: "retries: 3 tries per lock() call, 0–200 ms random delay between, lock() again at once",
+        dlock_option: "",
     },
     PeerSpec {
         backend: "redlock",
@@ -96,6 +114,7 @@ pub const PEERS: &[PeerSpec] = &[
         harness: HarnessKind::Python,
         does_less: "no wake-up publish, no renewal",
         waits_by: "retries with a random delay",
+        dlock_option: "",
     },
     PeerSpec {
         backend: "etcd",
@@ -103,6 +122,7 @@ pub const PEERS: &[PeerSpec] = &[
         harness: HarnessKind::Rust,
         does_less: "",
         waits_by: "the server's own queue (the Lock RPC watches the predecessor key server-side)",
+        dlock_option: "",
     },
     PeerSpec {
         backend: "zookeeper",
@@ -110,6 +130,7 @@ pub const PEERS: &[PeerSpec] = &[
         harness: HarnessKind::Python,
         does_less: "no fencing token (kazoo's own node layout, not Curator's)",
         waits_by: "a watch on the predecessor node",
+        dlock_option: "",
     },
 ];
 

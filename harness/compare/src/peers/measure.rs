@@ -225,27 +225,39 @@ pub async fn failover(
     peer: (&Launch, &str),
     plan: &PeersPlan,
     ttl: Duration,
-) -> Result<Rounds> {
+) -> Result<(Rounds, f64)> {
     let mut out = Rounds::default();
+    let mut latest_kill_ms = 0.0_f64;
     for rep in 0..plan.failovers {
         let name = format!("peers-failover-{rep}-{}", dlock_peer_proto::mono_us());
-        let d = failover_once(dlock.0, dlock.1, &format!("{name}-dlock"), ttl).await;
-        out.dlock.push(vec![d.context("dlock's failover")?]);
-        let p = failover_once(peer.0, peer.1, &format!("{name}-peer"), ttl).await;
-        out.peer.push(vec![p.context("the peer's failover")?]);
+        let (d, kd) = failover_once(dlock.0, dlock.1, &format!("{name}-dlock"), ttl)
+            .await
+            .context("dlock's failover")?;
+        out.dlock.push(vec![d]);
+        let (p, kp) = failover_once(peer.0, peer.1, &format!("{name}-peer"), ttl)
+            .await
+            .context("the peer's failover")?;
+        out.peer.push(vec![p]);
+        latest_kill_ms = latest_kill_ms.max(kd).max(kp);
     }
-    Ok(out)
+    Ok((out, latest_kill_ms))
 }
 
-async fn failover_once(launch: &Launch, url: &str, name: &str, ttl: Duration) -> Result<f64> {
+/// One failover (ms) and how long after the holder's grant the kill came (ms).
+async fn failover_once(
+    launch: &Launch,
+    url: &str,
+    name: &str,
+    ttl: Duration,
+) -> Result<(f64, f64)> {
     let within = call_timeout(ttl);
     let mut g = Group::start(launch, url, 2).await?;
     let ms = ttl.as_millis();
-    let result: Result<f64> = async {
+    let result: Result<(f64, f64)> = async {
         let a = g.call(0, &format!("acquire {name} {ms}"), within).await?;
-        if !matches!(a, Reply::Acquired { .. }) {
+        let Reply::Acquired { t1: granted, .. } = a else {
             bail!("failover holder: {a:?}");
-        }
+        };
         let b = g.call(1, &format!("try {name} {ms}"), within).await?;
         if !matches!(b, Reply::Busy { .. }) {
             bail!("failover waiter's try while held: {b:?}");
@@ -254,7 +266,10 @@ async fn failover_once(launch: &Launch, url: &str, name: &str, ttl: Duration) ->
         let killed = dlock_peer_proto::mono_us();
         g.kill(0).await;
         match g.next(within).await? {
-            (1, Reply::Acquired { t1, .. }) => Ok((t1 as f64 - killed as f64) / 1000.0),
+            (1, Reply::Acquired { t1, .. }) => Ok((
+                (t1 as f64 - killed as f64) / 1000.0,
+                (killed as f64 - granted as f64) / 1000.0,
+            )),
             (i, other) => bail!("failover: harness {i} answered {other:?}"),
         }
     }

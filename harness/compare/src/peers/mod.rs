@@ -89,6 +89,8 @@ pub struct PeerRow {
     pub backend: String,
     /// The peer library (the protocol's `PEER`).
     pub peer: String,
+    /// The query option dlock's URL had in this comparison (empty: its defaults).
+    pub dlock_options: String,
     /// Its version, as its harness reported it.
     pub peer_version: String,
     /// `rust` or `python`.
@@ -180,6 +182,7 @@ fn template(spec: &PeerSpec, version: &str, metric: &str) -> PeerRow {
     PeerRow {
         backend: spec.backend.into(),
         peer: spec.peer.into(),
+        dlock_options: spec.dlock_option.into(),
         peer_version: version.into(),
         harness: spec.harness.as_str().into(),
         metric: metric.into(),
@@ -259,7 +262,12 @@ pub async fn run_backend(
 ) -> Vec<PeerRow> {
     let mut rows = Vec::new();
     for spec in PEERS.iter().filter(|p| p.backend == backend) {
-        crate::say!("[peers] {backend}: {} beside dlock", spec.peer);
+        let dlock_with = if spec.dlock_option.is_empty() {
+            String::new()
+        } else {
+            format!(" (dlock with ?{})", spec.dlock_option)
+        };
+        crate::say!("[peers] {backend}: {} beside dlock{dlock_with}", spec.peer);
         let started = std::time::Instant::now();
         let got = run_peer(spec, dlock_url, ttl, plan, harnesses).await;
         for r in &got {
@@ -308,6 +316,14 @@ async fn run_peer(
         Err(why) => return vec![not_measured(spec, "", "all", "unavailable", why)],
     };
     let dlock_launch = harnesses.dlock(ttl_ms);
+    let with_option;
+    let dlock_url = if spec.dlock_option.is_empty() {
+        dlock_url
+    } else {
+        let sep = if dlock_url.contains('?') { '&' } else { '?' };
+        with_option = format!("{dlock_url}{sep}{}", spec.dlock_option);
+        &with_option
+    };
     let mut peer = match Group::start(&launch, &peer_url, 1).await {
         Ok(g) => g,
         Err(e) => {
@@ -378,9 +394,9 @@ async fn run_peer(
         Err(e) => rows.push(failed("handoff_p50", e)),
     }
     match measure::failover((&dlock_launch, dlock_url), (&launch, &peer_url), plan, ttl).await {
-        Ok(r) => {
+        Ok((r, kill_ms)) => {
             let n = format!(
-                "holder process SIGKILLed right after its grant (well inside the ttl), the waiter had found it busy; from the kill to the waiter's grant; {} per side alternating; {ttl_note}",
+                "holder process SIGKILLed at most {kill_ms:.0} ms after its grant (well inside the ttl, so peers that do not renew are measured too), the waiter had found it busy; from the kill to the waiter's grant; {} per side alternating; {ttl_note}",
                 plan.failovers
             );
             rows.push(row(

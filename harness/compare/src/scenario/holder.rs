@@ -72,15 +72,9 @@ pub fn wall_ms() -> i64 {
 /// on the machine share it (network namespaces too: no time namespace is made) and nothing
 /// steps it (NTP, libfaketime with `FAKETIME_DONT_FAKE_MONOTONIC=1`), so the holders'
 /// `t_mono_us` and the harness's own marks compare directly, to the microsecond.
+/// (The peer harnesses' clock, [`dlock_peer_proto::mono_us`], as a signed number.)
 pub fn mono_us() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
-    ts.tv_sec * 1_000_000 + ts.tv_nsec / 1_000
+    dlock_peer_proto::mono_us() as i64
 }
 
 /// From `from_us` to `to_us` (both [`mono_us`]), in milliseconds with microsecond precision.

@@ -364,7 +364,15 @@ impl<'o> Run<'o> {
                 &harnesses,
             )
             .await;
-            self.peers.extend(rows);
+            let pinned = pinning.pinned;
+            self.peers.extend(rows.into_iter().map(|mut r| {
+                if pinned && r.status == "measured" {
+                    r.notes.push_str(
+                        "; servers on one CPU, the driver and every harness (dlock's and the peer's) on the other",
+                    );
+                }
+                r
+            }));
         }
         if !pinning.undo() {
             crate::say!("[compare] {backend}: could not give dlock its CPUs back");

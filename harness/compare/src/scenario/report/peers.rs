@@ -48,13 +48,23 @@ fn cells(r: &PeerRow) -> [String; 3] {
     }
 }
 
+/// The peer's name, with the option dlock ran with in this comparison if any.
+pub(crate) fn label(p: &PeerRow) -> String {
+    if p.dlock_options.is_empty() {
+        p.peer.clone()
+    } else {
+        format!("{} (dlock ?{})", p.peer, p.dlock_options)
+    }
+}
+
 /// Each peer once (its first row): the facts that do not change per metric.
 fn peers_once(r: &Report) -> Vec<&PeerRow> {
-    let mut seen: Vec<(&str, &str)> = Vec::new();
+    let mut seen: Vec<(&str, &str, &str)> = Vec::new();
     let mut out = Vec::new();
     for row in &r.peers {
-        if !seen.contains(&(&row.backend, &row.peer)) {
-            seen.push((&row.backend, &row.peer));
+        let key = (&row.backend[..], &row.peer[..], &row.dlock_options[..]);
+        if !seen.contains(&key) {
+            seen.push(key);
             out.push(row);
         }
     }
@@ -79,7 +89,7 @@ pub fn peers_markdown(r: &Report) -> Option<String> {
             md,
             "| {} | {} | {} | {} | {} | {} | {} |",
             p.backend,
-            p.peer,
+            label(p),
             if p.peer_version.is_empty() {
                 "—"
             } else {
@@ -114,7 +124,9 @@ pub fn peers_markdown(r: &Report) -> Option<String> {
             let _ = writeln!(
                 md,
                 "| {} | {} | {d} | {v} | {ratio} | {} |",
-                p.backend, p.peer, p.samples
+                p.backend,
+                label(p),
+                p.samples
             );
         }
         if let Some(n) = r
@@ -158,7 +170,7 @@ fn chart(rows: &[&PeerRow], metric: &str, unit: &str) -> String {
             left - 6.0,
             y + bar + 3.0,
             esc(&p.backend),
-            esc(&p.peer),
+            esc(&label(p)),
             width * d / max,
             left + width * d / max + 4.0,
             y + bar - 1.0,
@@ -194,7 +206,7 @@ pub(super) fn peers_html(r: &Report) -> String {
             h,
             "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&p.backend),
-            esc(&p.peer),
+            esc(&label(p)),
             esc(&p.peer_version),
             esc(&p.waits_by),
             esc(if p.does_less.is_empty() {
@@ -219,7 +231,7 @@ pub(super) fn peers_html(r: &Report) -> String {
                 h,
                 "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&p.backend),
-                esc(&p.peer),
+                esc(&label(p)),
                 esc(&d),
                 esc(&v),
                 esc(&ratio)
@@ -232,7 +244,7 @@ pub(super) fn peers_html(r: &Report) -> String {
             h,
             "<p>{} × {}: {}: {}</p>",
             esc(&p.backend),
-            esc(&p.peer),
+            esc(&label(p)),
             esc(&p.status),
             esc(p.reason.as_deref().unwrap_or(""))
         );

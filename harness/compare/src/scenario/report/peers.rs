@@ -251,3 +251,48 @@ pub(super) fn peers_html(r: &Report) -> String {
     }
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(status: &str, reason: Option<&str>, values: Option<(f64, f64)>) -> PeerRow {
+        PeerRow {
+            backend: "redis".into(),
+            peer: "redis-py".into(),
+            dlock_options: String::new(),
+            peer_version: "8.2.0".into(),
+            harness: "python".into(),
+            metric: "all".into(),
+            unit: "us".into(),
+            better: "lower".into(),
+            dlock: values.map(|v| v.0),
+            peer_value: values.map(|v| v.1),
+            ratio: values.map(|v| v.0 / v.1),
+            samples: 0,
+            spread: values.map(|_| [0.5, 0.7]),
+            rounds: 0,
+            does_less: String::new(),
+            waits_by: "polls".into(),
+            floor: String::new(),
+            status: status.into(),
+            reason: reason.map(String::from),
+            notes: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_peer_that_could_not_run_says_why_and_a_measured_one_has_its_ratio() {
+        let why = "the python harness is not installed: run scripts/install-peers";
+        let [d, p, ratio] = cells(&row("unavailable", Some(why), None));
+        assert_eq!((d.as_str(), p.as_str()), ("—", "—"));
+        assert_eq!(ratio, format!("unavailable: {why}"));
+        let [d, p, ratio] = cells(&row("measured", None, Some((300.0, 500.0))));
+        assert_eq!((d.as_str(), p.as_str()), ("300", "500"));
+        assert_eq!(ratio, "0.60× (0.50–0.70)");
+        let mut r = row("measured", None, None);
+        assert_eq!(label(&r), "redis-py");
+        r.dlock_options = "fencing=off".into();
+        assert_eq!(label(&r), "redis-py (dlock ?fencing=off)");
+    }
+}

@@ -35,6 +35,7 @@ fn launch(backend: &str, peer: &str) -> Launch {
             match spec.harness {
                 HarnessKind::Rust => "Rust",
                 HarnessKind::Python => "Python",
+                HarnessKind::Go => "Go",
             }
         )
     })
@@ -205,6 +206,9 @@ conformance_tests! {
     python_redis_lock: "redis", "python-redis-lock";
     pottery: "redis", "pottery";
     etcd_v3lock: "etcd", "etcd-v3lock";
+    etcd_mutex: "etcd", "etcd-mutex";
+    etcd_election: "etcd", "etcd-election";
+    redsync: "redis", "redsync";
     kazoo: "zookeeper", "kazoo";
 }
 

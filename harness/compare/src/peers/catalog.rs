@@ -12,6 +12,8 @@ pub enum HarnessKind {
     Rust,
     /// `peers/python` (`harness.py` in its virtualenv).
     Python,
+    /// `peers/go` (`dlock-peer-go`).
+    Go,
 }
 
 impl HarnessKind {
@@ -20,6 +22,7 @@ impl HarnessKind {
         match self {
             HarnessKind::Rust => "rust",
             HarnessKind::Python => "python",
+            HarnessKind::Go => "go",
         }
     }
 }
@@ -122,6 +125,38 @@ pub const PEERS: &[PeerSpec] = &[
         harness: HarnessKind::Rust,
         does_less: "",
         waits_by: "the server's own queue (the Lock RPC watches the predecessor key server-side)",
+        dlock_option: "",
+    },
+    PeerSpec {
+        backend: "etcd",
+        peer: "etcd-mutex",
+        harness: HarnessKind::Go,
+        does_less: "",
+        waits_by: "a watch on the predecessor key (etcd's Go concurrency.Mutex, the layout dlock shares)",
+        dlock_option: "",
+    },
+    PeerSpec {
+        backend: "etcd",
+        peer: "etcd-election",
+        harness: HarnessKind::Go,
+        does_less: "no fencing token exposed (the leader key's revision, unused here)",
+        waits_by: "a watch on the predecessor key (etcd's Go concurrency.Election)",
+        dlock_option: "",
+    },
+    PeerSpec {
+        backend: "redis",
+        peer: "redsync",
+        harness: HarnessKind::Go,
+        does_less: "no fencing counter, no wake-up publish, no renewal (Redlock over one server)",
+        waits_by: "retries with a random delay (redsync's defaults)",
+        dlock_option: "",
+    },
+    PeerSpec {
+        backend: "redlock",
+        peer: "redsync",
+        harness: HarnessKind::Go,
+        does_less: "no wake-up publish, no renewal",
+        waits_by: "retries with a random delay (redsync's defaults)",
         dlock_option: "",
     },
     PeerSpec {
@@ -230,6 +265,7 @@ impl Harnesses {
     pub fn launch(&self, spec: &PeerSpec, ttl_ms: u64) -> Result<Launch, String> {
         let (program, pre_args) = match spec.harness {
             HarnessKind::Rust => (self.rust_bin(), vec![]),
+            HarnessKind::Go => (self.peers_dir.join("go/dlock-peer-go"), vec![]),
             HarnessKind::Python => (
                 self.peers_dir.join("python/.venv/bin/python"),
                 vec![

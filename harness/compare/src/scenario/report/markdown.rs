@@ -119,8 +119,16 @@ fn reading_guide(md: &mut String) {
          reset).\n\
          - **server_restart**: the server (Redlock: all three) is SIGKILLed and started again \
          on the same port and data; the failover includes the restart time (in the notes). A waiter that gives up \
-         when its connection dies is replaced by a fresh one (holder 2 in the notes). `not \
-         freed`: the lock survived the restart for the whole bound.\n\
+         when its connection dies is replaced by a fresh one (holder 2 in the notes). `kept by \
+         the live holder`: the lock survived the restart for the whole bound and its holder \
+         never reported a loss (a persisted session or lease); `stranded`: the holder reported \
+         it lost, yet nobody else was granted it within the bound.\n\
+         - **primary_failover**: the server the lock lives on is SIGKILLed while the lock is \
+         held and another takes over (PostgreSQL: its streaming replica promoted at once; \
+         Redis: a replica promoted by 3 Sentinels; etcd / ZooKeeper: the leader of a 3-member \
+         cluster). Every holder's URL names every host, so clients follow the new primary; \
+         `kept by the live holder` means the lock's state survived on the new primary. The \
+         notes give the promotion or election time. `n/a` where the backend has no primary.\n\
          - **latency**: the holder reaches every server (each of Redlock's three too) through \
          a fault proxy that delays each chunk, in order, in each direction. A probe holder \
          first acquires through ttl/{} (its time, or why it failed, is in the notes); the \

@@ -58,11 +58,34 @@ fn split_row(l: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether `text` holds the TLS benchmark's password: `bench-` followed by the hex of a
+/// random u64 (lock names start `bench-` too, but go on with a word).
+fn carries_bench_password(text: &str) -> bool {
+    text.match_indices("bench-").any(|(i, m)| {
+        let rest = &text[i + m.len()..];
+        let hex = rest.chars().take_while(|c| c.is_ascii_hexdigit()).count();
+        let next = rest[hex..].chars().next();
+        hex >= 8 && !next.is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
+
+#[test]
+fn the_password_check_tells_a_password_from_a_lock_name() {
+    assert!(carries_bench_password(
+        "redis://locker:bench-9f3a0c4d2e1b77aa@x"
+    ));
+    assert!(carries_bench_password("password bench-00ff00ff00ff."));
+    assert!(!carries_bench_password(
+        "lock bench-tls-4242 and bench-floor-1a2b3c4d5e"
+    ));
+    assert!(!carries_bench_password("bench-deadbeefcafe1234x"));
+}
+
 #[test]
 fn compare_quick_writes_a_consistent_report() {
     let out = std::env::temp_dir().join(format!("dlock-compare-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let status = Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
+    let run = Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
         .args([
             "compare",
             "--quick",
@@ -75,9 +98,19 @@ fn compare_quick_writes_a_consistent_report() {
         ])
         .arg(&out)
         .stdin(Stdio::null())
-        .status()
+        .output()
         .expect("run dlock compare");
-    assert_eq!(status.code(), Some(0), "dlock compare failed");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(run.status.code(), Some(0), "dlock compare failed:\n{said}");
+    // Nor may what the run printed (its log and progress lines).
+    assert!(
+        !carries_bench_password(&said),
+        "dlock compare printed a password: {said}"
+    );
 
     let json: Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("comparison.json")).expect("comparison.json"),
@@ -93,7 +126,10 @@ fn compare_quick_writes_a_consistent_report() {
         "choosing.md",
     ] {
         let text = std::fs::read_to_string(out.join(f)).expect(f);
-        assert!(!text.contains(":bench-"), "{f} carries a password: {text}");
+        assert!(
+            !text.contains(":bench-") && !carries_bench_password(&text),
+            "{f} carries a password: {text}"
+        );
     }
     let html = std::fs::read_to_string(out.join("index.html")).expect("index.html");
     let choosing = std::fs::read_to_string(out.join("choosing.md")).expect("choosing.md");

@@ -44,6 +44,14 @@ fn path(p: &std::path::Path) -> &str {
 /// Connects `url` and takes and releases one lock.
 async fn acquire_release(url: &str) -> dlock::Result<()> {
     let backend = dlock::connect(url).await?;
+    // The connected backend's Debug (what a caller's `{:?}` or a log line shows) carries
+    // neither the password nor the key file's contents.
+    let shown = format!("{backend:?}");
+    assert!(
+        !shown.contains(PASSWORD),
+        "Debug shows the password: {shown}"
+    );
+    assert!(!shown.contains("PRIVATE KEY"), "Debug shows a key: {shown}");
     let g = backend
         .acquire(&LockName::new("tls-job").unwrap(), &LockOptions::new())
         .await?;

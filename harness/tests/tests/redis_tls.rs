@@ -13,6 +13,8 @@ use dlock::{ErrorKind, LockOptions};
 use dlock_fixtures::{self as fixtures, CertKey, RedisOptions, RedisTls, Server, TestPki};
 
 const PASSWORD: &str = "s3cret-Pa55word";
+/// The CLI's environment where its output is searched for secrets: every log line.
+const TRACE: &[(&str, &str)] = &[("RUST_LOG", "trace")];
 
 /// ACL users: `locker` may use dlock's keys and channels, `outsider` only `other:*`.
 fn users() -> Vec<String> {
@@ -222,6 +224,78 @@ async fn redlock_refuses_mixed_members_and_works_over_tls() -> Result<()> {
     Ok(())
 }
 
+/// Three TLS-only Redis instances with `cert` as their certificate, as `redlock://` members
+/// (`rediss://localhost:PORT` each).
+async fn tls_members(pki: &TestPki, cert: &CertKey) -> Result<(fixtures::Cluster, String)> {
+    let cluster = fixtures::redis_instances(
+        3,
+        RedisOptions {
+            tls: Some(RedisTls {
+                server: cert.clone(),
+                ca: pki.ca.clone(),
+                require_client_cert: false,
+            }),
+            users: users(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let members: Vec<String> = cluster
+        .members()
+        .iter()
+        .map(|s| format!("localhost:{}", tls_port(s)))
+        .collect();
+    let members = members.join(",");
+    Ok((cluster, members))
+}
+
+/// Redlock over TLS members refuses what `rediss://` refuses, each with the same kind and a
+/// message naming the cause: a wrong host name, an expired certificate, plain text to
+/// TLS-only members, a wrong password; and `dlock run` reaches the members with only URL
+/// options (exit 0; 77 for the wrong password), the password nowhere in its output.
+#[tokio::test]
+async fn redlock_over_tls_refuses_like_rediss_and_the_cli_reaches_it() -> Result<()> {
+    let pki = TestPki::new()?;
+    let ((_good, good), (_host, wrong_host), (_old, expired)) = tokio::try_join!(
+        tls_members(&pki, &pki.server),
+        tls_members(&pki, &pki.wrong_host),
+        tls_members(&pki, &pki.expired),
+    )?;
+    let ca = pki.ca.display();
+    let tls = |members: &str, userinfo: &str| {
+        format!("redlock://{userinfo}{members}?tls=on&ca={ca}&timeout=2s")
+    };
+    refused(&tls(&wrong_host, ""), ErrorKind::Tls, "not valid for name").await?;
+    refused(&tls(&expired, ""), ErrorKind::Tls, "expired").await?;
+    let plain = format!("redlock://{good}?timeout=500ms");
+    refused_as(
+        &plain,
+        &[ErrorKind::Tls, ErrorKind::Connection],
+        "may accept only TLS",
+    )
+    .await?;
+    refused(
+        &tls(&good, "locker:wrong-password@"),
+        ErrorKind::Auth,
+        "WRONGPASS",
+    )
+    .await?;
+    let good_url = tls(&good, &format!("locker:{PASSWORD}@"));
+    ensure!(
+        lock_once(&good_url).await?.is_none(),
+        "Redlock gave a token"
+    );
+
+    let bad_url = tls(&good, "locker:wrong-password@");
+    let secrets = vec![PASSWORD.to_string(), "wrong-password".to_string()];
+    let outputs = [
+        dlock_cli(&["run", &good_url, "tls-job", "--", "true"], TRACE).expect_code(0),
+        dlock_cli(&["run", &bad_url, "tls-job", "--", "true"], TRACE).expect_code(77),
+    ];
+    assert_no_secrets(&outputs, &secrets);
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_cli_reaches_the_tls_server_and_keeps_secrets_out_of_its_output() -> Result<()> {
     let pki = TestPki::new()?;
@@ -249,8 +323,9 @@ async fn the_cli_reaches_the_tls_server_and_keeps_secrets_out_of_its_output() ->
     secrets.extend(secret_lines(&pki.client.key));
     let hold = |url| ["hold", url, "tls-job", "--for", "50ms", "--no-stdin"];
     let outputs = [
-        dlock_cli(&["run", &good, "tls-job", "--", "true"], &[]).expect_code(0),
-        dlock_cli(&["run", &bad, "tls-job", "--", "true"], &[]).expect_code(77),
+        // At trace level, so every log line the connection writes is searched too.
+        dlock_cli(&["run", &good, "tls-job", "--", "true"], TRACE).expect_code(0),
+        dlock_cli(&["run", &bad, "tls-job", "--", "true"], TRACE).expect_code(77),
         // `hold` prints JSON events.
         dlock_cli(&hold(&good), &[]).expect_code(0),
         dlock_cli(&hold(&bad), &[]).expect_code(77),

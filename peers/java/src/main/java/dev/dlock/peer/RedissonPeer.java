@@ -69,7 +69,10 @@ final class RedissonPeer implements LockPeer {
             RFencedLock lock = redisson.getFencedLock(name);
             if (wait) {
                 lock.lockAndGetToken();
-            } else if (lock.tryLockAndGetToken() == null) {
+            } else if (lock.tryLockAndGetToken(0, TimeUnit.MILLISECONDS) == null) {
+                // Not tryLockAndGetToken(): in Redisson 4.7.0 it passes a wait time of -1,
+                // which RedissonFencedLock's wait loop reads as "forever" — it blocks until
+                // the lock is free. A zero wait time is one attempt.
                 return null;
             }
             return new Owned(lock);

@@ -1,7 +1,7 @@
 //! The peer-harness protocol's conformance test (`peers/README.md`, "Conformance"): every
 //! harness and peer, against real servers, checked for what `dlock compare`'s peers section
-//! relies on. The Rust and Python harnesses are installed by `scripts/install-peers` (which
-//! `make test` runs first); a missing one fails here with that instruction.
+//! relies on. The Rust, Python, Go and Java harnesses are installed by `scripts/install-peers`
+//! (which `make test` runs first); a missing one fails here with that instruction.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -36,6 +36,7 @@ fn launch(backend: &str, peer: &str) -> Launch {
                 HarnessKind::Rust => "Rust",
                 HarnessKind::Python => "Python",
                 HarnessKind::Go => "Go",
+                HarnessKind::Java => "Java",
             }
         )
     })
@@ -210,6 +211,13 @@ conformance_tests! {
     etcd_election: "etcd", "etcd-election";
     redsync: "redis", "redsync";
     kazoo: "zookeeper", "kazoo";
+    shedlock_jdbc: "postgres", "shedlock-jdbc";
+    jdbc_advisory: "postgres", "jdbc-advisory";
+    shedlock_redis: "redis", "shedlock-redis";
+    redisson: "redis", "redisson";
+    redisson_fenced: "redis", "redisson-fenced";
+    curator_mutex: "zookeeper", "curator-mutex";
+    curator_leader: "zookeeper", "curator-leader";
 }
 
 /// Every peer of the catalogue has a conformance test above (a new peer without one fails).

@@ -14,15 +14,18 @@ pub enum HarnessKind {
     Python,
     /// `peers/go` (`dlock-peer-go`).
     Go,
+    /// `peers/java` (`dlock-peer-java`, a launcher script for the Maven-built jar).
+    Java,
 }
 
 impl HarnessKind {
-    /// `rust` / `python`.
+    /// `rust` / `python` / `go` / `java`.
     pub fn as_str(self) -> &'static str {
         match self {
             HarnessKind::Rust => "rust",
             HarnessKind::Python => "python",
             HarnessKind::Go => "go",
+            HarnessKind::Java => "java",
         }
     }
 }
@@ -60,6 +63,22 @@ pub const PEERS: &[PeerSpec] = &[
         peer: "psycopg-advisory",
         harness: HarnessKind::Python,
         does_less: "the seed's pg_advisory_lock(hashtext(name)) + unlock and nothing else: no session watch, no deadline, no fencing",
+        waits_by: "the server's lock queue (pg_advisory_lock blocks)",
+        dlock_option: "",
+    },
+    PeerSpec {
+        backend: "postgres",
+        peer: "shedlock-jdbc",
+        harness: HarnessKind::Java,
+        does_less: "no waiting (lock() is one attempt), no renewal, no fencing: ShedLock's JdbcTemplateLockProvider with database time, lockAtMostFor = ttl, lockAtLeastFor = 0",
+        waits_by: "the harness's poll: lock() again every 100 ms until granted (ShedLock itself never waits)",
+        dlock_option: "",
+    },
+    PeerSpec {
+        backend: "postgres",
+        peer: "jdbc-advisory",
+        harness: HarnessKind::Java,
+        does_less: "the seed's pg_advisory_lock(hashtext(name)) + unlock through Spring's JdbcTemplate, on a HikariCP connection kept while locked (pool of 10): no session watch, no deadline, no fencing",
         waits_by: "the server's lock queue (pg_advisory_lock blocks)",
         dlock_option: "",
     },
@@ -160,11 +179,51 @@ pub const PEERS: &[PeerSpec] = &[
         dlock_option: "",
     },
     PeerSpec {
+        backend: "redis",
+        peer: "shedlock-redis",
+        harness: HarnessKind::Java,
+        does_less: "no waiting (lock() is one attempt), no renewal, no fencing, no wake-up publish: ShedLock's SET job-lock:default:NAME NX PX ttl",
+        waits_by: "the harness's poll: lock() again every 100 ms until granted (ShedLock itself never waits)",
+        dlock_option: "",
+    },
+    PeerSpec {
+        backend: "redis",
+        peer: "redisson",
+        harness: HarnessKind::Java,
+        does_less: "no fencing token (RLock); the holder is not told when a watchdog renewal fails",
+        waits_by: "pub/sub: the unlock publishes on the lock's channel; a waiter also retries when the key's remaining ttl runs out; the watchdog renews every ttl/3",
+        dlock_option: "",
+    },
+    PeerSpec {
+        backend: "redis",
+        peer: "redisson-fenced",
+        harness: HarnessKind::Java,
+        does_less: "the holder is not told when a watchdog renewal fails",
+        waits_by: "pub/sub as RLock (unlock publishes; retry after the key's remaining ttl); the watchdog renews every ttl/3; each grant increments a token counter",
+        dlock_option: "",
+    },
+    PeerSpec {
         backend: "zookeeper",
         peer: "kazoo",
         harness: HarnessKind::Python,
         does_less: "no fencing token (kazoo's own node layout, not Curator's)",
         waits_by: "a watch on the predecessor node",
+        dlock_option: "",
+    },
+    PeerSpec {
+        backend: "zookeeper",
+        peer: "curator-mutex",
+        harness: HarnessKind::Java,
+        does_less: "no fencing token exposed, no lost-lock signal on the lock itself (Curator's InterProcessMutex, the node layout dlock shares)",
+        waits_by: "a watch on the predecessor node",
+        dlock_option: "",
+    },
+    PeerSpec {
+        backend: "zookeeper",
+        peer: "curator-leader",
+        harness: HarnessKind::Java,
+        does_less: "no fencing token; no try (a try is a 100 ms campaign); each acquire starts a LeaderSelector and its thread",
+        waits_by: "a watch on the predecessor node (LeaderSelector runs an InterProcessMutex)",
         dlock_option: "",
     },
 ];
@@ -266,6 +325,7 @@ impl Harnesses {
         let (program, pre_args) = match spec.harness {
             HarnessKind::Rust => (self.rust_bin(), vec![]),
             HarnessKind::Go => (self.peers_dir.join("go/dlock-peer-go"), vec![]),
+            HarnessKind::Java => (self.peers_dir.join("java/dlock-peer-java"), vec![]),
             HarnessKind::Python => (
                 self.peers_dir.join("python/.venv/bin/python"),
                 vec![
@@ -276,11 +336,16 @@ impl Harnesses {
                 ],
             ),
         };
-        if !program.exists() {
+        // The Java launcher script is in the tree; what install-peers builds is its jar.
+        let built = match spec.harness {
+            HarnessKind::Java => self.peers_dir.join("java/target/dlock-peer-java.jar"),
+            _ => program.clone(),
+        };
+        if !built.exists() {
             return Err(format!(
                 "the {} harness is not installed ({} missing): run scripts/install-peers",
                 spec.harness.as_str(),
-                program.display()
+                built.display()
             ));
         }
         Ok(Launch {
@@ -292,8 +357,8 @@ impl Harnesses {
     }
 }
 
-/// The session timeout a session-based peer without a per-lock ttl (kazoo) is given: the
-/// comparison's ttl, as dlock's ZooKeeper URL gets it.
+/// The session timeout a session-based peer without a per-lock ttl (kazoo, Curator) is given,
+/// and Redisson's lock watchdog timeout: the comparison's ttl, as dlock's ZooKeeper URL gets it.
 fn session_env(ttl_ms: u64) -> Vec<(String, String)> {
     vec![("DLOCK_PEER_SESSION_MS".into(), ttl_ms.to_string())]
 }
@@ -331,6 +396,38 @@ mod tests {
             assert_eq!(peer_url(backend, url).as_deref(), Some(want), "{backend}");
         }
         assert_eq!(peer_url("redis", "rediss://x:1"), None);
+    }
+
+    #[test]
+    fn java_peers_start_through_the_launcher_once_the_jar_is_built() {
+        let dir = std::env::temp_dir().join(format!("dlock-catalog-java-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("java/target")).unwrap();
+        std::fs::write(dir.join("java/dlock-peer-java"), "#!/bin/sh\n").unwrap();
+        let h = Harnesses {
+            dlock_bin: PathBuf::from("dlock"),
+            peers_dir: dir.clone(),
+        };
+        let spec = PEERS
+            .iter()
+            .find(|p| p.harness == HarnessKind::Java)
+            .expect("a Java peer");
+        // The script is in the tree; without the jar the harness is not installed.
+        let err = h.launch(spec, 2000).unwrap_err();
+        assert!(
+            err.contains("dlock-peer-java.jar") && err.contains("install-peers"),
+            "{err}"
+        );
+        std::fs::write(dir.join("java/target/dlock-peer-java.jar"), "").unwrap();
+        let l = h.launch(spec, 2000).unwrap();
+        assert_eq!(l.program, dir.join("java/dlock-peer-java"));
+        assert!(l.pre_args.is_empty());
+        assert_eq!(l.peer_arg.as_deref(), Some(spec.peer));
+        assert!(
+            l.env
+                .iter()
+                .any(|(k, v)| k == "DLOCK_PEER_SESSION_MS" && v == "2000")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -20,7 +20,8 @@ import org.springframework.jdbc.core.JdbcTemplate;
  * ShedLock's {@link LockProvider}s: {@code shedlock-jdbc} (JdbcTemplateLockProvider with
  * database time on PostgreSQL) and {@code shedlock-redis} (RedisLockProvider over Spring Data
  * Redis with Lettuce). Each lock is {@code lock(new LockConfiguration(now, NAME, TTL, 0))}:
- * lockAtMostFor = the protocol's TTL, lockAtLeastFor = 0.
+ * lockAtMostFor = the protocol's TTL, lockAtLeastFor = 0 (or {@code
+ * DLOCK_PEER_SHEDLOCK_AT_LEAST_MS}).
  *
  * <p>ShedLock has no waiting: {@code lock()} is one attempt that answers "taken" with an empty
  * Optional. The protocol's blocking {@code acquire} is this harness's choice: {@code lock()}
@@ -30,6 +31,28 @@ final class ShedLockPeer implements LockPeer {
 
     /** How often the harness's acquire retries lock() while the name is taken. */
     static final long POLL_MS = 100;
+
+    /**
+     * lockAtLeastFor: 0 (ShedLock's default) unless {@code DLOCK_PEER_SHEDLOCK_AT_LEAST_MS}
+     * says otherwise (the interop tests check that dlock honours a window Java set).
+     */
+    private final Duration atLeast = atLeast(System.getenv("DLOCK_PEER_SHEDLOCK_AT_LEAST_MS"));
+
+    static Duration atLeast(String raw) {
+        if (raw == null || raw.isBlank()) {
+            return Duration.ZERO;
+        }
+        try {
+            long ms = Long.parseLong(raw.trim());
+            if (ms < 0) {
+                throw new NumberFormatException("negative");
+            }
+            return Duration.ofMillis(ms);
+        } catch (NumberFormatException e) {
+            throw new IllegalArgumentException(
+                    "DLOCK_PEER_SHEDLOCK_AT_LEAST_MS must be a whole number of milliseconds, not " + raw);
+        }
+    }
 
     private final LockProvider provider;
     private final String version;
@@ -106,7 +129,7 @@ final class ShedLockPeer implements LockPeer {
     }
 
     private Optional<SimpleLock> once(String name, long ttlMs) {
-        return provider.lock(new LockConfiguration(Instant.now(), name, Duration.ofMillis(ttlMs), Duration.ZERO));
+        return provider.lock(new LockConfiguration(Instant.now(), name, Duration.ofMillis(ttlMs), atLeast));
     }
 
     /** lock() until granted, POLL_MS apart; empty when the deadline (nanoTime) came first. */

@@ -284,3 +284,12 @@ async fn java_jdbc_hashtext_advisory_and_dlock_exclude_each_other() {
 async fn curator_mutex_and_dlock_exclude_each_other() {
     interop("zookeeper", "curator-mutex", "base=/dlock-peers").await;
 }
+
+/// Curator's `LeaderSelector` is an `InterProcessMutex` on its path held while
+/// `takeLeadership` runs (the same `_c_<uuid>-lock-<seq>` nodes): leadership at
+/// `/dlock-peers-leader/NAME` and dlock's lock with `?base=/dlock-peers-leader` exclude each
+/// other. (dlock has no election API of its own: a dlock "leader" is the holder of a lock.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curator_leader_selector_and_dlock_exclude_each_other() {
+    interop("zookeeper", "curator-leader", "base=/dlock-peers-leader").await;
+}

@@ -80,6 +80,25 @@ fn dlock_run(url: &str, name: &str, args: &[&str]) -> i32 {
     code
 }
 
+/// The checks of a lockAtLeastFor window kept by the other side: `who` was refused at least
+/// once, was not granted before the window's earliest end (`after_ms` from the earliest start
+/// of the window to the latest the grant can have been), nor long after its latest end
+/// (`late_ms` from the latest start to the earliest the grant can have been).
+fn window_kept(who: &str, busy: usize, after_ms: u64, late_ms: u64) {
+    assert!(
+        busy > 0,
+        "{who} got the lock at once: the window was not kept"
+    );
+    assert!(
+        after_ms + EARLY_MS >= AT_LEAST_MS,
+        "{who} got the lock {after_ms} ms into the other side's {AT_LEAST_MS} ms window"
+    );
+    assert!(
+        late_ms <= AT_LEAST_MS + LATE_MS,
+        "{who} got the lock only {late_ms} ms after the other side's lock"
+    );
+}
+
 /// dlock takes the lock with `--at-least 3s` and finishes at once: Java ShedLock's `lock()`
 /// finds it taken until the window has passed, then gets it.
 async fn dlock_window_holds_java_out(backend: &str, peer: &str) {
@@ -129,18 +148,7 @@ async fn dlock_window_holds_java_out(backend: &str, peer: &str) {
     eprintln!(
         "{backend}: Java's lock() refused {busy} times, granted {after_ms} ms after dlock run began"
     );
-    assert!(
-        busy > 0,
-        "Java got the lock at once: the window was not kept"
-    );
-    assert!(
-        after_ms + EARLY_MS >= AT_LEAST_MS,
-        "Java got the lock {after_ms} ms after dlock run began, inside its {AT_LEAST_MS} ms window"
-    );
-    assert!(
-        late_ms <= AT_LEAST_MS + LATE_MS,
-        "Java got the lock only {late_ms} ms after dlock's run ended"
-    );
+    window_kept("Java", busy, after_ms, late_ms);
     g.quit_all(Duration::from_secs(5)).await;
 }
 
@@ -195,15 +203,7 @@ async fn java_window_holds_dlock_out(backend: &str, peer: &str) {
     // if `ended` is before the earliest end, late if `began` is well after the latest.
     let (after_ms, late_ms) = ((ended - asked) / 1000, began.saturating_sub(locked) / 1000);
     eprintln!("{backend}: dlock run was busy {busy} times, ran {after_ms} ms after Java's lock");
-    assert!(busy > 0, "dlock ran at once: Java's window was not kept");
-    assert!(
-        after_ms + EARLY_MS >= AT_LEAST_MS,
-        "dlock ran {after_ms} ms after Java's lock, inside its {AT_LEAST_MS} ms window"
-    );
-    assert!(
-        late_ms <= AT_LEAST_MS + LATE_MS,
-        "dlock ran only {late_ms} ms after Java's lock"
-    );
+    window_kept("dlock", busy, after_ms, late_ms);
     g.quit_all(Duration::from_secs(5)).await;
 }
 

@@ -186,46 +186,21 @@ async fn redlock_refuses_mixed_members_and_works_over_tls() -> Result<()> {
     let mixed = "redlock://redis://127.0.0.1:7001,127.0.0.1:7002?tls=on";
     refused(mixed, ErrorKind::InvalidUrl, "mix TLS and plain text").await?;
 
-    let cluster = fixtures::redis_instances(
-        3,
-        RedisOptions {
-            tls: Some(RedisTls {
-                server: pki.server.clone(),
-                ca: pki.ca.clone(),
-                require_client_cert: false,
-            }),
-            users: users(),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let members: Vec<String> = cluster
-        .members()
-        .iter()
-        .map(|s| format!("rediss://localhost:{}", tls_port(s)))
-        .collect();
+    let (_cluster, hosts) = tls_members(&pki, &pki.server).await?;
     let ca = pki.ca.display();
+    let members: Vec<String> = hosts.split(',').map(|h| format!("rediss://{h}")).collect();
     let url = format!("redlock://locker:{PASSWORD}@{}?ca={ca}", members.join(","));
     ensure!(lock_once(&url).await?.is_none(), "Redlock gave a token");
-    let hosts: Vec<String> = cluster
-        .members()
-        .iter()
-        .map(|s| format!("localhost:{}", tls_port(s)))
-        .collect();
-    let url = format!("redlock://{}?tls=on&ca={ca}", hosts.join(","));
+    let url = format!("redlock://{hosts}?tls=on&ca={ca}");
     lock_once(&url).await?;
     // The wrong CA on every member: a TLS error, not a bare "unreachable".
-    let url = format!(
-        "redlock://{}?tls=on&ca={}",
-        hosts.join(","),
-        pki.other_ca.display()
-    );
+    let url = format!("redlock://{hosts}?tls=on&ca={}", pki.other_ca.display());
     refused(&url, ErrorKind::Tls, "unknown issuer").await?;
     Ok(())
 }
 
-/// Three TLS-only Redis instances with `cert` as their certificate, as `redlock://` members
-/// (`rediss://localhost:PORT` each).
+/// Three TLS-only Redis instances with `cert` as their certificate, and their members as
+/// `redlock://` lists them (`localhost:PORT,…`).
 async fn tls_members(pki: &TestPki, cert: &CertKey) -> Result<(fixtures::Cluster, String)> {
     let cluster = fixtures::redis_instances(
         3,

@@ -49,8 +49,8 @@ fn java_peer(backend: &str, peer: &str, env: &[(&str, &str)]) -> Launch {
 
 async fn server(backend: &str) -> dlock_fixtures::Server {
     match backend {
-        "postgres" => dlock_fixtures::postgres().await,
-        "redis" => dlock_fixtures::redis().await,
+        "postgres" | "shedlock-postgres" => dlock_fixtures::postgres().await,
+        "redis" | "shedlock-redis" => dlock_fixtures::redis().await,
         other => panic!("no fixture for {other}"),
     }
     .unwrap_or_else(|e| panic!("{backend} server: {e:#}"))
@@ -209,22 +209,22 @@ async fn java_window_holds_dlock_out(backend: &str, peer: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_at_least_window_set_by_dlock_holds_java_shedlock_jdbc_out() {
-    dlock_window_holds_java_out("postgres", "shedlock-jdbc").await;
+    dlock_window_holds_java_out("shedlock-postgres", "shedlock-jdbc").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_at_least_window_set_by_java_shedlock_jdbc_holds_dlock_out() {
-    java_window_holds_dlock_out("postgres", "shedlock-jdbc").await;
+    java_window_holds_dlock_out("shedlock-postgres", "shedlock-jdbc").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_at_least_window_set_by_dlock_holds_java_shedlock_redis_out() {
-    dlock_window_holds_java_out("redis", "shedlock-redis").await;
+    dlock_window_holds_java_out("shedlock-redis", "shedlock-redis").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_at_least_window_set_by_java_shedlock_redis_holds_dlock_out() {
-    java_window_holds_dlock_out("redis", "shedlock-redis").await;
+    java_window_holds_dlock_out("shedlock-redis", "shedlock-redis").await;
 }
 
 /// The cron ticks of the purge test: every 3 s (Spring's six-field cron, seconds first).
@@ -298,7 +298,7 @@ async fn the_seeds_purge_runs_once_per_tick_across_spring_pods_and_dlock_runners
     let first = (wall_ms() + 5000).div_ceil(TICK_MS) * TICK_MS;
     let last = first + (TICKS - 1) * TICK_MS;
     let pod_ms = last + 2000 - wall_ms();
-    let mut launch = java_peer("postgres", "shedlock-jdbc", &[]);
+    let mut launch = java_peer("shedlock-postgres", "shedlock-jdbc", &[]);
     launch.env.push((
         "DLOCK_PEER_JAVA_MAIN".into(),
         "dev.dlock.peer.PurgePod".into(),

@@ -54,9 +54,11 @@ async fn interop_as(
     }
     .unwrap_or_else(|e| panic!("{backend} server: {e:#}"));
     let h = harnesses();
+    // ShedLock's peers are catalogued under dlock's ShedLock backends (`shedlock-postgres`).
+    let catalogued = scheme.map_or(backend.to_string(), |s| s.replace('+', "-"));
     let spec = PEERS
         .iter()
-        .find(|p| p.backend == backend && p.peer == peer)
+        .find(|p| p.backend == catalogued && p.peer == peer)
         .expect("a catalogued peer");
     let launch = h
         .launch(spec, TTL_MS)

@@ -44,8 +44,8 @@ fn launch(backend: &str, peer: &str) -> Launch {
 
 async fn server(backend: &str) -> dlock_fixtures::Server {
     match backend {
-        "postgres" => dlock_fixtures::postgres().await,
-        "redis" => dlock_fixtures::redis().await,
+        "postgres" | "shedlock-postgres" => dlock_fixtures::postgres().await,
+        "redis" | "shedlock-redis" => dlock_fixtures::redis().await,
         "etcd" => dlock_fixtures::etcd().await,
         "zookeeper" => dlock_fixtures::zookeeper().await,
         other => panic!("no fixture for {other}"),
@@ -211,9 +211,9 @@ conformance_tests! {
     etcd_election: "etcd", "etcd-election";
     redsync: "redis", "redsync";
     kazoo: "zookeeper", "kazoo";
-    shedlock_jdbc: "postgres", "shedlock-jdbc";
+    shedlock_jdbc: "shedlock-postgres", "shedlock-jdbc";
     jdbc_advisory: "postgres", "jdbc-advisory";
-    shedlock_redis: "redis", "shedlock-redis";
+    shedlock_redis: "shedlock-redis", "shedlock-redis";
     redisson: "redis", "redisson";
     redisson_fenced: "redis", "redisson-fenced";
     curator_mutex: "zookeeper", "curator-mutex";

@@ -67,10 +67,10 @@ pub const PEERS: &[PeerSpec] = &[
         dlock_option: "",
     },
     PeerSpec {
-        backend: "postgres",
+        backend: "shedlock-postgres",
         peer: "shedlock-jdbc",
         harness: HarnessKind::Java,
-        does_less: "no waiting (lock() is one attempt), no renewal, no fencing: ShedLock's JdbcTemplateLockProvider with database time, lockAtMostFor = ttl, lockAtLeastFor = 0",
+        does_less: "no waiting (lock() is one attempt), no renewal (lockAtMostFor = ttl is the whole budget): ShedLock's JdbcTemplateLockProvider with database time, lockAtLeastFor = 0; dlock on the same table (shedlock+postgres://, its defaults)",
         waits_by: "the harness's poll: lock() again every 100 ms until granted (ShedLock itself never waits)",
         dlock_option: "",
     },
@@ -179,10 +179,10 @@ pub const PEERS: &[PeerSpec] = &[
         dlock_option: "",
     },
     PeerSpec {
-        backend: "redis",
+        backend: "shedlock-redis",
         peer: "shedlock-redis",
         harness: HarnessKind::Java,
-        does_less: "no waiting (lock() is one attempt), no renewal, no fencing, no wake-up publish: ShedLock's SET job-lock:default:NAME NX PX ttl",
+        does_less: "no waiting (lock() is one attempt), no renewal: ShedLock's SET job-lock:default:NAME NX PX ttl; dlock on the same keys (shedlock+redis://, its defaults)",
         waits_by: "the harness's poll: lock() again every 100 ms until granted (ShedLock itself never waits)",
         dlock_option: "",
     },
@@ -242,6 +242,10 @@ pub fn floor_of(backend: &str) -> &'static str {
             "lease grant once + put-if-absent txn + delete (the Lock RPC does range + watch server-side)"
         }
         "zookeeper" => "create EPHEMERAL_SEQUENTIAL + getChildren + delete",
+        "shedlock-postgres" => {
+            "ShedLock's row INSERT or conditional UPDATE on lock_until, and its unlock UPDATE (dlock adds a NOTIFY on release)"
+        }
+        "shedlock-redis" => "ShedLock's SET job-lock:default:NAME NX PX and its unlock",
         _ => "",
     }
 }
@@ -267,6 +271,16 @@ pub fn peer_url(backend: &str, dlock_url: &str) -> Option<String> {
         "zookeeper" => no_query
             .strip_prefix("zk://")
             .map(|r| r.split('/').next().unwrap_or(r).to_string()),
+        // ShedLock's backends: the same server as the plain scheme (`shedlock+postgres://…`
+        // is a `postgres://…` for the Java harness), either form accepted.
+        "shedlock-postgres" => peer_url(
+            "postgres",
+            no_query.strip_prefix("shedlock+").unwrap_or(no_query),
+        ),
+        "shedlock-redis" => peer_url(
+            "redis",
+            no_query.strip_prefix("shedlock+").unwrap_or(no_query),
+        ),
         _ => None,
     }
 }

@@ -31,6 +31,7 @@ impl Workload for ExclusiveLock {
             // fault takes.
             wait_forever: role == Role::Contender,
             skew: None,
+            peer: None,
         }
     }
 

@@ -85,6 +85,10 @@ pub struct Cell {
     /// instants are `CLOCK_MONOTONIC` µs taken by the two holder processes, so the gap is
     /// exact to the microsecond plus each holder's own delay in printing its event.
     pub learned_gap_ms: Option<Stats>,
+    /// The repetitions in which the lock moved on while the faulty holder lived and it never
+    /// reported the loss (within the bound; a peer library's holder has no way to); they make
+    /// `holder_learned_before_handoff` false.
+    pub never_learned: usize,
     /// The repetitions in which nobody else got the lock within the bound, by where it
     /// stayed (`null`: it moved in every repetition).
     pub not_freed: Option<NotFreed>,
@@ -174,6 +178,7 @@ impl Cell {
             holder_learned_before_handoff: None,
             learned_before_handoff_ms: None,
             learned_gap_ms: None,
+            never_learned: 0,
             not_freed: None,
             beyond_lease_ms: None,
             ttl_ms: None,

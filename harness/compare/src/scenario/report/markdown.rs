@@ -106,7 +106,9 @@ fn reading_guide(md: &mut String) {
          stop it; `—`: no stale write was possible (the old holder still held the lock).\n\
          - **learned first**: the faulty holder reported `lost` before the other holder's \
          grant, with the gap in ms: median; min to max over the repetitions (positive = that \
-         much before; negative = after). Only where the holder survives the fault.\n\
+         much before; negative = after). Only where the holder survives the fault; `never \
+         learned`: it lived through the handover and never reported the loss (`in k of n` \
+         repetitions when not in all).\n\
          - **holder_partitioned / connection_reset** put an in-process TCP fault proxy between \
          the holder and each of its servers (blackhole that keeps the sockets open; RST for \
          200 ms then pass); the waiter connects directly. Where the run is root on Linux, \

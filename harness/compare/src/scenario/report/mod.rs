@@ -93,7 +93,10 @@ pub fn safety_text(c: &Cell) -> String {
                 "overlap {} · stale write rejected {stale}",
                 yes_no(c.overlap_observed),
             );
-            if let Some(l) = c.holder_learned_before_handoff {
+            if c.never_learned > 0 && c.learned_gap_ms.is_none() {
+                // It never reported the loss in any repetition in which the lock moved.
+                s.push_str(" · never learned");
+            } else if let Some(l) = c.holder_learned_before_handoff {
                 let _ = write!(s, " · learned first {}", yes_no(Some(l)));
                 // The gap, not only its sign: CLOCK_MONOTONIC µs on both sides.
                 match c.learned_gap_ms {
@@ -104,6 +107,13 @@ pub fn safety_text(c: &Cell) -> String {
                         let _ = write!(s, " ({:+.1} ms)", g.median);
                     }
                     None => {}
+                }
+                if c.never_learned > 0 {
+                    let _ = write!(
+                        s,
+                        " · never learned in {} of {}",
+                        c.never_learned, c.repetitions
+                    );
                 }
             }
             s

@@ -60,6 +60,9 @@ pub struct Cell {
     pub backend: String,
     /// Scenario id.
     pub scenario: String,
+    /// The peer library whose harness processes were the holders, on the backend's servers
+    /// (`null`: dlock's own holders, `dlock hold`).
+    pub library: Option<Library>,
     /// Measured or not, and why not.
     pub status: Status,
     /// Why the cell is not measured (or failed).
@@ -103,6 +106,27 @@ pub struct Cell {
     /// Who was inside the critical section around the fault, in the first repetition that
     /// had a failover (for the report's timeline chart).
     pub timeline: Option<Timeline>,
+}
+
+/// A peer library that held the lock in a cell's repetitions.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Library {
+    /// The peer's name (`peers/README.md`: `redisson`, `shedlock-jdbc`, …).
+    pub name: String,
+    /// Its version as its harness's `ready` line gave it (`null`: the harness did not start).
+    pub version: Option<String>,
+    /// The harness it runs in (`java`, `go`, `python`, `rust`).
+    pub harness: String,
+}
+
+impl Library {
+    /// `redisson 3.27.2` (the name alone without a version).
+    pub fn label(&self) -> String {
+        match &self.version {
+            Some(v) => format!("{} {v}", self.name),
+            None => self.name.clone(),
+        }
+    }
 }
 
 /// Where the lock stayed in the repetitions that had no failover.
@@ -163,11 +187,21 @@ impl Timeline {
 }
 
 impl Cell {
+    /// The row the cell belongs to: the backend, and the peer library if any (`redis ·
+    /// redisson 3.27.2`).
+    pub fn row_label(&self) -> String {
+        match &self.library {
+            Some(l) => format!("{} · {}", self.backend, l.label()),
+            None => self.backend.clone(),
+        }
+    }
+
     /// A cell with no observations yet.
     pub fn empty(backend: &str, scenario: &str, status: Status, reason: Option<String>) -> Cell {
         Cell {
             backend: backend.to_string(),
             scenario: scenario.to_string(),
+            library: None,
             status,
             reason,
             repetitions: 0,

@@ -468,19 +468,21 @@ fn peer_rows(cells: &[Value], md: &str) -> Vec<(String, String)> {
             assert_eq!(killed["no_token"], true, "{killed}");
             assert_eq!(killed["stale_write_rejected"], false, "{killed}");
         }
-        let label = match &version {
-            Some(v) => format!("{backend} · {peer} {v}"),
-            None => format!("{backend} · {peer}"),
-        };
-        // Right under the backend's own row.
+        // Right under the backend's own row, labelled with the library and its version (as
+        // its harness gave it, without the library's name in front).
         let own = md
             .find(&format!("\n| {backend} | "))
             .expect("the backend's row");
-        let next = md[own + 1..].find('\n').map(|i| own + 1 + i).unwrap();
+        let next = md[own + 1..].find('\n').map(|i| own + 1 + i + 1).unwrap();
+        let label = split_row(md[next..].lines().next().unwrap())[0].clone();
         assert!(
-            md[next..].starts_with(&format!("\n| {label} | ")),
+            label.starts_with(&format!("{backend} · {peer}")),
             "{label}: {md}"
         );
+        if let Some(v) = &version {
+            let shown = label.rsplit(' ').next().unwrap();
+            assert!(v.ends_with(shown) && shown.len() > 1, "{label} for {v}");
+        }
         rows.push((label, peer.to_string()));
     }
     rows

@@ -120,13 +120,27 @@ pub struct Library {
 }
 
 impl Library {
-    /// `redisson 3.27.2` (the name alone without a version).
+    /// `redisson 4.7.0` (the name alone without a version).
     pub fn label(&self) -> String {
-        match &self.version {
-            Some(v) => format!("{} {v}", self.name),
-            None => self.name.clone(),
-        }
+        library_label(&self.name, self.version.as_deref())
     }
+}
+
+/// `NAME VERSION`, the version without the library's own name in front where the harness
+/// puts it there (`redisson-4.7.0` → `redisson 4.7.0`; `shedlock-7.10.1+spring-data-redis-…`
+/// of `shedlock-redis` → `shedlock-redis 7.10.1+spring-data-redis-…`).
+pub fn library_label(name: &str, version: Option<&str>) -> String {
+    let Some(v) = version.filter(|v| !v.is_empty()) else {
+        return name.to_string();
+    };
+    let family = name.split('-').next().unwrap_or(name);
+    let v = v
+        .strip_prefix(name)
+        .or_else(|| v.strip_prefix(family))
+        .and_then(|rest| rest.strip_prefix('-'))
+        .filter(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        .unwrap_or(v);
+    format!("{name} {v}")
 }
 
 /// Where the lock stayed in the repetitions that had no failover.

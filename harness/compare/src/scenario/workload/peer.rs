@@ -135,7 +135,8 @@ impl Workload for PeerLock {
     }
 
     fn label(&self, backend: &str) -> String {
-        format!("{backend} · {} {}", self.spec.peer, self.version)
+        let library = crate::scenario::cell::library_label(self.spec.peer, Some(&self.version));
+        format!("{backend} · {library}")
     }
 
     fn spec(&self, url: &str, name: &str, ttl: Duration, role: Role) -> HoldSpec {
@@ -261,5 +262,25 @@ mod tests {
         let l = library(spec, Some(""));
         assert_eq!((l.name.as_str(), l.version), ("curator-mutex", None));
         assert_eq!(library(spec, Some("5.7.1")).label(), "curator-mutex 5.7.1");
+        // The harness's version string without the library's name in front.
+        let redis = PeerHolders::All.of("redis");
+        assert_eq!(
+            library(redis[1], Some("redisson-4.7.0")).label(),
+            "redisson 4.7.0"
+        );
+        assert_eq!(
+            library(redis[0], Some("shedlock-7.10.1+lettuce-7.5.2")).label(),
+            "shedlock-redis 7.10.1+lettuce-7.5.2"
+        );
+        assert_eq!(
+            library(redis[2], Some("redsync-4.18.1+go-redis-9.23.0")).label(),
+            "redsync 4.18.1+go-redis-9.23.0"
+        );
+        // A version that does not start with the name is kept whole.
+        let etcd = PeerHolders::All.of("etcd")[0];
+        assert_eq!(
+            library(etcd, Some("etcd-client-go-3.7.3")).label(),
+            "etcd-mutex etcd-client-go-3.7.3"
+        );
     }
 }

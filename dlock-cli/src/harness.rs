@@ -2,6 +2,7 @@
 //! only with the `harness` feature: they pull in the server fixtures, the fault tools and the
 //! comparison, which an installed `dlock` does not need.
 
+use dlock_compare::scenario::workload::PeerHolders;
 use dlock_compare::scenario::{self, CompareOptions};
 
 use crate::opt::{self, HarnessCommand, ServersCommand};
@@ -100,6 +101,7 @@ async fn compare(args: opt::CompareArgs) -> i32 {
     let section = |s| args.only.is_empty() || args.only.contains(&s);
     let no_bench = args.no_bench || !section(opt::CompareSection::Bench);
     let no_peers = args.no_bench || !section(opt::CompareSection::Peers);
+    let run_scenarios = section(opt::CompareSection::Scenarios);
     let opts = CompareOptions {
         dlock_bin,
         repeat: args.repeat.unwrap_or(if args.quick { 1 } else { 3 }),
@@ -107,7 +109,7 @@ async fn compare(args: opt::CompareArgs) -> i32 {
         scenarios: all(args.scenarios, &scenario::SCENARIOS),
         ttl: args.ttl,
         out: args.out,
-        run_scenarios: section(opt::CompareSection::Scenarios),
+        run_scenarios,
         bench: match (no_bench, args.quick) {
             (true, _) => None,
             (false, true) => Some(dlock_compare::bench::BenchPlan::quick()),
@@ -117,6 +119,11 @@ async fn compare(args: opt::CompareArgs) -> i32 {
             (true, _) => None,
             (false, true) => Some(dlock_compare::peers::PeersPlan::quick()),
             (false, false) => Some(dlock_compare::peers::PeersPlan::short()),
+        },
+        peer_holders: match (run_scenarios && !args.no_peer_holders, args.quick) {
+            (false, _) => PeerHolders::Off,
+            (true, true) => PeerHolders::FirstPerBackend,
+            (true, false) => PeerHolders::All,
         },
     };
     if opts.ttl.is_zero() {

@@ -145,6 +145,14 @@ pub struct CompareArgs {
     #[arg(long)]
     pub no_bench: bool,
 
+    /// Leave the peer libraries' holders out of the scenarios: no peer rows in the failure
+    /// tables (by default the seed's libraries, ShedLock, Redisson, redsync, etcd's Go Mutex
+    /// and Curator, go through holder_killed, holder_paused, holder_partitioned,
+    /// connection_reset and server_restart after dlock's holders; one per backend with
+    /// --quick).
+    #[arg(long)]
+    pub no_peer_holders: bool,
+
     /// Comma-separated sections to run (default: all): `scenarios` (the failure matrix),
     /// `bench` (the short benchmarks), `peers` (dlock beside the peer libraries). The cells of a section left out are reported
     /// `not_measured`.

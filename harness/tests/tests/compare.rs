@@ -1,5 +1,6 @@
 //! `dlock compare --quick` on PostgreSQL and Redis: the report has every cell with the
-//! documented fields, and the numbers in comparison.md are the ones in comparison.json.
+//! documented fields, and the numbers in comparison.md are the ones in comparison.json; a
+//! peer library's holders (one per backend with `--quick`) have a row of their own.
 
 use std::process::{Command, Stdio};
 
@@ -18,7 +19,18 @@ const SCENARIOS: [&str; 10] = [
     "clock_skew",
 ];
 
-const CELL_FIELDS: [&str; 10] = [
+/// The scenarios peer holders go through.
+const PEER_SCENARIOS: [&str; 5] = [
+    "holder_killed",
+    "holder_paused",
+    "holder_partitioned",
+    "connection_reset",
+    "server_restart",
+];
+
+const CELL_FIELDS: [&str; 12] = [
+    "library",
+    "never_learned",
     "overlap_observed",
     "stale_write_rejected",
     "failover_ms",
@@ -220,7 +232,12 @@ fn compare_quick_writes_a_consistent_report() {
         let expected = if *b == "postgres" { 2.0 } else { 1.0 };
         assert_eq!(c["value"], expected, "{c}");
     }
-    let cells = json["scenarios"].as_array().expect("scenarios");
+    let all_cells = json["scenarios"].as_array().expect("scenarios");
+    // dlock's own cells: every scenario of every backend.
+    let cells: Vec<&Value> = all_cells
+        .iter()
+        .filter(|c| c["library"].is_null())
+        .collect();
     assert_eq!(cells.len(), 2 * SCENARIOS.len(), "every cell is present");
     for b in &backends {
         for s in SCENARIOS {
@@ -276,11 +293,12 @@ fn compare_quick_writes_a_consistent_report() {
         }
     }
     let cell = |b: &str, s: &str| {
-        cells
+        *cells
             .iter()
             .find(|c| c["backend"] == b && c["scenario"] == s)
             .unwrap()
     };
+    let peer_rows = peer_rows(all_cells, &md);
     // What the two backends are known to do: a clean hand-over never overlaps, a killed
     // PostgreSQL holder's lock is freed by its connection closing, both fence (PostgreSQL
     // through the fencing table the comparison turns on).
@@ -332,13 +350,29 @@ fn compare_quick_writes_a_consistent_report() {
         assert_eq!(cell("redis", "clock_skew")["stale_write_rejected"], true);
     }
 
-    // The markdown's failover table carries the JSON's medians.
+    // The markdown's failover table carries the JSON's medians, a row per backend and one
+    // under it per peer library.
     let table = md_table(&md, "## Failover time");
-    assert_eq!(table.len(), 2, "{md}");
+    assert_eq!(table.len(), 2 + peer_rows.len(), "{md}");
+    let by_label = |label: &str, scenario: &str| -> Option<&Value> {
+        match peer_rows.iter().find(|(l, _)| l == label) {
+            Some((_, name)) => all_cells.iter().find(|c| {
+                c["scenario"] == scenario
+                    && c["library"]["name"] == name.as_str()
+                    && label.starts_with(c["backend"].as_str().unwrap())
+            }),
+            None => Some(cell(label, scenario)),
+        }
+    };
     let mut compared = 0;
-    for (backend, row) in &table {
+    for (label, row) in &table {
         for (scenario, text) in row {
-            let c = cell(backend, scenario);
+            let Some(c) = by_label(label, scenario) else {
+                // A peer row in a scenario peer holders do not go through.
+                assert_eq!(text, "—", "{label} × {scenario}");
+                continue;
+            };
+            let backend = label;
             match c["failover_ms"]["median"].as_f64() {
                 Some(m) => {
                     assert_eq!(text, &format!("{m:.0}"), "{backend} × {scenario}");
@@ -355,7 +389,11 @@ fn compare_quick_writes_a_consistent_report() {
     // The safety table carries the JSON's flags.
     for (backend, row) in md_table(&md, "## Safety") {
         for (scenario, text) in row {
-            let c = cell(&backend, &scenario);
+            // A peer row's scenario it does not go through, or a cell not measured here.
+            let Some(c) = by_label(&backend, &scenario).filter(|c| c["status"] == "measured")
+            else {
+                continue;
+            };
             let word = |v: &Value| match v.as_bool() {
                 Some(true) => "yes",
                 Some(false) => "no",
@@ -374,4 +412,78 @@ fn compare_quick_writes_a_consistent_report() {
             );
         }
     }
+}
+
+/// The peer libraries' rows: one per backend (`--quick`), every cell of PEER_SCENARIOS
+/// present, measured (where the harness is installed: `make test` installs them) or
+/// `not_measured` with the reason; a measured library has its version, and its subject's
+/// SIGKILL a failover. Returns each row's label in comparison.md and its library's name.
+fn peer_rows(cells: &[Value], md: &str) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    for (backend, peer) in [("postgres", "shedlock-jdbc"), ("redis", "shedlock-redis")] {
+        let of: Vec<&Value> = cells
+            .iter()
+            .filter(|c| c["backend"] == backend && !c["library"].is_null())
+            .collect();
+        assert!(
+            of.iter().all(|c| c["library"]["name"] == peer),
+            "--quick keeps one peer per backend, {peer} on {backend}: {of:#?}"
+        );
+        let scenarios: Vec<&str> = of.iter().map(|c| c["scenario"].as_str().unwrap()).collect();
+        assert_eq!(scenarios, PEER_SCENARIOS, "{backend} · {peer}");
+        let version = of[0]["library"]["version"].as_str().map(str::to_string);
+        for c in &of {
+            assert_eq!(c["library"]["version"].as_str(), version.as_deref(), "{c}");
+            match c["status"].as_str().unwrap() {
+                "measured" => {
+                    assert!(version.as_deref().is_some_and(|v| !v.is_empty()), "{c}");
+                    assert_eq!(c["repetitions"], 1, "{c}");
+                    assert!(c["overlap_observed"].is_boolean(), "{c}");
+                }
+                "not_measured" => {
+                    eprintln!(
+                        "{backend} · {peer} × {}: not_measured: {}",
+                        c["scenario"], c["reason"]
+                    );
+                    assert!(c["reason"].as_str().is_some_and(|r| !r.is_empty()), "{c}");
+                    assert!(c["failover_ms"].is_null(), "{c}");
+                }
+                other => panic!("{backend} · {peer} × {}: {other}: {c}", c["scenario"]),
+            }
+        }
+        let killed = of
+            .iter()
+            .find(|c| c["scenario"] == "holder_killed")
+            .unwrap();
+        if killed["status"] == "measured" {
+            // The killed holder's lease runs out (ShedLock: lockAtMostFor = the ttl), the
+            // waiter polls its way in; no token stops the dead holder's late write.
+            assert!(
+                killed["failover_ms"]["median"]
+                    .as_f64()
+                    .is_some_and(|f| f > 0.0),
+                "{killed}"
+            );
+            assert_eq!(killed["overlap_observed"], false, "{killed}");
+            assert_eq!(killed["no_token"], true, "{killed}");
+            assert_eq!(killed["stale_write_rejected"], false, "{killed}");
+        }
+        // Right under the backend's own row, labelled with the library and its version (as
+        // its harness gave it, without the library's name in front).
+        let own = md
+            .find(&format!("\n| {backend} | "))
+            .expect("the backend's row");
+        let next = md[own + 1..].find('\n').map(|i| own + 1 + i + 1).unwrap();
+        let label = split_row(md[next..].lines().next().unwrap())[0].clone();
+        assert!(
+            label.starts_with(&format!("{backend} · {peer}")),
+            "{label}: {md}"
+        );
+        if let Some(v) = &version {
+            let shown = label.rsplit(' ').next().unwrap();
+            assert!(v.ends_with(shown) && shown.len() > 1, "{label} for {v}");
+        }
+        rows.push((label, peer.to_string()));
+    }
+    rows
 }

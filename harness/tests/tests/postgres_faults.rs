@@ -217,6 +217,7 @@ async fn partitioned_holder_in_a_netns_learns_first_and_the_server_frees_the_loc
         ttl: Duration::from_secs(2),
         wait_forever: false,
         skew: None,
+        peer: None,
     };
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_dlock-under-test"));
     let mut holder = ScenarioHolder::spawn_in(bin, &spec, Some(&ns)).unwrap();

@@ -60,6 +60,9 @@ pub struct Cell {
     pub backend: String,
     /// Scenario id.
     pub scenario: String,
+    /// The peer library whose harness processes were the holders, on the backend's servers
+    /// (`null`: dlock's own holders, `dlock hold`).
+    pub library: Option<Library>,
     /// Measured or not, and why not.
     pub status: Status,
     /// Why the cell is not measured (or failed).
@@ -85,6 +88,10 @@ pub struct Cell {
     /// instants are `CLOCK_MONOTONIC` µs taken by the two holder processes, so the gap is
     /// exact to the microsecond plus each holder's own delay in printing its event.
     pub learned_gap_ms: Option<Stats>,
+    /// The repetitions in which the lock moved on while the faulty holder lived and it never
+    /// reported the loss (within the bound; a peer library's holder has no way to); they make
+    /// `holder_learned_before_handoff` false.
+    pub never_learned: usize,
     /// The repetitions in which nobody else got the lock within the bound, by where it
     /// stayed (`null`: it moved in every repetition).
     pub not_freed: Option<NotFreed>,
@@ -99,6 +106,41 @@ pub struct Cell {
     /// Who was inside the critical section around the fault, in the first repetition that
     /// had a failover (for the report's timeline chart).
     pub timeline: Option<Timeline>,
+}
+
+/// A peer library that held the lock in a cell's repetitions.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Library {
+    /// The peer's name (`peers/README.md`: `redisson`, `shedlock-jdbc`, …).
+    pub name: String,
+    /// Its version as its harness's `ready` line gave it (`null`: the harness did not start).
+    pub version: Option<String>,
+    /// The harness it runs in (`java`, `go`, `python`, `rust`).
+    pub harness: String,
+}
+
+impl Library {
+    /// `redisson 4.7.0` (the name alone without a version).
+    pub fn label(&self) -> String {
+        library_label(&self.name, self.version.as_deref())
+    }
+}
+
+/// `NAME VERSION`, the version without the library's own name in front where the harness
+/// puts it there (`redisson-4.7.0` → `redisson 4.7.0`; `shedlock-7.10.1+spring-data-redis-…`
+/// of `shedlock-redis` → `shedlock-redis 7.10.1+spring-data-redis-…`).
+pub fn library_label(name: &str, version: Option<&str>) -> String {
+    let Some(v) = version.filter(|v| !v.is_empty()) else {
+        return name.to_string();
+    };
+    let family = name.split('-').next().unwrap_or(name);
+    let v = v
+        .strip_prefix(name)
+        .or_else(|| v.strip_prefix(family))
+        .and_then(|rest| rest.strip_prefix('-'))
+        .filter(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        .unwrap_or(v);
+    format!("{name} {v}")
 }
 
 /// Where the lock stayed in the repetitions that had no failover.
@@ -159,11 +201,21 @@ impl Timeline {
 }
 
 impl Cell {
+    /// The row the cell belongs to: the backend, and the peer library if any (`redis ·
+    /// redisson 3.27.2`).
+    pub fn row_label(&self) -> String {
+        match &self.library {
+            Some(l) => format!("{} · {}", self.backend, l.label()),
+            None => self.backend.clone(),
+        }
+    }
+
     /// A cell with no observations yet.
     pub fn empty(backend: &str, scenario: &str, status: Status, reason: Option<String>) -> Cell {
         Cell {
             backend: backend.to_string(),
             scenario: scenario.to_string(),
+            library: None,
             status,
             reason,
             repetitions: 0,
@@ -174,6 +226,7 @@ impl Cell {
             holder_learned_before_handoff: None,
             learned_before_handoff_ms: None,
             learned_gap_ms: None,
+            never_learned: 0,
             not_freed: None,
             beyond_lease_ms: None,
             ttl_ms: None,

@@ -27,6 +27,8 @@ pub struct Observed {
     pub failover_ms: Option<f64>,
     /// (learned before the handover, handover − learned in ms).
     pub learned: Option<(bool, f64)>,
+    /// The lock moved on and the faulty holder, alive, never reported the loss.
+    pub never_learned: bool,
     /// Nobody else got the lock: who kept it.
     pub retained: Option<Retention>,
     /// What the nemesis measured beside.
@@ -59,6 +61,7 @@ pub fn check(history: History) -> Observed {
         fault_us,
         handover_us,
         lost_us,
+        unlearned,
         stale_write,
         retained,
         extra,
@@ -94,6 +97,7 @@ pub fn check(history: History) -> Observed {
         stale_unfenced: stale_write == Some(WriteOutcome::Unfenced),
         failover_ms,
         learned,
+        never_learned: unlearned && handover_us.is_some() && lost_us.is_none(),
         retained,
         extra,
         notes,
@@ -158,8 +162,10 @@ pub fn aggregate(cell: &mut Cell, reps: &[Observed]) {
     }
     cell.failover_ms = Stats::of(&failovers);
     let learned: Vec<(bool, f64)> = reps.iter().filter_map(|r| r.learned).collect();
-    if !learned.is_empty() {
-        cell.holder_learned_before_handoff = Some(learned.iter().all(|l| l.0));
+    cell.never_learned = reps.iter().filter(|r| r.never_learned).count();
+    if !learned.is_empty() || cell.never_learned > 0 {
+        cell.holder_learned_before_handoff =
+            Some(cell.never_learned == 0 && learned.iter().all(|l| l.0));
         let margins: Vec<f64> = learned.iter().map(|l| l.1).collect();
         cell.learned_gap_ms = Stats::of(&margins);
         cell.learned_before_handoff_ms = cell.learned_gap_ms.map(|s| s.median);
@@ -391,5 +397,52 @@ mod tests {
         assert_eq!(t.sections[1].from_ms, 100);
         assert_eq!(Retention::of(None), Retention::KeptByLiveHolder);
         assert_eq!(Retention::of(Some(5)), Retention::Stranded(5));
+    }
+
+    /// A holder that lived through the handover and never reported the loss (a peer
+    /// library's has no way to) learned nothing: `learned first` is false, and the count says
+    /// in how many repetitions.
+    #[test]
+    fn a_holder_that_never_reported_the_loss_never_learned() {
+        let never = || {
+            let mut h = History::new();
+            h.resource.enter(0, None, 1_000_000);
+            h.resource.enter(1, None, 3_000_000);
+            h.handover(1_100_000, 3_000_000);
+            h.never_learned();
+            check(h)
+        };
+        let o = never();
+        assert!(o.never_learned);
+        assert_eq!(o.learned, None);
+        let mut c = Cell::empty("redis", "holder_paused", Status::Measured, None);
+        aggregate(&mut c, &[never(), never()]);
+        assert_eq!(c.never_learned, 2);
+        assert_eq!(c.holder_learned_before_handoff, Some(false));
+        assert_eq!(c.learned_gap_ms, None);
+        let text = crate::scenario::report::safety_text(&c);
+        assert!(text.ends_with(" · never learned"), "{text}");
+        // Mixed with a repetition in which it learned first.
+        let learned = Observed {
+            learned: Some((true, 12.0)),
+            ..Observed::default()
+        };
+        let mut c = Cell::empty("redis", "holder_paused", Status::Measured, None);
+        aggregate(&mut c, &[never(), learned]);
+        assert_eq!(
+            (c.never_learned, c.holder_learned_before_handoff),
+            (1, Some(false))
+        );
+        let text = crate::scenario::report::safety_text(&c);
+        assert!(
+            text.ends_with(
+                " · learned first no (+12.0 ms; +12.0 to +12.0) · never learned in 1 of 2"
+            ),
+            "{text}"
+        );
+        // Where the lock did not move, nothing was there to learn.
+        let mut h = History::new();
+        h.never_learned();
+        assert!(!check(h).never_learned);
     }
 }

@@ -31,11 +31,23 @@ const PEER_SHORT: Duration = Duration::from_secs(30);
 /// One peer with [`PeersPlan::quick`].
 const PEER_QUICK: Duration = Duration::from_secs(10);
 
+/// A peer holder's repetition beyond the nemesis's own cost: its two harnesses start (a JVM's
+/// start and warm-up the slowest) and the third one `server_restart` may need. Measured
+/// (redis and zookeeper, 3 repetitions, 2-core machine): 2.0 s on average over the five
+/// scenarios and four peers, the JVM ones about 3 s, redsync's Go harness well under 1 s;
+/// rounded up, as the JVM peers are most of them.
+const PEER_HOLDER_START: Duration = Duration::from_millis(2_500);
+
+/// Reading a peer holder's version before its cells (one harness started and quit).
+const PEER_PROBE: Duration = Duration::from_secs(2);
+
 /// The expected cost of a run, by section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// Cells to measure.
+    /// Cells to measure (peer holders' included).
     pub cells: usize,
+    /// Of them, the peer libraries' holders' cells.
+    pub peer_cells: usize,
     /// Repetitions per cell.
     pub repeat: usize,
     /// The failure scenarios (servers' start-up included).
@@ -73,6 +85,24 @@ impl Plan {
                 }
             }
         }
+        let peer_scenarios = runner::peer_scenarios(&to_run);
+        let mut peer_cells = 0;
+        for b in &backends {
+            let peers = opts.peer_holders.of(b).len();
+            if peers == 0 || peer_scenarios.is_empty() {
+                continue;
+            }
+            scenarios += PEER_PROBE * peers as u32;
+            for n in nemesis::all()
+                .iter()
+                .filter(|n| peer_scenarios.contains(&n.name()))
+            {
+                peer_cells += peers;
+                let rep = n.cost(opts.ttl) + PEER_HOLDER_START;
+                scenarios += rep * (opts.repeat * peers) as u32;
+            }
+        }
+        let cells = cells + peer_cells;
         if cells > 0 {
             scenarios += SERVERS * backends.len() as u32;
         }
@@ -89,6 +119,7 @@ impl Plan {
             _ => PEER_SHORT,
         };
         Plan {
+            peer_cells,
             peer_count,
             peers: per_peer * peer_count as u32,
             cells,
@@ -109,8 +140,13 @@ impl Plan {
         let scenarios = if self.cells == 0 {
             "no scenarios".to_string()
         } else {
+            let peers = if self.peer_cells == 0 {
+                String::new()
+            } else {
+                format!(", {} of them peer holders'", self.peer_cells)
+            };
             format!(
-                "scenarios {} ({} cells × {} repetition(s))",
+                "scenarios {} ({} cells{peers} × {} repetition(s))",
                 minutes(self.scenarios),
                 self.cells,
                 self.repeat
@@ -165,6 +201,7 @@ pub fn minutes(d: Duration) -> String {
 mod tests {
     use super::*;
     use crate::scenario::SCENARIOS;
+    use crate::scenario::workload::PeerHolders;
 
     fn opts(scenarios: bool, bench: Option<BenchPlan>) -> CompareOptions {
         CompareOptions {
@@ -177,6 +214,7 @@ mod tests {
             run_scenarios: scenarios,
             bench,
             peers: None,
+            peer_holders: PeerHolders::Off,
         }
     }
 
@@ -203,6 +241,28 @@ mod tests {
         assert_eq!((bench.cells, bench.scenarios), (0, Duration::ZERO));
         assert_eq!(bench.bench, all.bench);
         assert!(all.describe().starts_with("expected to take about "));
+        // Peer holders: 6 libraries × 5 scenarios, each repetition its harnesses' start more.
+        let peers = Plan::of(&CompareOptions {
+            peer_holders: PeerHolders::All,
+            ..opts(true, None)
+        });
+        assert_eq!((peers.peer_cells, peers.cells), (30, 64 + 30));
+        assert!(peers.scenarios > scenarios.scenarios + PEER_HOLDER_START * 90);
+        assert!(
+            peers
+                .describe()
+                .contains("94 cells, 30 of them peer holders'")
+        );
+        let quick = Plan::of(&CompareOptions {
+            peer_holders: PeerHolders::FirstPerBackend,
+            ..opts(true, None)
+        });
+        assert_eq!(quick.peer_cells, 4 * 5);
+        let none = Plan::of(&CompareOptions {
+            peer_holders: PeerHolders::All,
+            ..opts(false, None)
+        });
+        assert_eq!((none.peer_cells, none.scenarios), (0, Duration::ZERO));
         assert_eq!(minutes(Duration::from_secs(754)), "12 min 34 s");
     }
 }

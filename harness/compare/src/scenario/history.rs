@@ -18,6 +18,9 @@ pub struct History {
     pub handover_us: Option<i64>,
     /// When the faulty holder reported `lost`, ms (only where it was watched for).
     pub lost_us: Option<i64>,
+    /// The lock moved on while the faulty holder lived, and it was watched for a loss it
+    /// never reported ([`History::never_learned`]).
+    pub unlearned: bool,
     /// The faulty holder's write with its old token after the handover (`None`: no stale
     /// write was possible, it still held the lock).
     pub stale_write: Option<WriteOutcome>,
@@ -81,6 +84,12 @@ impl History {
     /// reported the loss: the same live holder kept it, or it was stranded.
     pub fn not_freed(&mut self, lost_us: Option<i64>) {
         self.retained = Some(Retention::of(lost_us));
+    }
+
+    /// The lock moved on, the faulty holder lives, and it never reported the loss (within
+    /// the bound it was given; a peer holder has no way to report one).
+    pub fn never_learned(&mut self) {
+        self.unlearned = true;
     }
 
     /// An observation for the notes.

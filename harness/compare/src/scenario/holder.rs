@@ -1,16 +1,21 @@
-//! Holders: `dlock hold` child processes and their JSON event streams.
+//! Holders: `dlock hold` child processes and their JSON event streams, or a peer library's
+//! harness process whose replies are read as the same events (`holder/peer.rs`).
+
+mod peer;
 
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
 use dlock_fixtures::netns::Netns;
+
+pub use peer::{PeerHold, peer_event};
 
 /// How much of a holder's stderr is kept for error messages.
 const STDERR_KEEP: usize = 4096;
@@ -133,6 +138,8 @@ pub struct HoldSpec {
     pub wait_forever: bool,
     /// Run the holder with its wall clock shifted (libfaketime), or `None`.
     pub skew: Option<ClockSkew>,
+    /// A peer library's harness instead of `dlock hold` (`None`: `dlock hold`).
+    pub peer: Option<PeerHold>,
 }
 
 /// A wall-clock shift for a holder process, by libfaketime (`LD_PRELOAD`).
@@ -169,7 +176,7 @@ pub fn find_libfaketime() -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A running `dlock hold` process.
+/// A running `dlock hold` process, or a peer harness ([`HoldSpec::peer`]).
 pub struct Holder {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -177,6 +184,8 @@ pub struct Holder {
     stderr: Arc<Mutex<String>>,
     pid: u32,
     clock_ahead_ms: Option<i64>,
+    /// A peer harness's command writer.
+    peer: Option<peer::Control>,
 }
 
 /// Whether the backend at `url` has a lease for `--ttl` to set, from the capabilities its
@@ -207,6 +216,76 @@ mod lease_tests {
     }
 }
 
+/// What every holder process gets: the namespace, the piped stdio, the clock shift, death
+/// with the harness.
+fn configure(cmd: &mut Command, spec: &HoldSpec, netns: Option<&Netns>) {
+    if let Some(ns) = netns {
+        ns.enter_on_spawn(cmd);
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(skew) = &spec.skew {
+        // libfaketime: "+N"/"-N" is an offset in seconds from the real time.
+        let secs = skew.offset_ms / 1000;
+        cmd.env("LD_PRELOAD", &skew.lib)
+            .env("FAKETIME", format!("{secs:+}"))
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    }
+    // SAFETY: prctl is async-signal-safe and touches only the child's own state: a holder
+    // never outlives the harness.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Keeps the first [`STDERR_KEEP`] bytes of the child's stderr (and all of it in
+/// [`STDERR_DIR_ENV`]'s directory when set).
+fn capture_stderr(child: &mut Child, pid: u32) -> Result<Arc<Mutex<String>>> {
+    let mut stderr_pipe = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let keep = stderr.clone();
+    let mut copy = std::env::var_os(STDERR_DIR_ENV)
+        .filter(|d| !d.is_empty())
+        .and_then(|d| {
+            let path = Path::new(&d).join(format!("holder-{pid}.log"));
+            std::fs::File::create(path).ok()
+        });
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stderr_pipe.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            if let Some(f) = copy.as_mut() {
+                use std::io::Write;
+                let _ = f.write_all(&buf[..n]);
+            }
+            let mut s = keep.lock().unwrap_or_else(|e| e.into_inner());
+            if s.len() < STDERR_KEEP {
+                s.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    });
+    Ok(stderr)
+}
+
+/// The `Ended` event, read now.
+fn ended() -> Event {
+    Event {
+        kind: EventKind::Ended,
+        t_us: mono_us(),
+        clock_ahead_ms: None,
+        received: Instant::now(),
+    }
+}
+
 impl Holder {
     /// Starts `dlock hold [--ttl T] --wait W URL NAME` (`--ttl` where the backend has a lease) from the `dlock` binary at `bin`. The
     /// holder dies with the process that started it (parent-death signal).
@@ -215,12 +294,13 @@ impl Holder {
     }
 
     /// [`Holder::spawn`], inside the network namespace `netns` when given (the URL must then
-    /// name an address reachable from there, see [`Netns::expose`]).
+    /// name an address reachable from there, see [`Netns::expose`]). A spec with a
+    /// [`PeerHold`] starts that peer library's harness instead of `dlock hold` (`bin` unused).
     pub fn spawn_in(bin: &Path, spec: &HoldSpec, netns: Option<&Netns>) -> Result<Holder> {
-        let mut cmd = Command::new(bin);
-        if let Some(ns) = netns {
-            ns.enter_on_spawn(&mut cmd);
+        if let Some(peer) = &spec.peer {
+            return peer::spawn(spec, peer, netns);
         }
+        let mut cmd = Command::new(bin);
         // The scenario decides when a holder that lost its lock stops (it records the loss
         // itself), so the holder stays after `lost` instead of exiting.
         cmd.arg("hold").arg("--stay-after-lost");
@@ -230,35 +310,15 @@ impl Holder {
         cmd.arg("--wait")
             .arg(if spec.wait_forever { "forever" } else { "30s" })
             .arg(&spec.url)
-            .arg(&spec.name)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(skew) = &spec.skew {
-            // libfaketime: "+N"/"-N" is an offset in seconds from the real time.
-            let secs = skew.offset_ms / 1000;
-            cmd.env("LD_PRELOAD", &skew.lib)
-                .env("FAKETIME", format!("{secs:+}"))
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-        }
-        // SAFETY: prctl is async-signal-safe and touches only the child's own state: a holder
-        // never outlives the harness.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+            .arg(&spec.name);
+        configure(&mut cmd, spec, netns);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {} hold", bin.display()))?;
         let pid = child.id().ok_or_else(|| anyhow!("holder exited at once"))?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut stderr_pipe = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let stderr = capture_stderr(&mut child, pid)?;
         let (tx, events) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
@@ -279,36 +339,7 @@ impl Holder {
                     received: Instant::now(),
                 });
             }
-            let _ = tx.send(Event {
-                kind: EventKind::Ended,
-                t_us: mono_us(),
-                clock_ahead_ms: None,
-                received: Instant::now(),
-            });
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let keep = stderr.clone();
-        let mut copy = std::env::var_os(STDERR_DIR_ENV)
-            .filter(|d| !d.is_empty())
-            .and_then(|d| {
-                let path = Path::new(&d).join(format!("holder-{pid}.log"));
-                std::fs::File::create(path).ok()
-            });
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = stderr_pipe.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                if let Some(f) = copy.as_mut() {
-                    use std::io::Write;
-                    let _ = f.write_all(&buf[..n]);
-                }
-                let mut s = keep.lock().unwrap_or_else(|e| e.into_inner());
-                if s.len() < STDERR_KEEP {
-                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            }
+            let _ = tx.send(ended());
         });
         Ok(Holder {
             child,
@@ -317,6 +348,7 @@ impl Holder {
             stderr,
             pid,
             clock_ahead_ms: None,
+            peer: None,
         })
     }
 
@@ -354,12 +386,7 @@ impl Holder {
         match tokio::time::timeout(within, self.events.recv()).await {
             Ok(Some(ev)) => Some(self.seen(ev)),
             // The reader task ended after sending `Ended`: keep answering `Ended`.
-            Ok(None) => Some(Event {
-                kind: EventKind::Ended,
-                t_us: mono_us(),
-                clock_ahead_ms: None,
-                received: Instant::now(),
-            }),
+            Ok(None) => Some(ended()),
             Err(_) => None,
         }
     }
@@ -373,7 +400,9 @@ impl Holder {
     /// Waits up to `within` for the `acquired` event; returns it (token in its kind). Errors
     /// if the holder ends first or prints anything else first (other than `state` and
     /// `waiting` events).
+    /// A peer holder is told to send its commands first ([`Holder::go`]).
     pub async fn acquired(&mut self, within: Duration) -> Result<Option<Event>> {
+        self.go();
         let deadline = tokio::time::Instant::now() + within;
         // Bounded: each turn consumes one event or ends at the deadline.
         loop {
@@ -384,6 +413,7 @@ impl Holder {
             match ev.kind {
                 EventKind::Acquired { .. } => return Ok(Some(ev)),
                 EventKind::State(_) | EventKind::Waiting => continue,
+                ref k if self.is_ready_line(k) => continue,
                 EventKind::Ended => {
                     return Err(anyhow!(
                         "holder {} ended before acquiring: {}",
@@ -398,25 +428,37 @@ impl Holder {
 
     /// Waits up to `within` for the first event of a holder started with a wait: `waiting`
     /// (the lock was held; its waiting request follows) or `acquired` (it was free). Errors if
-    /// the holder ends first; `None` if nothing came within `within`.
+    /// the holder ends first; `None` if nothing came within `within`. A peer holder is told to
+    /// send its commands first ([`Holder::go`]).
     pub async fn waiting_or_acquired(&mut self, within: Duration) -> Result<Option<Event>> {
-        match self.next_event(within).await {
-            None => Ok(None),
-            Some(ev) => match ev.kind {
+        self.go();
+        let deadline = tokio::time::Instant::now() + within;
+        // Bounded: each turn consumes one event or ends at the deadline.
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(ev) = self.next_event(left).await else {
+                return Ok(None);
+            };
+            return match ev.kind {
                 EventKind::Waiting | EventKind::Acquired { .. } => Ok(Some(ev)),
+                ref k if self.is_ready_line(k) => continue,
                 EventKind::Ended => Err(anyhow!(
                     "holder {} ended before waiting: {}",
                     self.pid,
                     self.stderr()
                 )),
                 other => Err(anyhow!("holder {}: unexpected {other:?}", self.pid)),
-            },
+            };
         }
     }
 
     /// Waits up to `within` for a `state` event equal to `state` (other events are skipped;
-    /// the end of output stops the wait).
+    /// the end of output stops the wait). A peer holder has no state events (the peers'
+    /// protocol reports no loss): `None` at once.
     pub async fn state(&mut self, state: &str, within: Duration) -> Option<Event> {
+        if !self.reports_loss() {
+            return None;
+        }
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -429,9 +471,74 @@ impl Holder {
         }
     }
 
-    /// Closes stdin: the holder releases the lock and exits.
+    /// Closes stdin: the holder releases the lock and exits (a peer harness reads the end of
+    /// its input as `quit`, releases and answers `bye`).
     pub fn release(&mut self) {
         self.stdin.take();
+        if let Some(p) = &self.peer {
+            p.close();
+        }
+    }
+
+    /// A peer holder sends its commands (`acquire`, or `try` then `acquire`) now, once; nothing
+    /// for `dlock hold`, which starts on its own. [`Holder::acquired`] and
+    /// [`Holder::waiting_or_acquired`] call it.
+    pub fn go(&mut self) {
+        if let Some(p) = &mut self.peer {
+            p.go();
+        }
+    }
+
+    /// Whether this is a peer library's harness rather than `dlock hold`.
+    pub fn is_peer(&self) -> bool {
+        self.peer.is_some()
+    }
+
+    /// Whether the holder can report that it lost the lock (`dlock hold`'s `state` events);
+    /// a peer harness cannot: the protocol has no such reply, and most libraries no such
+    /// signal.
+    pub fn reports_loss(&self) -> bool {
+        self.peer.is_none()
+    }
+
+    fn is_ready_line(&self, kind: &EventKind) -> bool {
+        self.is_peer() && matches!(kind, EventKind::Other(l) if l.starts_with("ready "))
+    }
+
+    /// A peer holder: waits up to `within` for its harness's `ready PEER VERSION T` line and
+    /// returns the version; an `unavailable` line, the end of output or no line in time is an
+    /// error saying why. `dlock hold` has no such line: an empty version at once.
+    pub async fn ready(&mut self, within: Duration) -> Result<String> {
+        if !self.is_peer() {
+            return Ok(String::new());
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        // Bounded: each turn consumes one event or ends at the deadline.
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(ev) = self.next_event(left).await else {
+                bail!(
+                    "peer holder {} printed no ready line within {within:?}: {}",
+                    self.pid,
+                    self.stderr()
+                );
+            };
+            match ev.kind {
+                EventKind::Other(l) if l.starts_with("ready ") => {
+                    return Ok(l.split_whitespace().nth(2).unwrap_or("?").to_string());
+                }
+                EventKind::Other(l) if l.starts_with("unavailable ") => {
+                    let why: Vec<&str> = l.split_whitespace().skip(2).collect();
+                    bail!("peer holder {} unavailable: {}", self.pid, why.join(" "));
+                }
+                EventKind::Ended => bail!(
+                    "peer holder {} ended before its ready line: {}",
+                    self.pid,
+                    self.stderr()
+                ),
+                _ => continue,
+            }
+        }
     }
 
     fn signal(&self, sig: libc::c_int) -> Result<()> {

@@ -35,7 +35,7 @@ use std::time::Duration;
 use crate::bench::BenchPlan;
 
 pub use cell::{
-    BackendInfo, BenchFailure, Cell, NotFreed, Report, RunInfo, Stats, Status, Timeline,
+    BackendInfo, BenchFailure, Cell, Library, NotFreed, Report, RunInfo, Stats, Status, Timeline,
     TimelineSection,
 };
 pub use nemesis::RESET_FOR;
@@ -95,6 +95,9 @@ pub struct CompareOptions {
     pub bench: Option<BenchPlan>,
     /// The peers section, run beside the benchmarks (`None`: none).
     pub peers: Option<crate::peers::PeersPlan>,
+    /// The peer libraries whose holders go through the scenarios of
+    /// [`workload::PEER_SCENARIOS`] after dlock's, each its own row.
+    pub peer_holders: workload::PeerHolders,
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The runner: backends × workloads × nemeses, each measured cell repeated, then each
-//! backend's benchmarks on the same servers.
+//! The runner: backends × workloads × nemeses, each measured cell repeated (dlock's
+//! workloads, then each selected peer library's on the same servers, through
+//! [`PEER_SCENARIOS`]), then each backend's benchmarks on the same servers.
 
 use std::time::Instant;
 
@@ -10,7 +11,8 @@ use super::checker::{self, Observed};
 use super::holder::wall_ms;
 use super::nemesis::{self, Nemesis};
 use super::target::{Target, live_capabilities, start_target};
-use super::workload::{Ctx, WORKLOADS, Workload, lock_name};
+use super::workload::peer::library;
+use super::workload::{Ctx, PEER_SCENARIOS, PeerLock, WORKLOADS, Workload, lock_name};
 use super::{BACKENDS, CompareOptions, SCENARIOS, estimate, report};
 use crate::bench::{self, BenchEntry};
 use dlock_fixtures as fixtures;
@@ -122,9 +124,14 @@ struct Run<'o> {
 impl<'o> Run<'o> {
     fn new(opts: &'o CompareOptions) -> Run<'o> {
         let to_run = selected(opts);
+        let peer_cells: usize = opts
+            .backends
+            .iter()
+            .map(|b| opts.peer_holders.of(b).len() * peer_scenarios(&to_run).len())
+            .sum();
         Run {
             opts,
-            total: opts.backends.len() * to_run.len(),
+            total: opts.backends.len() * to_run.len() + peer_cells,
             to_run,
             done: 0,
             backends: Vec::new(),
@@ -157,6 +164,9 @@ impl<'o> Run<'o> {
                 self.cells.push(cell);
             }
         }
+        for spec in self.peer_holders(backend) {
+            self.peer_cells(backend, &target, spec).await;
+        }
         if self.opts.bench.is_some() || self.opts.peers.is_some() {
             self.bench(backend, &target).await;
         }
@@ -186,6 +196,70 @@ impl<'o> Run<'o> {
             self.cells.push(c);
         }
         self.done += self.to_run.len();
+        for spec in self.peer_holders(backend) {
+            for s in PEER_SCENARIOS {
+                let mut c = Cell::empty(
+                    backend,
+                    s,
+                    Status::Failed,
+                    Some(format!("servers did not start: {e:#}")),
+                );
+                if !self.to_run.contains(&s) {
+                    c.status = Status::NotMeasured;
+                }
+                c.library = Some(library(spec, None));
+                self.cells.push(c);
+            }
+            self.done += peer_scenarios(&self.to_run).len();
+        }
+    }
+
+    /// The peer libraries whose holders go through this run's scenarios on `backend` (none
+    /// when no scenario of theirs is selected).
+    fn peer_holders(&self, backend: &str) -> Vec<&'static crate::peers::PeerSpec> {
+        if peer_scenarios(&self.to_run).is_empty() {
+            return Vec::new();
+        }
+        self.opts.peer_holders.of(backend)
+    }
+
+    /// The cells of one peer library's holders on `backend`: measured as dlock's are, each
+    /// with its `library`; `not_measured` with the reason when its harness cannot run here.
+    async fn peer_cells(
+        &mut self,
+        backend: &str,
+        target: &Target,
+        spec: &'static crate::peers::PeerSpec,
+    ) {
+        let peer = spec.peer;
+        crate::say!("[compare] {backend}: peer holder {peer}");
+        let harnesses = crate::peers::Harnesses::locate(&self.opts.dlock_bin);
+        let nemeses = nemesis::all()
+            .into_iter()
+            .filter(|n| PEER_SCENARIOS.contains(&n.name()));
+        let workload = match PeerLock::start(spec, &harnesses, target, self.opts.ttl).await {
+            Ok(w) => w,
+            Err(why) => {
+                crate::say!("[compare] {backend}: peer holder {peer} not measured: {why}");
+                for n in nemeses {
+                    let mut c = self
+                        .skipped(backend, target, n.as_ref())
+                        .unwrap_or_else(|| {
+                            self.done += 1;
+                            let why = format!("the {peer} harness cannot run here: {why}");
+                            Cell::empty(backend, n.name(), Status::NotMeasured, Some(why))
+                        });
+                    c.library = Some(library(spec, None));
+                    self.cells.push(c);
+                }
+                return;
+            }
+        };
+        for mut n in nemeses {
+            let mut c = self.cell(backend, target, &workload, n.as_mut()).await;
+            c.library = workload.library();
+            self.cells.push(c);
+        }
     }
 
     /// Why the cell is not measured before anything starts for it, if it is not.
@@ -248,9 +322,10 @@ impl<'o> Run<'o> {
         let started = Instant::now();
         let cell = self.measure(backend, target, workload, n).await;
         crate::say!(
-            "[compare {}/{}] {backend} × {scenario}: {} repetition(s) in {:.1} s",
+            "[compare {}/{}] {} × {scenario}: {} repetition(s) in {:.1} s",
             self.done,
             self.total,
+            workload.label(backend),
             cell.repetitions,
             started.elapsed().as_secs_f64()
         );
@@ -266,6 +341,7 @@ impl<'o> Run<'o> {
         n: &mut dyn Nemesis,
     ) -> Cell {
         let (scenario, done, total, repeat) = (n.name(), self.done, self.total, self.opts.repeat);
+        let who = workload.label(backend);
         let mut cell = Cell::empty(backend, scenario, Status::Measured, None);
         cell.ttl_ms = target.ttl_ms;
         cell.notes.extend(n.cell_notes(target));
@@ -274,12 +350,12 @@ impl<'o> Run<'o> {
         let mut rep = 0;
         while rep < repeat {
             crate::say!(
-                "[compare {done}/{total}] {backend} × {scenario}: repetition {}/{repeat}",
+                "[compare {done}/{total}] {who} × {scenario}: repetition {}/{repeat}",
                 rep + 1,
             );
             crate::progress::set(
                 done - 1,
-                format!("{backend} × {scenario}, repetition {}/{repeat}", rep + 1),
+                format!("{who} × {scenario}, repetition {}/{repeat}", rep + 1),
             );
             let ctx = Ctx {
                 opts: self.opts,
@@ -297,14 +373,14 @@ impl<'o> Run<'o> {
                 Err(e) if voids < MAX_VOIDS && e.downcast_ref::<nemesis::Void>().is_some() => {
                     voids += 1;
                     crate::say!(
-                        "[compare] {backend} × {scenario}: repetition {} void, run again: {e:#}",
+                        "[compare] {who} × {scenario}: repetition {} void, run again: {e:#}",
                         rep + 1
                     );
                     cell.notes
                         .push(format!("repetition {} void and run again: {e:#}", rep + 1));
                 }
                 Err(e) => {
-                    crate::say!("[compare] {backend} × {scenario}: failed: {e:#}");
+                    crate::say!("[compare] {who} × {scenario}: failed: {e:#}");
                     cell.status = Status::Failed;
                     cell.reason = Some(format!("repetition {}: {e:#}", rep + 1));
                     break;
@@ -314,7 +390,7 @@ impl<'o> Run<'o> {
         checker::aggregate(&mut cell, &reps);
         if let Some(f) = cell.failover_ms {
             crate::say!(
-                "[compare {done}/{total}] {backend} × {scenario}: failover median {:.0} ms, overlap {}, stale write rejected {}",
+                "[compare {done}/{total}] {who} × {scenario}: failover median {:.0} ms, overlap {}, stale write rejected {}",
                 f.median,
                 report::yes_no(cell.overlap_observed),
                 report::yes_no(cell.stale_write_rejected)
@@ -423,6 +499,15 @@ async fn repetition(ctx: &Ctx<'_>, n: &mut dyn Nemesis) -> Result<Observed> {
     // The proxies and the namespace go only now: the holders that used them are gone.
     n.teardown();
     Ok(checker::check(history?))
+}
+
+/// The scenarios of `to_run` that peer holders go through.
+pub(super) fn peer_scenarios(to_run: &[&'static str]) -> Vec<&'static str> {
+    to_run
+        .iter()
+        .copied()
+        .filter(|s| PEER_SCENARIOS.contains(s))
+        .collect()
 }
 
 /// The scenarios this run measures, in report order.

@@ -130,6 +130,7 @@ pub async fn run(sh: std::sync::Arc<Shared>, slot: usize) {
             ttl: sh.ttl,
             wait_forever: true,
             skew: None,
+            peer: None,
         };
         let mut h = match Holder::spawn(&sh.bin, &spec) {
             Ok(h) => h,

@@ -38,8 +38,14 @@ impl Nemesis for Kill {
     fn run<'a>(&'a mut self, t: &'a mut Trial<'_>) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let bound = t.ctx.grant_bound();
-            // Just before the kill: what is left of its lease (etcd: set to the full TTL).
-            let left = match lease_left(t.ctx.backend, t.ctx.target, &t.ctx.name).await {
+            // Just before the kill: what is left of its lease (etcd: set to the full TTL). A
+            // peer library keeps its lease under keys of its own: not read.
+            let read = if t.subject.is_peer() {
+                Ok(None)
+            } else {
+                lease_left(t.ctx.backend, t.ctx.target, &t.ctx.name).await
+            };
+            let left = match read {
                 Ok(left) => left,
                 Err(e) => {
                     t.history.note(format!(

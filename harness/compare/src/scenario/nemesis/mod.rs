@@ -194,6 +194,21 @@ async fn record_moved(
     t.stale_write(mono_us());
 }
 
+/// The note of a peer holder that lived through the handover: its library has no loss signal.
+const PEER_NEVER_TOLD: &str =
+    "the library reports no loss (peer holder): the holder was never told the lock had moved on";
+
+/// The lock moved on, the subject lives and never reported the loss: recorded as never
+/// learned, with `note` (a peer holder, which has no way to report it, says so instead).
+fn never_told(t: &mut Trial<'_>, note: impl Into<String>) {
+    t.history.never_learned();
+    if t.subject.reports_loss() {
+        t.history.note(note);
+    } else {
+        t.history.note(PEER_NEVER_TOLD);
+    }
+}
+
 /// After another holder's grant, a subject that had not reported `lost` yet: waits up to
 /// `bound` for it, notes how late (from the fault `t0`) or that it never came, and records
 /// it as the subject leaving the resource. Returns when it reported the loss, if it did.
@@ -206,10 +221,13 @@ async fn await_late_loss(t: &mut Trial<'_>, t0: i64, bound: Duration) -> Option<
             Some(ev.t_us)
         }
         None => {
-            t.history.note(format!(
-                "the holder reported no loss within {} s of the new grant",
-                bound.as_secs()
-            ));
+            never_told(
+                t,
+                format!(
+                    "the holder reported no loss within {} s of the new grant",
+                    bound.as_secs()
+                ),
+            );
             None
         }
     }

@@ -97,7 +97,7 @@ pub(crate) fn fault_injection(cells: &[Cell]) -> String {
     for c in cells
         .iter()
         .filter(|c| c.scenario == "holder_partitioned" && c.status != Status::NotMeasured)
-        .filter(|c| c.status != Status::NotApplicable)
+        .filter(|c| c.status != Status::NotApplicable && c.library.is_none())
     {
         if c.notes.iter().any(|n| n.starts_with(NETNS_NOTE)) {
             ns.push(c.backend.as_str());

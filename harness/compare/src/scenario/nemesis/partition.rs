@@ -205,7 +205,7 @@ pub(super) async fn after_cut(
     };
     t.history.handover(t0, t_grant);
     if lost.is_none() {
-        t.history.note("the holder never reported the loss");
+        super::never_told(t, "the holder never reported the loss");
     }
     if say {
         let (backend, scenario) = (t.ctx.backend, t.ctx.scenario);

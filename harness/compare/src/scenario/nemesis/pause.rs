@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use super::{Nemesis, Void, until_grant};
+use super::{Nemesis, Void, never_told, until_grant};
 use crate::scenario::holder::{mono_us, ms_between};
 use crate::scenario::workload::{BoxFuture, Trial};
 
@@ -112,13 +112,15 @@ impl Nemesis for Pause {
                 }
                 None => {
                     t.history.resource.exit(0, mono_us());
-                    let note = match t.subject.exit_status() {
-                        Some(status) => {
-                            format!("the resumed holder exited ({status}) without reporting a loss")
-                        }
-                        None => format!("the resumed holder reported no loss within {bound:?}"),
-                    };
-                    t.history.note(note);
+                    match t.subject.exit_status() {
+                        Some(status) => t.history.note(format!(
+                            "the resumed holder exited ({status}) without reporting a loss"
+                        )),
+                        None => never_told(
+                            t,
+                            format!("the resumed holder reported no loss within {bound:?}"),
+                        ),
+                    }
                 }
             }
             Ok(())

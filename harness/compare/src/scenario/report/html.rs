@@ -125,10 +125,10 @@ fn table_head(cols: &[&str]) -> String {
 pub(super) fn html_table(r: &Report, text: impl Fn(&Cell) -> String) -> String {
     let cols = measured_scenarios(r);
     let mut h = table_head(&cols);
-    for b in backends_of(r) {
-        let _ = write!(h, "<tr><th>{}</th>", esc(b));
+    for row in rows_of(r) {
+        let _ = write!(h, "<tr><th>{}</th>", esc(&row.label()));
         for s in &cols {
-            let t = cell(r, b, s).map_or_else(|| "—".into(), &text);
+            let t = row.cell(r, s).map_or_else(|| "—".into(), &text);
             let _ = write!(h, "<td>{}</td>", esc(&t));
         }
         h.push_str("</tr>");
@@ -142,10 +142,10 @@ pub(super) fn html_table(r: &Report, text: impl Fn(&Cell) -> String) -> String {
 fn safety_html(r: &Report) -> String {
     let cols = measured_scenarios(r);
     let mut h = table_head(&cols);
-    for b in backends_of(r) {
-        let _ = write!(h, "<tr><th>{}</th>", esc(b));
+    for row in rows_of(r) {
+        let _ = write!(h, "<tr><th>{}</th>", esc(&row.label()));
         for s in &cols {
-            let Some(c) = cell(r, b, s) else {
+            let Some(c) = row.cell(r, s) else {
                 h.push_str("<td>—</td>");
                 continue;
             };

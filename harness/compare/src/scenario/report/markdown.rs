@@ -106,7 +106,9 @@ fn reading_guide(md: &mut String) {
          stop it; `—`: no stale write was possible (the old holder still held the lock).\n\
          - **learned first**: the faulty holder reported `lost` before the other holder's \
          grant, with the gap in ms: median; min to max over the repetitions (positive = that \
-         much before; negative = after). Only where the holder survives the fault.\n\
+         much before; negative = after). Only where the holder survives the fault; `never \
+         learned`: it lived through the handover and never reported the loss (`in k of n` \
+         repetitions when not in all).\n\
          - **holder_partitioned / connection_reset** put an in-process TCP fault proxy between \
          the holder and each of its servers (blackhole that keeps the sockets open; RST for \
          200 ms then pass); the waiter connects directly. Where the run is root on Linux, \
@@ -153,6 +155,12 @@ fn reading_guide(md: &mut String) {
          - The fault is injected once the waiter has printed `waiting` (its first try found the \
          lock held) and {} ms more for its waiting request to reach the server; a waiter that \
          had not queued yet could only make a failover look slower, never faster.\n\
+         - **Peer rows** (`redis · redisson 3.x`, under their backend): the same scenario \
+         with a peer library's own processes as the holders (its harness, `peers/README.md`), \
+         on the same servers, with its defaults and the same ttl. No peer hands its holder a \
+         fencing token (`no token (library)`; an overlap is `unfenced overlap (library)`), \
+         and none reports a loss: a peer holder that lived through the handover `never \
+         learned`.\n\
          - Cells `not measured` could not be run here (the reason says why, e.g. libfaketime \
          missing, external servers); `n/a` cannot apply (reason in `comparison.json`). No \
          number in these tables is estimated.",
@@ -187,7 +195,7 @@ fn without_measurements(md: &mut String, r: &Report) {
             let _ = writeln!(
                 md,
                 "| {} | {} | {status} | {} |",
-                c.backend,
+                c.row_label(),
                 c.scenario,
                 c.reason.as_deref().unwrap_or("").replace('|', "\\|")
             );
@@ -206,7 +214,7 @@ fn cell_notes(md: &mut String, r: &Report) {
         let _ = writeln!(md, "\n## Notes\n");
         for c in notes {
             for n in &c.notes[1..] {
-                let _ = writeln!(md, "- {} × {}: {n}", c.backend, c.scenario);
+                let _ = writeln!(md, "- {} × {}: {n}", c.row_label(), c.scenario);
             }
         }
     }

@@ -15,7 +15,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::cell::NotFreed;
-use super::{BACKENDS, Cell, Report, SCENARIOS, Status};
+use super::{BACKENDS, Cell, Library, Report, SCENARIOS, Status};
 
 use crate::bench::BenchEntry;
 pub use bench::{bench_markdown, latency_svg};
@@ -85,7 +85,13 @@ pub fn safety_text(c: &Cell) -> String {
     match c.status {
         Status::Measured => {
             let stale = if c.no_token && c.stale_write_rejected == Some(false) {
-                format!("no token ({})", c.backend)
+                // A peer library's holder writes without a token: the library hands none out.
+                let whose = if c.library.is_some() {
+                    "library"
+                } else {
+                    c.backend.as_str()
+                };
+                format!("no token ({whose})")
             } else {
                 yes_no(c.stale_write_rejected).to_string()
             };
@@ -93,7 +99,10 @@ pub fn safety_text(c: &Cell) -> String {
                 "overlap {} · stale write rejected {stale}",
                 yes_no(c.overlap_observed),
             );
-            if let Some(l) = c.holder_learned_before_handoff {
+            if c.never_learned > 0 && c.learned_gap_ms.is_none() {
+                // It never reported the loss in any repetition in which the lock moved.
+                s.push_str(" · never learned");
+            } else if let Some(l) = c.holder_learned_before_handoff {
                 let _ = write!(s, " · learned first {}", yes_no(Some(l)));
                 // The gap, not only its sign: CLOCK_MONOTONIC µs on both sides.
                 match c.learned_gap_ms {
@@ -105,6 +114,13 @@ pub fn safety_text(c: &Cell) -> String {
                     }
                     None => {}
                 }
+                if c.never_learned > 0 {
+                    let _ = write!(
+                        s,
+                        " · never learned in {} of {}",
+                        c.never_learned, c.repetitions
+                    );
+                }
             }
             s
         }
@@ -112,10 +128,67 @@ pub fn safety_text(c: &Cell) -> String {
     }
 }
 
+/// dlock's own cell of `backend` × `scenario` (not a peer library's).
 pub(super) fn cell<'a>(r: &'a Report, backend: &str, scenario: &str) -> Option<&'a Cell> {
     r.scenarios
         .iter()
-        .find(|c| c.backend == backend && c.scenario == scenario)
+        .find(|c| c.backend == backend && c.scenario == scenario && c.library.is_none())
+}
+
+/// A row of the failure tables: a backend's dlock holders, or a peer library's holders on
+/// that backend's servers.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Row<'a> {
+    pub backend: &'a str,
+    pub library: Option<&'a Library>,
+}
+
+impl Row<'_> {
+    /// `redis`, `redis · redisson 3.27.2`.
+    pub fn label(&self) -> String {
+        match self.library {
+            Some(l) => format!("{} · {}", self.backend, l.label()),
+            None => self.backend.to_string(),
+        }
+    }
+
+    /// Its cell of `scenario`.
+    pub fn cell<'r>(&self, r: &'r Report, scenario: &str) -> Option<&'r Cell> {
+        let name = self.library.map(|l| &l.name);
+        r.scenarios.iter().find(|c| {
+            c.backend == self.backend
+                && c.scenario == scenario
+                && c.library.as_ref().map(|l| &l.name) == name
+        })
+    }
+}
+
+/// The rows of the failure tables: each backend's own, then right under it a row per peer
+/// library whose holders ran on its servers, in the order they ran.
+pub(super) fn rows_of(r: &Report) -> Vec<Row<'_>> {
+    let mut rows = Vec::new();
+    for b in backends_of(r) {
+        rows.push(Row {
+            backend: b,
+            library: None,
+        });
+        let mut seen: Vec<&str> = Vec::new();
+        for l in r
+            .scenarios
+            .iter()
+            .filter(|c| c.backend == b)
+            .filter_map(|c| c.library.as_ref())
+        {
+            if !seen.contains(&l.name.as_str()) {
+                seen.push(&l.name);
+                rows.push(Row {
+                    backend: b,
+                    library: Some(l),
+                });
+            }
+        }
+    }
+    rows
 }
 
 pub(super) fn backends_of(r: &Report) -> Vec<&str> {
@@ -144,17 +217,18 @@ pub(super) fn table(r: &Report, text: impl Fn(&Cell) -> String) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "| backend | {} |", cols.join(" | "));
     let _ = writeln!(out, "|---|{}", "---|".repeat(cols.len()));
-    for b in backends_of(r) {
-        let row: Vec<String> = cols
+    for row in rows_of(r) {
+        let cells: Vec<String> = cols
             .iter()
-            .map(|s| cell(r, b, s).map_or_else(|| "—".into(), &text))
+            .map(|s| row.cell(r, s).map_or_else(|| "—".into(), &text))
             .collect();
-        let _ = writeln!(out, "| {b} | {} |", row.join(" | "));
+        let _ = writeln!(out, "| {} | {} |", row.label(), cells.join(" | "));
     }
     out
 }
 
-/// The main table: failover medians (ms) per backend × measured scenario.
+/// The main table: failover medians (ms) per backend × measured scenario (and per peer
+/// library, under its backend).
 pub fn main_table(r: &Report) -> String {
     table(r, failover_text)
 }

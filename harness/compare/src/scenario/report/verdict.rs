@@ -69,6 +69,9 @@ pub enum Verdict {
     DocumentedOverlap(&'static str),
     /// Two holders overlapped and nothing documents it.
     UndocumentedOverlap,
+    /// A peer library's holders overlapped, with no fencing token to stop the stale write
+    /// (what the library does: dlock's READMEs do not document other libraries).
+    LibraryOverlap,
     /// Not applicable, not measured, or failed to run.
     NotApplicable,
 }
@@ -81,6 +84,7 @@ impl Verdict {
         }
         match (c.overlap_observed, c.stale_write_rejected) {
             (Some(true), Some(true)) => Verdict::Fenced,
+            (Some(true), _) if c.library.is_some() => Verdict::LibraryOverlap,
             (Some(true), _) => DOCUMENTED_OVERLAPS
                 .iter()
                 .find(|(b, s, _)| *b == c.backend && *s == c.scenario)
@@ -98,6 +102,7 @@ impl Verdict {
             Verdict::Fenced => "fenced",
             Verdict::DocumentedOverlap(_) => "documented overlap",
             Verdict::UndocumentedOverlap => "undocumented overlap",
+            Verdict::LibraryOverlap => "unfenced overlap (library)",
             Verdict::NotApplicable => "n/a",
         }
     }
@@ -109,6 +114,7 @@ impl Verdict {
             Verdict::Fenced => "#d8e6f8",
             Verdict::DocumentedOverlap(_) => "#fbe7c0",
             Verdict::UndocumentedOverlap => "#f6c9c9",
+            Verdict::LibraryOverlap => "#f6d5b8",
             Verdict::NotApplicable => "#eeeeee",
         }
     }
@@ -143,6 +149,16 @@ mod tests {
             Verdict::of(&cell("postgres", "holder_paused", Some(true), None)),
             Verdict::UndocumentedOverlap
         );
+        // A peer library's overlap is the library's, not in dlock's READMEs.
+        let mut peer = cell("redis", "holder_paused", Some(true), Some(false));
+        peer.library = Some(crate::scenario::Library {
+            name: "redisson".into(),
+            version: Some("3.27.2".into()),
+            harness: "java".into(),
+        });
+        assert_eq!(Verdict::of(&peer), Verdict::LibraryOverlap);
+        peer.overlap_observed = Some(false);
+        assert_eq!(Verdict::of(&peer), Verdict::Safe);
         let mut na = cell("redis", "quorum_loss", None, None);
         na.status = Status::NotApplicable;
         assert_eq!(Verdict::of(&na), Verdict::NotApplicable);

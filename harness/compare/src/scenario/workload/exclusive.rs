@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 
 use super::{Approach, BoxFuture, Ctx, Role, Trial, Workload};
 use crate::scenario::WAITER_SETTLE;
@@ -18,7 +18,7 @@ pub(crate) const FIRST_GRANT: Duration = Duration::from_secs(30);
 pub struct ExclusiveLock;
 
 impl Workload for ExclusiveLock {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "exclusive"
     }
 
@@ -31,6 +31,7 @@ impl Workload for ExclusiveLock {
             // fault takes.
             wait_forever: role == Role::Contender,
             skew: None,
+            peer: None,
         }
     }
 
@@ -46,24 +47,46 @@ impl Workload for ExclusiveLock {
 
 /// The subject acquires, the contender is started and settles.
 async fn begin<'a>(ctx: &'a Ctx<'a>, how: &Approach, netns: Option<&Netns>) -> Result<Trial<'a>> {
+    let (spec_a, spec_b) = specs(ctx, how);
+    let a = Holder::spawn_in(&ctx.opts.dlock_bin, &spec_a, netns)?;
+    hold_then_queue(ctx, a, None, &spec_b).await
+}
+
+/// The subject's spec (through `how`) and the contender's (on the target's URL).
+pub(super) fn specs(ctx: &Ctx<'_>, how: &Approach) -> (HoldSpec, HoldSpec) {
     let url = ctx.target.url.as_str();
     let mut spec_a = ctx.spec(how.subject_url.as_deref().unwrap_or(url), Role::Subject);
     spec_a.skew = how.subject_skew.clone();
     let mut spec_b = ctx.spec(url, Role::Contender);
     spec_b.skew = how.contender_skew.clone();
+    (spec_a, spec_b)
+}
+
+/// The subject `a` acquires; then the contender — `b` when it was started already (a peer
+/// holder waits to be told), else one started from `spec_b` now — queues behind it.
+pub(super) async fn hold_then_queue<'a>(
+    ctx: &'a Ctx<'a>,
+    mut a: Holder,
+    b: Option<Holder>,
+    spec_b: &HoldSpec,
+) -> Result<Trial<'a>> {
     let mut history = History::new();
     let res = &mut history.resource;
-    let dlock = &ctx.opts.dlock_bin;
-    let mut a = Holder::spawn_in(dlock, &spec_a, netns)?;
-    let ev = match a.acquired(FIRST_GRANT).await {
-        Ok(Some(ev)) => ev,
-        Ok(None) => {
-            let err = a.stderr();
-            a.finish().await;
-            bail!("the first holder got no grant within {FIRST_GRANT:?}: {err}");
-        }
+    let first = match a.acquired(FIRST_GRANT).await {
+        Ok(Some(ev)) => Ok(ev),
+        Ok(None) => Err(anyhow!(
+            "the first holder got no grant within {FIRST_GRANT:?}: {}",
+            a.stderr()
+        )),
+        Err(e) => Err(e),
+    };
+    let ev = match first {
+        Ok(ev) => ev,
         Err(e) => {
             a.finish().await;
+            if let Some(b) = b {
+                b.finish().await;
+            }
             return Err(e);
         }
     };
@@ -72,7 +95,16 @@ async fn begin<'a>(ctx: &'a Ctx<'a>, how: &Approach, netns: Option<&Netns>) -> R
     };
     res.enter(0, token, ev.t_us);
     res.write(0, token, ev.t_us);
-    let mut b = Holder::spawn(dlock, &spec_b)?;
+    let mut b = match b {
+        Some(b) => b,
+        None => match Holder::spawn(&ctx.opts.dlock_bin, spec_b) {
+            Ok(b) => b,
+            Err(e) => {
+                a.finish().await;
+                return Err(e);
+            }
+        },
+    };
     let b_ended = |err: String| anyhow!("the waiter ended before the fault: {err}");
     // B tries once, finds the lock held and says `waiting`; a grant instead is an overlap
     // (A holds), recorded as such.

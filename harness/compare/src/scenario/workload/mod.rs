@@ -3,11 +3,14 @@
 //!
 //! A workload is a value ([`Workload`]): it says how its holders are started and sets up a
 //! [`Trial`] — the subject (holder 0, the one every fault is aimed at) holding the lock and a
-//! contender (holder 1) queued behind it. Today there is one, [`ExclusiveLock`]; a shared
-//! lock, a semaphore or a peer library would be another value in [`WORKLOADS`], run by the
-//! same runner against the same nemeses.
+//! contender (holder 1) queued behind it. [`ExclusiveLock`] is dlock's, through `dlock hold`
+//! (the one value in [`WORKLOADS`]); [`PeerLock`] is a peer library's through its harness,
+//! one value per peer the run selects ([`PeerHolders`]), run by the same runner against the
+//! nemeses of [`PEER_SCENARIOS`]. A shared lock or a semaphore would be another value in
+//! [`WORKLOADS`].
 
 mod exclusive;
+pub mod peer;
 pub mod trial;
 
 use std::future::Future;
@@ -23,6 +26,7 @@ use dlock_fixtures::netns::Netns;
 
 pub use exclusive::ExclusiveLock;
 pub(crate) use exclusive::FIRST_GRANT;
+pub use peer::{PEER_HOLDERS, PEER_SCENARIOS, PeerHolders, PeerLock};
 pub use trial::{Grant, Trial};
 
 /// A boxed future, so that workloads and nemeses can be trait objects.
@@ -43,7 +47,17 @@ pub enum Role {
 /// What the holders do: a value the runner pairs with every nemesis.
 pub trait Workload {
     /// Its name (the exclusive lock's cells are named by the nemesis alone).
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &str;
+
+    /// The peer library whose holders these are (`None`: dlock's), for the cells' `library`.
+    fn library(&self) -> Option<crate::scenario::Library> {
+        None
+    }
+
+    /// How its cells are named in the log: the backend, and the library if any.
+    fn label(&self, backend: &str) -> String {
+        backend.to_string()
+    }
 
     /// How a holder in `role` is started on `url` for the lock `name`.
     fn spec(&self, url: &str, name: &str, ttl: Duration, role: Role) -> HoldSpec;

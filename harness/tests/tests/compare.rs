@@ -420,7 +420,7 @@ fn compare_quick_writes_a_consistent_report() {
 /// SIGKILL a failover. Returns each row's label in comparison.md and its library's name.
 fn peer_rows(cells: &[Value], md: &str) -> Vec<(String, String)> {
     let mut rows = Vec::new();
-    for (backend, peer) in [("postgres", "shedlock-jdbc"), ("redis", "shedlock-redis")] {
+    for (backend, peer) in [("postgres", "jdbc-advisory"), ("redis", "redisson")] {
         let of: Vec<&Value> = cells
             .iter()
             .filter(|c| c["backend"] == backend && !c["library"].is_null())
@@ -456,8 +456,9 @@ fn peer_rows(cells: &[Value], md: &str) -> Vec<(String, String)> {
             .find(|c| c["scenario"] == "holder_killed")
             .unwrap();
         if killed["status"] == "measured" {
-            // The killed holder's lease runs out (ShedLock: lockAtMostFor = the ttl), the
-            // waiter polls its way in; no token stops the dead holder's late write.
+            // The killed holder's session ends (the seed's advisory lock) or its lease runs
+            // out (Redisson: the watchdog's timeout = the ttl) and the waiter gets the lock;
+            // no token stops the dead holder's late write.
             assert!(
                 killed["failover_ms"]["median"]
                     .as_f64()

@@ -241,23 +241,23 @@ mod tests {
         assert_eq!((bench.cells, bench.scenarios), (0, Duration::ZERO));
         assert_eq!(bench.bench, all.bench);
         assert!(all.describe().starts_with("expected to take about "));
-        // Peer holders: 6 libraries × 5 scenarios, each repetition its harnesses' start more.
+        // Peer holders: 7 libraries × 5 scenarios, each repetition its harnesses' start more.
         let peers = Plan::of(&CompareOptions {
             peer_holders: PeerHolders::All,
             ..opts(true, None)
         });
-        assert_eq!((peers.peer_cells, peers.cells), (30, 64 + 30));
-        assert!(peers.scenarios > scenarios.scenarios + PEER_HOLDER_START * 90);
+        assert_eq!((peers.peer_cells, peers.cells), (35, 64 + 35));
+        assert!(peers.scenarios > scenarios.scenarios + PEER_HOLDER_START * 105);
         assert!(
             peers
                 .describe()
-                .contains("94 cells, 30 of them peer holders'")
+                .contains("99 cells, 35 of them peer holders'")
         );
         let quick = Plan::of(&CompareOptions {
             peer_holders: PeerHolders::FirstPerBackend,
             ..opts(true, None)
         });
-        assert_eq!(quick.peer_cells, 4 * 5);
+        assert_eq!(quick.peer_cells, 6 * 5);
         let none = Plan::of(&CompareOptions {
             peer_holders: PeerHolders::All,
             ..opts(false, None)

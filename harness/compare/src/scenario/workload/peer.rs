@@ -33,15 +33,16 @@ pub const PEER_SCENARIOS: [&str; 5] = [
 ];
 
 /// The peer libraries held through [`PEER_SCENARIOS`], per backend, in report order: the
-/// seed's libraries, one harness each. The first of a backend is the one `--quick` keeps
-/// (ShedLock's `RedisLockProvider` on Redis: the seed's own).
-pub const PEER_HOLDERS: [(&str, &str); 6] = [
-    ("postgres", "shedlock-jdbc"),
-    ("redis", "shedlock-redis"),
+/// seed's libraries, one harness each. The first of a backend is the one `--quick` keeps.
+/// Java ShedLock's providers sit under dlock's ShedLock backends (the same table and keys).
+pub const PEER_HOLDERS: [(&str, &str); 7] = [
+    ("postgres", "jdbc-advisory"),
     ("redis", "redisson"),
     ("redis", "redsync"),
     ("etcd", "etcd-mutex"),
     ("zookeeper", "curator-mutex"),
+    ("shedlock-postgres", "shedlock-jdbc"),
+    ("shedlock-redis", "shedlock-redis"),
 ];
 
 /// How long the probe that reads a peer's version may take to quit.
@@ -203,13 +204,13 @@ mod tests {
             .iter()
             .map(|s| s.peer)
             .collect();
-        assert_eq!(redis, ["shedlock-redis", "redisson", "redsync"]);
+        assert_eq!(redis, ["redisson", "redsync"]);
         let quick: Vec<&str> = PeerHolders::FirstPerBackend
             .of("redis")
             .iter()
             .map(|s| s.peer)
             .collect();
-        assert_eq!(quick, ["shedlock-redis"]);
+        assert_eq!(quick, ["redisson"]);
         assert!(PeerHolders::Off.of("redis").is_empty());
         assert!(PeerHolders::All.of("redlock").is_empty());
         for s in PEER_SCENARIOS {
@@ -265,15 +266,16 @@ mod tests {
         // The harness's version string without the library's name in front.
         let redis = PeerHolders::All.of("redis");
         assert_eq!(
-            library(redis[1], Some("redisson-4.7.0")).label(),
+            library(redis[0], Some("redisson-4.7.0")).label(),
             "redisson 4.7.0"
         );
+        let shedlock = PeerHolders::All.of("shedlock-redis")[0];
         assert_eq!(
-            library(redis[0], Some("shedlock-7.10.1+lettuce-7.5.2")).label(),
+            library(shedlock, Some("shedlock-7.10.1+lettuce-7.5.2")).label(),
             "shedlock-redis 7.10.1+lettuce-7.5.2"
         );
         assert_eq!(
-            library(redis[2], Some("redsync-4.18.1+go-redis-9.23.0")).label(),
+            library(redis[1], Some("redsync-4.18.1+go-redis-9.23.0")).label(),
             "redsync 4.18.1+go-redis-9.23.0"
         );
         // A version that does not start with the name is kept whole.

@@ -25,25 +25,37 @@ pub(crate) async fn dial(endpoint: &Endpoint) -> Result<Stream, NodeError> {
         addr: addr(),
         source: RedisError::from(source),
     };
-    let (host, stream) = match &endpoint.sentinels {
-        Some(s) => {
-            let (host, port) = s.master_addr(endpoint.timeout).await.map_err(io)?;
-            let stream = TcpStream::connect((host.as_str(), port))
-                .await
-                .map_err(io)?;
-            (host, stream)
-        }
-        None => {
-            let stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
-                .await
-                .map_err(io)?;
-            (endpoint.host.clone(), stream)
+    // One deadline for the TCP connection and the TLS handshake, so that a handshake nobody
+    // answers is reported as such, not as a bare timeout that happened to fire first.
+    let deadline = tokio::time::Instant::now() + endpoint.timeout;
+    let timed_out = || NodeError::Timeout {
+        addr: addr(),
+        after: endpoint.timeout,
+    };
+    let connect = async {
+        match &endpoint.sentinels {
+            Some(s) => {
+                let (host, port) = s.master_addr(endpoint.timeout).await.map_err(io)?;
+                let stream = TcpStream::connect((host.as_str(), port))
+                    .await
+                    .map_err(io)?;
+                Ok::<_, NodeError>((host, stream))
+            }
+            None => {
+                let stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+                    .await
+                    .map_err(io)?;
+                Ok((endpoint.host.clone(), stream))
+            }
         }
     };
+    let (host, stream) = tokio::time::timeout_at(deadline, connect)
+        .await
+        .map_err(|_| timed_out())??;
     stream.set_nodelay(true).map_err(io)?;
     match &endpoint.tls {
         None => Ok(Box::new(stream)),
-        Some(tls) => match tokio::time::timeout(endpoint.timeout, tls.wrap(&host, stream)).await {
+        Some(tls) => match tokio::time::timeout_at(deadline, tls.wrap(&host, stream)).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(e)) => Err(NodeError::Tls {
                 addr: addr(),
@@ -264,10 +276,8 @@ impl Node {
             addr: self.label.clone(),
             after,
         };
-        let stream = match tokio::time::timeout(after, dial(&self.endpoint)).await {
-            Ok(stream) => stream?,
-            Err(_) => return Err(timed_out()),
-        };
+        // dial keeps the deadline itself (connection, then TLS handshake).
+        let stream = dial(&self.endpoint).await?;
         let left = after.saturating_sub(started.elapsed());
         let (conn, driver) = match tokio::time::timeout(left, self.set_up(stream)).await {
             Ok(Ok(pair)) => pair,

@@ -183,30 +183,26 @@ impl<'o> Run<'o> {
             ttl_ms: None,
             frees_by: String::new(),
         });
-        for s in SCENARIOS {
+        // A cell that could not run: failed where it was asked for, not measured otherwise.
+        let unrun = |s: &'static str, to_run: &[&str]| {
             let mut c = Cell::empty(
                 backend,
                 s,
                 Status::Failed,
                 Some(format!("servers did not start: {e:#}")),
             );
-            if !self.to_run.contains(&s) {
+            if !to_run.contains(&s) {
                 c.status = Status::NotMeasured;
             }
-            self.cells.push(c);
+            c
+        };
+        for s in SCENARIOS {
+            self.cells.push(unrun(s, &self.to_run));
         }
         self.done += self.to_run.len();
         for spec in self.peer_holders(backend) {
             for s in PEER_SCENARIOS {
-                let mut c = Cell::empty(
-                    backend,
-                    s,
-                    Status::Failed,
-                    Some(format!("servers did not start: {e:#}")),
-                );
-                if !self.to_run.contains(&s) {
-                    c.status = Status::NotMeasured;
-                }
+                let mut c = unrun(s, &self.to_run);
                 c.library = Some(library(spec, None));
                 self.cells.push(c);
             }

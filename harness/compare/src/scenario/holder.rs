@@ -402,28 +402,13 @@ impl Holder {
     /// `waiting` events).
     /// A peer holder is told to send its commands first ([`Holder::go`]).
     pub async fn acquired(&mut self, within: Duration) -> Result<Option<Event>> {
-        self.go();
-        let deadline = tokio::time::Instant::now() + within;
-        // Bounded: each turn consumes one event or ends at the deadline.
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(ev) = self.next_event(left).await else {
-                return Ok(None);
-            };
-            match ev.kind {
-                EventKind::Acquired { .. } => return Ok(Some(ev)),
-                EventKind::State(_) | EventKind::Waiting => continue,
-                ref k if self.is_ready_line(k) => continue,
-                EventKind::Ended => {
-                    return Err(anyhow!(
-                        "holder {} ended before acquiring: {}",
-                        self.pid,
-                        self.stderr()
-                    ));
-                }
-                other => return Err(anyhow!("holder {}: unexpected {other:?}", self.pid)),
-            }
-        }
+        self.first_of(
+            within,
+            |k| matches!(k, EventKind::Acquired { .. }),
+            |k| matches!(k, EventKind::State(_) | EventKind::Waiting),
+            "acquiring",
+        )
+        .await
     }
 
     /// Waits up to `within` for the first event of a holder started with a wait: `waiting`
@@ -431,6 +416,25 @@ impl Holder {
     /// the holder ends first; `None` if nothing came within `within`. A peer holder is told to
     /// send its commands first ([`Holder::go`]).
     pub async fn waiting_or_acquired(&mut self, within: Duration) -> Result<Option<Event>> {
+        self.first_of(
+            within,
+            |k| matches!(k, EventKind::Waiting | EventKind::Acquired { .. }),
+            |_| false,
+            "waiting",
+        )
+        .await
+    }
+
+    /// The first event `want` accepts within `within` (`None`: none came), skipping those
+    /// `skip` names and a peer's `ready` line; the end of output or any other event is an
+    /// error (`before`: what the holder ended before doing). Tells a peer holder to go first.
+    async fn first_of(
+        &mut self,
+        within: Duration,
+        want: impl Fn(&EventKind) -> bool,
+        skip: impl Fn(&EventKind) -> bool,
+        before: &str,
+    ) -> Result<Option<Event>> {
         self.go();
         let deadline = tokio::time::Instant::now() + within;
         // Bounded: each turn consumes one event or ends at the deadline.
@@ -440,10 +444,10 @@ impl Holder {
                 return Ok(None);
             };
             return match ev.kind {
-                EventKind::Waiting | EventKind::Acquired { .. } => Ok(Some(ev)),
-                ref k if self.is_ready_line(k) => continue,
+                ref k if want(k) => Ok(Some(ev)),
+                ref k if skip(k) || self.is_ready_line(k) => continue,
                 EventKind::Ended => Err(anyhow!(
-                    "holder {} ended before waiting: {}",
+                    "holder {} ended before {before}: {}",
                     self.pid,
                     self.stderr()
                 )),

@@ -8,8 +8,8 @@
 //! client can follow. Failover = the kill → another holder's grant; a lock the holder keeps
 //! (replicated state that survived, a renewal that reached the new primary) is "kept".
 //! After each repetition the old primary rejoins as a replica (PostgreSQL: a fresh
-//! `pg_basebackup`; Redis: restarted, made a replica by the Sentinels; etcd/ZooKeeper: the
-//! member restarted).
+//! `pg_basebackup`; Redis: restarted and pointed at the new master with `REPLICAOF`, then
+//! listed by every Sentinel as a replica; etcd/ZooKeeper: the member restarted).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -47,7 +47,7 @@ impl Nemesis for PrimaryFailover {
 
     fn cost(&self, _ttl: Duration) -> Duration {
         // Kill, election or promotion (Sentinel: ~2.3 s), the grant, and the old primary
-        // rejoining (Redis: ~11 s until every Sentinel lists it as a replica again).
+        // rejoining (Redis: ~1 s until every Sentinel lists it as a replica again).
         Duration::from_secs(8)
     }
 

@@ -23,6 +23,8 @@ pub const KNOWN_SCHEMES: &[(&str, &str)] = &[
     ("shedlock+postgres", "shedlock"),
     ("shedlock+redis", "shedlock"),
     ("shedlock+rediss", "shedlock"),
+    ("mysql", "mysql"),
+    ("mariadb", "mysql"),
 ];
 
 /// A registry with `memory://` and every backend this build's features enable; the schemes
@@ -45,6 +47,8 @@ pub fn registry() -> Registry {
     lock_zookeeper::register(&mut registry);
     #[cfg(feature = "shedlock")]
     lock_shedlock::register(&mut registry);
+    #[cfg(feature = "mysql")]
+    lock_mysql::register(&mut registry);
     registry
 }
 
@@ -75,6 +79,8 @@ const ENABLED_FEATURES: &[&str] = &[
     "zookeeper",
     #[cfg(feature = "shedlock")]
     "shedlock",
+    #[cfg(feature = "mysql")]
+    "mysql",
 ];
 
 fn feature_enabled(feature: &str) -> bool {

@@ -9,6 +9,7 @@ mod finish;
 mod guard;
 mod helpers;
 pub mod hosts;
+mod idle_pool;
 mod memory;
 mod name;
 pub mod observe;
@@ -33,6 +34,7 @@ pub use guard::{
     drift_allowance, lease_deadline,
 };
 pub use helpers::{BackendExt, Held, JobOutcome};
+pub use idle_pool::{IdlePool, Reusable};
 pub use memory::{MemoryBackend, SCHEME as MEMORY_SCHEME};
 pub use name::LockName;
 pub use options::{LockMode, LockOptions, Renew, Wait};

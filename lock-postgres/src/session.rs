@@ -343,6 +343,16 @@ impl Session {
     }
 }
 
+impl lock_core::Reusable for Session {
+    fn is_alive(&self) -> bool {
+        Session::is_alive(self)
+    }
+
+    fn is_idle(&self) -> bool {
+        Session::is_idle(self)
+    }
+}
+
 /// Locks `m`; a poisoned lock still holds coherent data here (every update under these locks
 /// is a map or vector operation).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1,7 +1,8 @@
 //! `dlock run --at-least` on every backend: a second run inside the window finds the lock
 //! busy (75), one after it gets it (0). Backends with server-side `at_least` (Redis, etcd,
-//! ShedLock) keep the lock on the server; PostgreSQL and ZooKeeper keep it from the process,
-//! which therefore stays until the window has passed (a session lock goes with its session).
+//! ShedLock) keep the lock on the server; PostgreSQL, ZooKeeper and MariaDB keep it from the
+//! process, which therefore stays until the window has passed (a session lock goes with its
+//! session).
 
 mod common;
 
@@ -129,4 +130,9 @@ async fn shedlock_postgres_honours_at_least() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shedlock_redis_honours_at_least() {
     on_backend(Kind::ShedlockRedis, at_least_window_holds).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_honours_at_least() {
+    on_backend(Kind::MariaDb, at_least_window_holds).await;
 }

@@ -122,6 +122,13 @@ async fn variants() -> anyhow::Result<(Vec<(&'static str, String)>, Servers)> {
     let zk = fixtures::zookeeper().await?;
     v.push(("zookeeper", zk.url().to_string()));
     servers.single.push(zk);
+    let mariadb = fixtures::mariadb().await?;
+    v.push(("mariadb", mariadb.url().to_string()));
+    v.push((
+        "mariadb_fencing",
+        format!("{}?fencing=table", mariadb.url()),
+    ));
+    servers.single.push(mariadb);
     let zk3 = fixtures::zookeeper_ensemble(3, Default::default()).await?;
     v.push(("zookeeper_ensemble", zk3.url().to_string()));
     servers.clusters.push(zk3);

@@ -112,3 +112,8 @@ async fn cron_recipe_on_shedlock_postgres() {
 async fn cron_recipe_on_shedlock_redis() {
     on_backend(Kind::ShedlockRedis, recipe_runs_once_per_tick).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_recipe_on_mariadb() {
+    on_backend(Kind::MariaDb, recipe_runs_once_per_tick).await;
+}

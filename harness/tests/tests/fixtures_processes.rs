@@ -155,11 +155,15 @@ async fn child_process_entry() -> Result<()> {
                 .await
                 .expect_err("java is not in PATH");
             let pg = fixtures::postgres().await.expect_err("initdb is not there");
+            let mariadb = fixtures::mariadb()
+                .await
+                .expect_err("mariadbd is not there");
             for (err, binary, var) in [
                 (redis, "`redis-server`", "DLOCK_TEST_REDIS_URL"),
                 (etcd, "`etcd`", "DLOCK_TEST_ETCD_URL"),
                 (zk, "`java`", "DLOCK_TEST_ZOOKEEPER_URL"),
                 (pg, "`initdb`", "DLOCK_TEST_POSTGRES_URL"),
+                (mariadb, "`mariadbd`", "DLOCK_TEST_MARIADB_URL"),
             ] {
                 let msg = format!("{err:#}");
                 println!("CHILD error {msg}");
@@ -271,6 +275,11 @@ async fn missing_binaries_are_errors_that_say_how_to_install() -> Result<()> {
         .env_remove("DLOCK_TEST_REDIS_URL")
         .env_remove("DLOCK_TEST_ETCD_URL")
         .env_remove("DLOCK_TEST_ZOOKEEPER_URL")
+        .env(
+            fixtures::mariadb::BINDIR_ENV,
+            "/nonexistent-dlock-test-path",
+        )
+        .env_remove("DLOCK_TEST_MARIADB_URL")
         .output()
         .await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -333,6 +342,7 @@ async fn servers_up_in_child(
             "DLOCK_TEST_POSTGRES_URL" => ServerKind::Postgres,
             "DLOCK_TEST_ETCD_URL" => ServerKind::Etcd,
             "DLOCK_TEST_ZOOKEEPER_URL" => ServerKind::ZooKeeper,
+            "DLOCK_TEST_MARIADB_URL" => ServerKind::MariaDb,
             _ => ServerKind::Redis,
         };
         let hosts = url.split_once("://").unwrap().1;
@@ -383,12 +393,13 @@ async fn servers_up_prints_exports_and_stops_everything_on_sigterm() -> Result<(
             "DLOCK_TEST_REDIS_URL",
             "DLOCK_TEST_ETCD_URL",
             "DLOCK_TEST_ZOOKEEPER_URL",
+            "DLOCK_TEST_MARIADB_URL",
         ],
         libc::SIGTERM,
     )
     .await?;
     eprintln!(
-        "servers up: all four ready after {:.1} s",
+        "servers up: all five ready after {:.1} s",
         took.as_secs_f64()
     );
     ensure!(took < Duration::from_secs(60), "servers up took {took:?}");
@@ -405,6 +416,7 @@ async fn servers_up_cluster_prints_cluster_urls_and_stops_everything_on_ctrl_c()
             "DLOCK_TEST_REDIS_URL",
             "DLOCK_TEST_ETCD_URL",
             "DLOCK_TEST_ZOOKEEPER_URL",
+            "DLOCK_TEST_MARIADB_URL",
             "DLOCK_TEST_REDLOCK_URL",
         ],
         libc::SIGINT,
@@ -419,6 +431,7 @@ async fn servers_up_cluster_prints_cluster_urls_and_stops_everything_on_ctrl_c()
         ("DLOCK_TEST_ZOOKEEPER_URL", 3),
         ("DLOCK_TEST_REDLOCK_URL", 3),
         ("DLOCK_TEST_REDIS_URL", 1),
+        ("DLOCK_TEST_MARIADB_URL", 1),
     ] {
         let url = &exports[var];
         assert_eq!(url.split(',').count(), members, "{var}={url}");

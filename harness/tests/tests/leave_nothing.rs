@@ -126,3 +126,8 @@ async fn shedlock_postgres_busy_try_leaves_nothing() {
 async fn shedlock_redis_busy_try_leaves_nothing() {
     on_backend(Kind::ShedlockRedis, busy_tries_leave_nothing).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_busy_try_leaves_nothing() {
+    on_backend(Kind::MariaDb, busy_tries_leave_nothing).await;
+}

@@ -182,7 +182,7 @@ pub fn record_states(
     rx
 }
 
-/// The seven backends the process tests (`dlock run`/`hold` as cron would run them) cover.
+/// The eight backends the process tests (`dlock run`/`hold` as cron would run them) cover.
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
     Postgres,
@@ -192,6 +192,7 @@ pub enum Kind {
     Redlock,
     Etcd,
     Zookeeper,
+    MariaDb,
 }
 
 /// The servers behind a [`Kind`], alive while this lives.
@@ -214,6 +215,7 @@ pub async fn servers(kind: Kind) -> (Servers, String) {
         Kind::ShedlockRedis => one(fixtures::redis().await.unwrap(), "shedlock+"),
         Kind::Etcd => one(fixtures::etcd().await.unwrap(), ""),
         Kind::Zookeeper => one(fixtures::zookeeper().await.unwrap(), ""),
+        Kind::MariaDb => one(fixtures::mariadb().await.unwrap(), ""),
         Kind::Redlock => {
             let c = fixtures::redlock(3).await.unwrap();
             let url = c.url().to_string();

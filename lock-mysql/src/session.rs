@@ -1,0 +1,521 @@
+//! Lock sessions: a MariaDB / MySQL connection that runs every statement of the locks it
+//! holds, so `GET_LOCK` and `RELEASE_LOCK` always run on the same server session.
+//!
+//! `GET_LOCK` is re-entrant per session: a session that holds `job` and asks for `job` again
+//! is granted it a second time. So a session never asks for a name it holds: the session
+//! keeps the set of names it holds, and a second acquisition of one of them in this process
+//! is `Contended` at once (or, when it may wait, goes to a session of its own, where the
+//! server makes it wait like anyone else).
+//!
+//! Statements run one at a time on the calling task, under an async mutex around the
+//! connection. A statement whose caller stops waiting is finished by a spawned task
+//! ([`Finish`]), so a grant that arrives anyway is recorded and given back (through
+//! [`PendingGrant`]). A blocking `GET_LOCK` runs only on a dedicated session that nothing else
+//! references: dropping the call drops the connection, and the server ends the wait when it
+//! sees the socket close (MariaDB 10.11: within 0.5 s, measured with a killed client).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lock_core::{Error, ErrorKind, Finish, LeaseMonitor, Operation, Result};
+use sqlx::mysql::MySqlConnection;
+use sqlx::{ConnectOptions, Executor};
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
+
+use crate::BACKEND;
+use crate::config::{Fencing, MySqlConfig};
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// `GET_LOCK`'s timeout for a wait without a limit: the server takes no "forever" (a
+/// negative timeout answers NULL on MariaDB), so a year.
+const FOREVER_SECS: f64 = 365.0 * 86_400.0;
+
+/// A handle on a lock session. Cloning shares the session; the connection closes when the
+/// last handle goes.
+#[derive(Clone)]
+pub(crate) struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: u64,
+    /// `CONNECTION_ID()` of the server session, read at open.
+    conn_id: u64,
+    cfg: Arc<MySqlConfig>,
+    alive: AtomicBool,
+    /// Guards whose locks live on this session: told when it dies.
+    monitors: Mutex<HashMap<u64, LeaseMonitor>>,
+    state: Arc<tokio::sync::Mutex<State>>,
+}
+
+/// What only the statement running now may touch.
+struct State {
+    /// `None` once the session has died.
+    conn: Option<MySqlConnection>,
+    /// Server lock names this session holds.
+    held: HashSet<String>,
+    fencing_ready: bool,
+    /// When the last successful session check was sent: a check asked for before that needs
+    /// no statement of its own (checks from many guards coalesce).
+    last_check_sent: Option<Instant>,
+}
+
+/// A granted lock not yet handed to a guard. Dropping it releases the lock, so a grant that
+/// arrives after the caller gave up is never left behind.
+pub(crate) struct PendingGrant {
+    pub name: String,
+    session: Option<Session>,
+}
+
+impl PendingGrant {
+    /// The caller has taken responsibility for the lock.
+    pub fn disarm(mut self) {
+        self.session = None;
+    }
+}
+
+impl Drop for PendingGrant {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let name = std::mem::take(&mut self.name);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = session.unlock(name).await;
+            });
+        }
+    }
+}
+
+/// Why a statement failed.
+enum Failure {
+    /// The statement failed; the session is fine.
+    Statement(Error),
+    /// The connection broke, the server ended the session, or no answer came in time (the
+    /// session is closed: its locks are freed).
+    Gone(Error),
+}
+
+impl Failure {
+    fn into_error(self) -> Error {
+        match self {
+            Failure::Statement(e) | Failure::Gone(e) => e,
+        }
+    }
+}
+
+fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // 1927 ER_CONNECTION_KILLED, 1053 ER_SERVER_SHUTDOWN, 2006/2013 gone away / lost.
+        sqlx::Error::Database(d) => {
+            matches!(d.code().as_deref(), Some("70100") | Some("08S01"))
+                || d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                    .is_some_and(|m| matches!(m.number(), 1053 | 1927 | 2006 | 2013))
+        }
+        _ => false,
+    }
+}
+
+/// A statement error as a dlock error.
+fn db_error(e: sqlx::Error, op: Operation) -> Error {
+    let kind = match &e {
+        e if is_connection_error(e) => ErrorKind::Connection,
+        sqlx::Error::Database(d)
+            if d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|m| matches!(m.number(), 1044 | 1045 | 1142 | 1227 | 1698)) =>
+        {
+            ErrorKind::Auth
+        }
+        _ => ErrorKind::Backend,
+    };
+    Error::new(kind, BACKEND, op, e.to_string())
+}
+
+fn dead() -> Error {
+    Error::new(
+        ErrorKind::Connection,
+        BACKEND,
+        Operation::Acquire,
+        "the lock session has ended",
+    )
+}
+
+impl Session {
+    /// Opens a connection, sets `wait_timeout` and reads `CONNECTION_ID()`.
+    pub async fn open(cfg: Arc<MySqlConfig>) -> Result<Session> {
+        let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        let connect = async {
+            let mut conn = cfg
+                .connect
+                .connect()
+                .await
+                .map_err(|e| db_error(e, Operation::Connect))?;
+            let setup = format!("SET SESSION wait_timeout = {}", cfg.wait_timeout.as_secs());
+            conn.execute(setup.as_str())
+                .await
+                .map_err(|e| db_error(e, Operation::Connect))?;
+            let conn_id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| db_error(e, Operation::Connect))?;
+            Ok::<_, Error>((conn, conn_id))
+        };
+        let (conn, conn_id) = tokio::time::timeout(cfg.connect_timeout, connect)
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Connection,
+                    BACKEND,
+                    Operation::Connect,
+                    format!(
+                        "connecting to {} timed out after {:?}",
+                        cfg.display_url, cfg.connect_timeout
+                    ),
+                )
+            })??;
+        tracing::debug!(session = id, conn_id, "lock session opened");
+        Ok(Session {
+            inner: Arc::new(Inner {
+                id,
+                conn_id,
+                cfg,
+                alive: AtomicBool::new(true),
+                monitors: Mutex::new(HashMap::new()),
+                state: Arc::new(tokio::sync::Mutex::new(State {
+                    conn: Some(conn),
+                    held: HashSet::new(),
+                    fencing_ready: false,
+                    last_check_sent: None,
+                })),
+            }),
+        })
+    }
+
+    pub fn watch(&self, grant: u64, monitor: LeaseMonitor) {
+        lock(&self.inner.monitors).insert(grant, monitor);
+        if !self.is_alive() {
+            if let Some(m) = lock(&self.inner.monitors).remove(&grant) {
+                m.report_lost("the lock session ended");
+            }
+        }
+    }
+
+    pub fn unwatch(&self, grant: u64) {
+        lock(&self.inner.monitors).remove(&grant);
+    }
+
+    /// Waits for the connection, then runs `op` on it to completion even if the caller goes
+    /// away meanwhile (see [`Finish`]).
+    async fn run<T, F>(&self, op: impl FnOnce(Arc<Inner>, OwnedMutexGuard<State>) -> F) -> T
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        let st = Arc::clone(&self.inner.state).lock_owned().await;
+        Finish::new(op(Arc::clone(&self.inner), st)).await
+    }
+
+    /// `GET_LOCK(name, 0)`. `None`: another session holds it — or this one does, for another
+    /// guard of this process (re-entrance is never used).
+    pub async fn try_lock(&self, name: String) -> Result<Option<PendingGrant>> {
+        self.run(move |inner, mut st| async move {
+            if st.held.contains(&name) {
+                return Ok(None);
+            }
+            let limit = inner.cfg.check_timeout;
+            let got = statement(&inner, &mut st, Operation::Acquire, Some(limit), |c| {
+                Box::pin(
+                    sqlx::query_scalar::<_, Option<i64>>("SELECT GET_LOCK(?, 0)")
+                        .bind(name.clone())
+                        .fetch_one(c),
+                )
+            })
+            .await
+            .map_err(Failure::into_error)?;
+            grant_or_not(&inner, &mut st, name, got)
+        })
+        .await
+    }
+
+    /// A blocking `GET_LOCK` for up to `timeout` (`None`: no limit). Only on a dedicated
+    /// session: nothing else waits behind it, and dropping the call (with the session)
+    /// closes the connection, which ends the wait on the server.
+    pub async fn lock(&self, name: String, timeout: Option<Duration>) -> Result<PendingGrant> {
+        let mut st = self.inner.state.lock().await;
+        let secs = timeout.map_or(FOREVER_SECS, |d| d.as_secs_f64().max(0.001));
+        // The server's own timeout ends the statement; the client's limit only catches a
+        // server that does not answer at all.
+        let limit = timeout.map(|d| d + self.inner.cfg.check_timeout);
+        let got = statement(&self.inner, &mut st, Operation::Acquire, limit, |c| {
+            Box::pin(
+                sqlx::query_scalar::<_, Option<i64>>("SELECT GET_LOCK(?, ?)")
+                    .bind(name.clone())
+                    .bind(secs)
+                    .fetch_one(c),
+            )
+        })
+        .await
+        .map_err(Failure::into_error)?;
+        match grant_or_not(&self.inner, &mut st, name.clone(), got)? {
+            Some(g) => Ok(g),
+            None => Err(Error::new(
+                ErrorKind::Timeout,
+                BACKEND,
+                Operation::Acquire,
+                format!(
+                    "lock {name:?} still held by another session after {:?}",
+                    timeout.unwrap_or_default()
+                ),
+            )),
+        }
+    }
+
+    /// `RELEASE_LOCK(name)`. `Ok(true)`: the lock was ours until now; `Ok(false)`: it was
+    /// not — the server says another session holds it (0) or nobody does (NULL), or the
+    /// session is gone and its locks with it.
+    pub async fn unlock(&self, name: String) -> Result<bool> {
+        self.run(move |inner, mut st| async move {
+            if st.conn.is_none() {
+                return Ok(false);
+            }
+            let was_held = st.held.remove(&name);
+            let limit = inner.cfg.check_timeout;
+            let got = statement(&inner, &mut st, Operation::Release, Some(limit), |c| {
+                Box::pin(
+                    sqlx::query_scalar::<_, Option<i64>>("SELECT RELEASE_LOCK(?)")
+                        .bind(name.clone())
+                        .fetch_one(c),
+                )
+            })
+            .await;
+            match got {
+                Ok(Some(1)) => Ok(true),
+                Ok(answer) => {
+                    let why = match answer {
+                        Some(0) => "another session holds it",
+                        _ => "no session holds it",
+                    };
+                    tracing::warn!(
+                        lock = %name,
+                        session = inner.id,
+                        was_held,
+                        "RELEASE_LOCK: the lock was not ours any more: {why}"
+                    );
+                    Ok(false)
+                }
+                Err(Failure::Gone(_)) => Ok(false),
+                Err(Failure::Statement(e)) => Err(e),
+            }
+        })
+        .await
+    }
+
+    /// `Ok(true)`: the session answered after this call was made, as the same server
+    /// session; `Ok(false)`: the session is gone (its locks are freed or will be); `Err`: the
+    /// check failed without ending the session.
+    pub async fn check(&self) -> Result<bool> {
+        if !self.is_alive() {
+            return Ok(false);
+        }
+        let asked = Instant::now();
+        self.run(move |inner, mut st| async move {
+            if st.conn.is_none() {
+                return Ok(false);
+            }
+            if st.last_check_sent.is_some_and(|t| t >= asked) {
+                return Ok(true);
+            }
+            let sent = Instant::now();
+            let limit = inner.cfg.check_timeout;
+            let got = statement(&inner, &mut st, Operation::Extend, Some(limit), |c| {
+                Box::pin(sqlx::query_scalar::<_, u64>("SELECT CONNECTION_ID()").fetch_one(c))
+            })
+            .await;
+            match got {
+                Ok(id) if id == inner.conn_id => {
+                    st.last_check_sent = Some(sent);
+                    Ok(true)
+                }
+                Ok(other) => {
+                    let why = format!(
+                        "the session's connection id changed from {} to {other} (a proxy \
+                         between dlock and the server?)",
+                        inner.conn_id
+                    );
+                    die(&inner, &mut st, &why);
+                    Ok(false)
+                }
+                Err(Failure::Gone(_)) => Ok(false),
+                Err(Failure::Statement(e)) => Err(e),
+            }
+        })
+        .await
+    }
+
+    /// The next fencing token of `name`, from the fencing table (created on first use).
+    /// Called while the lock is held, so only the holder increments the counter.
+    pub async fn fence(&self, name: String) -> Result<u64> {
+        self.run(move |inner, mut st| async move {
+            let Fencing::Table(table) = inner.cfg.fencing.clone() else {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    BACKEND,
+                    Operation::Acquire,
+                    "fencing is off (?fencing=table turns it on)",
+                ));
+            };
+            let limit = Some(inner.cfg.check_timeout);
+            if !st.fencing_ready {
+                let create = format!(
+                    "CREATE TABLE IF NOT EXISTS {table} (name VARBINARY(192) PRIMARY KEY, \
+                     token BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB"
+                );
+                statement(&inner, &mut st, Operation::Acquire, limit, |c| {
+                    Box::pin(async move { c.execute(create.as_str()).await.map(|_| ()) })
+                })
+                .await
+                .map_err(Failure::into_error)?;
+                st.fencing_ready = true;
+            }
+            // LAST_INSERT_ID(expr) hands the new value back in the OK packet: one round trip.
+            let upsert = format!(
+                "INSERT INTO {table} (name, token) VALUES (?, LAST_INSERT_ID(1)) \
+                 ON DUPLICATE KEY UPDATE token = LAST_INSERT_ID(token + 1)"
+            );
+            let done = statement(&inner, &mut st, Operation::Acquire, limit, move |c| {
+                Box::pin(async move { sqlx::query(&upsert).bind(name).execute(c).await })
+            })
+            .await
+            .map_err(Failure::into_error)?;
+            Ok(done.last_insert_id())
+        })
+        .await
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.inner.alive.load(Ordering::Acquire)
+    }
+}
+
+impl lock_core::Reusable for Session {
+    fn is_alive(&self) -> bool {
+        Session::is_alive(self)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.is_alive()
+            && lock(&self.inner.monitors).is_empty()
+            && self
+                .inner
+                .state
+                .try_lock()
+                .is_ok_and(|st| st.conn.is_some() && st.held.is_empty())
+    }
+}
+
+/// A `GET_LOCK` answer: 1 granted, 0 not (timed out), NULL an error on the server (the
+/// statement was killed, the server ran out of memory).
+fn grant_or_not(
+    inner: &Arc<Inner>,
+    st: &mut State,
+    name: String,
+    got: Option<i64>,
+) -> Result<Option<PendingGrant>> {
+    match got {
+        Some(1) => {
+            st.held.insert(name.clone());
+            Ok(Some(PendingGrant {
+                name,
+                session: Some(Session {
+                    inner: Arc::clone(inner),
+                }),
+            }))
+        }
+        Some(0) => Ok(None),
+        other => Err(Error::new(
+            ErrorKind::Backend,
+            BACKEND,
+            Operation::Acquire,
+            format!(
+                "GET_LOCK({name:?}) answered {other:?} (an error on the server, or the statement was killed)"
+            ),
+        )),
+    }
+}
+
+type StatementFuture<'c, T> =
+    std::pin::Pin<Box<dyn Future<Output = std::result::Result<T, sqlx::Error>> + Send + 'c>>;
+
+/// Runs one statement on the session's connection within `limit`; a connection error or no
+/// answer in time ends the session (and tells its guards).
+async fn statement<T>(
+    inner: &Arc<Inner>,
+    st: &mut State,
+    op: Operation,
+    limit: Option<Duration>,
+    f: impl for<'c> FnOnce(&'c mut MySqlConnection) -> StatementFuture<'c, T>,
+) -> std::result::Result<T, Failure> {
+    let Some(conn) = st.conn.as_mut() else {
+        return Err(Failure::Gone(dead()));
+    };
+    let r = match limit {
+        Some(limit) => match tokio::time::timeout(limit, f(conn)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let e = Error::new(
+                    ErrorKind::Timeout,
+                    BACKEND,
+                    op,
+                    format!("the server did not answer within {limit:?}; the session is closed"),
+                );
+                die(inner, st, &format!("no answer within {limit:?}"));
+                return Err(Failure::Gone(e));
+            }
+        },
+        None => f(conn).await,
+    };
+    match r {
+        Ok(v) => Ok(v),
+        Err(e) if is_connection_error(&e) => {
+            die(inner, st, &format!("connection error: {e}"));
+            Err(Failure::Gone(db_error(e, op)))
+        }
+        Err(e) => Err(Failure::Statement(db_error(e, op))),
+    }
+}
+
+/// Closes the connection and tells every guard on the session.
+fn die(inner: &Arc<Inner>, st: &mut State, reason: &str) {
+    inner.alive.store(false, Ordering::Release);
+    if let Some(conn) = st.conn.take() {
+        // Dropping the connection closes its socket at once; the server frees its locks.
+        drop(conn);
+        tracing::debug!(
+            session = inner.id,
+            conn_id = inner.conn_id,
+            reason,
+            "lock session closed"
+        );
+    }
+    let monitors: Vec<LeaseMonitor> = lock(&inner.monitors).drain().map(|(_, m)| m).collect();
+    for m in monitors {
+        m.report_lost(&format!("the lock session ended: {reason}"));
+    }
+    st.held.clear();
+}
+
+/// Locks `m`; a poisoned lock still holds coherent data here (map operations only).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

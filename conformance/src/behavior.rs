@@ -52,6 +52,11 @@ pub(super) fn all() -> Vec<Behaviour> {
             always
         ),
         behaviour!(
+            test_not_reentrant,
+            "a held lock should refuse its own client too (two guards of one process)",
+            always
+        ),
+        behaviour!(
             test_try_wait_timeout,
             "try should fail at once, a bounded wait should time out after the wait",
             always
@@ -144,6 +149,34 @@ pub async fn test_exclusion(ctx: &Ctx) -> Result<()> {
         "second client: {r:?}"
     );
     ensure!(g.release().await?, "release must report ours");
+    Ok(())
+}
+
+/// The holder's own client is refused too, trying and waiting: two guards of one process
+/// exclude each other whatever the server does for one session (MariaDB's `GET_LOCK` and
+/// PostgreSQL's advisory locks are re-entrant per session), and the refused attempts leave
+/// nothing behind.
+pub async fn test_not_reentrant(ctx: &Ctx) -> Result<()> {
+    let n = ctx.name("reentrant");
+    let g = ctx.backend.acquire(&n, &LockOptions::new()).await?;
+    let r = ctx.backend.acquire(&n, &LockOptions::new()).await;
+    ensure!(
+        kind_of(&r) == Some(ErrorKind::Contended),
+        "the holder's own client, trying: {r:?}"
+    );
+    let wait = LockOptions::new().with_wait(Wait::For(Duration::from_millis(300)));
+    let r = ctx.backend.acquire(&n, &wait).await;
+    ensure!(
+        kind_of(&r) == Some(ErrorKind::Timeout),
+        "the holder's own client, waiting 300 ms: {r:?}"
+    );
+    ensure!(g.release().await?, "release must report ours");
+    let other = ctx.client().await?;
+    let g = other.acquire(&n, &LockOptions::new()).await?;
+    ensure!(
+        g.release().await?,
+        "the next client's release must report ours"
+    );
     Ok(())
 }
 

@@ -736,3 +736,17 @@ fn zookeeper_matches_model() {
         .expect("ZooKeeper fixture");
     check(&rt, "zookeeper", zk.url());
 }
+
+/// MariaDB `GET_LOCK` (session locks: no expire or extend ops), with and without the fencing
+/// table.
+#[test]
+fn mariadb_matches_model() {
+    let rt = runtime();
+    let db = rt.block_on(fixtures::mariadb()).expect("MariaDB fixture");
+    check(&rt, "mariadb", db.url());
+    check(
+        &rt,
+        "mariadb_fencing",
+        &format!("{}?fencing=table", db.url()),
+    );
+}

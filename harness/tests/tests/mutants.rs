@@ -484,6 +484,83 @@ mod postgres_mutant {
     }
 }
 
+mod mariadb_mutant {
+    //! `GET_LOCK` on one connection per client without keeping the set of held names: the
+    //! server grants a name the session holds a second time (re-entrance), so two guards of
+    //! one process overlap.
+    use super::*;
+    use sqlx::MySqlConnection;
+    use tokio::sync::Mutex as AsyncMutex;
+
+    #[derive(Debug)]
+    pub struct Reentrant {
+        pub conn: Arc<AsyncMutex<MySqlConnection>>,
+    }
+
+    struct L {
+        conn: Arc<AsyncMutex<MySqlConnection>>,
+        name: String,
+    }
+
+    impl Lease for L {
+        fn extend(&self, _ttl: Duration) -> BoxFuture<'_, dlock::Result<bool>> {
+            Box::pin(async { Ok(true) })
+        }
+        fn release(&self) -> BoxFuture<'_, dlock::Result<bool>> {
+            Box::pin(async move {
+                let mut c = self.conn.lock().await;
+                let r: Option<i64> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)")
+                    .bind(&self.name)
+                    .fetch_one(&mut *c)
+                    .await
+                    .map_err(|e| failed("mariadb-mutant")(e.to_string()))?;
+                Ok(r == Some(1))
+            })
+        }
+    }
+
+    impl Backend for Reentrant {
+        fn name(&self) -> &'static str {
+            "mariadb-mutant"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::default()
+        }
+        fn acquire<'a>(
+            &'a self,
+            name: &'a LockName,
+            opts: &'a LockOptions,
+        ) -> BoxFuture<'a, dlock::Result<Guard>> {
+            Box::pin(try_until(opts, move || async move {
+                let sent = Instant::now();
+                let server = lock_mysql::name::mapped(name.as_str());
+                let got: Option<i64> = {
+                    let mut c = self.conn.lock().await;
+                    sqlx::query_scalar("SELECT GET_LOCK(?, 0)")
+                        .bind(&server)
+                        .fetch_one(&mut *c)
+                        .await
+                        .map_err(|e| failed("mariadb-mutant")(e.to_string()))?
+                };
+                let lease = Arc::new(L {
+                    conn: self.conn.clone(),
+                    name: server,
+                });
+                Ok((got == Some(1)).then(|| {
+                    grant(
+                        name,
+                        "mariadb-mutant",
+                        sent,
+                        &opts.clone().with_ttl(Duration::from_secs(3600)),
+                        lease,
+                        None,
+                    )
+                }))
+            }))
+        }
+    }
+}
+
 mod shedlock_mutant {
     //! ShedLock unlock without the owner check (`WHERE name = ?` only).
     use super::*;
@@ -621,4 +698,23 @@ async fn shedlock_unlock_without_owner_check_is_caught() {
         .unwrap();
     let b: Arc<dyn Backend> = Arc::new(shedlock_mutant::NoOwnerCheck { pool });
     assert_caught("", fixed(b), "behavior::test_stale_release_is_refused").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_reentrant_get_lock_is_caught() {
+    let db = dlock_fixtures::mariadb().await.unwrap();
+    // sqlx's MySQL driver takes mysql:// URLs.
+    let url = db.url().replacen("mariadb://", "mysql://", 1);
+    let connect: Connector = Arc::new(move |_: &str| {
+        let url = url.clone();
+        Box::pin(async move {
+            use sqlx::Connection;
+            let conn = sqlx::MySqlConnection::connect(&url).await?;
+            let backend: Arc<dyn Backend> = Arc::new(mariadb_mutant::Reentrant {
+                conn: Arc::new(tokio::sync::Mutex::new(conn)),
+            });
+            Ok(backend)
+        })
+    });
+    assert_caught("", connect, "behavior::test_not_reentrant").await;
 }

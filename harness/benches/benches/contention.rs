@@ -4,7 +4,7 @@
 //! on distinct names, handoff latency with 8 waiters, and 10,000 locks held at once by this
 //! process (time, resident memory, sockets).
 //!
-//! `cargo bench -p benches --bench contention [-- BACKEND…]` (default: all seven);
+//! `cargo bench -p benches --bench contention [-- BACKEND…]` (default: all eight);
 //! `DLOCK_BENCH_MANY` changes the 10,000.
 
 use std::sync::Arc;
@@ -41,6 +41,10 @@ async fn start(backend: &str) -> Result<(String, Vec<fixtures::Server>, Vec<fixt
         }
         "zookeeper" => {
             let s = fixtures::zookeeper().await?;
+            (s.url().to_string(), vec![s], vec![])
+        }
+        "mariadb" => {
+            let s = fixtures::mariadb().await?;
             (s.url().to_string(), vec![s], vec![])
         }
         other => anyhow::bail!("unknown backend {other:?}"),

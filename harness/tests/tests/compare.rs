@@ -1,6 +1,7 @@
 //! `dlock compare --quick` on PostgreSQL and Redis: the report has every cell with the
 //! documented fields, and the numbers in comparison.md are the ones in comparison.json; a
-//! peer library's holders (one per backend with `--quick`) have a row of their own.
+//! peer library's holders (one per backend with `--quick`) have a row of their own. MariaDB's
+//! row on its own.
 
 use std::process::{Command, Stdio};
 
@@ -487,4 +488,92 @@ fn peer_rows(cells: &[Value], md: &str) -> Vec<(String, String)> {
         rows.push((label, peer.to_string()));
     }
     rows
+}
+
+/// MariaDB's row (`--quick --backends mariadb`): every cell measured, or `n/a` with its
+/// reason (one server: no quorum, no primary to fail over); a killed holder's lock moves at
+/// once; a partitioned holder learns before the server's `wait_timeout` frees its lock; no
+/// undocumented overlap; the benchmarks beside the raw `GET_LOCK` floor.
+#[test]
+fn compare_quick_on_mariadb() {
+    let out = std::env::temp_dir().join(format!("dlock-compare-mariadb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
+        .args([
+            "compare",
+            "--quick",
+            "--backends",
+            "mariadb",
+            "--only",
+            "scenarios,bench",
+            "--out",
+        ])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dlock compare");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(run.status.code(), Some(0), "dlock compare failed:\n{said}");
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("comparison.json")).expect("comparison.json"),
+    )
+    .expect("comparison.json is JSON");
+    let html = std::fs::read_to_string(out.join("index.html")).expect("index.html");
+    let choosing = std::fs::read_to_string(out.join("choosing.md")).expect("choosing.md");
+    let _ = std::fs::remove_dir_all(&out);
+
+    let cells = json["scenarios"].as_array().expect("scenarios");
+    for s in SCENARIOS {
+        let c = cells
+            .iter()
+            .find(|c| c["backend"] == "mariadb" && c["scenario"] == s)
+            .unwrap_or_else(|| panic!("no mariadb × {s}"));
+        match s {
+            "quorum_loss" | "primary_failover" => {
+                assert_eq!(c["status"], "not_applicable", "{c}");
+                assert!(c["reason"].as_str().is_some_and(|r| !r.is_empty()), "{c}");
+            }
+            _ => assert_eq!(c["status"], "measured", "{c}"),
+        }
+    }
+    let cell = |s: &str| {
+        cells
+            .iter()
+            .find(|c| c["backend"] == "mariadb" && c["scenario"] == s)
+            .unwrap()
+    };
+    let killed = cell("holder_killed");
+    assert!(
+        killed["failover_ms"]["median"]
+            .as_f64()
+            .is_some_and(|f| f < 1000.0),
+        "{killed}"
+    );
+    let partitioned = cell("holder_partitioned");
+    assert_eq!(
+        partitioned["holder_learned_before_handoff"], true,
+        "{partitioned}"
+    );
+    assert!(!html.contains("undocumented overlap"), "{html}");
+    assert!(
+        choosing.contains("| mariadb | yes, with `fencing=table` |"),
+        "{choosing}"
+    );
+    let benches = json["benchmarks"].as_array().expect("benchmarks");
+    let p50 = benches
+        .iter()
+        .find(|e| e["backend"] == "mariadb" && e["metric"] == "acquire_release_p50")
+        .expect("acquire_release_p50");
+    assert!(p50["value"].as_f64().is_some_and(|v| v > 0.0), "{p50}");
+    assert!(p50["floor"].as_f64().is_some_and(|v| v > 0.0), "{p50}");
+    // Locks taken without waiting share one session.
+    let conns = benches
+        .iter()
+        .find(|e| e["backend"] == "mariadb" && e["metric"] == "hold_many_connections")
+        .expect("hold_many_connections");
+    assert_eq!(conns["value"].as_f64(), Some(1.0), "{conns}");
 }

@@ -23,6 +23,9 @@ pub enum Floor {
     /// Create an ephemeral sequential node + delete it.
     #[cfg(feature = "zookeeper")]
     ZooKeeper(zookeeper_client::Client),
+    /// `GET_LOCK(name, 0)` + `RELEASE_LOCK(name)`.
+    #[cfg(feature = "mysql")]
+    MariaDb(tokio::sync::Mutex<sqlx::MySqlConnection>),
     /// Never built: keeps the enum inhabited-looking in a build without any backend.
     #[doc(hidden)]
     Never(std::convert::Infallible),
@@ -55,7 +58,7 @@ pub fn url_hosts(url: &str) -> Result<Vec<String>> {
 }
 
 /// The URL without its query (dlock's options, which raw clients do not know).
-#[cfg(any(feature = "postgres", feature = "shedlock"))]
+#[cfg(any(feature = "postgres", feature = "shedlock", feature = "mysql"))]
 fn without_query(url: &str) -> &str {
     url.split('?').next().unwrap_or(url)
 }
@@ -71,6 +74,14 @@ impl Floor {
                 use sqlx::Connection;
                 let conn = sqlx::PgConnection::connect(without_query(url)).await?;
                 Some(Floor::Postgres(tokio::sync::Mutex::new(conn)))
+            }
+            #[cfg(feature = "mysql")]
+            "mariadb" => {
+                use sqlx::Connection;
+                // sqlx's MySQL driver takes mysql:// URLs (dlock takes both).
+                let raw = without_query(url).replacen("mariadb://", "mysql://", 1);
+                let conn = sqlx::MySqlConnection::connect(&raw).await?;
+                Some(Floor::MariaDb(tokio::sync::Mutex::new(conn)))
             }
             #[cfg(feature = "shedlock")]
             "shedlock-postgres" => {
@@ -136,6 +147,8 @@ impl Floor {
             Floor::ShedlockPostgres(_) => {
                 "ShedLock's insert-on-conflict-update-if-expired + unlock update on a raw sqlx connection"
             }
+            #[cfg(feature = "mysql")]
+            Floor::MariaDb(_) => "GET_LOCK(name, 0) + RELEASE_LOCK(name) on a raw sqlx connection",
             #[cfg(feature = "redis")]
             Floor::Redis(c) if c.len() > 1 => {
                 "SET NX PX + token-checked DEL script on every instance at once, raw redis-rs"
@@ -172,6 +185,20 @@ impl Floor {
                         .bind(key)
                         .fetch_one(&mut *conn)
                         .await?;
+            }
+            #[cfg(feature = "mysql")]
+            Floor::MariaDb(conn) => {
+                let mut conn = conn.lock().await;
+                let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 0)")
+                    .bind(key)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                anyhow::ensure!(got == Some(1), "floor: {key} was taken");
+                let released: Option<i64> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)")
+                    .bind(key)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                anyhow::ensure!(released == Some(1), "floor: release said not ours");
             }
             #[cfg(feature = "shedlock")]
             Floor::ShedlockPostgres(conn) => {
@@ -268,6 +295,11 @@ impl Floor {
             Floor::ShedlockPostgres(conn) => {
                 let mut conn = conn.lock().await;
                 let _: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *conn).await?;
+            }
+            #[cfg(feature = "mysql")]
+            Floor::MariaDb(conn) => {
+                let mut conn = conn.lock().await;
+                let _: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *conn).await?;
             }
             #[cfg(feature = "redis")]
             Floor::Redis(conns) => {

@@ -220,11 +220,12 @@ mod tests {
 
     #[test]
     fn the_plan_counts_the_measured_cells_and_the_sections() {
-        // 7 × 10 cells, of which 4 are quorum_loss on a single server and 2 are
-        // primary_failover without a primary (Redlock, ShedLock-Redis): not applicable.
+        // 8 × 10 cells, of which 5 are quorum_loss on a single server and 3 are
+        // primary_failover without a primary (Redlock, ShedLock-Redis, MariaDB): not
+        // applicable.
         let all = Plan::of(&opts(true, Some(BenchPlan::short())));
-        assert_eq!(all.cells, 64);
-        assert_eq!(all.bench_backends, 7);
+        assert_eq!(all.cells, 72);
+        assert_eq!(all.bench_backends, 8);
         assert_eq!(all.total(), all.scenarios + all.bench);
         let with_peers = Plan::of(&CompareOptions {
             peers: Some(PeersPlan::short()),
@@ -246,12 +247,12 @@ mod tests {
             peer_holders: PeerHolders::All,
             ..opts(true, None)
         });
-        assert_eq!((peers.peer_cells, peers.cells), (35, 64 + 35));
+        assert_eq!((peers.peer_cells, peers.cells), (35, 72 + 35));
         assert!(peers.scenarios > scenarios.scenarios + PEER_HOLDER_START * 105);
         assert!(
             peers
                 .describe()
-                .contains("99 cells, 35 of them peer holders'")
+                .contains("107 cells, 35 of them peer holders'")
         );
         let quick = Plan::of(&CompareOptions {
             peer_holders: PeerHolders::FirstPerBackend,

@@ -42,7 +42,7 @@ pub use nemesis::RESET_FOR;
 pub use runner::compare;
 
 /// The backends of the matrix, in report order.
-pub const BACKENDS: [&str; 7] = [
+pub const BACKENDS: [&str; 8] = [
     "postgres",
     "redis",
     "redlock",
@@ -50,6 +50,7 @@ pub const BACKENDS: [&str; 7] = [
     "zookeeper",
     "shedlock-postgres",
     "shedlock-redis",
+    "mariadb",
 ];
 
 /// The scenarios of the matrix, in report order.

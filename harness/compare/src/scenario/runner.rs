@@ -81,10 +81,16 @@ fn command_line(program: &str, args: &[&str]) -> Option<String> {
 
 /// The Debian packages of the servers the fixtures start, with their versions.
 fn server_packages() -> Vec<String> {
-    ["postgresql", "redis-server", "etcd-server", "zookeeper"]
-        .iter()
-        .filter_map(|p| command_line("dpkg-query", &["-W", "-f", "${Package} ${Version}", p]))
-        .collect()
+    [
+        "postgresql",
+        "redis-server",
+        "etcd-server",
+        "zookeeper",
+        "mariadb-server",
+    ]
+    .iter()
+    .filter_map(|p| command_line("dpkg-query", &["-W", "-f", "${Package} ${Version}", p]))
+    .collect()
 }
 
 /// Unknown names and a zero repeat are usage errors.

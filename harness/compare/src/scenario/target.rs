@@ -127,6 +127,17 @@ pub(crate) async fn start_target(backend: &str, ttl: Duration) -> Result<Target>
             )
             .fenced("fencing=table")
         }
+        "mariadb" => {
+            let db = fixtures::mariadb().await?;
+            Target::single(
+                db.url().to_string(),
+                db,
+                None,
+                "session lock (GET_LOCK): freed when the holder's connection closes, or when \
+                 its session has been quiet for wait_timeout (10 s by default)",
+            )
+            .fenced("fencing=table")
+        }
         "shedlock-postgres" => {
             let pg = fixtures::postgres().await?;
             Target::single(

@@ -114,7 +114,7 @@ fn with_option(url: &str, opt: &str) -> String {
 /// option), and its capabilities.
 async fn fenced_url(backend: &str, url: &str) -> Result<(String, dlock::Capabilities)> {
     let option = match backend {
-        "postgres" | "shedlock-postgres" => Some("fencing=table"),
+        "postgres" | "shedlock-postgres" | "mariadb" => Some("fencing=table"),
         "shedlock-redis" => Some("fencing=on"),
         _ => None,
     };

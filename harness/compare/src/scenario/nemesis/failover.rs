@@ -62,6 +62,11 @@ impl Nemesis for PrimaryFailover {
                  subject"
                     .into(),
             ),
+            "mariadb" => Some(
+                "the fixtures run one MariaDB server: no replica yet (GET_LOCK locks are not \
+                 replicated either: a promoted replica starts with none)"
+                    .into(),
+            ),
             "shedlock-redis" => Some(
                 "shedlock+redis:// names one server and has no Sentinel form; after a failover it \
                  keeps talking to the dead primary"

@@ -16,13 +16,20 @@ use dlock_fixtures::netns::{self, Netns};
 
 /// The backends whose holder `holder_partitioned` runs in a network namespace when it can:
 /// single-server backends whose fixture accepts connections from a namespace (PostgreSQL's
-/// `pg_hba.conf`, Redis without protected mode). etcd and ZooKeeper stay on the fault proxy
-/// in this build; Redlock needs a cut to each of several servers.
-pub(super) const NETNS_BACKENDS: [&str; 4] =
-    ["postgres", "shedlock-postgres", "redis", "shedlock-redis"];
+/// `pg_hba.conf`, Redis without protected mode, MariaDB's `root@'10.231.0.0/255.255.0.0'`).
+/// etcd and ZooKeeper stay on the fault proxy in this build; Redlock needs a cut to each of
+/// several servers.
+pub(super) const NETNS_BACKENDS: [&str; 5] = [
+    "postgres",
+    "shedlock-postgres",
+    "redis",
+    "shedlock-redis",
+    "mariadb",
+];
 
 /// The least time the waiter gets after the link went down: the server-side detection of a
-/// vanished PostgreSQL client takes up to about 10 s with lock-postgres's defaults, plus slack.
+/// vanished PostgreSQL client takes up to about 10 s with lock-postgres's defaults, MariaDB's
+/// `wait_timeout` 10 s with lock-mysql's, plus slack.
 pub(super) const NETNS_FAULT_BOUND: Duration = Duration::from_secs(20);
 
 /// The start of the note that says a cell used a namespace (also read back by

@@ -50,7 +50,7 @@ impl Nemesis for QuorumLoss {
     fn not_applicable(&self, backend: &str) -> Option<String> {
         matches!(
             backend,
-            "postgres" | "redis" | "shedlock-postgres" | "shedlock-redis"
+            "postgres" | "redis" | "shedlock-postgres" | "shedlock-redis" | "mariadb"
         )
         .then(|| "single server: there is no quorum to lose".into())
     }

@@ -22,6 +22,10 @@ const TO_RUN: &[(&str, &str)] = &[
         "a table in your PostgreSQL, shared with Java ShedLock",
     ),
     ("shedlock-redis", "one Redis, Java ShedLock's keys"),
+    (
+        "mariadb",
+        "the MariaDB / MySQL you have; session locks (GET_LOCK)",
+    ),
 ];
 
 /// The failure columns: scenario and heading.

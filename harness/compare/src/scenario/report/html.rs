@@ -14,8 +14,8 @@ pub(super) fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-pub(super) const COLORS: [&str; 7] = [
-    "#336699", "#cc3333", "#993399", "#339966", "#cc8800", "#5588cc", "#ee7766",
+pub(super) const COLORS: [&str; 8] = [
+    "#336699", "#cc3333", "#993399", "#339966", "#cc8800", "#5588cc", "#ee7766", "#777777",
 ];
 
 /// The failover chart: one group of bars per measured scenario, one bar per backend, height

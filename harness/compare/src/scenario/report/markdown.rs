@@ -88,9 +88,10 @@ fn reading_guide(md: &mut String) {
          to the `acquired` event of a holder that was already waiting (`dlock hold --wait \
          forever`). Lease-based backends free a dead or frozen holder only when its lease / \
          session / `at_most` runs out, so expect up to one ttl there (what was left of the \
-         lease when the fault hit; renewals restart it); PostgreSQL frees a \
-         killed holder as soon as its connection closes, and never frees a *paused* one whose \
-         connection stays open (`kept by the live holder`). Where nobody else got the lock \
+         lease when the fault hit; renewals restart it); PostgreSQL and MariaDB free a \
+         killed holder as soon as its connection closes; PostgreSQL never frees a *paused* one \
+         whose connection stays open, MariaDB only after the session's `wait_timeout` (10 s) \
+         (`kept by the live holder` before that). Where nobody else got the lock \
          within the bound, the cell says who had it: `kept by the live holder` (it never \
          reported a loss: its session or lease survived the fault, which is the backend's rule \
          working) or `stranded` (the holder reported the loss but the server kept the lock \
@@ -116,7 +117,7 @@ fn reading_guide(md: &mut String) {
          link down (the cell's partition note says which): a real partition, which the \
          server's TCP stack sees. A proxy blackhole is not: the server's kernel keeps talking \
          to the proxy, so a lock that the server frees only when the client's TCP connection \
-         dies (PostgreSQL) stays taken there. `kept by the live holder` after a 200 ms reset \
+         dies (PostgreSQL) stays taken there (MariaDB frees it after `wait_timeout` either way). `kept by the live holder` after a 200 ms reset \
          means the holder reconnected and kept its lock (its session or lease outlived the \
          reset).\n\
          - **server_restart**: the server (Redlock: all three) is SIGKILLed and started again \

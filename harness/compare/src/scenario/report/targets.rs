@@ -39,7 +39,9 @@ pub(super) fn target_rows(r: &Report) -> Vec<(String, &'static str, String, Opti
         }
         if let Some(c) = cell(r, name, "holder_killed").filter(|c| c.status == Status::Measured) {
             let (target, met) = match (name, c.failover_ms, c.ttl_ms) {
-                ("postgres", Some(f), _) => ("SIGKILL failover < 100 ms", Some(f.median < 100.0)),
+                ("postgres" | "mariadb", Some(f), _) => {
+                    ("SIGKILL failover < 100 ms", Some(f.median < 100.0))
+                }
                 (_, Some(f), Some(ttl)) => (
                     "SIGKILL failover within 10 % of the lease / session / at_most",
                     Some(f.median <= ttl as f64 * 1.1),
@@ -53,17 +55,31 @@ pub(super) fn target_rows(r: &Report) -> Vec<(String, &'static str, String, Opti
             };
             rows.push((name.to_string(), target, measured, met));
         }
-        if name == "postgres" {
+        // Session locks the server frees by itself after a partition: PostgreSQL when its TCP
+        // keepalives give up (about 10 s), MariaDB when the quiet session reaches
+        // `wait_timeout` (10 s) — plus one session check for the last statement it got.
+        let partition = match name {
+            "postgres" => Some((
+                10_000.0,
+                "partition: freed within 10 s, the holder learning first",
+            )),
+            "mariadb" => Some((
+                11_500.0,
+                "partition: freed within 11.5 s, the holder learning first",
+            )),
+            _ => None,
+        };
+        if let Some((limit, target)) = partition {
             if let Some(c) =
                 cell(r, name, "holder_partitioned").filter(|c| c.status == Status::Measured)
             {
                 let netns = c.notes.iter().any(|n| n.contains("network namespace"));
                 let met = c
                     .failover_ms
-                    .map(|f| f.max <= 10_000.0 && c.holder_learned_before_handoff == Some(true));
+                    .map(|f| f.max <= limit && c.holder_learned_before_handoff == Some(true));
                 rows.push((
                     name.to_string(),
-                    "partition: freed within 10 s, the holder learning first",
+                    target,
                     format!(
                         "{} ({}), learned first: {}",
                         c.failover_ms

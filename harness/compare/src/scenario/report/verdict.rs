@@ -56,6 +56,21 @@ pub const DOCUMENTED_OVERLAPS: &[(&str, &str, &str)] = &[
         "server_restart",
         "lock-shedlock/README.md: a Redis restart without persistence forgets the lock",
     ),
+    (
+        "mariadb",
+        "connection_reset",
+        "lock-mysql/README.md, Faults: the server frees the lock at the reset, the holder learns at its next session check",
+    ),
+    (
+        "mariadb",
+        "server_restart",
+        "lock-mysql/README.md, Faults: a restart frees every lock, the holder learns at its next session check",
+    ),
+    (
+        "mariadb",
+        "holder_paused",
+        "lock-mysql/README.md, Faults: a holder paused past wait_timeout loses its session",
+    ),
 ];
 
 /// A cell's safety verdict.

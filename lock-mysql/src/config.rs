@@ -155,6 +155,10 @@ impl MySqlConfig {
                     })?
                 }
                 "idle_timeout" => cfg.idle_timeout = dur(&v)?,
+                // The names every dlock backend takes for the same files.
+                "ca" => rest.push(("ssl-ca".into(), v)),
+                "cert" => rest.push(("ssl-cert".into(), v)),
+                "key" => rest.push(("ssl-key".into(), v)),
                 s if SQLX_OPTIONS.contains(&s) => rest.push((k, v)),
                 other => {
                     return Err(bad(format!(
@@ -167,6 +171,45 @@ impl MySqlConfig {
         }
         if fencing_on {
             cfg.fencing = Fencing::Table(fencing_table);
+        }
+        // TLS: a CA without a mode means "verify the server and its name" (a certificate is
+        // always checked where TLS is asked for), and two spellings must agree.
+        let value_of = |names: &[&str]| -> Result<Option<String>> {
+            let mut found: Option<&String> = None;
+            for (k, v) in &rest {
+                if names.contains(&k.as_str()) {
+                    if found.is_some_and(|f| f != v) {
+                        return Err(bad(format!(
+                            "option {} given twice with different values",
+                            names.join(" / ")
+                        )));
+                    }
+                    found = Some(v);
+                }
+            }
+            Ok(found.cloned())
+        };
+        let mode = value_of(&["sslmode", "ssl-mode"])?;
+        let ca = value_of(&["sslca", "ssl-ca"])?;
+        value_of(&["sslcert", "ssl-cert"])?;
+        value_of(&["sslkey", "ssl-key"])?;
+        if ca.is_some() && mode.is_none() {
+            rest.push(("ssl-mode".into(), "VERIFY_IDENTITY".into()));
+        }
+        let wants_tls = ca.is_some()
+            || mode.as_deref().is_some_and(|m| {
+                !m.eq_ignore_ascii_case("disabled") && !m.eq_ignore_ascii_case("preferred")
+            });
+        if wants_tls && !cfg!(feature = "tls") {
+            return Err(Error::new(
+                lock_core::ErrorKind::Unsupported,
+                BACKEND,
+                lock_core::Operation::Connect,
+                format!(
+                    "this build has no TLS: build lock-mysql (or the dlock facade) with the \
+                     `tls` feature (URL {url})"
+                ),
+            ));
         }
         for (what, d) in [
             ("session_deadline", cfg.session_deadline),
@@ -211,6 +254,15 @@ impl MySqlConfig {
         cfg.connect = MySqlConnectOptions::from_str(&text)
             .map_err(|e| bad(format!("not a valid MySQL URL: {e}")))?;
         Ok(cfg)
+    }
+
+    /// Whether connections verify TLS (`ssl-mode` `VERIFY_CA` or `VERIFY_IDENTITY`).
+    pub fn verifies_tls(&self) -> bool {
+        use sqlx::mysql::MySqlSslMode;
+        matches!(
+            self.connect.get_ssl_mode(),
+            MySqlSslMode::VerifyCa | MySqlSslMode::VerifyIdentity
+        )
     }
 
     /// The name scheme (`?names=`).
@@ -285,6 +337,29 @@ mod tests {
         assert_eq!(c.connect.get_host(), "db");
         assert_eq!(c.connect.get_username(), "u");
         assert!(!format!("{c:?}").contains("secret"));
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_options_without_the_feature_are_unsupported() {
+        let e = cfg("mariadb://u@h/db?ca=/etc/ca.pem").unwrap_err();
+        assert_eq!(e.kind(), lock_core::ErrorKind::Unsupported, "{e}");
+        assert!(cfg("mariadb://u@h/db?ssl-mode=DISABLED").is_ok());
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_names_and_the_verify_default() {
+        use sqlx::mysql::MySqlSslMode;
+        let c = cfg("mariadb://u@h/db?ca=/etc/ca.pem").unwrap();
+        assert!(matches!(
+            c.connect.get_ssl_mode(),
+            MySqlSslMode::VerifyIdentity
+        ));
+        let c = cfg("mariadb://u@h/db?ssl-ca=/etc/ca.pem&ssl-mode=VERIFY_CA").unwrap();
+        assert!(matches!(c.connect.get_ssl_mode(), MySqlSslMode::VerifyCa));
+        let e = cfg("mariadb://u@h/db?ca=/a.pem&ssl-ca=/b.pem").unwrap_err();
+        assert_eq!(e.kind(), lock_core::ErrorKind::InvalidUrl, "{e}");
     }
 
     #[test]

@@ -127,9 +127,31 @@ fn is_connection_error(e: &sqlx::Error) -> bool {
     }
 }
 
+/// MariaDB's refusal of a plain-text client under `require_secure_transport`
+/// (ER_SECURE_TRANSPORT_REQUIRED: 3159 in MySQL, 4036 in MariaDB).
+fn needs_tls(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|m| matches!(m.number(), 3159 | 4036)))
+}
+
 /// A statement error as a dlock error.
 fn db_error(e: sqlx::Error, op: Operation) -> Error {
+    if needs_tls(&e) {
+        return Error::new(
+            ErrorKind::Tls,
+            BACKEND,
+            op,
+            format!("the server requires TLS (give ssl-mode=VERIFY_IDENTITY and ssl-ca=): {e}"),
+        );
+    }
+    // A refused handshake (the server's certificate, or ours) comes as an I/O or TLS error
+    // with rustls's reason inside.
+    if let Some(cause) = lock_core::pg_tls::handshake_cause(&e) {
+        return Error::new(ErrorKind::Tls, BACKEND, op, format!("{cause} ({e})"));
+    }
     let kind = match &e {
+        sqlx::Error::Tls(_) => ErrorKind::Tls,
         e if is_connection_error(e) => ErrorKind::Connection,
         sqlx::Error::Database(d)
             if d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
@@ -156,11 +178,25 @@ impl Session {
     pub async fn open(cfg: Arc<MySqlConfig>) -> Result<Session> {
         let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let connect = async {
-            let mut conn = cfg
-                .connect
-                .connect()
-                .await
-                .map_err(|e| db_error(e, Operation::Connect))?;
+            let mut conn = cfg.connect.connect().await.map_err(|e| {
+                let e = db_error(e, Operation::Connect);
+                if e.kind() == ErrorKind::Auth && !cfg.verifies_tls() {
+                    // MariaDB refuses a plain-text client of a TLS-only server
+                    // (`require_secure_transport`) with the same 1045 as a wrong password.
+                    return Error::new(
+                        ErrorKind::Auth,
+                        BACKEND,
+                        Operation::Connect,
+                        format!(
+                            "{}; the connection was not verified TLS, and MariaDB refuses \
+                             plain text to a server with require_secure_transport this way \
+                             too: try ssl-mode=VERIFY_IDENTITY&ssl-ca=<CA file>",
+                            e.message()
+                        ),
+                    );
+                }
+                e
+            })?;
             let setup = format!("SET SESSION wait_timeout = {}", cfg.wait_timeout.as_secs());
             conn.execute(setup.as_str())
                 .await

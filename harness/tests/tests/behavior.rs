@@ -129,6 +129,19 @@ async fn variants() -> anyhow::Result<(Vec<(&'static str, String)>, Servers)> {
         format!("{}?fencing=table", mariadb.url()),
     ));
     servers.single.push(mariadb);
+    let mariadb_pki = fixtures::TestPki::new()?;
+    let mariadb_tls = fixtures::managed_mariadb_with(fixtures::MariaDbOptions {
+        tls: Some(fixtures::MariaDbTls {
+            server: mariadb_pki.server.clone(),
+            ca: mariadb_pki.ca.clone(),
+            password: "behavior-suite".into(),
+            client_cert_user: "dlock-client".into(),
+        }),
+    })
+    .await?;
+    v.push(("mariadb_tls", mariadb_tls.url().to_string()));
+    servers.single.push(mariadb_tls);
+    servers.pki.push(mariadb_pki);
     let zk3 = fixtures::zookeeper_ensemble(3, Default::default()).await?;
     v.push(("zookeeper_ensemble", zk3.url().to_string()));
     servers.clusters.push(zk3);

@@ -117,11 +117,21 @@ impl MySqlBackend {
                 .await;
         }
         if matches!(opts.wait(), Wait::No | Wait::For(Duration::ZERO)) {
+            // Who holds it, for the message (`dlock run` / `dlock hold` print it): one more
+            // statement, on the busy path only.
+            let who = match session.holder(server_name.clone()).await {
+                Ok(Some((_, true))) => " by another guard of this process".to_string(),
+                Ok(Some((id, false))) => {
+                    format!(" by the server session with CONNECTION_ID() {id} (IS_USED_LOCK)")
+                }
+                Ok(None) => " (free again by now)".to_string(),
+                Err(_) => " by another session".to_string(),
+            };
             return Err(Error::new(
                 ErrorKind::Contended,
                 BACKEND,
                 Operation::Acquire,
-                format!("lock {:?} is held by another session", name.as_str()),
+                format!("lock {:?} is held{who}", name.as_str()),
             ));
         }
         let wait = || match opts.wait() {

@@ -357,6 +357,27 @@ impl Session {
         .await
     }
 
+    /// Who holds `name` now: `IS_USED_LOCK(name)`, the holder's `CONNECTION_ID()` (`None`:
+    /// nobody), and whether that is this session.
+    pub async fn holder(&self, name: String) -> Result<Option<(u64, bool)>> {
+        self.run(move |inner, mut st| async move {
+            let limit = Some(inner.cfg.check_timeout);
+            let id = statement(&inner, &mut st, Operation::Acquire, limit, move |c| {
+                Box::pin(async move {
+                    // BIGINT, signed (CONNECTION_ID() is unsigned).
+                    sqlx::query_scalar::<_, Option<i64>>("SELECT IS_USED_LOCK(?)")
+                        .bind(name)
+                        .fetch_one(c)
+                        .await
+                })
+            })
+            .await
+            .map_err(Failure::into_error)?;
+            Ok(id.map(|id| (id as u64, id as u64 == inner.conn_id)))
+        })
+        .await
+    }
+
     /// `Ok(true)`: the session answered after this call was made, as the same server
     /// session; `Ok(false)`: the session is gone (its locks are freed or will be); `Err`: the
     /// check failed without ending the session.

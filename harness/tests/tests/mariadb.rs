@@ -179,6 +179,10 @@ async fn two_guards_of_one_process_do_not_overlap() {
     let g = a.acquire(&n, &LockOptions::new()).await.unwrap();
     let err = a.acquire(&n, &LockOptions::new()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Contended, "{err}");
+    assert!(
+        err.to_string().contains("another guard of this process"),
+        "{err}"
+    );
     // A bounded wait from the same process times out: it waits on a session of its own.
     let t0 = Instant::now();
     let err = a
@@ -239,10 +243,16 @@ async fn the_sql_client_and_dlock_exclude_each_other() {
         let n = LockName::new(name).unwrap();
         let quoted = name.replace('\'', "''");
         let mapped = MAPPING_SQL.replace('?', &format!("'{quoted}'"));
-        // The client holds it: dlock is refused.
+        // The client holds it: dlock is refused, and says which session holds it.
         assert_eq!(cli.ask(&format!("SELECT GET_LOCK({mapped}, 0)")), "1");
+        let cli_id = cli.ask("SELECT CONNECTION_ID()");
         let err = d.acquire(&n, &LockOptions::new()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Contended, "{name}: {err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("CONNECTION_ID() {cli_id}")),
+            "{err}"
+        );
         // The client releases: dlock gets it, and the client is refused.
         assert_eq!(cli.ask(&format!("SELECT RELEASE_LOCK({mapped})")), "1");
         let g = d.acquire(&n, &LockOptions::new()).await.unwrap();

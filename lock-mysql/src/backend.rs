@@ -60,7 +60,12 @@ impl MySqlBackend {
         let cfg = Arc::new(MySqlConfig::from_url(url)?);
         let session = Session::open(cfg.clone()).await?;
         Ok(MySqlBackend {
-            idle: Arc::new(IdlePool::new(cfg.idle_sessions, cfg.idle_timeout)),
+            // A kept session is quiet: the server ends it after wait_timeout, so it is kept
+            // for at most half of that.
+            idle: Arc::new(IdlePool::new(
+                cfg.idle_sessions,
+                cfg.idle_timeout.min(cfg.wait_timeout / 2),
+            )),
             cfg,
             shared: Mutex::new(Some(session)),
             supervisors: Supervisors::new(),
@@ -75,10 +80,11 @@ impl MySqlBackend {
 
     /// The shared session, opened again if it died. A session that died while it held no
     /// lock (the server's `wait_timeout` ends a quiet one) is found dead only by its next
-    /// statement: `fresh` asks for a new one after such a failure.
-    async fn shared_session(&self, fresh: bool) -> Result<Session> {
+    /// statement, which marks it dead; the acquisitions that saw it fail all come here, and
+    /// the first opens the one new session the others then use.
+    async fn shared_session(&self) -> Result<Session> {
         let mut slot = self.shared.lock().await;
-        if let Some(s) = slot.as_ref().filter(|s| s.is_alive() && !fresh) {
+        if let Some(s) = slot.as_ref().filter(|s| s.is_alive()) {
             return Ok(s.clone());
         }
         let s = Session::open(self.cfg.clone()).await?;
@@ -98,7 +104,7 @@ impl MySqlBackend {
         }
         let server_name = self.cfg.names.server_name(name)?;
         let requested_at = Instant::now();
-        let mut session = self.shared_session(false).await?;
+        let mut session = self.shared_session().await?;
         let mut sent = Instant::now();
         let mut tried = session.try_lock(server_name.clone()).await;
         if let Err(e) = &tried {
@@ -106,7 +112,7 @@ impl MySqlBackend {
                 // The shared session had ended while it was quiet; nothing of ours was on
                 // it unless guards were, and they have been told.
                 tracing::debug!(error = %e, "the shared lock session had ended; opening a new one");
-                session = self.shared_session(true).await?;
+                session = self.shared_session().await?;
                 sent = Instant::now();
                 tried = session.try_lock(server_name.clone()).await;
             }
@@ -150,13 +156,15 @@ impl MySqlBackend {
             None => Session::open(self.cfg.clone()).await?,
         };
         let mut sent = Instant::now();
-        let mut granted = dedicated.lock(server_name.clone(), wait()).await;
+        let mut granted = dedicated
+            .lock(server_name.clone(), name.as_str(), wait())
+            .await;
         if let Err(e) = &granted {
             if reused && !dedicated.is_alive() {
                 tracing::debug!(error = %e, "a kept lock session had ended; opening a new one");
                 dedicated = Session::open(self.cfg.clone()).await?;
                 sent = Instant::now();
-                granted = dedicated.lock(server_name, wait()).await;
+                granted = dedicated.lock(server_name, name.as_str(), wait()).await;
             }
         }
         let grant = match granted {
@@ -222,6 +230,7 @@ impl MySqlBackend {
             server_name,
             id,
             session_deadline: self.cfg.session_deadline,
+            wait_timeout: self.cfg.wait_timeout,
             supervisors: self.supervisors.clone(),
             cleanups: self.cleanups.clone(),
         });
@@ -281,6 +290,7 @@ struct MySqlLease {
     server_name: String,
     id: u64,
     session_deadline: Duration,
+    wait_timeout: Duration,
     supervisors: Supervisors,
     cleanups: Cleanups,
 }
@@ -327,15 +337,29 @@ impl Lease for MySqlLease {
     }
 
     /// `at_least`: keep the lock on the session and release it from a background task once
-    /// `keep` has passed. If this process exits first, the session ends and the lock is
-    /// freed early (documented); [`Backend::close`] waits for the task.
+    /// `keep` has passed. Meanwhile the task checks the session every `wait_timeout / 3`, so
+    /// the server does not end it as quiet (and free the lock early). If this process exits
+    /// first, the session ends and the lock is freed early (documented); [`Backend::close`]
+    /// waits for the task.
     fn release_after(&self, keep: Duration) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
             self.session.unwatch(self.id);
             let session = self.session.clone();
             let name = self.server_name.clone();
+            let every = (self.wait_timeout / 3).max(Duration::from_millis(100));
             self.cleanups.spawn(async move {
-                tokio::time::sleep(keep).await;
+                let until = Instant::now() + keep;
+                while Instant::now() < until {
+                    tokio::time::sleep_until(until.min(Instant::now() + every)).await;
+                    if Instant::now() < until && !matches!(session.check().await, Ok(true)) {
+                        tracing::warn!(
+                            lock = %name,
+                            "the session holding the lock for at_least ended early; the lock \
+                             is free before at_least"
+                        );
+                        return;
+                    }
+                }
                 let _ = session.unlock(name).await;
             });
             Ok(self.session.is_alive())

@@ -31,10 +31,6 @@ use crate::config::{Fencing, MySqlConfig};
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
-/// `GET_LOCK`'s timeout for a wait without a limit: the server takes no "forever" (a
-/// negative timeout answers NULL on MariaDB), so a year.
-const FOREVER_SECS: f64 = 365.0 * 86_400.0;
-
 /// A handle on a lock session. Cloning shares the session; the connection closes when the
 /// last handle goes.
 #[derive(Clone)]
@@ -117,11 +113,12 @@ fn is_connection_error(e: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        // 1927 ER_CONNECTION_KILLED, 1053 ER_SERVER_SHUTDOWN, 2006/2013 gone away / lost.
+        // 1927 ER_CONNECTION_KILLED, 1053 ER_SERVER_SHUTDOWN, 2006/2013 gone away / lost,
+        // 4031 (MySQL 8.0.24+) the server closed a session idle past wait_timeout.
         sqlx::Error::Database(d) => {
             matches!(d.code().as_deref(), Some("70100") | Some("08S01"))
                 || d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                    .is_some_and(|m| matches!(m.number(), 1053 | 1927 | 2006 | 2013))
+                    .is_some_and(|m| matches!(m.number(), 1053 | 1927 | 2006 | 2013 | 4031))
         }
         _ => false,
     }
@@ -270,50 +267,82 @@ impl Session {
                 return Ok(None);
             }
             let limit = inner.cfg.check_timeout;
+            // The server decides what "the same name" is (MySQL 8 folds case, a connection
+            // charset may fold more): a name this session already holds answers 2, never a
+            // re-entrant grant.
             let got = statement(&inner, &mut st, Operation::Acquire, Some(limit), |c| {
                 Box::pin(
-                    sqlx::query_scalar::<_, Option<i64>>("SELECT GET_LOCK(?, 0)")
-                        .bind(name.clone())
-                        .fetch_one(c),
+                    sqlx::query_scalar::<_, Option<i64>>(
+                        "SELECT CASE WHEN IS_USED_LOCK(?) = CONNECTION_ID() THEN 2 \
+                         ELSE GET_LOCK(?, 0) END",
+                    )
+                    .bind(name.clone())
+                    .bind(name.clone())
+                    .fetch_one(c),
                 )
             })
             .await
             .map_err(Failure::into_error)?;
-            grant_or_not(&inner, &mut st, name, got)
+            if got == Some(2) {
+                return Ok(None);
+            }
+            let display = name.clone();
+            grant_or_not(&inner, &mut st, name, &display, got)
         })
         .await
     }
 
-    /// A blocking `GET_LOCK` for up to `timeout` (`None`: no limit). Only on a dedicated
-    /// session: nothing else waits behind it, and dropping the call (with the session)
-    /// closes the connection, which ends the wait on the server.
-    pub async fn lock(&self, name: String, timeout: Option<Duration>) -> Result<PendingGrant> {
+    /// A blocking `GET_LOCK` for up to `timeout` (`None`: no limit), `display` naming the
+    /// lock in errors. Only on a dedicated session: nothing else waits behind it, and dropping
+    /// the call (with the session) closes the connection, which ends the wait on the server.
+    ///
+    /// The wait is asked for in pieces of at most `session_deadline`, each under a client
+    /// limit of the piece plus `check_timeout`: the socket has no keepalive, so a server cut
+    /// off during a long wait is noticed at the end of the piece instead of never. The server
+    /// wakes a waiter inside a piece the moment the lock is free; a new piece queues again.
+    pub async fn lock(
+        &self,
+        name: String,
+        display: &str,
+        timeout: Option<Duration>,
+    ) -> Result<PendingGrant> {
         let mut st = self.inner.state.lock().await;
-        let secs = timeout.map_or(FOREVER_SECS, |d| d.as_secs_f64().max(0.001));
-        // The server's own timeout ends the statement; the client's limit only catches a
-        // server that does not answer at all.
-        let limit = timeout.map(|d| d + self.inner.cfg.check_timeout);
-        let got = statement(&self.inner, &mut st, Operation::Acquire, limit, |c| {
-            Box::pin(
-                sqlx::query_scalar::<_, Option<i64>>("SELECT GET_LOCK(?, ?)")
-                    .bind(name.clone())
-                    .bind(secs)
-                    .fetch_one(c),
-            )
-        })
-        .await
-        .map_err(Failure::into_error)?;
-        match grant_or_not(&self.inner, &mut st, name.clone(), got)? {
-            Some(g) => Ok(g),
-            None => Err(Error::new(
-                ErrorKind::Timeout,
-                BACKEND,
-                Operation::Acquire,
-                format!(
-                    "lock {name:?} still held by another session after {:?}",
-                    timeout.unwrap_or_default()
-                ),
-            )),
+        let started = Instant::now();
+        let piece = self.inner.cfg.session_deadline;
+        loop {
+            let left = match timeout {
+                Some(t) => t.saturating_sub(started.elapsed()),
+                None => piece,
+            };
+            let this = left.min(piece).max(Duration::from_millis(1));
+            let limit = Some(this + self.inner.cfg.check_timeout);
+            let secs = this.as_secs_f64();
+            let bound = name.clone();
+            let got = statement(&self.inner, &mut st, Operation::Acquire, limit, move |c| {
+                Box::pin(async move {
+                    sqlx::query_scalar::<_, Option<i64>>("SELECT GET_LOCK(?, ?)")
+                        .bind(bound)
+                        .bind(secs)
+                        .fetch_one(c)
+                        .await
+                })
+            })
+            .await
+            .map_err(Failure::into_error)?;
+            if let Some(g) = grant_or_not(&self.inner, &mut st, name.clone(), display, got)? {
+                return Ok(g);
+            }
+            if timeout.is_some_and(|t| started.elapsed() >= t) {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    BACKEND,
+                    Operation::Acquire,
+                    format!(
+                        "lock {display:?} still held by another session after {:?}",
+                        timeout.unwrap_or_default()
+                    ),
+                ));
+            }
         }
     }
 
@@ -325,7 +354,7 @@ impl Session {
             if st.conn.is_none() {
                 return Ok(false);
             }
-            let was_held = st.held.remove(&name);
+            let was_held = st.held.contains(&name);
             let limit = inner.cfg.check_timeout;
             let got = statement(&inner, &mut st, Operation::Release, Some(limit), |c| {
                 Box::pin(
@@ -335,6 +364,12 @@ impl Session {
                 )
             })
             .await;
+            if got.is_ok() {
+                // Forgotten only once the server has answered: a name whose release failed
+                // stays "held", so this session never asks for it again (which the server
+                // would grant re-entrantly).
+                st.held.remove(&name);
+            }
             match got {
                 Ok(Some(1)) => Ok(true),
                 Ok(answer) => {
@@ -351,7 +386,12 @@ impl Session {
                     Ok(false)
                 }
                 Err(Failure::Gone(_)) => Ok(false),
-                Err(Failure::Statement(e)) => Err(e),
+                Err(Failure::Statement(e)) => {
+                    // The lock may still be ours on the server and nothing would release it
+                    // while the session lives: end the session, which frees it.
+                    die(&inner, &mut st, &format!("RELEASE_LOCK failed: {e}"));
+                    Err(e)
+                }
             }
         })
         .await
@@ -487,6 +527,7 @@ fn grant_or_not(
     inner: &Arc<Inner>,
     st: &mut State,
     name: String,
+    display: &str,
     got: Option<i64>,
 ) -> Result<Option<PendingGrant>> {
     match got {
@@ -505,7 +546,8 @@ fn grant_or_not(
             BACKEND,
             Operation::Acquire,
             format!(
-                "GET_LOCK({name:?}) answered {other:?} (an error on the server, or the statement was killed)"
+                "GET_LOCK for lock {display:?} answered {other:?} (an error on the server, or \
+                 the statement was killed)"
             ),
         )),
     }
@@ -530,8 +572,9 @@ async fn statement<T>(
         Some(limit) => match tokio::time::timeout(limit, f(conn)).await {
             Ok(r) => r,
             Err(_) => {
+                // Not `Timeout`, which means "still held when the wait ran out".
                 let e = Error::new(
-                    ErrorKind::Timeout,
+                    ErrorKind::Connection,
                     BACKEND,
                     op,
                     format!("the server did not answer within {limit:?}; the session is closed"),

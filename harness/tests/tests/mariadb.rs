@@ -366,3 +366,43 @@ async fn a_partitioned_holder_learns_before_the_server_frees_the_lock() {
     assert!(g2.release().await.unwrap());
     drop(g);
 }
+
+/// `at_least` longer than `wait_timeout`: the released lock stays taken until `at_least` has
+/// passed (the background release keeps its quiet session alive), then is free.
+#[tokio::test]
+async fn at_least_outlasts_wait_timeout() {
+    let db = fixtures::mariadb().await.unwrap();
+    let url = with_query(db.url(), "session_deadline=1s&wait_timeout=2s");
+    let (a, b) = (connect(&url).await, connect(db.url()).await);
+    let n = unique("at-least");
+    let at_least = Duration::from_secs(5);
+    let t0 = Instant::now();
+    let g = a
+        .acquire(&n, &LockOptions::new().with_at_least(at_least))
+        .await
+        .unwrap();
+    assert!(g.release().await.unwrap());
+    // Past wait_timeout (2 s) twice over, still taken.
+    tokio::time::sleep(Duration::from_millis(4_200)).await;
+    assert!(
+        t0.elapsed() < at_least,
+        "too slow to test inside the window"
+    );
+    let err = b.acquire(&n, &LockOptions::new()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Contended, "{err}");
+    // Free once at_least has passed.
+    let g = b
+        .acquire(
+            &n,
+            &LockOptions::new().with_wait(Wait::For(Duration::from_secs(5))),
+        )
+        .await
+        .unwrap();
+    let freed = t0.elapsed();
+    assert!(freed >= at_least, "freed after {freed:?}");
+    assert!(
+        freed < at_least + Duration::from_secs(2),
+        "freed after {freed:?}"
+    );
+    assert!(g.release().await.unwrap());
+}

@@ -88,9 +88,17 @@ impl Nemesis for Pause {
             let Some((t_grant, _)) = grant else {
                 // It never ran while paused, so it could not have reported anything.
                 t.history.not_freed(None);
+                // Why nobody else got it: the backend's rule, in its words.
+                let why = match t.ctx.backend {
+                    "mariadb" => {
+                        "the server ends a quiet session, and frees its lock, only after \
+                         wait_timeout (10 s by default), longer than this bound"
+                    }
+                    _ => "no lease expires",
+                };
                 t.history.note(format!(
                     "not freed within {} s of the pause: the lock stays with the paused holder \
-                     (no lease expires)",
+                     ({why})",
                     pause_bound.as_secs()
                 ));
                 // Still its lock: the write is legitimate. Hand over cleanly.

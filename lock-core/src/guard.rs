@@ -14,7 +14,7 @@ use crate::cleanups::Cleanups;
 use crate::error::{Error, ErrorKind, Operation, Result};
 use crate::name::LockName;
 use crate::observe;
-use crate::options::{LockMode, LockOptions};
+use crate::options::{LockMode, LockOptions, Renew};
 use crate::renewal::{SupervisorPlan, supervise};
 use crate::state_cell;
 use crate::supervisors::{Supervisors, Ticket};
@@ -331,6 +331,28 @@ impl StateWatch {
 /// holder learns of the loss before anyone else can be granted the lock.
 pub fn lease_deadline(sent_at: Instant, ttl: Duration) -> Instant {
     sent_at + (ttl - drift_allowance(ttl))
+}
+
+/// The terms of a guard on a session lock — a lock that lasts as long as a server session,
+/// with no lease (PostgreSQL advisory locks, MariaDB user locks) — from the caller's `opts`
+/// and the backend's `session_deadline`: the client-side deadline after each session check
+/// (never longer than the hold the caller allows without renewal: an `at_most` below
+/// `session_deadline` is honoured too), and the options the guard runs with. The session
+/// check is the guard's "renewal", every deadline / 3; the caller's ttl bounds the hold
+/// through `max_hold` only when it asked for no renewal (ShedLock's `at_most`).
+pub fn session_lock_terms(
+    opts: &LockOptions,
+    session_deadline: Duration,
+) -> (Duration, LockOptions) {
+    let (deadline, max_hold) = match opts.renew() {
+        Renew::Off => (session_deadline.min(opts.ttl()), Some(opts.ttl())),
+        Renew::Auto { max_hold } => (session_deadline, max_hold),
+    };
+    let guard_opts = opts
+        .clone()
+        .with_ttl(deadline)
+        .with_renew(Renew::Auto { max_hold });
+    (deadline, guard_opts)
 }
 
 /// The margin [`lease_deadline`] keeps before the server's expiry: the Redlock allowance

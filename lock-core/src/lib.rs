@@ -31,7 +31,7 @@ pub use error::{Error, ErrorKind, Operation, Result};
 pub use finish::Finish;
 pub use guard::{
     FencingToken, Grant, Guard, Lease, LeaseMonitor, LockState, PendingLease, StateWatch,
-    drift_allowance, lease_deadline,
+    drift_allowance, lease_deadline, session_lock_terms,
 };
 pub use helpers::{BackendExt, Held, JobOutcome};
 pub use idle_pool::{IdlePool, Reusable};

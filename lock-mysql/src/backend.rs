@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use lock_core::{
     Backend, BoxFuture, Capabilities, Cleanups, ConnectUrl, Error, ErrorKind, FencingToken, Grant,
-    Guard, IdlePool, Lease, LeaseMonitor, LockMode, LockName, LockOptions, Operation, Renew,
-    Result, Supervisors, Wait, lease_deadline,
+    Guard, IdlePool, Lease, LeaseMonitor, LockMode, LockName, LockOptions, Operation, Result,
+    Supervisors, Wait, lease_deadline, session_lock_terms,
 };
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -217,10 +217,7 @@ impl MySqlBackend {
         let server_name = grant.name.clone();
         grant.disarm();
         let id = NEXT_GRANT.fetch_add(1, Ordering::Relaxed);
-        let (deadline, max_hold) = match opts.renew() {
-            Renew::Off => (self.cfg.session_deadline.min(opts.ttl()), Some(opts.ttl())),
-            Renew::Auto { max_hold } => (self.cfg.session_deadline, max_hold),
-        };
+        let (deadline, guard_opts) = session_lock_terms(opts, self.cfg.session_deadline);
         let monitor = LeaseMonitor::new(name, BACKEND, Some(lease_deadline(sent, deadline)));
         session.watch(id, monitor.clone());
         let lease = Arc::new(MySqlLease {
@@ -234,10 +231,6 @@ impl MySqlBackend {
             supervisors: self.supervisors.clone(),
             cleanups: self.cleanups.clone(),
         });
-        let guard_opts = opts
-            .clone()
-            .with_ttl(deadline)
-            .with_renew(Renew::Auto { max_hold });
         Ok(Guard::new(
             Grant {
                 name: name.clone(),

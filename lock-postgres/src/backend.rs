@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use lock_core::{
     Backend, BoxFuture, Capabilities, Cleanups, ConnectUrl, Error, ErrorKind, FencingToken, Grant,
-    Guard, IdlePool, Lease, LeaseMonitor, LockMode, LockName, LockOptions, Operation, Renew,
-    Result, Supervisors, Wait, lease_deadline,
+    Guard, IdlePool, Lease, LeaseMonitor, LockMode, LockName, LockOptions, Operation, Result,
+    Supervisors, Wait, lease_deadline, session_lock_terms,
 };
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -234,15 +234,8 @@ impl PgBackend {
         let (key, mode) = (grant.key, grant.mode);
         grant.disarm();
         let id = NEXT_GRANT.fetch_add(1, Ordering::Relaxed);
-        // The client-side deadline after each session check: never longer than the hold the
-        // caller allows without renewal (`at_most` below session_deadline is honoured too).
-        // The session check is the "renewal": it runs every session_deadline/3 and the
-        // client-side deadline is session_deadline after each check was sent. The caller's
-        // ttl bounds the hold only when renewal is off (ShedLock's at_most), through max_hold.
-        let (deadline, max_hold) = match opts.renew() {
-            Renew::Off => (self.cfg.session_deadline.min(opts.ttl()), Some(opts.ttl())),
-            Renew::Auto { max_hold } => (self.cfg.session_deadline, max_hold),
-        };
+        // The client-side deadline is session_deadline after each session check was sent.
+        let (deadline, guard_opts) = session_lock_terms(opts, self.cfg.session_deadline);
         let monitor = LeaseMonitor::new(name, BACKEND, Some(lease_deadline(sent, deadline)));
         session.watch(id, monitor.clone());
         let lease = Arc::new(PgLease {
@@ -256,10 +249,6 @@ impl PgBackend {
             supervisors: self.supervisors.clone(),
             cleanups: self.cleanups.clone(),
         });
-        let guard_opts = opts
-            .clone()
-            .with_ttl(deadline)
-            .with_renew(Renew::Auto { max_hold });
         Ok(Guard::new(
             Grant {
                 name: name.clone(),

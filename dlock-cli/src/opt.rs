@@ -124,7 +124,7 @@ pub struct CompareArgs {
     pub repeat: Option<usize>,
 
     /// Comma-separated backends (default: all): postgres, redis, redlock, etcd, zookeeper,
-    /// shedlock-postgres, shedlock-redis.
+    /// shedlock-postgres, shedlock-redis, mariadb.
     #[arg(long, value_delimiter = ',')]
     pub backends: Vec<String>,
 

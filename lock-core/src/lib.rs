@@ -36,7 +36,7 @@ pub use guard::{
 pub use helpers::{BackendExt, Held, JobOutcome};
 pub use idle_pool::{IdlePool, Reusable};
 pub use memory::{MemoryBackend, SCHEME as MEMORY_SCHEME};
-pub use name::LockName;
+pub use name::{LockName, is_sql_identifier};
 pub use options::{LockMode, LockOptions, Renew, Wait};
 pub use random::{random_u64, unique_hex};
 pub use registry::{ConnectFn, ConnectUrl, Registry, SchemeStatus, redact};

@@ -103,6 +103,22 @@ impl TryFrom<String> for LockName {
     }
 }
 
+/// Whether `s` is a plain SQL table name, `table` or `schema.table`, safe to splice into a
+/// statement unquoted: each part `[A-Za-z_][A-Za-z0-9_]*` of at most `max_part` characters
+/// (PostgreSQL 63, MySQL / MariaDB 64). For the backends' `fencing_table=` options.
+pub fn is_sql_identifier(s: &str, max_part: usize) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.len() <= max_part
+            && p.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match s.split_once('.') {
+        Some((schema, table)) => part(schema) && part(table),
+        None => part(s),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -135,7 +135,7 @@ impl MySqlConfig {
                     _ => return Err(bad(format!("option fencing={v:?}: expected table or none"))),
                 },
                 "fencing_table" => {
-                    if !valid_identifier(&v) {
+                    if !lock_core::is_sql_identifier(&v, 64) {
                         return Err(bad(format!(
                             "option fencing_table={v:?}: expected an identifier [A-Za-z_][A-Za-z0-9_]* (optionally database.table)"
                         )));
@@ -283,19 +283,6 @@ impl MySqlConfig {
     /// The lock sessions' `wait_timeout` (`?wait_timeout=`).
     pub fn wait_timeout(&self) -> Duration {
         self.wait_timeout
-    }
-}
-
-fn valid_identifier(s: &str) -> bool {
-    let part = |p: &str| {
-        let mut chars = p.chars();
-        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && p.len() <= 64
-    };
-    match s.split_once('.') {
-        Some((db, table)) => part(db) && part(table),
-        None => part(s),
     }
 }
 

@@ -131,7 +131,7 @@ impl PgConfig {
                     _ => return Err(bad(format!("option fencing={v:?}: expected table or none"))),
                 },
                 "fencing_table" => {
-                    if !valid_identifier(&v) {
+                    if !lock_core::is_sql_identifier(&v, 63) {
                         return Err(bad(format!(
                             "option fencing_table={v:?}: expected an identifier [A-Za-z_][A-Za-z0-9_]* (optionally schema.table)"
                         )));
@@ -273,19 +273,6 @@ impl PgConfig {
             ));
         }
         Ok(())
-    }
-}
-
-fn valid_identifier(s: &str) -> bool {
-    let part = |p: &str| {
-        !p.is_empty()
-            && p.len() <= 63
-            && p.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    match s.split_once('.') {
-        Some((schema, table)) => part(schema) && part(table),
-        None => part(s),
     }
 }
 

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::BACKEND;
 use crate::config::{Fencing, MySqlConfig};
 use crate::session::{PendingGrant, Session};
+use crate::watch::SessionWatch;
 
 static NEXT_GRANT: AtomicU64 = AtomicU64::new(1);
 
@@ -30,6 +31,8 @@ pub struct MySqlBackend {
     cleanups: Cleanups,
     /// Dedicated sessions of released waiting acquisitions, kept for the next waits.
     idle: Arc<IdlePool<Session>>,
+    /// Checks every lock session the moment the server's connections end (`watch.rs`).
+    watch: SessionWatch,
 }
 
 impl fmt::Debug for MySqlBackend {
@@ -59,6 +62,8 @@ impl MySqlBackend {
     pub async fn connect(url: &ConnectUrl) -> Result<Self> {
         let cfg = Arc::new(MySqlConfig::from_url(url)?);
         let session = Session::open(cfg.clone()).await?;
+        let watch = SessionWatch::start(cfg.clone());
+        watch.register(&session);
         Ok(MySqlBackend {
             // A kept session is quiet: the server ends it after wait_timeout, so it is kept
             // for at most half of that.
@@ -70,7 +75,15 @@ impl MySqlBackend {
             shared: Mutex::new(Some(session)),
             supervisors: Supervisors::new(),
             cleanups: Cleanups::new(),
+            watch,
         })
+    }
+
+    /// Opens a lock session and puts it under the session watch.
+    async fn open_session(&self) -> Result<Session> {
+        let s = Session::open(self.cfg.clone()).await?;
+        self.watch.register(&s);
+        Ok(s)
     }
 
     /// The parsed configuration.
@@ -87,7 +100,7 @@ impl MySqlBackend {
         if let Some(s) = slot.as_ref().filter(|s| s.is_alive()) {
             return Ok(s.clone());
         }
-        let s = Session::open(self.cfg.clone()).await?;
+        let s = self.open_session().await?;
         *slot = Some(s.clone());
         Ok(s)
     }
@@ -153,7 +166,7 @@ impl MySqlBackend {
         let reused = kept.is_some();
         let mut dedicated = match kept {
             Some(s) => s,
-            None => Session::open(self.cfg.clone()).await?,
+            None => self.open_session().await?,
         };
         let mut sent = Instant::now();
         let mut granted = dedicated
@@ -162,7 +175,7 @@ impl MySqlBackend {
         if let Err(e) = &granted {
             if reused && !dedicated.is_alive() {
                 tracing::debug!(error = %e, "a kept lock session had ended; opening a new one");
-                dedicated = Session::open(self.cfg.clone()).await?;
+                dedicated = self.open_session().await?;
                 sent = Instant::now();
                 granted = dedicated.lock(server_name, name.as_str(), wait()).await;
             }

@@ -4,7 +4,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use lock_core::hosts::{TargetSessionAttrs, split_hosts};
 use lock_core::{ConnectUrl, Error, Result};
+use sqlx::ConnectOptions;
 use sqlx::mysql::MySqlConnectOptions;
 
 use crate::BACKEND;
@@ -22,7 +24,12 @@ pub enum Fencing {
 /// The parsed backend configuration. `Debug` hides the password.
 #[derive(Clone)]
 pub struct MySqlConfig {
+    /// The first host's options (what TLS and messages read).
     pub(crate) connect: MySqlConnectOptions,
+    /// Every host of the URL, in its order, each with the same options.
+    pub(crate) hosts: Vec<MySqlConnectOptions>,
+    /// Which host a session may settle on (`?target_session_attrs=`).
+    pub(crate) target: TargetSessionAttrs,
     pub(crate) display_url: String,
     pub(crate) names: NameScheme,
     pub(crate) fencing: Fencing,
@@ -40,12 +47,16 @@ pub struct MySqlConfig {
     pub(crate) idle_sessions: usize,
     /// How long a kept session waits for reuse before it is closed.
     pub(crate) idle_timeout: Duration,
+    /// One more connection, always busy, whose end checks every lock session at once.
+    pub(crate) session_watch: bool,
 }
 
 impl fmt::Debug for MySqlConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MySqlConfig")
             .field("url", &self.display_url)
+            .field("hosts", &self.hosts.len())
+            .field("target", &self.target)
             .field("names", &self.names)
             .field("fencing", &self.fencing)
             .field("session_deadline", &self.session_deadline)
@@ -54,6 +65,7 @@ impl fmt::Debug for MySqlConfig {
             .field("wait_timeout", &self.wait_timeout)
             .field("idle_sessions", &self.idle_sessions)
             .field("idle_timeout", &self.idle_timeout)
+            .field("session_watch", &self.session_watch)
             .finish()
     }
 }
@@ -69,6 +81,8 @@ const OWN_OPTIONS: &[&str] = &[
     "wait_timeout",
     "idle_sessions",
     "idle_timeout",
+    "target_session_attrs",
+    "session_watch",
 ];
 
 /// The options sqlx's MySQL driver reads from a URL.
@@ -91,10 +105,12 @@ const SQLX_OPTIONS: &[&str] = &[
 
 impl MySqlConfig {
     /// Parses a `mysql://` or `mariadb://` URL: `[user[:password]@]host[:port][/database]`
-    /// with dlock's options (the crate docs) and sqlx's (`ssl-mode`, `ssl-ca`, …).
+    /// with dlock's options (the crate docs) and sqlx's (`ssl-mode`, `ssl-ca`, …). Several
+    /// hosts (`h1:p1,h2:p2`) are tried in order, as `?target_session_attrs=` says.
     pub fn from_url(url: &ConnectUrl) -> Result<Self> {
         let bad = |msg: String| Error::invalid_url(BACKEND, format!("{msg} (URL {url})"));
-        let mut parsed = url::Url::parse(url.expose())
+        let per_host = split_hosts(url.expose());
+        let parsed = url::Url::parse(&per_host[0])
             .map_err(|e| bad(format!("not a valid MySQL URL: {e}")))?;
         if !matches!(parsed.scheme(), "mysql" | "mariadb") {
             return Err(bad(format!(
@@ -107,6 +123,8 @@ impl MySqlConfig {
         }
         let mut cfg = MySqlConfig {
             connect: MySqlConnectOptions::new(),
+            hosts: Vec::new(),
+            target: TargetSessionAttrs::default(),
             display_url: url.to_string(),
             names: NameScheme::Mapped,
             fencing: Fencing::None,
@@ -116,6 +134,7 @@ impl MySqlConfig {
             wait_timeout: Duration::from_secs(10),
             idle_sessions: 8,
             idle_timeout: Duration::from_secs(30),
+            session_watch: true,
         };
         let mut fencing_table = "dlock_fencing".to_string();
         let mut fencing_on = false;
@@ -155,6 +174,21 @@ impl MySqlConfig {
                     })?
                 }
                 "idle_timeout" => cfg.idle_timeout = dur(&v)?,
+                "session_watch" => {
+                    cfg.session_watch = match v.as_str() {
+                        "on" => true,
+                        "off" => false,
+                        _ => {
+                            return Err(bad(format!(
+                                "option session_watch={v:?}: expected on or off"
+                            )));
+                        }
+                    }
+                }
+                "target_session_attrs" => {
+                    cfg.target =
+                        TargetSessionAttrs::from_str(&v).map_err(|e| bad(format!("option {e}")))?
+                }
                 // The names every dlock backend takes for the same files.
                 "ca" => rest.push(("ssl-ca".into(), v)),
                 "cert" => rest.push(("ssl-cert".into(), v)),
@@ -239,20 +273,33 @@ impl MySqlConfig {
                 cfg.wait_timeout, cfg.session_deadline
             )));
         }
-        // sqlx parses `mysql://` only; the rest of the URL is the same.
-        parsed
-            .set_scheme("mysql")
-            .map_err(|()| bad("cannot rewrite the scheme".into()))?;
-        {
-            let mut q = parsed.query_pairs_mut();
-            q.clear();
-            for (k, v) in &rest {
-                q.append_pair(k, v);
+        for host_url in &per_host {
+            let mut parsed = url::Url::parse(host_url)
+                .map_err(|e| bad(format!("not a valid MySQL URL: {e}")))?;
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(bad("a host of the list is empty".into()));
             }
+            // sqlx parses `mysql://` only; the rest of the URL is the same.
+            parsed
+                .set_scheme("mysql")
+                .map_err(|()| bad("cannot rewrite the scheme".into()))?;
+            {
+                let mut q = parsed.query_pairs_mut();
+                q.clear();
+                for (k, v) in &rest {
+                    q.append_pair(k, v);
+                }
+            }
+            let text = parsed.as_str().trim_end_matches('?').to_string();
+            // A blocking GET_LOCK and the session watch's SLEEP are long on purpose: sqlx's
+            // slow-statement warnings would be noise (and mail from cron).
+            cfg.hosts.push(
+                MySqlConnectOptions::from_str(&text)
+                    .map_err(|e| bad(format!("not a valid MySQL URL: {e}")))?
+                    .disable_statement_logging(),
+            );
         }
-        let text = parsed.as_str().trim_end_matches('?').to_string();
-        cfg.connect = MySqlConnectOptions::from_str(&text)
-            .map_err(|e| bad(format!("not a valid MySQL URL: {e}")))?;
+        cfg.connect = cfg.hosts[0].clone();
         Ok(cfg)
     }
 
@@ -278,6 +325,16 @@ impl MySqlConfig {
     /// How long a guard is confirmed after each session check (`?session_deadline=`).
     pub fn session_deadline(&self) -> Duration {
         self.session_deadline
+    }
+
+    /// Which host a session may settle on (`?target_session_attrs=`).
+    pub fn target_session_attrs(&self) -> TargetSessionAttrs {
+        self.target
+    }
+
+    /// How many hosts the URL names.
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
     }
 
     /// The lock sessions' `wait_timeout` (`?wait_timeout=`).
@@ -326,6 +383,28 @@ mod tests {
         assert!(!format!("{c:?}").contains("secret"));
     }
 
+    #[test]
+    fn several_hosts_each_get_the_options() {
+        let c = cfg("mariadb://u:pw@h1:3306,h2:3307,[::1]/db?target_session_attrs=read-write&ssl-mode=disabled&fencing=table").unwrap();
+        let hosts: Vec<(String, u16)> = c
+            .hosts
+            .iter()
+            .map(|h| (h.get_host().to_string(), h.get_port()))
+            .collect();
+        assert_eq!(hosts.len(), 3);
+        assert_eq!(hosts[0], ("h1".to_string(), 3306));
+        assert_eq!(hosts[1], ("h2".to_string(), 3307));
+        assert_eq!(hosts[2].1, 3306);
+        for h in &c.hosts {
+            assert_eq!(h.get_database(), Some("db"));
+            assert_eq!(h.get_username(), "u");
+        }
+        assert_eq!(c.target, TargetSessionAttrs::ReadWrite);
+        assert_eq!(c.fencing, Fencing::Table("dlock_fencing".into()));
+        let one = cfg("mysql://u@h/db").unwrap();
+        assert_eq!((one.hosts.len(), one.target), (1, TargetSessionAttrs::Any));
+    }
+
     #[cfg(not(feature = "tls"))]
     #[test]
     fn tls_options_without_the_feature_are_unsupported() {
@@ -361,6 +440,9 @@ mod tests {
             "mysql://h/db?wait_timeout=10.5s",
             "mysql://h/db?idle_sessions=-1",
             "mysql://h/db?nosuch=1",
+            "mysql://h/db?target_session_attrs=standby",
+            "mysql://h/db?session_watch=yes",
+            "mysql://h1,,h2/db",
             "mysql:///db",
             "postgres://h/db",
         ] {

@@ -5,6 +5,7 @@ mod backend;
 mod config;
 pub mod name;
 mod session;
+mod watch;
 
 use std::sync::Arc;
 

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lock_core::{Error, ErrorKind, Finish, LeaseMonitor, Operation, Result};
-use sqlx::mysql::MySqlConnection;
-use sqlx::{ConnectOptions, Executor};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
+use sqlx::{ConnectOptions, Connection, Executor};
 use tokio::sync::OwnedMutexGuard;
 use tokio::time::Instant;
 
@@ -161,6 +161,101 @@ fn db_error(e: sqlx::Error, op: Operation) -> Error {
     Error::new(kind, BACKEND, op, e.to_string())
 }
 
+/// `host:port` of `o`, for messages.
+fn label(o: &MySqlConnectOptions) -> String {
+    format!("{}:{}", o.get_host(), o.get_port())
+}
+
+/// One host: connected, `wait_timeout` set, and its `CONNECTION_ID()` and
+/// `@@global.read_only` read, all within `connect_timeout`.
+async fn connect_host(
+    cfg: &MySqlConfig,
+    host: &MySqlConnectOptions,
+) -> Result<(MySqlConnection, u64, bool)> {
+    let attempt = async {
+        let mut conn = host.connect().await.map_err(|e| {
+            let e = db_error(e, Operation::Connect);
+            if e.kind() == ErrorKind::Auth && !cfg.verifies_tls() {
+                // MariaDB refuses a plain-text client of a TLS-only server
+                // (`require_secure_transport`) with the same 1045 as a wrong password.
+                return Error::new(
+                    ErrorKind::Auth,
+                    BACKEND,
+                    Operation::Connect,
+                    format!(
+                        "{}; the connection was not verified TLS, and MariaDB refuses \
+                         plain text to a server with require_secure_transport this way \
+                         too: try ssl-mode=VERIFY_IDENTITY&ssl-ca=<CA file>",
+                        e.message()
+                    ),
+                );
+            }
+            e
+        })?;
+        let setup = format!("SET SESSION wait_timeout = {}", cfg.wait_timeout.as_secs());
+        conn.execute(setup.as_str())
+            .await
+            .map_err(|e| db_error(e, Operation::Connect))?;
+        let (conn_id, read_only): (u64, i64) =
+            sqlx::query_as("SELECT CONNECTION_ID(), @@global.read_only")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| db_error(e, Operation::Connect))?;
+        Ok::<_, Error>((conn, conn_id, read_only != 0))
+    };
+    tokio::time::timeout(cfg.connect_timeout, attempt)
+        .await
+        .map_err(|_| {
+            Error::new(
+                ErrorKind::Connection,
+                BACKEND,
+                Operation::Connect,
+                format!(
+                    "connecting to {} timed out after {:?}",
+                    label(host),
+                    cfg.connect_timeout
+                ),
+            )
+        })?
+}
+
+/// A connection to the first host of the URL that connects and, under
+/// `target_session_attrs=read-write` or `primary`, takes writes (`@@global.read_only` is 0:
+/// MariaDB has no recovery state, so both mean the same). Each host gets `connect_timeout`.
+/// With one host, its error as it is; with several, every host's reason, and the kind of
+/// a TLS or authentication refusal if one host gave it (retrying cannot help).
+pub(crate) async fn connect(cfg: &MySqlConfig) -> Result<(MySqlConnection, u64)> {
+    let mut why = Vec::new();
+    let mut kind = ErrorKind::Connection;
+    for host in &cfg.hosts {
+        match connect_host(cfg, host).await {
+            Ok((conn, id, read_only)) if !(read_only && cfg.target.checks_role()) => {
+                return Ok((conn, id));
+            }
+            Ok((conn, ..)) => {
+                why.push(format!(
+                    "{}: does not take writes (read_only = ON: a replica)",
+                    label(host)
+                ));
+                let _ = tokio::time::timeout(cfg.check_timeout, conn.close()).await;
+            }
+            Err(e) if cfg.hosts.len() == 1 => return Err(e),
+            Err(e) => {
+                if matches!(e.kind(), ErrorKind::Auth | ErrorKind::Tls) {
+                    kind = e.kind();
+                }
+                why.push(format!("{}: {}", label(host), e.message()));
+            }
+        }
+    }
+    Err(Error::new(
+        kind,
+        BACKEND,
+        Operation::Connect,
+        format!("cannot connect to {}: {}", cfg.display_url, why.join("; ")),
+    ))
+}
+
 fn dead() -> Error {
     Error::new(
         ErrorKind::Connection,
@@ -171,52 +266,11 @@ fn dead() -> Error {
 }
 
 impl Session {
-    /// Opens a connection, sets `wait_timeout` and reads `CONNECTION_ID()`.
+    /// Opens a connection to the first host of the URL that qualifies (see [`connect`]), sets
+    /// `wait_timeout` and reads `CONNECTION_ID()`.
     pub async fn open(cfg: Arc<MySqlConfig>) -> Result<Session> {
         let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-        let connect = async {
-            let mut conn = cfg.connect.connect().await.map_err(|e| {
-                let e = db_error(e, Operation::Connect);
-                if e.kind() == ErrorKind::Auth && !cfg.verifies_tls() {
-                    // MariaDB refuses a plain-text client of a TLS-only server
-                    // (`require_secure_transport`) with the same 1045 as a wrong password.
-                    return Error::new(
-                        ErrorKind::Auth,
-                        BACKEND,
-                        Operation::Connect,
-                        format!(
-                            "{}; the connection was not verified TLS, and MariaDB refuses \
-                             plain text to a server with require_secure_transport this way \
-                             too: try ssl-mode=VERIFY_IDENTITY&ssl-ca=<CA file>",
-                            e.message()
-                        ),
-                    );
-                }
-                e
-            })?;
-            let setup = format!("SET SESSION wait_timeout = {}", cfg.wait_timeout.as_secs());
-            conn.execute(setup.as_str())
-                .await
-                .map_err(|e| db_error(e, Operation::Connect))?;
-            let conn_id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
-                .fetch_one(&mut conn)
-                .await
-                .map_err(|e| db_error(e, Operation::Connect))?;
-            Ok::<_, Error>((conn, conn_id))
-        };
-        let (conn, conn_id) = tokio::time::timeout(cfg.connect_timeout, connect)
-            .await
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::Connection,
-                    BACKEND,
-                    Operation::Connect,
-                    format!(
-                        "connecting to {} timed out after {:?}",
-                        cfg.display_url, cfg.connect_timeout
-                    ),
-                )
-            })??;
+        let (conn, conn_id) = connect(&cfg).await?;
         tracing::debug!(session = id, conn_id, "lock session opened");
         Ok(Session {
             inner: Arc::new(Inner {
@@ -502,6 +556,24 @@ impl Session {
 
     pub fn is_alive(&self) -> bool {
         self.inner.alive.load(Ordering::Acquire)
+    }
+
+    /// A handle that does not keep the session open.
+    pub fn downgrade(&self) -> WeakSession {
+        WeakSession(Arc::downgrade(&self.inner))
+    }
+}
+
+/// A session handle that does not keep it open (for the session watch's list).
+pub(crate) struct WeakSession(std::sync::Weak<Inner>);
+
+impl WeakSession {
+    /// The session, if it is still open and alive.
+    pub fn upgrade(&self) -> Option<Session> {
+        self.0
+            .upgrade()
+            .map(|inner| Session { inner })
+            .filter(Session::is_alive)
     }
 }
 

@@ -99,3 +99,53 @@ async fn redis_locks_follow_the_sentinels() -> Result<()> {
     ensure!(g.release().await?);
     Ok(())
 }
+
+/// MariaDB `GET_LOCK`: the guard on the dead primary is lost; before the promotion the only
+/// host left is a read-only replica, so connecting fails saying so; after it, the lock is
+/// taken on the promoted one, and its fencing token is above the old holder's (the counter
+/// table replicated before the kill).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_locks_follow_the_promoted_replica() -> Result<()> {
+    common::init_tracing("info");
+    let pair = fixtures::mariadb_replica_pair().await?;
+    let url = format!("{}&fencing=table", pair.url());
+    let backend = dlock::connect(&url).await?;
+    let name = common::unique("failover");
+    let g = backend.acquire(&name, &LockOptions::new()).await?;
+    let before = g.token().context("a fencing token")?;
+    pair.wait_replicating(Duration::from_secs(30)).await?;
+    pair.primary().kill().await?;
+    common::eventually(
+        "the guard to turn lost",
+        Duration::from_secs(20),
+        || async { Ok(g.state() == LockState::Lost) },
+    )
+    .await?;
+    let err = dlock::connect(&url)
+        .await
+        .err()
+        .context("a read-only replica took the lock")?;
+    ensure!(err.kind() == ErrorKind::Connection, "{err}");
+    ensure!(err.to_string().contains("does not take writes"), "{err}");
+
+    pair.promote().await?;
+    let g2 = backend.acquire(&name, &LockOptions::new()).await?;
+    ensure!(g2.state() == LockState::Held);
+    let after = g2.token().context("a fencing token")?;
+    ensure!(
+        after > before,
+        "token {after} after the failover, {before} before"
+    );
+    let held = pair
+        .sql(
+            pair.primary(),
+            &format!("SELECT IS_USED_LOCK('{}') IS NOT NULL", name.as_str()),
+        )
+        .await?;
+    ensure!(
+        held.lines().nth(1) == Some("1"),
+        "the lock is not on the new primary: {held:?}"
+    );
+    ensure!(g2.release().await?);
+    Ok(())
+}

@@ -1,5 +1,5 @@
-//! Tests of the failover fixtures: a PostgreSQL primary with a streaming replica, and a Redis
-//! primary with a replica and Sentinels. Real servers: a row and a key written on the
+//! Tests of the failover fixtures: a PostgreSQL primary with a streaming replica, a MariaDB
+//! primary with a replica, and a Redis primary with a replica and Sentinels. Real servers: a row and a key written on the
 //! primary are read on the replica, the replica takes over, and nothing is left behind.
 
 mod common;
@@ -159,6 +159,77 @@ async fn redis_sentinels_promote_the_replica() -> Result<()> {
         .collect();
     drop(set);
     for (pid, port) in pids {
+        assert_gone(pid, port, None).await?;
+    }
+    ensure!(!dir.exists(), "{} still exists", dir.display());
+    Ok(())
+}
+
+/// The MariaDB replica applies what the primary writes and refuses writes; promoted with the
+/// primary dead, it takes writes; the old primary, reseeded, replicates everything from the
+/// new one; a second failover goes back; dropping the pair leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_replica_replicates_and_fails_over_twice() -> Result<()> {
+    common::init_tracing("info");
+    let pair = fixtures::mariadb_replica_pair().await?;
+    let dir = pair.dir().to_path_buf();
+    let first = pair.primary().port();
+    pair.sql(
+        pair.primary(),
+        "CREATE TABLE dlock.t (id INT PRIMARY KEY); INSERT INTO dlock.t VALUES (1)",
+    )
+    .await?;
+    pair.wait_replicating(Duration::from_secs(30)).await?;
+    let count = |out: String| out.lines().nth(1).unwrap_or("").to_string();
+    let n = count(
+        pair.sql(pair.replica(), "SELECT COUNT(*) FROM dlock.t")
+            .await?,
+    );
+    ensure!(n == "1", "the replica has {n} rows");
+    // Root ignores read_only; an ordinary user would be refused. The replica says it is one.
+    let ro = count(
+        pair.sql(pair.replica(), "SELECT @@global.read_only")
+            .await?,
+    );
+    ensure!(ro == "1", "replica read_only = {ro}");
+
+    for round in 2..=3 {
+        pair.primary().kill().await?;
+        let took = pair.promote().await?;
+        ensure!(took < Duration::from_secs(30));
+        ensure!(pair.primary().port() != first || round == 3);
+        let ro = count(
+            pair.sql(pair.primary(), "SELECT @@global.read_only")
+                .await?,
+        );
+        ensure!(ro == "0", "promoted read_only = {ro}");
+        pair.sql(
+            pair.primary(),
+            &format!("INSERT INTO dlock.t VALUES ({round})"),
+        )
+        .await?;
+        pair.reseed().await?;
+        let n = count(
+            pair.sql(pair.replica(), "SELECT COUNT(*) FROM dlock.t")
+                .await?,
+        );
+        ensure!(
+            n == round.to_string(),
+            "round {round}: the reseeded replica has {n} rows"
+        );
+    }
+    ensure!(
+        pair.primary().port() == first,
+        "two failovers go back to the first"
+    );
+    let gone: Vec<(u32, u16)> = pair
+        .members()
+        .iter()
+        .filter_map(|s| Some((s.pid()?, s.port()?)))
+        .collect();
+    ensure!(gone.len() == 2, "both members run: {gone:?}");
+    drop(pair);
+    for (pid, port) in gone {
         assert_gone(pid, port, None).await?;
     }
     ensure!(!dir.exists(), "{} still exists", dir.display());

@@ -2,7 +2,8 @@
 //! the server's own SQL, no re-entrance between two guards of one process, a blocking wait
 //! that stalls only its own session, the `mariadb` command-line client as the other side of a
 //! lock both ways, a killed session, fencing tokens, and a partitioned holder that learns
-//! before the server frees its lock (`wait_timeout`). The behaviour suite runs over
+//! before the server frees its lock (`wait_timeout`), a server restart learned at once through
+//! the session watch. The behaviour suite runs over
 //! `mariadb://` too (`behavior.rs`).
 
 mod common;
@@ -405,4 +406,45 @@ async fn at_least_outlasts_wait_timeout() {
         "freed after {freed:?}"
     );
     assert!(g.release().await.unwrap());
+}
+
+/// The session watch: a server restart turns a guard `Lost` at once, not at its next periodic
+/// check (`session_deadline=60s`: one every 20 s); a backend with `session_watch=off` still
+/// believes it holds its lock after the restart. The watch is one `User sleep` connection.
+#[tokio::test]
+async fn a_server_restart_is_learned_through_the_session_watch() {
+    let db = fixtures::managed_mariadb().await.unwrap();
+    let port = port_of(&db);
+    let watched = connect(&with_query(db.url(), "session_deadline=60s")).await;
+    let unwatched = connect(&with_query(
+        db.url(),
+        "session_deadline=60s&session_watch=off",
+    ))
+    .await;
+    let (a, b) = (unique("watched"), unique("unwatched"));
+    let ga = watched.acquire(&a, &LockOptions::new()).await.unwrap();
+    let gb = unwatched.acquire(&b, &LockOptions::new()).await.unwrap();
+    let sleeping = "SELECT COUNT(*) FROM information_schema.processlist WHERE state = 'User sleep'";
+    common::eventually(
+        "the session watch to run",
+        Duration::from_secs(10),
+        || async { Ok(sql(port, sleeping) == "1") },
+    )
+    .await
+    .unwrap();
+    let restarted = Instant::now();
+    db.restart().await.unwrap();
+    let mut watch = ga.watch();
+    let state = tokio::time::timeout(Duration::from_secs(10), watch.not_held())
+        .await
+        .expect("the watched guard learns within 10 s of the restart");
+    assert_eq!(state, LockState::Lost);
+    assert!(
+        restarted.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        restarted.elapsed()
+    );
+    // Its periodic check is 20 s after the acquisition: nothing told it yet.
+    assert_eq!(gb.state(), LockState::Held);
+    assert!(!gb.release().await.unwrap_or(false));
 }

@@ -1,14 +1,16 @@
 //! `primary_failover`: the server the lock lives on is SIGKILLed and another takes over, the
 //! way a lock is most often lost in production. PostgreSQL: a primary with an asynchronous
 //! streaming replica; the harness runs `pg_ctl promote` on the replica at once, as an
-//! operator or Patroni would. Redis: a primary, a replica and 3 Sentinels
+//! operator or Patroni would. MariaDB: a primary with an asynchronous GTID replica; the
+//! harness promotes it at once (relay log applied, `RESET SLAVE ALL`, `read_only = OFF`), as
+//! MaxScale or an operator would. Redis: a primary, a replica and 3 Sentinels
 //! (`down-after-milliseconds` 1000), which elect and promote. etcd and ZooKeeper: the leader
 //! of a 3-member cluster. Every holder's URL names all hosts (PostgreSQL
 //! `h1,h2?target_session_attrs=read-write`, `redis+sentinel://`, the members' list), so the
-//! client can follow. Failover = the kill → another holder's grant; a lock the holder keeps
+//! client can follow (MariaDB: `h1,h2?target_session_attrs=read-write`). Failover = the kill → another holder's grant; a lock the holder keeps
 //! (replicated state that survived, a renewal that reached the new primary) is "kept".
 //! After each repetition the old primary rejoins as a replica (PostgreSQL: a fresh
-//! `pg_basebackup`; Redis: restarted and pointed at the new master with `REPLICAOF`, then
+//! `pg_basebackup`; MariaDB: a fresh install replicating the new primary; Redis: restarted and pointed at the new master with `REPLICAOF`, then
 //! listed by every Sentinel as a replica; etcd/ZooKeeper: the member restarted).
 
 use std::net::SocketAddr;
@@ -23,12 +25,14 @@ use crate::scenario::target::{Target, start_cluster_target};
 use crate::scenario::workload::trial::{Reported, await_grant_as, cause, has_ended};
 use crate::scenario::workload::{BoxFuture, Grant, Trial};
 use dlock_fixtures as fixtures;
-use dlock_fixtures::{PgReplicaPair, RedisSentinel, SentinelOptions};
+use dlock_fixtures::{MariaDbPair, PgReplicaPair, RedisSentinel, SentinelOptions};
 
 /// The replicated servers of a failover cell.
 pub enum Replicated {
     /// A PostgreSQL primary and its streaming replica.
     Postgres(PgReplicaPair),
+    /// A MariaDB primary and its replica.
+    MariaDb(MariaDbPair),
     /// A Redis primary, its replica and Sentinels.
     Redis(RedisSentinel),
 }
@@ -52,7 +56,7 @@ impl Nemesis for PrimaryFailover {
     }
 
     fn describe(&self) -> String {
-        "the primary SIGKILLed and a replica promoted (PostgreSQL: pg_ctl promote by the harness at once; Redis: 3 Sentinels, down-after-milliseconds 1000, elect and promote; etcd/ZooKeeper: the leader of 3 members killed, the others elect); every URL names all hosts; failover = kill → another holder's grant".into()
+        "the primary SIGKILLed and a replica promoted (PostgreSQL: pg_ctl promote by the harness at once; MariaDB: the replica promoted by the harness at once; Redis: 3 Sentinels, down-after-milliseconds 1000, elect and promote; etcd/ZooKeeper: the leader of 3 members killed, the others elect); every URL names all hosts; failover = kill → another holder's grant".into()
     }
 
     fn not_applicable(&self, backend: &str) -> Option<String> {
@@ -60,11 +64,6 @@ impl Nemesis for PrimaryFailover {
             "redlock" => Some(
                 "no primary: Redlock's instances are independent, each one's loss is quorum_loss's \
                  subject"
-                    .into(),
-            ),
-            "mariadb" => Some(
-                "the fixtures run one MariaDB server: no replica yet (GET_LOCK locks are not \
-                 replicated either: a promoted replica starts with none)"
                     .into(),
             ),
             "shedlock-redis" => Some(
@@ -98,6 +97,11 @@ impl Nemesis for PrimaryFailover {
         match &target.failover {
             Some(Replicated::Postgres(p)) => notes.push(format!(
                 "setup: primary + streaming replica (initdb, pg_basebackup, streaming) in {:.1} s",
+                p.setup_time().as_secs_f64()
+            )),
+            Some(Replicated::MariaDb(p)) => notes.push(format!(
+                "setup: primary + GTID replica (mariadb-install-db twice, CHANGE MASTER) in \
+                 {:.1} s; GET_LOCK locks are not replicated, the fencing counters are",
                 p.setup_time().as_secs_f64()
             )),
             Some(Replicated::Redis(r)) => notes.push(format!(
@@ -137,6 +141,30 @@ impl Nemesis for PrimaryFailover {
                     let took = pair.promote().await?;
                     t.history.note(format!(
                         "pg_ctl promote until pg_is_in_recovery() = false: {:.0} ms",
+                        took.as_secs_f64() * 1000.0
+                    ));
+                    Ok(t0)
+                }
+                (Some(Replicated::MariaDb(pair)), _) => {
+                    // Asynchronous replication: did the fencing counter reach the replica?
+                    match pair.gtid_positions().await {
+                        Ok((w, r, up)) => t.history.note(format!(
+                            "before the kill the replica had applied {} binary log (primary \
+                             at {w}, replica at {r})",
+                            if up {
+                                "all the primary's"
+                            } else {
+                                "not all the primary's"
+                            }
+                        )),
+                        Err(e) => t.history.note(format!("GTID positions unknown: {e:#}")),
+                    }
+                    let t0 = mono_us();
+                    pair.primary().kill().await?;
+                    let took = pair.promote().await?;
+                    t.history.note(format!(
+                        "promotion (relay log applied, RESET SLAVE ALL, read_only = OFF): \
+                         {:.0} ms",
                         took.as_secs_f64() * 1000.0
                     ));
                     Ok(t0)
@@ -189,6 +217,9 @@ impl Nemesis for PrimaryFailover {
             let target = t.ctx.target;
             match (&target.failover, &target.cluster) {
                 (Some(Replicated::Postgres(pair)), _) => {
+                    pair.reseed().await?;
+                }
+                (Some(Replicated::MariaDb(pair)), _) => {
                     pair.reseed().await?;
                 }
                 (Some(Replicated::Redis(set)), _) => {
@@ -298,6 +329,20 @@ pub(crate) async fn start_failover_target(backend: &str, ttl: Duration) -> Resul
             // Tokens as in the other cells: the fencing table is replicated like any table.
             Target::replicated(url, members, ttl_ms, frees_by, Replicated::Postgres(pair))
                 .fenced("fencing=table")
+        }
+        "mariadb" => {
+            let pair = fixtures::mariadb_replica_pair().await?;
+            let members = addrs(&[&pair.members()[0], &pair.members()[1]]);
+            let url = pair.url();
+            Target::replicated(
+                url,
+                members,
+                None,
+                "session lock on the primary (GET_LOCK, not replicated): freed when the \
+                 holder's connection or the primary ends",
+                Replicated::MariaDb(pair),
+            )
+            .fenced("fencing=table")
         }
         "redis" => {
             let set = fixtures::redis_sentinel(SentinelOptions::default()).await?;

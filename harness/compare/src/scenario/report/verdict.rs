@@ -59,12 +59,7 @@ pub const DOCUMENTED_OVERLAPS: &[(&str, &str, &str)] = &[
     (
         "mariadb",
         "connection_reset",
-        "lock-mysql/README.md, Faults: the server frees the lock at the reset, the holder learns at its next session check",
-    ),
-    (
-        "mariadb",
-        "server_restart",
-        "lock-mysql/README.md, Faults: a restart frees every lock, the holder learns at its next session check",
+        "lock-mysql/README.md, Faults: a reset reaches holder and server at once; the gap is measured",
     ),
     (
         "mariadb",

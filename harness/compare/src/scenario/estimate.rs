@@ -220,11 +220,10 @@ mod tests {
 
     #[test]
     fn the_plan_counts_the_measured_cells_and_the_sections() {
-        // 8 × 10 cells, of which 5 are quorum_loss on a single server and 3 are
-        // primary_failover without a primary (Redlock, ShedLock-Redis, MariaDB): not
-        // applicable.
+        // 8 × 10 cells, of which 5 are quorum_loss on a single server and 2 are
+        // primary_failover without a primary (Redlock, ShedLock-Redis): not applicable.
         let all = Plan::of(&opts(true, Some(BenchPlan::short())));
-        assert_eq!(all.cells, 72);
+        assert_eq!(all.cells, 73);
         assert_eq!(all.bench_backends, 8);
         assert_eq!(all.total(), all.scenarios + all.bench);
         let with_peers = Plan::of(&CompareOptions {

@@ -246,12 +246,12 @@ mod tests {
             peer_holders: PeerHolders::All,
             ..opts(true, None)
         });
-        assert_eq!((peers.peer_cells, peers.cells), (35, 72 + 35));
+        assert_eq!((peers.peer_cells, peers.cells), (35, 73 + 35));
         assert!(peers.scenarios > scenarios.scenarios + PEER_HOLDER_START * 105);
         assert!(
             peers
                 .describe()
-                .contains("107 cells, 35 of them peer holders'")
+                .contains("108 cells, 35 of them peer holders'")
         );
         let quick = Plan::of(&CompareOptions {
             peer_holders: PeerHolders::FirstPerBackend,

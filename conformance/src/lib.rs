@@ -3,6 +3,7 @@
 
 pub mod behavior;
 pub mod faults;
+pub mod multi;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -116,7 +117,9 @@ fn namespace() -> String {
 
 /// Every behaviour, in a stable order.
 pub fn all() -> Vec<Behaviour> {
-    behavior::all()
+    let mut all = behavior::all();
+    all.extend(multi::all());
+    all
 }
 
 /// Why `b` does not apply to a backend with `caps` at `url`, if it does not.

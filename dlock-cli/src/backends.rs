@@ -60,6 +60,7 @@ fn capabilities(caps: &Capabilities) -> Value {
     json!({
         "fencing": caps.fencing,
         "shared": caps.shared,
+        "semaphore": caps.semaphore,
         "lease": caps.lease,
         "renew": caps.renew,
         "at_least": caps.at_least,
@@ -125,10 +126,14 @@ mod tests {
                 "notify",
                 "persistent_tokens",
                 "renew",
+                "semaphore",
                 "shared"
             ]
         );
-        assert!(caps.values().take(7).all(|v| v.is_boolean() || v.is_null()));
+        assert!(
+            caps.values()
+                .all(|v| v.is_boolean() || v.is_number() || v.is_null())
+        );
 
         assert_eq!(
             schemes[1],

@@ -56,6 +56,7 @@ async fn hold_locked(args: &HoldArgs, session: &mut LockSession) -> i32 {
     emit(json!({
         "event": "acquired",
         "token": guard.token().map(|t| t.get()),
+        "slot": guard.slot(),
         "t_ms": now_ms(), "t_mono_us": mono_us(),
     }));
 

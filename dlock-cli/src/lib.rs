@@ -159,6 +159,12 @@ fn lock_request(
     if let Some(at_least) = at_least {
         opts = opts.with_at_least(at_least);
     }
+    if args.shared {
+        opts = opts.with_mode(dlock::LockMode::Shared);
+    }
+    if let Some(limit) = args.permits {
+        opts = opts.with_permits(limit);
+    }
     opts.validate()
         .map_err(|e| format!("invalid options: {}", e.message()))?;
     Ok((name, opts))

@@ -33,7 +33,8 @@ pub enum Command {
     /// Acquire NAME and hold it, printing one JSON event per line on stdout.
     ///
     /// Events: {"event":"waiting","t_ms":…} (with --wait: the lock was found held elsewhere
-    /// and the waiting request follows), {"event":"acquired","token":N|null,"t_ms":…},
+    /// and the waiting request follows), {"event":"acquired","token":N|null,"slot":N|null,"t_ms":…}
+    /// (slot: the permit's, with --permits),
     /// {"event":"state","state":"held"|"unverifiable"|"lost","t_ms":…},
     /// {"event":"released","ours":true|false,"t_ms":…}. t_ms is wall-clock milliseconds since the
     /// Unix epoch; every event also carries t_mono_us, CLOCK_MONOTONIC in microseconds (one
@@ -223,6 +224,19 @@ pub struct LockArgs {
     /// How long to wait for a busy lock: a duration, or `forever`. Default: do not wait.
     #[arg(long, value_parser = parse_wait)]
     pub wait: Option<WaitArg>,
+
+    /// Take the lock shared (a reader): any number of shared holders at once, none beside an
+    /// exclusive one; a waiting exclusive holder is not starved by new readers. Only where
+    /// `dlock backends` lists `shared` (elsewhere: exit 64, and nothing is taken).
+    #[arg(long, conflicts_with = "permits")]
+    pub shared: bool,
+
+    /// Take one of N permits of the semaphore NAME instead of the lock NAME (a name space of
+    /// its own): at most N holders at once. Everyone sharing the semaphore must give the
+    /// same N (the limit is the caller's). CMD sees the permit's slot in DLOCK_PERMIT_SLOT.
+    /// Only where `dlock backends` lists `semaphore` (elsewhere: exit 64).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub permits: Option<u32>,
 
     /// Lock service URL, e.g. memory://, postgres://user@host/db, redis://host:6379.
     pub url: String,

@@ -50,6 +50,10 @@ async fn run_locked(args: &RunArgs, session: &mut LockSession) -> i32 {
         Some(t) => cmd.env("DLOCK_FENCING_TOKEN", t.to_string()),
         None => cmd.env_remove("DLOCK_FENCING_TOKEN"),
     };
+    match guard.slot() {
+        Some(s) => cmd.env("DLOCK_PERMIT_SLOT", s.to_string()),
+        None => cmd.env_remove("DLOCK_PERMIT_SLOT"),
+    };
     #[cfg(target_os = "linux")]
     // SAFETY: prctl is async-signal-safe and touches only the child's own state. If dlock
     // dies (even by SIGKILL), the command is killed too instead of running on without the lock.

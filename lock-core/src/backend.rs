@@ -21,8 +21,13 @@ pub struct Capabilities {
     /// Grants carry a [`FencingToken`](crate::FencingToken) that strictly increases across
     /// successive grants of the same name.
     pub fencing: bool,
-    /// [`LockMode::Shared`](crate::LockMode::Shared) is available.
+    /// [`LockMode::Shared`](crate::LockMode::Shared) is available. Shared grants carry no
+    /// fencing token (readers do not write); exclusive grants of the name go on with the
+    /// name's tokens, so a writer after readers still gets a higher token than every writer
+    /// before.
     pub shared: bool,
+    /// Semaphores: [`LockOptions::with_permits`](crate::LockOptions::with_permits).
+    pub semaphore: bool,
     /// The lock lives on a lease with a ttl (as opposed to a session that lives as long as a
     /// connection).
     pub lease: bool,
@@ -56,6 +61,7 @@ impl fmt::Display for Capabilities {
         };
         item(f, self.fencing, "fencing")?;
         item(f, self.shared, "shared")?;
+        item(f, self.semaphore, "semaphore")?;
         item(f, self.lease, "lease")?;
         item(f, self.renew, "renew")?;
         item(f, self.at_least, "at_least")?;

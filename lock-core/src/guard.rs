@@ -116,6 +116,11 @@ pub trait Lease: Send + Sync + 'static {
     fn cleanups(&self) -> Option<&Cleanups> {
         None
     }
+
+    /// The slot of a permit (see [`Guard::slot`]); `None` (the default) for a lock.
+    fn slot(&self) -> Option<u32> {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -453,6 +458,8 @@ pub struct Guard {
     backend: &'static str,
     token: Option<FencingToken>,
     mode: LockMode,
+    /// `(limit, slot)` of a permit.
+    permit: Option<(u32, u32)>,
     at_least: Option<Duration>,
     acquired_at: Instant,
     monitor: LeaseMonitor,
@@ -470,6 +477,7 @@ impl fmt::Debug for Guard {
             .field("backend", &self.backend)
             .field("token", &self.token)
             .field("mode", &self.mode)
+            .field("permit", &self.permit)
             .field("state", &self.state())
             .finish()
     }
@@ -514,6 +522,9 @@ impl Guard {
             backend: grant.backend,
             token: grant.token,
             mode: opts.mode(),
+            permit: opts
+                .permits()
+                .map(|limit| (limit, grant.lease.slot().unwrap_or(0))),
             at_least: opts.at_least(),
             acquired_at,
             monitor: grant.monitor,
@@ -541,6 +552,17 @@ impl Guard {
     /// The mode the lock was granted in.
     pub fn mode(&self) -> LockMode {
         self.mode
+    }
+
+    /// For a permit of a semaphore: its limit, as asked for (`None`: a lock).
+    pub fn permits(&self) -> Option<u32> {
+        self.permit.map(|(limit, _)| limit)
+    }
+
+    /// For a permit: its slot, `0..limit` (`None`: a lock). Two permits held at once have
+    /// different slots; a permit's [`token`](Self::token) fences its slot.
+    pub fn slot(&self) -> Option<u32> {
+        self.permit.map(|(_, slot)| slot)
     }
 
     /// When the grant arrived, on the monotonic clock.

@@ -24,8 +24,13 @@ const NAME: &str = "memory";
 /// The reference model: every guarantee of the contract, in one process, on tokio's
 /// monotonic clock (so tests can pause and advance time).
 ///
-/// - Exclusive and shared modes; a fencing token per grant from a per-name counter that
-///   only grows (it survives [`MemoryBackend::simulate_restart`], like a persisted counter).
+/// - Exclusive and shared modes, writer-preferring: while an exclusive request waits, new
+///   shared requests wait behind it, so a stream of readers cannot starve a writer.
+/// - Semaphores ([`LockOptions::with_permits`]): a permit is the lowest free slot below the
+///   caller's limit; semaphores are a name space apart from locks.
+/// - A fencing token per exclusive grant and per permit (shared grants have none) from one
+///   counter that only grows (it survives [`MemoryBackend::simulate_restart`], like a
+///   persisted counter), so the tokens of a name, and of each slot of a semaphore, increase.
 /// - Every grant is a lease of `ttl` that expires unless extended; waiters sleep until a
 ///   release notifies them or until the earliest lease in their way expires — no polling.
 /// - `at_least` is enforced by the "server": a release before it shortens the lease to the
@@ -54,10 +59,33 @@ struct Shared {
     table: Mutex<Table>,
 }
 
+/// A lock, or the semaphore of the same name (a name space apart).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    name: LockName,
+    semaphore: bool,
+}
+
+impl Key {
+    fn of(name: &LockName, opts: &LockOptions) -> Key {
+        Key {
+            name: name.clone(),
+            semaphore: opts.permits().is_some(),
+        }
+    }
+
+    fn lock(name: &LockName) -> Key {
+        Key {
+            name: name.clone(),
+            semaphore: false,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Table {
     /// The names held or waited for; an entry goes when neither is the case any more.
-    entries: HashMap<LockName, Entry>,
+    entries: HashMap<Key, Entry>,
     next_holder: u64,
     /// The last fencing token handed out, for any name: one counter for the table, so that
     /// forgetting an idle name's entry never restarts its tokens.
@@ -69,12 +97,16 @@ struct Entry {
     /// Woken on every release and every shortened lease. Waiters hold clones, which is how
     /// the table knows that someone is waiting.
     changed: Arc<Notify>,
+    /// Exclusive requests waiting now: new shared requests wait behind them.
+    writers_waiting: usize,
 }
 
 #[derive(Debug, Clone)]
 struct Holder {
     id: u64,
     mode: LockMode,
+    /// A permit's slot.
+    slot: Option<u32>,
     expires: Instant,
     /// Released with `at_least` remaining: still blocks others until `expires`, but is no
     /// longer anyone's to extend or release.
@@ -86,6 +118,7 @@ impl Entry {
         Entry {
             holders: Vec::new(),
             changed: Arc::new(Notify::new()),
+            writers_waiting: 0,
         }
     }
 
@@ -101,11 +134,25 @@ impl Entry {
         before != self.holders.len()
     }
 
-    fn compatible(&self, mode: LockMode) -> bool {
-        match mode {
-            LockMode::Exclusive => self.holders.is_empty(),
-            LockMode::Shared => self.holders.iter().all(|h| h.mode == LockMode::Shared),
+    /// Whether a request may be granted now: `Some(slot)` (`None` inside for a lock), or
+    /// `None` when it must wait. `waiting_writer`: the request is itself a counted waiting
+    /// writer.
+    fn admits(&self, opts: &LockOptions, waiting_writer: bool) -> Option<Option<u32>> {
+        if let Some(limit) = opts.permits() {
+            // The caller's limit: fewer than `limit` permits held means a free slot below it.
+            return (self.holders.len() < limit as usize)
+                .then(|| (0..limit).find(|s| self.holders.iter().all(|h| h.slot != Some(*s))))
+                .flatten()
+                .map(Some);
         }
+        let ok = match opts.mode() {
+            LockMode::Exclusive => self.holders.is_empty(),
+            LockMode::Shared => {
+                let writers = self.writers_waiting - usize::from(waiting_writer);
+                writers == 0 && self.holders.iter().all(|h| h.mode == LockMode::Shared)
+            }
+        };
+        ok.then_some(None)
     }
 
     /// The earliest expiry among the holders in the way of `mode`.
@@ -136,6 +183,7 @@ impl MemoryBackend {
     pub const CAPABILITIES: Capabilities = Capabilities {
         fencing: true,
         shared: true,
+        semaphore: true,
         lease: true,
         renew: true,
         at_least: true,
@@ -207,7 +255,7 @@ impl MemoryBackend {
         let table = lock_table(&self.shared.table);
         table
             .entries
-            .get(name)
+            .get(&Key::lock(name))
             .map_or(0, |e| Arc::strong_count(&e.changed) - 1)
     }
 
@@ -215,7 +263,7 @@ impl MemoryBackend {
     pub fn holders(&self, name: &LockName) -> usize {
         let now = Instant::now();
         let mut table = lock_table(&self.shared.table);
-        match table.entries.get_mut(name) {
+        match table.entries.get_mut(&Key::lock(name)) {
             Some(entry) => {
                 entry.purge_expired(now);
                 entry.holders.len()
@@ -225,9 +273,17 @@ impl MemoryBackend {
     }
 
     async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
-        opts.validate().map_err(|e| e.in_backend(NAME))?;
+        opts.check_for(NAME, &Self::CAPABILITIES)?;
         let plan = crate::WaitPlan::new(opts);
         let (requested_at, deadline) = (plan.requested_at, plan.deadline);
+        let key = Key::of(name, opts);
+        // Counted among the entry's waiting writers from its first wait until it is granted
+        // or dropped.
+        let mut writer = WaitingWriter {
+            shared: Arc::clone(&self.shared),
+            key: key.clone(),
+            counted: false,
+        };
         loop {
             let (mut notified, next_expiry) = {
                 let now = Instant::now();
@@ -235,24 +291,35 @@ impl MemoryBackend {
                 let table = &mut *table;
                 table.next_holder += 1;
                 let id = table.next_holder;
-                let entry = table.entries.entry(name.clone()).or_insert_with(Entry::new);
+                let entry = table.entries.entry(key.clone()).or_insert_with(Entry::new);
                 if entry.purge_expired(now) {
                     entry.changed.notify_waiters();
                 }
-                if entry.compatible(opts.mode()) {
-                    table.last_token += 1;
-                    let token = FencingToken::new(table.last_token);
+                if let Some(slot) = entry.admits(opts, writer.counted) {
+                    if writer.counted {
+                        entry.writers_waiting -= 1;
+                        writer.counted = false;
+                    }
+                    // Readers do not write: shared grants have no token.
+                    let token = if opts.mode() == LockMode::Shared {
+                        None
+                    } else {
+                        table.last_token += 1;
+                        Some(FencingToken::new(table.last_token))
+                    };
                     entry.holders.push(Holder {
                         id,
                         mode: opts.mode(),
+                        slot,
                         expires: now + opts.ttl(),
                         retired: false,
                     });
                     // Nothing below awaits: the grant and the guard are one step.
                     let lease = Arc::new(MemoryLease {
                         shared: Arc::clone(&self.shared),
-                        name: name.clone(),
+                        key: key.clone(),
                         id,
+                        slot,
                     });
                     let monitor =
                         LeaseMonitor::new(name, NAME, Some(lease_deadline(now, opts.ttl())));
@@ -260,13 +327,18 @@ impl MemoryBackend {
                         Grant {
                             name: name.clone(),
                             backend: NAME,
-                            token: Some(token),
+                            token,
                             lease,
                             monitor,
                             requested_at,
                         },
                         opts,
                     ));
+                }
+                if opts.mode() == LockMode::Exclusive && opts.permits().is_none() && !writer.counted
+                {
+                    entry.writers_waiting += 1;
+                    writer.counted = true;
                 }
                 // Register for the wake-up before letting go of the table, so a release
                 // between here and the await is not missed.
@@ -304,10 +376,33 @@ impl Backend for MemoryBackend {
     }
 }
 
+/// An exclusive request counted among its entry's waiting writers: uncounted when dropped
+/// (granted requests uncount themselves under the table's lock first).
+struct WaitingWriter {
+    shared: Arc<Shared>,
+    key: Key,
+    counted: bool,
+}
+
+impl Drop for WaitingWriter {
+    fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
+        let mut table = lock_table(&self.shared.table);
+        if let Some(entry) = table.entries.get_mut(&self.key) {
+            entry.writers_waiting = entry.writers_waiting.saturating_sub(1);
+            // Readers held back by this writer may go now.
+            entry.changed.notify_waiters();
+        }
+    }
+}
+
 struct MemoryLease {
     shared: Arc<Shared>,
-    name: LockName,
+    key: Key,
     id: u64,
+    slot: Option<u32>,
 }
 
 impl MemoryLease {
@@ -316,10 +411,10 @@ impl MemoryLease {
     fn with_entry<T>(&self, f: impl FnOnce(&mut Entry, Instant) -> T) -> Option<T> {
         let now = Instant::now();
         let mut table = lock_table(&self.shared.table);
-        let entry = table.entries.get_mut(&self.name)?;
+        let entry = table.entries.get_mut(&self.key)?;
         let out = f(entry, now);
         if entry.idle(now) {
-            table.entries.remove(&self.name);
+            table.entries.remove(&self.key);
         }
         Some(out)
     }
@@ -360,6 +455,10 @@ impl Lease for MemoryLease {
             None => false,
         });
         Box::pin(std::future::ready(Ok(ours == Some(true))))
+    }
+
+    fn slot(&self) -> Option<u32> {
+        self.slot
     }
 }
 

@@ -63,6 +63,17 @@ impl fmt::Display for LockMode {
 /// [`ErrorKind::InvalidOptions`](crate::ErrorKind::InvalidOptions).
 ///
 /// Defaults: ttl 30 s, no wait, auto-renew without a hold limit, no `at_least`, exclusive.
+///
+/// **Semaphores**: [`with_permits(n)`](Self::with_permits) asks for one of `n` permits of the
+/// semaphore called by the lock name instead of the lock itself (where
+/// [`Capabilities::semaphore`](crate::Capabilities::semaphore) is true). A semaphore is a
+/// name space of its own: the semaphore `jobs` and the lock `jobs` are unrelated. The limit is
+/// the caller's (Apache Curator's rule for `InterProcessSemaphoreV2`): a request with limit
+/// `n` is granted while fewer than `n` permits are held, whatever limit the holders asked
+/// with, so callers that share a semaphore must agree on it. A semaphore of `n` permits is
+/// `n` slots; a permit is a slot ([`Guard::slot`](crate::Guard::slot)), and where the backend
+/// has fencing its token fences that slot: tokens of one slot strictly increase across its
+/// grants (a resource serving permit holders keeps the highest token per slot).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockOptions {
     ttl: Duration,
@@ -70,6 +81,7 @@ pub struct LockOptions {
     renew: Renew,
     at_least: Option<Duration>,
     mode: LockMode,
+    permits: Option<u32>,
 }
 
 impl Default for LockOptions {
@@ -80,6 +92,7 @@ impl Default for LockOptions {
             renew: Renew::default(),
             at_least: None,
             mode: LockMode::Exclusive,
+            permits: None,
         }
     }
 }
@@ -89,6 +102,8 @@ impl LockOptions {
     pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
     /// The longest ttl accepted (one week): longer leases are almost always a unit mistake.
     pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// The largest semaphore limit accepted: every backend keeps a slot per permit.
+    pub const MAX_PERMITS: u32 = 1024;
 
     /// The defaults.
     pub fn new() -> Self {
@@ -128,6 +143,14 @@ impl LockOptions {
         self
     }
 
+    /// One permit of a semaphore with `limit` permits, instead of the lock (see the type's
+    /// docs). `limit` is 1 to [`MAX_PERMITS`](Self::MAX_PERMITS); the mode stays exclusive
+    /// (a permit is not shared).
+    pub fn with_permits(mut self, limit: u32) -> Self {
+        self.permits = Some(limit);
+        self
+    }
+
     /// The lease length.
     pub fn ttl(&self) -> Duration {
         self.ttl
@@ -153,16 +176,30 @@ impl LockOptions {
         self.mode
     }
 
+    /// The semaphore limit of a permit request (`None`: the lock itself).
+    pub fn permits(&self) -> Option<u32> {
+        self.permits
+    }
+
     /// The interval between automatic renewals: a third of the ttl.
     pub fn renew_interval(&self) -> Duration {
         self.ttl / 3
     }
 
-    /// [`validate`](Self::validate), then refuses shared mode where `caps` say the backend has
-    /// none (`Unsupported`); the error names `backend`. What every exclusive-only backend
-    /// checks first.
+    /// [`validate`](Self::validate), then refuses shared mode and permits where `caps` say the
+    /// backend has none (`Unsupported`); the error names `backend`. What every backend checks
+    /// first.
     pub fn check_for(&self, backend: &'static str, caps: &crate::Capabilities) -> Result<()> {
         self.validate().map_err(|e| e.in_backend(backend))?;
+        if self.permits.is_some() && !caps.semaphore {
+            return Err(Error::new(
+                crate::ErrorKind::Unsupported,
+                backend,
+                crate::Operation::Acquire,
+                "semaphores (permits) are not supported by this backend; see the \
+                 capabilities of each backend (`dlock backends`)",
+            ));
+        }
         if self.mode == LockMode::Shared && !caps.shared {
             return Err(Error::new(
                 crate::ErrorKind::Unsupported,
@@ -212,6 +249,19 @@ impl LockOptions {
                 ));
             }
         }
+        if let Some(limit) = self.permits {
+            if limit == 0 || limit > Self::MAX_PERMITS {
+                return Err(Error::invalid_options(format!(
+                    "a semaphore has 1 to {} permits, not {limit}",
+                    Self::MAX_PERMITS
+                )));
+            }
+            if self.mode == LockMode::Shared {
+                return Err(Error::invalid_options(
+                    "a permit is not shared: ask for permits or for a shared lock, not both",
+                ));
+            }
+        }
         if let Wait::For(d) = self.wait {
             if d > Duration::from_secs(100 * 365 * 24 * 3600) {
                 return Err(Error::invalid_options(format!(
@@ -235,6 +285,25 @@ mod tests {
     }
 
     #[test]
+    fn permits_need_the_capability() {
+        let opts = LockOptions::new().with_permits(3);
+        opts.validate().unwrap();
+        let none = crate::Capabilities::default();
+        let err = opts.check_for("x", &none).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        let sem = crate::Capabilities {
+            semaphore: true,
+            ..none
+        };
+        opts.check_for("x", &sem).unwrap();
+        let err = LockOptions::new()
+            .with_mode(LockMode::Shared)
+            .check_for("x", &sem)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    }
+
+    #[test]
     fn nonsense_is_rejected_with_invalid_options() {
         let cases = [
             LockOptions::new().with_ttl(Duration::ZERO),
@@ -246,6 +315,11 @@ mod tests {
             LockOptions::new().with_renew(Renew::Auto {
                 max_hold: Some(Duration::ZERO),
             }),
+            LockOptions::new().with_permits(0),
+            LockOptions::new().with_permits(LockOptions::MAX_PERMITS + 1),
+            LockOptions::new()
+                .with_permits(3)
+                .with_mode(LockMode::Shared),
         ];
         for opts in cases {
             let err = opts.validate().unwrap_err();

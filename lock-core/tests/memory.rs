@@ -48,7 +48,8 @@ async fn shared_holders_coexist_and_exclude_exclusive() {
     let shared = LockOptions::new().with_mode(LockMode::Shared);
     let s1 = b.acquire(&n, &shared).await.unwrap();
     let s2 = b.acquire(&n, &shared).await.unwrap();
-    assert!(s2.token() > s1.token());
+    // Readers do not write: no fencing tokens for shared grants.
+    assert_eq!((s1.token(), s2.token()), (None, None));
     assert_eq!(s1.mode(), LockMode::Shared);
     let err = b.acquire(&n, &LockOptions::new()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Contended);
@@ -734,4 +735,64 @@ async fn idle_names_are_forgotten_and_tokens_keep_increasing() {
             .unwrap()
     );
     assert_eq!(b.tracked_names(), 0);
+}
+
+/// Semaphores: a permit is the lowest free slot below the caller's limit, with a token that
+/// rises per slot; the semaphore is a name space apart from the lock; a released slot is
+/// taken again; a bigger limit gets a slot beyond the smaller one's (the caller's rule).
+#[tokio::test(start_paused = true)]
+async fn permits_take_the_lowest_free_slot() {
+    let b = MemoryBackend::new();
+    let n = name("reports");
+    let two = LockOptions::new().with_permits(2);
+    let p0 = b.acquire(&n, &two).await.unwrap();
+    let p1 = b.acquire(&n, &two).await.unwrap();
+    assert_eq!((p0.slot(), p1.slot()), (Some(0), Some(1)));
+    assert_eq!(p0.permits(), Some(2));
+    let err = b.acquire(&n, &two).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Contended);
+    // The lock of the same name is not the semaphore.
+    let lock = b.acquire(&n, &LockOptions::new()).await.unwrap();
+    assert_eq!(lock.slot(), None);
+    let t0 = p0.token().unwrap();
+    assert!(p0.release().await.unwrap());
+    let again = b.acquire(&n, &two).await.unwrap();
+    assert_eq!(again.slot(), Some(0));
+    assert!(again.token().unwrap() > t0);
+    let three = b
+        .acquire(&n, &LockOptions::new().with_permits(3))
+        .await
+        .unwrap();
+    assert_eq!(three.slot(), Some(2));
+    drop((p1, lock));
+}
+
+/// Writer preference: once an exclusive request waits, new shared requests wait behind it;
+/// when the writer gives up, they get in again.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_writer_holds_back_new_readers() {
+    let b = MemoryBackend::new();
+    let n = name("rw");
+    let shared = LockOptions::new().with_mode(LockMode::Shared);
+    let r1 = b.acquire(&n, &shared).await.unwrap();
+    let (b2, n2) = (b.clone(), n.clone());
+    let writer = tokio::spawn(async move {
+        b2.acquire(
+            &n2,
+            &LockOptions::new().with_wait(Wait::For(Duration::from_secs(5))),
+        )
+        .await
+    });
+    while b.waiters(&n) == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        b.acquire(&n, &shared).await.unwrap_err().kind(),
+        ErrorKind::Contended
+    );
+    // The writer gives up after its wait; readers get in again.
+    let err = writer.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    let r2 = b.acquire(&n, &shared).await.unwrap();
+    drop((r1, r2));
 }

@@ -60,6 +60,7 @@ impl EtcdBackend {
     pub const CAPABILITIES: Capabilities = Capabilities {
         fencing: true,
         shared: false,
+        semaphore: false,
         lease: true,
         renew: true,
         at_least: true,

@@ -49,6 +49,7 @@ impl MySqlBackend {
     pub const CAPABILITIES: Capabilities = Capabilities {
         fencing: false,
         shared: false,
+        semaphore: false,
         lease: false,
         renew: false,
         at_least: false,
@@ -107,12 +108,13 @@ impl MySqlBackend {
 
     async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
         opts.validate().map_err(|e| e.in_backend(BACKEND))?;
-        if opts.mode() == LockMode::Shared {
+        if opts.mode() == LockMode::Shared || opts.permits().is_some() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 BACKEND,
                 Operation::Acquire,
-                "GET_LOCK has no shared mode: MariaDB and MySQL user locks are exclusive",
+                "GET_LOCK has no shared mode and no semaphore: MariaDB and MySQL user locks \
+                 are exclusive",
             ));
         }
         let server_name = self.cfg.names.server_name(name)?;

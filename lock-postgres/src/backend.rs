@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::BACKEND;
 use crate::config::{Fencing, PgConfig};
+use crate::key::{KeyArg, KeyScheme};
 use crate::session::{Opening, PendingGrant, Session, SessionWatch};
 
 static NEXT_GRANT: AtomicU64 = AtomicU64::new(1);
@@ -52,6 +53,7 @@ impl PgBackend {
     pub const CAPABILITIES: Capabilities = Capabilities {
         fencing: false,
         shared: true,
+        semaphore: false,
         lease: false,
         renew: false,
         at_least: false,
@@ -130,14 +132,25 @@ impl PgBackend {
     }
 
     async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
-        opts.validate().map_err(|e| e.in_backend(BACKEND))?;
+        opts.check_for(BACKEND, &self.capabilities())?;
+        if let Some(limit) = opts.permits() {
+            return self.acquire_permit(name, opts, limit).await;
+        }
         let arg = self.cfg.key.arg(name)?;
         let requested_at = Instant::now();
         let session = self.shared_session().await?;
         let sent = Instant::now();
         if let Some(grant) = session.try_lock(arg, opts.mode()).await? {
             return self
-                .finish(name, opts, On::Shared(session), grant, sent, requested_at)
+                .finish(
+                    name,
+                    opts,
+                    On::Shared(session),
+                    grant,
+                    sent,
+                    requested_at,
+                    None,
+                )
                 .await;
         }
         if matches!(opts.wait(), Wait::No | Wait::For(Duration::ZERO)) {
@@ -207,9 +220,72 @@ impl PgBackend {
             sent = checked;
         }
         let on = On::Dedicated(dedicated);
-        self.finish(name, opts, on, grant, sent, requested_at).await
+        self.finish(name, opts, on, grant, sent, requested_at, None)
+            .await
     }
 
+    /// A permit: the first free slot of `0..limit`, each an exclusive advisory lock on
+    /// `hashtextextended(name, 1 + slot)`, tried on the shared session. Waiting polls (from
+    /// 10 ms, doubling to 200 ms): no server notification says "one of these keys is free",
+    /// and a dead holder's session frees its key without a word.
+    async fn acquire_permit(
+        &self,
+        name: &LockName,
+        opts: &LockOptions,
+        limit: u32,
+    ) -> Result<Guard> {
+        let plan = lock_core::WaitPlan::new(opts);
+        let mut pause = Duration::from_millis(10);
+        let mut reopened = false;
+        loop {
+            let session = self.shared_session().await?;
+            for slot in 0..limit {
+                let arg = KeyArg::Slot(name.clone(), 1 + i64::from(slot));
+                let sent = Instant::now();
+                let tried = match session.try_lock(arg, LockMode::Exclusive).await {
+                    Err(e)
+                        if e.kind() == ErrorKind::Connection
+                            && !session.is_alive()
+                            && !reopened =>
+                    {
+                        // The shared session had ended while quiet: once more on a new one.
+                        reopened = true;
+                        break;
+                    }
+                    other => other?,
+                };
+                if let Some(grant) = tried {
+                    return self
+                        .finish(
+                            name,
+                            opts,
+                            On::Shared(session),
+                            grant,
+                            sent,
+                            plan.requested_at,
+                            Some(slot),
+                        )
+                        .await;
+                }
+            }
+            let now = Instant::now();
+            if !session.is_alive() {
+                continue;
+            }
+            if plan.expired(now) {
+                return Err(plan.busy_error(
+                    BACKEND,
+                    name,
+                    &format!(" (all {limit} permits of the semaphore are held)"),
+                ));
+            }
+            let until = plan.deadline.map_or(now + pause, |d| d.min(now + pause));
+            tokio::time::sleep_until(until).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
         name: &LockName,
@@ -218,18 +294,26 @@ impl PgBackend {
         grant: PendingGrant,
         sent: Instant,
         requested_at: Instant,
+        slot: Option<u32>,
     ) -> Result<Guard> {
         let (session, idle) = match on {
             On::Shared(s) => (s, None),
             On::Dedicated(s) => (s, Some(Arc::clone(&self.idle))),
         };
         // Still armed: if this future is dropped here, the grant unlocks itself.
+        // Readers do not write: shared grants have no token. A permit's counter is its
+        // slot's (a row per slot; a lock whose name happens to be the same row name shares
+        // the counter, which only makes both sets of tokens skip numbers).
         let token = match &self.cfg.fencing {
-            Fencing::None => None,
-            Fencing::Table(_) => {
-                let t = session.fence(name.as_str()).await?;
+            Fencing::Table(_) if opts.mode() == LockMode::Exclusive => {
+                let row = match slot {
+                    None => name.as_str().to_string(),
+                    Some(s) => format!("{}#permit/{s}", name.as_str()),
+                };
+                let t = session.fence(&row).await?;
                 Some(FencingToken::new(t as u64))
             }
+            _ => None,
         };
         let (key, mode) = (grant.key, grant.mode);
         grant.disarm();
@@ -244,6 +328,7 @@ impl PgBackend {
             released: std::sync::atomic::AtomicBool::new(false),
             key,
             mode,
+            slot,
             id,
             session_deadline: self.cfg.session_deadline,
             supervisors: self.supervisors.clone(),
@@ -272,6 +357,8 @@ impl Backend for PgBackend {
         Capabilities {
             fencing: matches!(self.cfg.fencing, Fencing::Table(_)),
             persistent_tokens: matches!(self.cfg.fencing, Fencing::Table(_)),
+            // A slot's key is `hashtextextended(name, 1 + slot)`: the default key scheme.
+            semaphore: self.cfg.key == KeyScheme::HashTextExtended,
             ..Self::CAPABILITIES
         }
     }
@@ -308,6 +395,8 @@ struct PgLease {
     released: std::sync::atomic::AtomicBool,
     key: crate::key::KeyId,
     mode: LockMode,
+    /// A permit's slot.
+    slot: Option<u32>,
     id: u64,
     session_deadline: Duration,
     supervisors: Supervisors,
@@ -342,6 +431,10 @@ impl Lease for PgLease {
 
     fn cleanups(&self) -> Option<&Cleanups> {
         Some(&self.cleanups)
+    }
+
+    fn slot(&self) -> Option<u32> {
+        self.slot
     }
 
     fn release(&self) -> BoxFuture<'_, Result<bool>> {

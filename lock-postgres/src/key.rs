@@ -63,6 +63,9 @@ pub(crate) enum KeyArg {
     Big(i64),
     /// Two int4 keys.
     Pair(i32, i32),
+    /// A semaphore's slot: the name and the seed `1 + slot`, hashed by the server
+    /// (`hashtextextended(name, 1 + slot)`; the lock itself is seed 0).
+    Slot(LockName, i64),
 }
 
 /// A key as the server sees it (the identity of the lock within a database).
@@ -137,14 +140,28 @@ pub(crate) struct Statements {
 }
 
 impl Statements {
+    /// The statements of a semaphore's slots: exclusive locks on
+    /// `hashtextextended(name, 1 + slot)`.
+    pub(crate) fn permits() -> Self {
+        Self::with_source(
+            KeyScheme::HashTextExtended,
+            LockMode::Exclusive,
+            "SELECT hashtextextended($1, $2) AS k",
+        )
+    }
+
     pub(crate) fn new(scheme: KeyScheme, mode: LockMode) -> Self {
-        let m = suffix(mode);
         let source = match scheme {
             KeyScheme::HashTextExtended => "SELECT hashtextextended($1, 0) AS k",
             KeyScheme::HashText => "SELECT hashtext($1)::int8 AS k",
             KeyScheme::Sqlx | KeyScheme::Int => "SELECT $1::int8 AS k",
             KeyScheme::Pair => "SELECT $1::int4 AS a, $2::int4 AS b",
         };
+        Self::with_source(scheme, mode, source)
+    }
+
+    fn with_source(scheme: KeyScheme, mode: LockMode, source: &str) -> Self {
+        let m = suffix(mode);
         let (try_lock, lock) = if scheme == KeyScheme::Pair {
             (
                 format!(

@@ -52,6 +52,8 @@ struct Inner {
     cfg: Arc<PgConfig>,
     exclusive: Statements,
     shared_stmts: Statements,
+    /// A semaphore's slots.
+    permit_stmts: Statements,
     alive: AtomicBool,
     /// Guards whose locks live on this session: told when it dies.
     monitors: Mutex<HashMap<u64, LeaseMonitor>>,
@@ -86,6 +88,14 @@ impl Inner {
         match mode {
             LockMode::Exclusive => &self.exclusive,
             LockMode::Shared => &self.shared_stmts,
+        }
+    }
+
+    /// The statements that lock `arg` (a semaphore's slot has its own).
+    fn stmts_for(&self, arg: &KeyArg, mode: LockMode) -> &Statements {
+        match arg {
+            KeyArg::Slot(..) => &self.permit_stmts,
+            _ => self.stmts(mode),
         }
     }
 }
@@ -209,6 +219,7 @@ impl Session {
                 cfg,
                 exclusive: Statements::new(scheme, LockMode::Exclusive),
                 shared_stmts: Statements::new(scheme, LockMode::Shared),
+                permit_stmts: Statements::permits(),
                 alive: AtomicBool::new(true),
                 monitors: Mutex::new(HashMap::new()),
                 state: Arc::new(tokio::sync::Mutex::new(State {

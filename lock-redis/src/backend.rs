@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lock_core::{
     Backend, BoxFuture, Capabilities, Error, ErrorKind, FencingToken, Grant, Guard, Lease,
-    LeaseMonitor, LockName, LockOptions, Operation, Result, Supervisors, lease_deadline,
+    LeaseMonitor, LockMode, LockName, LockOptions, Operation, Result, Supervisors, lease_deadline,
 };
 use tokio::time::Instant;
 
@@ -24,7 +24,8 @@ pub(crate) const MIN_TTL: Duration = Duration::from_millis(20);
 
 pub(crate) const CAPABILITIES: Capabilities = Capabilities {
     fencing: true,
-    shared: false,
+    shared: true,
+    semaphore: true,
     lease: true,
     renew: true,
     at_least: false,
@@ -42,17 +43,17 @@ pub(crate) struct RedisBackend {
 }
 
 #[derive(Debug)]
-struct Shared {
-    node: Node,
+pub(crate) struct Shared {
+    pub(crate) node: Node,
     /// Lock keys are `prefix ++ name`; the prefix itself names the hash of fencing counters
     /// (no lock key can equal it, since names are never empty).
-    prefix: Vec<u8>,
-    timeout: Duration,
+    pub(crate) prefix: Vec<u8>,
+    pub(crate) timeout: Duration,
     /// Whether grants carry a fencing token (`fencing=off`: the acquire script skips the
     /// counter).
-    fencing: bool,
+    pub(crate) fencing: bool,
     /// Starts the guards' renewal supervisors only when due.
-    supervisors: Supervisors,
+    pub(crate) supervisors: Supervisors,
 }
 
 impl RedisBackend {
@@ -78,8 +79,14 @@ impl RedisBackend {
     }
 
     async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
-        check_options(NAME, opts, MIN_TTL)?;
+        check_options(NAME, &CAPABILITIES, opts, MIN_TTL)?;
         let shared = &self.shared;
+        if let Some(limit) = opts.permits() {
+            return crate::multi::acquire_permit(shared, name, opts, limit).await;
+        }
+        if opts.mode() == LockMode::Shared {
+            return crate::multi::acquire_shared(shared, name, opts).await;
+        }
         let node = &shared.node;
         let plan = WaitPlan::new(opts);
         let ttl = opts.ttl();
@@ -93,6 +100,13 @@ impl RedisBackend {
         };
         // Registered before the first try, so a release between the try and the wait is seen.
         let mut interest = plan.may_wait().then(|| node.notifier.interest(&key));
+        // While this writer waits, new readers wait behind it (writer preference).
+        let mut wish = WriterWish {
+            shared: Arc::clone(shared),
+            key: key.clone(),
+            id: lock_core::unique_hex(),
+            marked: false,
+        };
         loop {
             if let Some(interest) = interest.as_mut() {
                 if let Err(e) = interest.subscribe().await {
@@ -163,6 +177,7 @@ impl RedisBackend {
                     pending.disarm();
                     let now = Instant::now();
                     if plan.expired(now) {
+                        wish.withdraw().await;
                         let detail = if pttl_ms >= 0 {
                             format!(" (its lease has {pttl_ms} ms left)")
                         } else {
@@ -170,6 +185,7 @@ impl RedisBackend {
                         };
                         return Err(plan.busy_error(NAME, name, &detail));
                     }
+                    wish.renew().await;
                     let wake = plan.cap(next_check(now, pttl_ms));
                     match interest.as_mut() {
                         Some(interest) => tokio::select! {
@@ -241,6 +257,53 @@ impl Drop for Pending {
             let node = &shared.node;
             let r = scripts::release(node, Some(&link), &key, &token, shared.timeout).await;
             tracing::debug!(redis = %node.label, outcome = ?r.map_err(|e| e.to_string()), "released an abandoned acquisition");
+        });
+    }
+}
+
+/// A waiting writer's wish (see `multi.rs`): marked while it waits, withdrawn when it gives
+/// up, and in the background when the acquisition ends otherwise (granted, or dropped).
+struct WriterWish {
+    shared: Arc<Shared>,
+    key: Vec<u8>,
+    id: String,
+    marked: bool,
+}
+
+impl WriterWish {
+    async fn renew(&mut self) {
+        let ms = crate::multi::WRITER_WISH.as_millis() as u64;
+        let s = &self.shared;
+        match crate::multi_scripts::writer_waits(&s.node, &self.key, &self.id, ms, s.timeout).await
+        {
+            Ok(()) => self.marked = true,
+            Err(e) => tracing::debug!(error = %e, "could not mark a waiting writer"),
+        }
+    }
+
+    async fn withdraw(&mut self) {
+        if self.marked {
+            let s = &self.shared;
+            let _ = crate::multi_scripts::writer_waits(&s.node, &self.key, &self.id, 0, s.timeout)
+                .await;
+            self.marked = false;
+        }
+    }
+}
+
+impl Drop for WriterWish {
+    fn drop(&mut self) {
+        if !self.marked {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        let (key, id) = (std::mem::take(&mut self.key), std::mem::take(&mut self.id));
+        rt.spawn(async move {
+            let _ = crate::multi_scripts::writer_waits(&shared.node, &key, &id, 0, shared.timeout)
+                .await;
         });
     }
 }

@@ -100,3 +100,39 @@ fn script_hashes() {
         assert_eq!(Script::new(code).get_hash(), sha1, "{code}");
     }
 }
+
+/// The reader–writer and semaphore layout (`multi_scripts.rs`): sub-keys are the lock key, a
+/// NUL, and a letter (no lock key contains NUL); a slot's counter field is the name, a NUL
+/// and the slot.
+#[test]
+fn shared_and_semaphore_keys() {
+    use crate::multi_scripts::{SHARED_MARKER, sub_key};
+    let prefix = prefix_of("redis://127.0.0.1:6379");
+    let key = crate::wait::key_of(&prefix, &name("reports"));
+    assert_eq!(sub_key(&key, b"r"), b"dlock:reports\0r");
+    assert_eq!(sub_key(&key, b"w"), b"dlock:reports\0w");
+    let sem = crate::multi::semaphore_key(&prefix, &name("reports"));
+    assert_eq!(sem, b"dlock:reports\0s");
+    assert_eq!(sub_key(&sem, b"o"), b"dlock:reports\0s\0o");
+    assert_eq!(SHARED_MARKER, "dlock-shared");
+}
+
+/// The SHA-1 of the reader–writer and semaphore scripts (Python's hashlib over the texts in
+/// `multi_scripts.rs`), pinned as the lock's are.
+#[test]
+fn multi_script_hashes() {
+    use crate::multi_scripts::*;
+    let cases = [
+        (READ_ACQUIRE_LUA, "772499b653acba3ff8bacd8929c8f0c8d24efc40"),
+        (READ_TOUCH_LUA, "034e04f33db08f6cb70d87d0d6ca7323d9f4ae90"),
+        (WRITER_WAITS_LUA, "4410b7485ac8ec9d9e9e033e1cf42cf41002675c"),
+        (
+            PERMIT_ACQUIRE_LUA,
+            "30d8c5c0ef6647efef88bf8048530dc529dd971a",
+        ),
+        (PERMIT_TOUCH_LUA, "511a89fcba157258820e07c68d45ca25c91d3b76"),
+    ];
+    for (code, sha1) in cases {
+        assert_eq!(Script::new(code).get_hash(), sha1, "{code}");
+    }
+}

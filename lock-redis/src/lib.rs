@@ -5,6 +5,8 @@ mod backend;
 mod config;
 #[cfg(test)]
 mod golden;
+mod multi;
+mod multi_scripts;
 mod node;
 mod notify;
 mod redlock;

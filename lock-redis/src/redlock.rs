@@ -28,6 +28,7 @@ pub(crate) const MIN_TTL: Duration = Duration::from_millis(100);
 pub(crate) const CAPABILITIES: Capabilities = Capabilities {
     fencing: false,
     shared: false,
+    semaphore: false,
     lease: true,
     renew: true,
     at_least: false,
@@ -201,7 +202,8 @@ impl RedlockBackend {
     }
 
     async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
-        check_options(NAME, opts, MIN_TTL)?;
+        // Redlock has no shared mode and no semaphore (see the README).
+        check_options(NAME, &CAPABILITIES, opts, MIN_TTL)?;
         let shared = &self.shared;
         let n = shared.nodes.len();
         let plan = WaitPlan::new(opts);

@@ -65,7 +65,10 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 /// `NOSCRIPT` retry behind).
 pub(crate) fn load_all() -> redis::Pipeline {
     let mut pipe = redis::pipe();
-    for code in [ACQUIRE_LUA, TOUCH_LUA, RELEASE_LUA] {
+    for code in [ACQUIRE_LUA, TOUCH_LUA, RELEASE_LUA]
+        .into_iter()
+        .chain(crate::multi_scripts::ALL)
+    {
         pipe.cmd("SCRIPT").arg("LOAD").arg(code).ignore();
     }
     pipe

@@ -26,20 +26,14 @@ pub(crate) fn next_check(now: Instant, pttl_ms: i64) -> Instant {
     now + at_expiry.map_or(fallback, |d| d.min(fallback))
 }
 
-/// Checks the options: valid for dlock, exclusive, ttl not below `min_ttl`.
+/// Checks the options: valid for dlock, a mode `caps` has, ttl not below `min_ttl`.
 pub(crate) fn check_options(
     backend: &'static str,
+    caps: &lock_core::Capabilities,
     opts: &LockOptions,
     min_ttl: Duration,
 ) -> lock_core::Result<()> {
-    // Neither Redis nor Redlock has a shared mode.
-    opts.check_for(
-        backend,
-        &lock_core::Capabilities {
-            shared: false,
-            ..lock_core::Capabilities::default()
-        },
-    )?;
+    opts.check_for(backend, caps)?;
     if opts.ttl() < min_ttl {
         return Err(Error::new(
             ErrorKind::InvalidOptions,

@@ -143,6 +143,7 @@ impl ShedPgBackend {
     pub const CAPABILITIES: Capabilities = Capabilities {
         fencing: false,
         shared: false,
+        semaphore: false,
         lease: true,
         renew: true,
         at_least: true,

@@ -133,6 +133,7 @@ impl ShedRedisBackend {
     pub const CAPABILITIES: Capabilities = Capabilities {
         fencing: false,
         shared: false,
+        semaphore: false,
         lease: true,
         renew: true,
         at_least: true,

@@ -30,6 +30,7 @@ pub const NAME: &str = "zookeeper";
 pub const CAPABILITIES: Capabilities = Capabilities {
     fencing: true,
     shared: false,
+    semaphore: false,
     lease: false,
     renew: false,
     at_least: false,

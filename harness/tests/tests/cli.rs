@@ -48,6 +48,36 @@ fn run_puts_name_and_fencing_token_in_the_environment() {
 }
 
 #[test]
+fn run_with_permits_or_shared_puts_slot_and_token_in_the_environment() {
+    let o = dlock(&[
+        "run",
+        "--permits",
+        "2",
+        "memory://",
+        "reports",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$DLOCK_PERMIT_SLOT $DLOCK_FENCING_TOKEN\"",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "0 1");
+    // A reader has no token (readers do not write) and no slot.
+    let o = dlock(&[
+        "run",
+        "--shared",
+        "memory://",
+        "reports",
+        "--",
+        "sh",
+        "-c",
+        "echo \"[${DLOCK_PERMIT_SLOT-none}] [${DLOCK_FENCING_TOKEN-none}]\"",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[none] [none]");
+}
+
+#[test]
 fn invalid_arguments_exit_64_with_a_message() {
     let cases: &[(&[&str], &str)] = &[
         (
@@ -79,6 +109,15 @@ fn invalid_arguments_exit_64_with_a_message() {
             "at_least",
         ),
         (&["hold", "--ttl", "0s", "memory://", "job"], "ttl"),
+        (&["hold", "--permits", "0", "memory://", "job"], "permits"),
+        (
+            &["hold", "--permits", "1025", "memory://", "job"],
+            "permits",
+        ),
+        (
+            &["hold", "--shared", "--permits", "2", "memory://", "job"],
+            "cannot be used with",
+        ),
         (&["run", "memory://", "job"], "COMMAND"),
     ];
     for (args, needle) in cases {

@@ -106,7 +106,7 @@ impl Backend for Toy {
     ) -> BoxFuture<'a, dlock::Result<Guard>> {
         Box::pin(async move {
             opts.validate()?;
-            if opts.mode() != dlock::LockMode::Exclusive {
+            if opts.mode() != dlock::LockMode::Exclusive || opts.permits().is_some() {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
                     "toy",

@@ -599,15 +599,15 @@ async fn bad_input_is_a_typed_error() -> Result<()> {
     for (opts, kind) in [
         (ttl(ms(5)), ErrorKind::InvalidOptions),
         (
-            LockOptions::new().with_mode(dlock::LockMode::Shared),
-            ErrorKind::Unsupported,
+            LockOptions::new().with_permits(0),
+            ErrorKind::InvalidOptions,
         ),
     ] {
         let err = backend.acquire(&name, &opts).await.unwrap_err();
         assert_eq!(err.kind(), kind, "{err}");
     }
     let caps = backend.capabilities();
-    assert!(caps.fencing && caps.notify && caps.renew && !caps.shared);
+    assert!(caps.fencing && caps.notify && caps.renew && caps.shared && caps.semaphore);
     let o = Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
         .args(["hold", &format!("{url}?prefix=%zz"), "x"])
         .stdin(Stdio::null())

@@ -141,7 +141,7 @@ impl<'a> Ctx<'a> {
     ) -> Op<Option<PendingGrant>> {
         let limit = Some(self.inner.cfg.check_timeout);
         let inner = self.inner;
-        let sql = inner.stmts(mode).try_lock.as_str();
+        let sql = inner.stmts_for(arg, mode).try_lock.as_str();
         let Some(conn) = self.st.conn.as_mut() else {
             return Err(Failure::Gone(dead()));
         };
@@ -177,7 +177,7 @@ impl<'a> Ctx<'a> {
         timeout: Option<Duration>,
     ) -> Op<PendingGrant> {
         let inner = self.inner;
-        let sql = inner.stmts(mode).lock.as_str();
+        let sql = inner.stmts_for(arg, mode).lock.as_str();
         let Some(conn) = self.st.conn.as_mut() else {
             return Err(Failure::Gone(dead()));
         };
@@ -324,6 +324,7 @@ fn bind<'q>(
         KeyArg::Text(s) => q.bind(s.as_str()),
         KeyArg::Big(k) => q.bind(*k),
         KeyArg::Pair(a, b) => q.bind(*a).bind(*b),
+        KeyArg::Slot(s, seed) => q.bind(s.as_str()).bind(*seed),
     }
 }
 

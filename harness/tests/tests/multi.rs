@@ -1,0 +1,102 @@
+//! Shared locks and semaphores against real servers, beyond the behaviour suite: what other
+//! clients see and do. Redis: the keys of a reader and of a permit, an older writer's plain
+//! `SET … NX` refused while readers hold, nothing left after the release. PostgreSQL: a SQL
+//! session holding slot 0 of a semaphore (`hashtextextended(name, 1)`) is one of its permits.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use dlock::{ErrorKind, LockMode, LockOptions};
+use dlock_fixtures as fixtures;
+use dlock_fixtures::sentinel::command;
+use sqlx::Connection;
+
+#[tokio::test]
+async fn redis_readers_and_permits_on_the_wire() -> Result<()> {
+    let redis = fixtures::redis().await?;
+    let addr = redis.addr().context("a managed server")?;
+    let b = dlock::connect(redis.url()).await?;
+    let name = common::unique("wire");
+    let key = format!("dlock:{}", name.as_str());
+    let readers = format!("{key}\0r");
+
+    let r = b
+        .acquire(&name, &LockOptions::new().with_mode(LockMode::Shared))
+        .await?;
+    ensure!(r.token().is_none(), "a reader with a token");
+    ensure!(command(addr, &["GET", &key]).await?.text() == "dlock-shared");
+    ensure!(command(addr, &["ZCARD", &readers]).await?.text() == "1");
+    let pttl: i64 = command(addr, &["PTTL", &key]).await?.text().parse()?;
+    ensure!(pttl > 0, "the marker has no expiry: {pttl}");
+    // A writer of an older version only knows SET NX: refused while readers hold.
+    let set = command(addr, &["SET", &key, "older-writer", "NX", "PX", "10000"]).await?;
+    ensure!(
+        set.text() != "OK",
+        "an older writer got in beside a reader: {set:?}"
+    );
+    ensure!(r.release().await?);
+    ensure!(command(addr, &["EXISTS", &key, &readers]).await?.text() == "0");
+
+    let sem = format!("{key}\0s");
+    let opts = LockOptions::new()
+        .with_permits(2)
+        .with_ttl(Duration::from_secs(10));
+    let (p0, p1) = (
+        b.acquire(&name, &opts).await?,
+        b.acquire(&name, &opts).await?,
+    );
+    ensure!((p0.slot(), p1.slot()) == (Some(0), Some(1)));
+    ensure!(command(addr, &["ZCARD", &sem]).await?.text() == "2");
+    let third = b.acquire(&name, &opts).await;
+    ensure!(
+        third.as_ref().err().map(|e| e.kind()) == Some(ErrorKind::Contended),
+        "{third:?}"
+    );
+    // The semaphore is not the lock: the lock of the same name is free.
+    let lock = b.acquire(&name, &LockOptions::new()).await?;
+    ensure!(lock.release().await?);
+    ensure!(p0.release().await? && p1.release().await?);
+    let owners = format!("{sem}\0o");
+    ensure!(command(addr, &["EXISTS", &sem, &owners]).await?.text() == "0");
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_sql_caller_holds_a_permit() -> Result<()> {
+    let pg = fixtures::postgres().await?;
+    let mut sql = sqlx::PgConnection::connect(pg.url()).await?;
+    let b = dlock::connect(pg.url()).await?;
+    let name = common::unique("sqlpermit");
+    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 1))")
+        .bind(name.as_str())
+        .fetch_one(&mut sql)
+        .await?;
+    ensure!(held, "the SQL caller could not take slot 0");
+    let one = LockOptions::new().with_permits(1);
+    let r = b.acquire(&name, &one).await;
+    ensure!(
+        r.as_ref().err().map(|e| e.kind()) == Some(ErrorKind::Contended),
+        "{r:?}"
+    );
+    let p = b
+        .acquire(&name, &LockOptions::new().with_permits(2))
+        .await?;
+    ensure!(p.slot() == Some(1), "slot {:?}", p.slot());
+    // And the other way: dlock's permit on slot 1 is the SQL caller's key of seed 2.
+    let other: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 2))")
+        .bind(name.as_str())
+        .fetch_one(&mut sql)
+        .await?;
+    ensure!(!other, "the SQL caller took the slot dlock holds");
+    ensure!(p.release().await?);
+    let _: bool = sqlx::query_scalar("SELECT pg_advisory_unlock(hashtextextended($1, 1))")
+        .bind(name.as_str())
+        .fetch_one(&mut sql)
+        .await?;
+    let p = b.acquire(&name, &one).await?;
+    ensure!(p.slot() == Some(0));
+    ensure!(p.release().await?);
+    Ok(())
+}

@@ -122,10 +122,13 @@ impl Entry {
         }
     }
 
-    /// Nobody holds the name (expired grants do not count) and nobody waits for it.
+    /// Nobody holds the name (expired grants do not count) and nobody waits for it (a
+    /// counted waiting writer may be between two passes of its wait, holding no wake-up).
     fn idle(&mut self, now: Instant) -> bool {
         self.purge_expired(now);
-        self.holders.is_empty() && Arc::strong_count(&self.changed) == 1
+        self.holders.is_empty()
+            && self.writers_waiting == 0
+            && Arc::strong_count(&self.changed) == 1
     }
 
     fn purge_expired(&mut self, now: Instant) -> bool {
@@ -297,7 +300,7 @@ impl MemoryBackend {
                 }
                 if let Some(slot) = entry.admits(opts, writer.counted) {
                     if writer.counted {
-                        entry.writers_waiting -= 1;
+                        entry.writers_waiting = entry.writers_waiting.saturating_sub(1);
                         writer.counted = false;
                     }
                     // Readers do not write: shared grants have no token.
@@ -335,7 +338,11 @@ impl MemoryBackend {
                         opts,
                     ));
                 }
-                if opts.mode() == LockMode::Exclusive && opts.permits().is_none() && !writer.counted
+                // A writer whose wait is over (a try, or a deadline passed) is not waiting.
+                if opts.mode() == LockMode::Exclusive
+                    && opts.permits().is_none()
+                    && !writer.counted
+                    && !plan.expired(now)
                 {
                     entry.writers_waiting += 1;
                     writer.counted = true;
@@ -389,11 +396,15 @@ impl Drop for WaitingWriter {
         if !self.counted {
             return;
         }
+        let now = Instant::now();
         let mut table = lock_table(&self.shared.table);
         if let Some(entry) = table.entries.get_mut(&self.key) {
             entry.writers_waiting = entry.writers_waiting.saturating_sub(1);
             // Readers held back by this writer may go now.
             entry.changed.notify_waiters();
+            if entry.idle(now) {
+                table.entries.remove(&self.key);
+            }
         }
     }
 }

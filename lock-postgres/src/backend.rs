@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::BACKEND;
 use crate::config::{Fencing, PgConfig};
 use crate::key::{KeyArg, KeyScheme};
-use crate::session::{Opening, PendingGrant, Session, SessionWatch};
+use crate::session::{Opening, PendingGrant, Session, SessionWatch, Tried};
 
 static NEXT_GRANT: AtomicU64 = AtomicU64::new(1);
 
@@ -140,20 +140,41 @@ impl PgBackend {
         let requested_at = Instant::now();
         let session = self.shared_session().await?;
         let sent = Instant::now();
-        if let Some(grant) = session.try_lock(arg, opts.mode()).await? {
-            return self
-                .finish(
-                    name,
-                    opts,
-                    On::Shared(session),
-                    grant,
-                    sent,
-                    requested_at,
-                    None,
-                )
-                .await;
+        let no_wait = matches!(opts.wait(), Wait::No | Wait::For(Duration::ZERO));
+        match session.try_lock(arg, opts.mode()).await? {
+            Tried::Granted(grant) => {
+                return self
+                    .finish(
+                        name,
+                        opts,
+                        On::Shared(session),
+                        grant,
+                        sent,
+                        requested_at,
+                        None,
+                    )
+                    .await;
+            }
+            // Another reader of this process holds it on the shared session: this one asks
+            // on a session of its own, where PostgreSQL queues it behind waiting writers.
+            Tried::HeldHere if no_wait => {
+                let dedicated = match self.idle.take() {
+                    Some(s) if s.is_alive() => s,
+                    _ => self.open_session().await?,
+                };
+                let sent = Instant::now();
+                let arg = self.cfg.key.arg(name)?;
+                if let Tried::Granted(grant) = dedicated.try_lock(arg, opts.mode()).await? {
+                    let on = On::Dedicated(dedicated);
+                    return self
+                        .finish(name, opts, on, grant, sent, requested_at, None)
+                        .await;
+                }
+                self.idle.keep(&dedicated);
+            }
+            Tried::HeldHere | Tried::Busy => {}
         }
-        if matches!(opts.wait(), Wait::No | Wait::For(Duration::ZERO)) {
+        if no_wait {
             return Err(Error::new(
                 ErrorKind::Contended,
                 BACKEND,
@@ -254,7 +275,7 @@ impl PgBackend {
                     }
                     other => other?,
                 };
-                if let Some(grant) = tried {
+                if let Tried::Granted(grant) = tried {
                     return self
                         .finish(
                             name,
@@ -272,6 +293,8 @@ impl PgBackend {
             if !session.is_alive() {
                 continue;
             }
+            // A whole pass went through: a later death of the session may be retried again.
+            reopened = false;
             if plan.expired(now) {
                 return Err(plan.busy_error(
                     BACKEND,

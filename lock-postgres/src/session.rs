@@ -100,6 +100,17 @@ impl Inner {
     }
 }
 
+/// What a non-waiting attempt got.
+pub(crate) enum Tried {
+    /// The lock, not yet handed to a guard.
+    Granted(PendingGrant),
+    /// Held elsewhere (or, exclusive, by this session).
+    Busy,
+    /// A shared request for a key this session already holds shared: ask on another session
+    /// (see `Ctx::try_lock`).
+    HeldHere,
+}
+
 /// A granted lock that has not been handed to a guard yet. Dropping it unlocks, so a grant
 /// that arrives after the caller gave up is never left behind.
 pub(crate) struct PendingGrant {
@@ -273,7 +284,7 @@ impl Session {
         Finish::new(op(Arc::clone(&self.inner), st)).await
     }
 
-    pub async fn try_lock(&self, arg: KeyArg, mode: LockMode) -> Result<Option<PendingGrant>> {
+    pub async fn try_lock(&self, arg: KeyArg, mode: LockMode) -> Result<Tried> {
         self.run(move |inner, mut st| async move {
             let mut cx = Ctx::new(&inner, &mut st)?;
             cx.try_lock(&arg, mode).await.map_err(Failure::into_error)

@@ -153,6 +153,10 @@ impl RedisBackend {
                             ),
                         ));
                     }
+                    // A writer that waited withdraws its wish now, so readers are not held
+                    // back by it once it releases (dropped here, `pending` gives the grant
+                    // back and the wish goes from the background).
+                    wish.withdraw().await;
                     pending.disarm();
                     // No await from here to `Guard::new`.
                     let lease = Arc::new(RedisLease {

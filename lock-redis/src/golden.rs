@@ -125,7 +125,7 @@ fn multi_script_hashes() {
     let cases = [
         (READ_ACQUIRE_LUA, "772499b653acba3ff8bacd8929c8f0c8d24efc40"),
         (READ_TOUCH_LUA, "034e04f33db08f6cb70d87d0d6ca7323d9f4ae90"),
-        (WRITER_WAITS_LUA, "4410b7485ac8ec9d9e9e033e1cf42cf41002675c"),
+        (WRITER_WAITS_LUA, "92179bc08f96d3697eb991bb60af5160ce04b11c"),
         (
             PERMIT_ACQUIRE_LUA,
             "30d8c5c0ef6647efef88bf8048530dc529dd971a",

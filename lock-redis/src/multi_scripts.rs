@@ -98,7 +98,8 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + ms, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ms)
+local last = tonumber(redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2])
+redis.call('PEXPIRE', KEYS[1], math.max(last - now, 1))
 return 1
 "#;
 static WRITER_WAITS: LazyLock<Script> = LazyLock::new(|| Script::new(WRITER_WAITS_LUA));

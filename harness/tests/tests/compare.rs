@@ -192,6 +192,17 @@ fn compare_quick_writes_a_consistent_report() {
             md.contains(&format!("{:.0} ({:.0}, ", value.unwrap(), floor.unwrap())),
             "{md}"
         );
+        // Shared and permit acquire + release beside their own floors (both backends have
+        // both modes).
+        for metric in ["shared_acquire_release_p50", "permit_acquire_release_p50"] {
+            let e = entry(metric);
+            assert!(e["value"].as_f64().is_some_and(|v| v > 0.0), "{e}");
+            assert!(e["floor"].as_f64().is_some_and(|v| v > 0.0), "{e}");
+            assert!(
+                e["notes"].as_str().is_some_and(|n| n.contains("floor:")),
+                "{e}"
+            );
+        }
         // What TLS costs on the same server: a floor (plain text) and a value, both > 0.
         let tls = entry("acquire_release_tls_p50");
         assert!(tls["value"].as_f64().is_some_and(|v| v > 0.0), "{tls}");

@@ -100,3 +100,50 @@ async fn postgres_sql_caller_holds_a_permit() -> Result<()> {
     ensure!(p.release().await?);
     Ok(())
 }
+
+/// PostgreSQL grants a second shared lock of one session from the session's own count,
+/// without looking at waiting requests: readers of one process taking turns on one session
+/// would starve a writer. dlock asks for the second reader on a session of its own, where the
+/// waiting writer comes first.
+#[tokio::test]
+async fn postgres_readers_of_one_process_do_not_starve_a_writer() -> Result<()> {
+    let pg = fixtures::postgres().await?;
+    let a = dlock::connect(pg.url()).await?;
+    let w = dlock::connect(pg.url()).await?;
+    let name = common::unique("pgstarve");
+    let shared = LockOptions::new().with_mode(LockMode::Shared);
+    let r1 = a.acquire(&name, &shared).await?;
+    let r2 = a.acquire(&name, &shared).await?;
+    ensure!(r2.release().await?, "a second reader beside the first");
+    let wn = name.clone();
+    let writer = tokio::spawn(async move {
+        w.acquire(
+            &wn,
+            &LockOptions::new().with_wait(dlock::Wait::For(Duration::from_secs(20))),
+        )
+        .await
+    });
+    let url = pg.url().to_string();
+    common::eventually("the writer to queue", Duration::from_secs(10), || {
+        let url = url.clone();
+        async move {
+            let mut probe = sqlx::PgConnection::connect(&url).await?;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            )
+            .fetch_one(&mut probe)
+            .await?;
+            Ok(n == 1)
+        }
+    })
+    .await?;
+    let r3 = a.acquire(&name, &shared).await;
+    ensure!(
+        r3.as_ref().err().map(|e| e.kind()) == Some(ErrorKind::Contended),
+        "a reader of the holding process got in ahead of the waiting writer: {r3:?}"
+    );
+    ensure!(r1.release().await?);
+    let g = writer.await??;
+    ensure!(g.release().await?);
+    Ok(())
+}

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::check::{CHECK, is_prepared_statement_gone, pooler_error, session_mismatch};
 use super::error::{db_error, dead, is_connection_error, is_duplicate, is_lock_timeout};
-use super::{Inner, PendingGrant, State, lock};
+use super::{Inner, PendingGrant, State, Tried, lock};
 use crate::BACKEND;
 use crate::config::Fencing;
 use crate::key::{KeyArg, KeyId, key_id};
@@ -134,11 +134,7 @@ impl<'a> Ctx<'a> {
         self.check_session(pid, marker.as_deref(), Operation::Extend)
     }
 
-    pub(super) async fn try_lock(
-        &mut self,
-        arg: &KeyArg,
-        mode: LockMode,
-    ) -> Op<Option<PendingGrant>> {
+    pub(super) async fn try_lock(&mut self, arg: &KeyArg, mode: LockMode) -> Op<Tried> {
         let limit = Some(self.inner.cfg.check_timeout);
         let inner = self.inner;
         let sql = inner.stmts_for(arg, mode).try_lock.as_str();
@@ -155,19 +151,25 @@ impl<'a> Ctx<'a> {
             .map_err(|e| Failure::Statement(db_error(e, Operation::Acquire)))?;
         self.check_pid(pid, Operation::Acquire)?;
         if !acquired {
-            return Ok(None);
+            return Ok(Tried::Busy);
         }
         let key = key_id(self.inner.cfg.key, key);
         // Session locks are re-entrant: a second grant of a key this session already holds
         // would let two guards of this process in at once. Undo it and report contention.
+        // A second shared grant is undone too: PostgreSQL grants it from the session's own
+        // count without looking at waiting requests, so readers of one session taking turns
+        // would starve a waiting writer. The caller asks on a session of its own instead.
         if let Some((held_mode, _)) = self.st.held.get(&key) {
-            if mode == LockMode::Exclusive || *held_mode == LockMode::Exclusive {
-                self.unlock_stmt(key, mode).await?;
-                return Ok(None);
-            }
+            let both_shared = mode == LockMode::Shared && *held_mode == LockMode::Shared;
+            self.unlock_stmt(key, mode).await?;
+            return Ok(if both_shared {
+                Tried::HeldHere
+            } else {
+                Tried::Busy
+            });
         }
         self.note_held(key, mode);
-        Ok(Some(PendingGrant::new(self.inner, key, mode)))
+        Ok(Tried::Granted(PendingGrant::new(self.inner, key, mode)))
     }
 
     pub(super) async fn lock(

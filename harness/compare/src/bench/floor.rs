@@ -34,6 +34,27 @@ pub enum Floor {
 #[cfg(feature = "redis")]
 const FLOOR_TTL_MS: u64 = 30_000;
 
+/// The two multi-holder modes the benchmark measures beside their floors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A shared (reader) grant.
+    Shared,
+    /// One permit of a semaphore (limit 1, free).
+    Permit,
+}
+
+#[cfg(feature = "redis")]
+const REDIS_READ: &str = "local v = redis.call('GET', KEYS[1]) if v and v ~= 'r' then return 0 end \
+     redis.call('ZADD', KEYS[2], 1, ARGV[1]) redis.call('SET', KEYS[1], 'r', 'PX', ARGV[2]) return 1";
+#[cfg(feature = "redis")]
+const REDIS_UNREAD: &str = "redis.call('ZREM', KEYS[2], ARGV[1]) \
+     if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('DEL', KEYS[1]) end return 1";
+#[cfg(feature = "redis")]
+const REDIS_PERMIT: &str = "if redis.call('ZCARD', KEYS[2]) < 1 then \
+     redis.call('ZADD', KEYS[2], 1, ARGV[1]) return 1 end return 0";
+#[cfg(feature = "redis")]
+const REDIS_UNPERMIT: &str = "return redis.call('ZREM', KEYS[2], ARGV[1])";
+
 #[cfg(feature = "redis")]
 const REDIS_RELEASE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
@@ -280,6 +301,88 @@ impl Floor {
             Floor::Never(never) => match *never {},
         }
         Ok(())
+    }
+
+    /// What the shared and the permit floors do, for the notes (`None`: no such floor).
+    pub fn describe_mode(&self, mode: Mode) -> Option<&'static str> {
+        match (self, mode) {
+            #[cfg(feature = "postgres")]
+            (Floor::Postgres(_), Mode::Shared) => Some(
+                "pg_try_advisory_lock_shared + pg_advisory_unlock_shared on a raw sqlx connection",
+            ),
+            #[cfg(feature = "postgres")]
+            (Floor::Postgres(_), Mode::Permit) => Some(
+                "pg_try_advisory_lock(hashtextextended(name, 1)) + unlock (slot 0, free): one try",
+            ),
+            #[cfg(feature = "redis")]
+            (Floor::Redis(c), Mode::Shared) if c.len() == 1 => Some(
+                "a reader script (GET, ZADD, SET PX) + a release script (ZREM, ZCARD, DEL), raw \
+                 redis-rs; no expiry purge, no waiting-writer check",
+            ),
+            #[cfg(feature = "redis")]
+            (Floor::Redis(c), Mode::Permit) if c.len() == 1 => Some(
+                "a permit script (ZCARD, ZADD) + ZREM, raw redis-rs; no slots, expiry or tokens",
+            ),
+            _ => None,
+        }
+    }
+
+    /// Takes and frees `key` once in `mode`; `Ok(false)` when there is no such floor.
+    #[allow(unreachable_code)]
+    pub async fn mode_lock_unlock(&self, mode: Mode, key: &str, nonce: u64) -> Result<bool> {
+        let _ = (mode, key, nonce);
+        match (self, mode) {
+            #[cfg(feature = "postgres")]
+            (Floor::Postgres(conn), _) => {
+                let (take, give) = match mode {
+                    Mode::Shared => (
+                        "SELECT pg_try_advisory_lock_shared(hashtextextended($1, 0))",
+                        "SELECT pg_advisory_unlock_shared(hashtextextended($1, 0))",
+                    ),
+                    Mode::Permit => (
+                        "SELECT pg_try_advisory_lock(hashtextextended($1, 1))",
+                        "SELECT pg_advisory_unlock(hashtextextended($1, 1))",
+                    ),
+                };
+                let mut conn = conn.lock().await;
+                let ok: bool = sqlx::query_scalar(take)
+                    .bind(key)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                anyhow::ensure!(ok, "floor: {key} was taken");
+                let _: bool = sqlx::query_scalar(give)
+                    .bind(key)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                Ok(true)
+            }
+            #[cfg(feature = "redis")]
+            (Floor::Redis(conns), _) if conns.len() == 1 => {
+                let mut c = conns[0].clone();
+                let token = format!("floor-{nonce:016x}");
+                let (take, give) = match mode {
+                    Mode::Shared => (REDIS_READ, REDIS_UNREAD),
+                    Mode::Permit => (REDIS_PERMIT, REDIS_UNPERMIT),
+                };
+                let sub = format!("{key}:set");
+                let n: i64 = redis::Script::new(take)
+                    .key(key)
+                    .key(&sub)
+                    .arg(&token)
+                    .arg(FLOOR_TTL_MS)
+                    .invoke_async(&mut c)
+                    .await?;
+                anyhow::ensure!(n == 1, "floor: {key} was taken");
+                let _: i64 = redis::Script::new(give)
+                    .key(key)
+                    .key(&sub)
+                    .arg(&token)
+                    .invoke_async(&mut c)
+                    .await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// One round trip that changes nothing (`SELECT 1`, `PING`, a get, an exists).

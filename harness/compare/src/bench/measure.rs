@@ -62,6 +62,46 @@ pub async fn uncontended(
     Ok((Samples::from(ours), Samples::from(raw)))
 }
 
+/// Like [`uncontended`], for a shared grant or a permit (limit 1) against the floor of that
+/// mode; `None` when the floor has no such mode.
+pub async fn uncontended_mode(
+    backend: &dyn Backend,
+    floor: &Floor,
+    mode: super::floor::Mode,
+    samples: usize,
+) -> Result<Option<(Samples, Samples)>> {
+    let name = LockName::new(unique("bench-mode"))?;
+    let floor_key = unique("bench-mode-floor");
+    let opts = match mode {
+        super::floor::Mode::Shared => LockOptions::new().with_mode(dlock::LockMode::Shared),
+        super::floor::Mode::Permit => LockOptions::new().with_permits(1),
+    };
+    let mut nonce = 0u64;
+    if !floor.mode_lock_unlock(mode, &floor_key, nonce).await? {
+        return Ok(None);
+    }
+    for _ in 0..(samples / 5).max(20) {
+        nonce += 1;
+        floor.mode_lock_unlock(mode, &floor_key, nonce).await?;
+        once(backend, &name, &opts).await?;
+    }
+    let (mut ours, mut raw) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    for i in 0..samples {
+        for side in [i % 2, 1 - i % 2] {
+            let t = Instant::now();
+            if side == 0 {
+                once(backend, &name, &opts).await?;
+                ours.push(t.elapsed());
+            } else {
+                nonce += 1;
+                floor.mode_lock_unlock(mode, &floor_key, nonce).await?;
+                raw.push(t.elapsed());
+            }
+        }
+    }
+    Ok(Some((Samples::from(ours), Samples::from(raw))))
+}
+
 /// Time from a holder calling release to the next waiter holding the lock: one lock,
 /// `waiters + 1` clients (each its own backend connection from `connect`), each releasing
 /// as soon as it is granted, `handoffs` times in all.

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use floor::{Floor, url_hosts};
+pub use floor::{Floor, Mode, url_hosts};
 pub use measure::{
     ManyLocks, handoff, hold_many, hold_many_in_child, once, open_sockets, rss_bytes, throughput,
-    uncontended,
+    uncontended, uncontended_mode,
 };
 pub use pin::{Pinning, pin_apart, pin_server_apart};
 pub use run::run_backend;

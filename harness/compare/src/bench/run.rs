@@ -22,6 +22,7 @@ pub async fn run_backend(
     let floor = Floor::connect(backend, url).await?;
     if let Some(floor) = &floor {
         out.extend(uncontended_entries(backend, &*client, floor, plan).await?);
+        out.extend(mode_entries(backend, &*client, floor, plan).await?);
     }
     if let Some(e) = tls_entry(backend, plan.samples)
         .await
@@ -111,6 +112,49 @@ async fn uncontended_entries(
         ours.p50().as_secs_f64() / raw.p50().as_secs_f64().max(1e-9),
         micros(ours.p99())
     );
+    Ok(out)
+}
+
+/// Shared and permit acquire + release beside their floors, where the backend has the mode.
+async fn mode_entries(
+    backend: &str,
+    client: &dyn Backend,
+    floor: &Floor,
+    plan: &BenchPlan,
+) -> Result<Vec<BenchEntry>> {
+    let caps = client.capabilities();
+    let mut out = Vec::new();
+    for (mode, has, metric) in [
+        (Mode::Shared, caps.shared, "shared_acquire_release_p50"),
+        (Mode::Permit, caps.semaphore, "permit_acquire_release_p50"),
+    ] {
+        let Some(what) = floor.describe_mode(mode).filter(|_| has) else {
+            continue;
+        };
+        let Some((ours, raw)) = uncontended_mode(client, floor, mode, plan.samples).await? else {
+            continue;
+        };
+        let mut e = entry(
+            backend,
+            metric,
+            micros(ours.p50()),
+            "us",
+            Some(micros(raw.p50())),
+            format!(
+                "{} samples per side, alternating one by one; floor: {what}",
+                ours.len()
+            ),
+        );
+        e.distribution = Some(ours.distribution_us());
+        e.floor_distribution = Some(raw.distribution_us());
+        crate::say!(
+            "[bench] {backend}: {metric} {:.0} µs (floor {:.0} µs, {:.2}×)",
+            micros(ours.p50()),
+            micros(raw.p50()),
+            ours.p50().as_secs_f64() / raw.p50().as_secs_f64().max(1e-9)
+        );
+        out.push(e);
+    }
     Ok(out)
 }
 

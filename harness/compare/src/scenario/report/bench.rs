@@ -6,12 +6,14 @@ use super::html::*;
 use super::*;
 
 /// Labels of the benchmark metrics, in table order: (metric, column title).
-pub(super) const BENCH_COLUMNS: [(&str, &str); 9] = [
+pub(super) const BENCH_COLUMNS: [(&str, &str); 11] = [
     (
         "acquire_release_p50",
         "acquire+release p50 µs (floor, ratio)",
     ),
     ("acquire_release_p99", "p99 µs (floor)"),
+    ("shared_acquire_release_p50", "shared p50 µs (floor, ratio)"),
+    ("permit_acquire_release_p50", "permit p50 µs (floor, ratio)"),
     ("acquire_release_tls_p50", "over TLS p50 µs (plain, ratio)"),
     ("handoff_p50", "handoff p50 µs (1 round trip)"),
     ("handoff_p99", "handoff p99 µs"),
@@ -39,7 +41,13 @@ pub(super) fn bench_text(e: &BenchEntry) -> String {
         _ => format!("{:.1}", e.value),
     };
     match (e.metric.as_str(), e.floor) {
-        ("acquire_release_p50" | "acquire_release_tls_p50", Some(f)) => {
+        (
+            "acquire_release_p50"
+            | "acquire_release_tls_p50"
+            | "shared_acquire_release_p50"
+            | "permit_acquire_release_p50",
+            Some(f),
+        ) => {
             format!("{value} ({f:.0}, {:.2}×)", e.value / f.max(1e-9))
         }
         (_, Some(f)) => format!("{value} ({f:.0})"),

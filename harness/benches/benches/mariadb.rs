@@ -1,14 +1,15 @@
 //! MariaDB `GET_LOCK`: uncontended try-acquire + release beside the raw floor
 //! (`GET_LOCK(name, 0)` + `RELEASE_LOCK(name)` on a raw sqlx connection, same server, same
 //! run, alternated one by one), and handoff latency with 8 waiters (each on its own waiting
-//! session, woken by the server). `cargo bench -p benches --bench mariadb`.
+//! session, woken by the server; measured as `dlock compare` measures it).
+//! `cargo bench -p benches --bench mariadb`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use benches::{Samples, micros, report_vs_floor};
 use criterion::{Criterion, criterion_group, criterion_main};
-use dlock::{LockName, LockOptions, Wait};
+use dlock::{LockName, LockOptions};
 use sqlx::Connection;
 use sqlx::mysql::MySqlConnection;
 use tokio::sync::Mutex;
@@ -91,7 +92,15 @@ fn bench(c: &mut Criterion) {
         );
     }
 
-    let handoff = rt.block_on(handoff(&url, 8, 20));
+    // The comparison's handoff measurement: 9 clients on one lock, each releasing as soon
+    // as it is granted.
+    let connect = || {
+        let url = url.clone();
+        async move { Ok(dlock::connect(&url).await?) }
+    };
+    let handoff = rt
+        .block_on(dlock_compare::bench::handoff(connect, 8, 160))
+        .unwrap();
     println!(
         "mariadb handoff with 8 waiters: p50 {:.1} µs  p99 {:.1} µs ({} handoffs)",
         micros(handoff.p50()),
@@ -106,69 +115,6 @@ fn bench(c: &mut Criterion) {
     group.bench_function("acquire_release", |b| b.to_async(&rt).iter(dlock_op));
     group.bench_function("raw_floor", |b| b.to_async(&rt).iter(raw_op));
     group.finish();
-}
-
-/// `waiters` clients wait on one lock; each, once granted, notes the time since the previous
-/// holder's release and releases at once. `rounds` times.
-async fn handoff(url: &str, waiters: usize, rounds: usize) -> Samples {
-    let mut all = Vec::new();
-    let mut clients = Vec::new();
-    for _ in 0..=waiters {
-        clients.push(dlock::connect(url).await.unwrap());
-    }
-    for round in 0..rounds {
-        let name = LockName::new(format!("bench-handoff-{round}")).unwrap();
-        let released_at = Arc::new(Mutex::new(None::<Instant>));
-        let first = clients[0]
-            .acquire(&name, &LockOptions::new())
-            .await
-            .unwrap();
-        let mut tasks = Vec::new();
-        for c in &clients[1..] {
-            let (c, name, released_at) = (c.clone(), name.clone(), released_at.clone());
-            tasks.push(tokio::spawn(async move {
-                let g = c
-                    .acquire(&name, &LockOptions::new().with_wait(Wait::Forever))
-                    .await
-                    .unwrap();
-                let now = Instant::now();
-                let mut r = released_at.lock().await;
-                let gap = r.map(|t| now - t);
-                *r = Some(Instant::now());
-                g.release().await.unwrap();
-                gap
-            }));
-        }
-        // Every waiter must be queued in the server before the first release.
-        wait_for_waiters(url, waiters as i64).await;
-        *released_at.lock().await = Some(Instant::now());
-        first.release().await.unwrap();
-        for t in tasks {
-            if let Some(gap) = t.await.unwrap() {
-                all.push(gap);
-            }
-        }
-    }
-    Samples::from(all)
-}
-
-/// Waits until `n` sessions wait in `GET_LOCK` (the process list's `User lock` state).
-async fn wait_for_waiters(url: &str, n: i64) {
-    let mut conn = MySqlConnection::connect(&sqlx_url(url)).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM information_schema.processlist WHERE state = 'User lock'",
-        )
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-        if waiting >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "waiters did not queue up");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 criterion_group!(benches, bench);

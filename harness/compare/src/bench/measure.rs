@@ -37,29 +37,10 @@ pub async fn uncontended(
 ) -> Result<(Samples, Samples)> {
     let name = LockName::new(unique("bench-uncontended"))?;
     let floor_key = unique("bench-floor");
-    let opts = LockOptions::new();
-    let mut nonce = 0u64;
-    let warmup = (samples / 5).max(20);
-    for _ in 0..warmup {
-        nonce += 1;
-        floor.lock_unlock(&floor_key, nonce).await?;
-        once(backend, &name, &opts).await?;
-    }
-    let (mut ours, mut raw) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
-    for i in 0..samples {
-        for side in [i % 2, 1 - i % 2] {
-            let t = Instant::now();
-            if side == 0 {
-                once(backend, &name, &opts).await?;
-                ours.push(t.elapsed());
-            } else {
-                nonce += 1;
-                floor.lock_unlock(&floor_key, nonce).await?;
-                raw.push(t.elapsed());
-            }
-        }
-    }
-    Ok((Samples::from(ours), Samples::from(raw)))
+    alternate(backend, &name, &LockOptions::new(), samples, |nonce| {
+        floor.lock_unlock(&floor_key, nonce)
+    })
+    .await
 }
 
 /// Like [`uncontended`], for a shared grant or a permit (limit 1) against the floor of that
@@ -76,30 +57,55 @@ pub async fn uncontended_mode(
         super::floor::Mode::Shared => LockOptions::new().with_mode(dlock::LockMode::Shared),
         super::floor::Mode::Permit => LockOptions::new().with_permits(1),
     };
-    let mut nonce = 0u64;
-    if !floor.mode_lock_unlock(mode, &floor_key, nonce).await? {
+    if !floor.mode_lock_unlock(mode, &floor_key, 0).await? {
         return Ok(None);
     }
+    let floor_key = &floor_key;
+    let floor_op = |nonce| async move {
+        floor
+            .mode_lock_unlock(mode, floor_key, nonce)
+            .await
+            .map(drop)
+    };
+    Ok(Some(
+        alternate(backend, &name, &opts, samples, floor_op).await?,
+    ))
+}
+
+/// A warm-up of both sides, then `samples` of each, alternating one by one (which side goes
+/// first alternates too), so that drift on the machine hits both alike.
+async fn alternate<F, Fut>(
+    backend: &dyn Backend,
+    name: &LockName,
+    opts: &LockOptions,
+    samples: usize,
+    mut floor: F,
+) -> Result<(Samples, Samples)>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut nonce = 0u64;
     for _ in 0..(samples / 5).max(20) {
         nonce += 1;
-        floor.mode_lock_unlock(mode, &floor_key, nonce).await?;
-        once(backend, &name, &opts).await?;
+        floor(nonce).await?;
+        once(backend, name, opts).await?;
     }
     let (mut ours, mut raw) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
     for i in 0..samples {
         for side in [i % 2, 1 - i % 2] {
             let t = Instant::now();
             if side == 0 {
-                once(backend, &name, &opts).await?;
+                once(backend, name, opts).await?;
                 ours.push(t.elapsed());
             } else {
                 nonce += 1;
-                floor.mode_lock_unlock(mode, &floor_key, nonce).await?;
+                floor(nonce).await?;
                 raw.push(t.elapsed());
             }
         }
     }
-    Ok(Some((Samples::from(ours), Samples::from(raw))))
+    Ok((Samples::from(ours), Samples::from(raw)))
 }
 
 /// Time from a holder calling release to the next waiter holding the lock: one lock,

@@ -123,32 +123,24 @@ async fn acquire(
                     ));
                 }
                 pending.disarm();
-                let (lease, token): (Arc<dyn Lease>, Option<FencingToken>) = match ask {
-                    Ask::Reader { key } => (
-                        Arc::new(ReaderLease {
-                            shared: Arc::clone(shared),
-                            name: name.clone(),
-                            key,
-                            token,
-                        }),
-                        None,
-                    ),
+                let (held, fence) = match ask {
+                    Ask::Reader { key } => (Held::Reader { key }, None),
                     Ask::Permit { sem, .. } => (
-                        Arc::new(PermitLease {
-                            shared: Arc::clone(shared),
-                            name: name.clone(),
-                            sem,
-                            token,
-                            slot,
-                        }),
+                        Held::Permit { sem, slot },
                         (shared.fencing && fence > 0).then(|| FencingToken::new(fence)),
                     ),
                 };
+                let lease: Arc<dyn Lease> = Arc::new(MultiLease {
+                    shared: Arc::clone(shared),
+                    name: name.clone(),
+                    held,
+                    token,
+                });
                 return Ok(Guard::new(
                     Grant {
                         name: name.clone(),
                         backend: NAME,
-                        token,
+                        token: fence,
                         lease,
                         monitor: LeaseMonitor::new(name, NAME, Some(valid_until)),
                         requested_at: plan.requested_at,
@@ -229,35 +221,45 @@ impl Drop for Undo {
     }
 }
 
-/// A reader's grant.
-struct ReaderLease {
+/// What a [`MultiLease`] holds.
+enum Held {
+    /// A reader of the lock key `key`.
+    Reader { key: Vec<u8> },
+    /// Slot `slot` of the semaphore key `sem`.
+    Permit { sem: Vec<u8>, slot: u32 },
+}
+
+/// A reader's grant or a permit: renewed, released or shortened by its token-checked script.
+struct MultiLease {
     shared: Arc<Shared>,
     name: LockName,
-    key: Vec<u8>,
+    held: Held,
     token: String,
 }
 
-impl ReaderLease {
+impl MultiLease {
     async fn touch(&self, ttl: Duration, release: bool, op: Operation) -> Result<bool> {
-        let t = self.shared.timeout.min(ttl);
-        ms::read_touch(
-            &self.shared.node,
-            None,
-            &self.key,
-            &self.token,
-            ttl,
-            release,
-            t,
-        )
-        .await
-        .map_err(|e| {
-            let what = format!("{} of shared lock {:?}", op.as_str(), self.name.as_str());
-            e.into_error(NAME, op, what)
+        let (node, t) = (&self.shared.node, self.shared.timeout.min(ttl));
+        let token = &self.token;
+        let done = match &self.held {
+            Held::Reader { key } => ms::read_touch(node, None, key, token, ttl, release, t).await,
+            Held::Permit { sem, slot } => {
+                ms::permit_touch(node, None, sem, token, Some(*slot), ttl, release, t).await
+            }
+        };
+        done.map_err(|e| {
+            let what = match &self.held {
+                Held::Reader { .. } => format!("shared lock {:?}", self.name.as_str()),
+                Held::Permit { slot, .. } => {
+                    format!("permit {slot} of semaphore {:?}", self.name.as_str())
+                }
+            };
+            e.into_error(NAME, op, format!("{} of {what}", op.as_str()))
         })
     }
 }
 
-impl Lease for ReaderLease {
+impl Lease for MultiLease {
     fn supervisors(&self) -> Option<&Supervisors> {
         Some(&self.shared.supervisors)
     }
@@ -270,65 +272,15 @@ impl Lease for ReaderLease {
         Box::pin(self.touch(self.shared.timeout, true, Operation::Release))
     }
 
-    /// `at_least`: the reader stays for `keep` more, then expires.
-    fn release_after(&self, keep: Duration) -> lock_core::BoxFuture<'_, Result<bool>> {
-        Box::pin(self.touch(keep, false, Operation::Release))
-    }
-}
-
-/// A permit.
-struct PermitLease {
-    shared: Arc<Shared>,
-    name: LockName,
-    sem: Vec<u8>,
-    token: String,
-    slot: u32,
-}
-
-impl PermitLease {
-    async fn touch(&self, ttl: Duration, release: bool, op: Operation) -> Result<bool> {
-        let t = self.shared.timeout.min(ttl);
-        ms::permit_touch(
-            &self.shared.node,
-            None,
-            &self.sem,
-            &self.token,
-            Some(self.slot),
-            ttl,
-            release,
-            t,
-        )
-        .await
-        .map_err(|e| {
-            let what = format!(
-                "{} of permit {} of semaphore {:?}",
-                op.as_str(),
-                self.slot,
-                self.name.as_str()
-            );
-            e.into_error(NAME, op, what)
-        })
-    }
-}
-
-impl Lease for PermitLease {
-    fn supervisors(&self) -> Option<&Supervisors> {
-        Some(&self.shared.supervisors)
-    }
-
-    fn extend(&self, ttl: Duration) -> lock_core::BoxFuture<'_, Result<bool>> {
-        Box::pin(self.touch(ttl, false, Operation::Extend))
-    }
-
-    fn release(&self) -> lock_core::BoxFuture<'_, Result<bool>> {
-        Box::pin(self.touch(self.shared.timeout, true, Operation::Release))
-    }
-
+    /// `at_least`: the grant stays for `keep` more, then expires.
     fn release_after(&self, keep: Duration) -> lock_core::BoxFuture<'_, Result<bool>> {
         Box::pin(self.touch(keep, false, Operation::Release))
     }
 
     fn slot(&self) -> Option<u32> {
-        Some(self.slot)
+        match self.held {
+            Held::Permit { slot, .. } => Some(slot),
+            Held::Reader { .. } => None,
+        }
     }
 }

@@ -24,8 +24,9 @@ macro_rules! behaviour {
         }
     };
 }
+pub(crate) use behaviour;
 
-fn always(_: &Capabilities) -> Option<&'static str> {
+pub(crate) fn always(_: &Capabilities) -> Option<&'static str> {
     None
 }
 fn needs_fencing(c: &Capabilities) -> Option<&'static str> {
@@ -37,7 +38,7 @@ fn needs_lease(c: &Capabilities) -> Option<&'static str> {
 fn needs_renew(c: &Capabilities) -> Option<&'static str> {
     (!(c.lease && c.renew)).then_some("no renewable lease (capabilities `lease` + `renew`)")
 }
-fn needs_shared(c: &Capabilities) -> Option<&'static str> {
+pub(crate) fn needs_shared(c: &Capabilities) -> Option<&'static str> {
     (!c.shared).then_some("no shared mode (capability `shared`)")
 }
 fn needs_notify(c: &Capabilities) -> Option<&'static str> {
@@ -134,7 +135,7 @@ pub(super) fn all() -> Vec<Behaviour> {
     ]
 }
 
-fn kind_of(r: &lock_core::Result<lock_core::Guard>) -> Option<ErrorKind> {
+pub(crate) fn kind_of(r: &lock_core::Result<lock_core::Guard>) -> Option<ErrorKind> {
     r.as_ref().err().map(|e| e.kind())
 }
 

@@ -10,55 +10,41 @@ use anyhow::{Result, bail, ensure};
 use lock_core::{Capabilities, ErrorKind, LockMode, LockOptions, Renew, Wait};
 use tokio::time::Instant;
 
+use crate::behavior::{always, behaviour, kind_of, needs_shared};
 use crate::{Behaviour, Ctx};
 
-fn needs_shared(c: &Capabilities) -> Option<&'static str> {
-    (!c.shared).then_some("no shared mode (capability `shared`)")
-}
 fn needs_semaphore(c: &Capabilities) -> Option<&'static str> {
     (!c.semaphore).then_some("no semaphores (capability `semaphore`)")
-}
-fn always(_: &Capabilities) -> Option<&'static str> {
-    None
 }
 
 pub(super) fn all() -> Vec<Behaviour> {
     vec![
-        Behaviour {
-            name: "behavior::test_unclaimed_modes_are_unsupported",
-            doc: "a shared lock or a permit from a backend without them should be Unsupported",
-            skip: always,
-            run: |ctx| Box::pin(test_unclaimed_modes_are_unsupported(ctx)),
-        },
-        Behaviour {
-            name: "behavior::test_waiting_writer_is_not_starved",
-            doc: "while a writer waits, new readers should wait behind it; it is granted when the readers go",
-            skip: needs_shared,
-            run: |ctx| Box::pin(test_waiting_writer_is_not_starved(ctx)),
-        },
-        Behaviour {
-            name: "behavior::test_shared_tokens",
-            doc: "shared grants should carry no token; writers' tokens should rise past readers",
-            skip: needs_shared,
-            run: |ctx| Box::pin(test_shared_tokens(ctx)),
-        },
-        Behaviour {
-            name: "behavior::test_semaphore_limit",
-            doc: "a semaphore of 3 should never have 4 holders among 32 contending tasks, each slot held once, slot tokens rising",
-            skip: needs_semaphore,
-            run: |ctx| Box::pin(test_semaphore_limit(ctx)),
-        },
-        Behaviour {
-            name: "behavior::test_lost_permit_comes_back",
-            doc: "a permit whose holder vanished should come back (ttl or session end)",
-            skip: needs_semaphore,
-            run: |ctx| Box::pin(test_lost_permit_comes_back(ctx)),
-        },
+        behaviour!(
+            test_unclaimed_modes_are_unsupported,
+            "a shared lock or a permit from a backend without them should be Unsupported",
+            always
+        ),
+        behaviour!(
+            test_waiting_writer_is_not_starved,
+            "while a writer waits, new readers should wait behind it; it is granted when the readers go",
+            needs_shared
+        ),
+        behaviour!(
+            test_shared_tokens,
+            "shared grants should carry no token; writers' tokens should rise past readers",
+            needs_shared
+        ),
+        behaviour!(
+            test_semaphore_limit,
+            "a semaphore of 3 should never have 4 holders among 32 contending tasks, each slot held once, slot tokens rising",
+            needs_semaphore
+        ),
+        behaviour!(
+            test_lost_permit_comes_back,
+            "a permit whose holder vanished should come back (ttl or session end)",
+            needs_semaphore
+        ),
     ]
-}
-
-fn kind_of(r: &lock_core::Result<lock_core::Guard>) -> Option<ErrorKind> {
-    r.as_ref().err().map(|e| e.kind())
 }
 
 /// What a backend does not claim, it refuses with `Unsupported` (never a lock in its place).

@@ -332,11 +332,6 @@ impl MySqlConfig {
         self.target
     }
 
-    /// How many hosts the URL names.
-    pub fn host_count(&self) -> usize {
-        self.hosts.len()
-    }
-
     /// The lock sessions' `wait_timeout` (`?wait_timeout=`).
     pub fn wait_timeout(&self) -> Duration {
         self.wait_timeout

@@ -116,6 +116,15 @@ impl PgBackend {
         Ok(s)
     }
 
+    /// A session of the acquisition's own: a kept one (`true`: it may have died while kept),
+    /// or a new one.
+    async fn dedicated_session(&self) -> Result<(Session, bool)> {
+        match self.idle.take() {
+            Some(s) => Ok((s, true)),
+            None => Ok((self.open_session().await?, false)),
+        }
+    }
+
     /// The parsed configuration.
     pub fn config(&self) -> &PgConfig {
         &self.cfg
@@ -158,10 +167,10 @@ impl PgBackend {
             // Another reader of this process holds it on the shared session: this one asks
             // on a session of its own, where PostgreSQL queues it behind waiting writers.
             Tried::HeldHere if no_wait => {
-                let dedicated = match self.idle.take() {
-                    Some(s) if s.is_alive() => s,
-                    _ => self.open_session().await?,
-                };
+                let (mut dedicated, kept) = self.dedicated_session().await?;
+                if kept && !dedicated.is_alive() {
+                    dedicated = self.open_session().await?;
+                }
                 let sent = Instant::now();
                 let arg = self.cfg.key.arg(name)?;
                 if let Tried::Granted(grant) = dedicated.try_lock(arg, opts.mode()).await? {
@@ -194,12 +203,7 @@ impl PgBackend {
         // holds the lock. The server wakes it the moment the lock is free: no polling. A
         // session kept from an earlier wait is used first; if it died while it was kept
         // (nothing of ours was on it), a new one takes its place.
-        let kept = self.idle.take();
-        let reused = kept.is_some();
-        let mut dedicated = match kept {
-            Some(s) => s,
-            None => self.open_session().await?,
-        };
+        let (mut dedicated, reused) = self.dedicated_session().await?;
         let mut sent = Instant::now();
         // Made again rather than cloned before the try: the try is the common path.
         let arg = self.cfg.key.arg(name)?;

@@ -13,7 +13,7 @@ pub(crate) async fn main(cmd: HarnessCommand) -> i32 {
         HarnessCommand::Conformance(args) => conformance(args).await,
         HarnessCommand::Compare(args) => compare(args).await,
         HarnessCommand::HoldMany(args) => hold_many(args).await,
-        HarnessCommand::Peer(args) => crate::peer::serve(&args.url).await,
+        HarnessCommand::Peer(args) => crate::peer::serve(&args).await,
         HarnessCommand::Servers(ServersCommand::Up { cluster }) => {
             match dlock_fixtures::servers_up(cluster).await {
                 Ok(()) => EXIT_OK,

@@ -98,6 +98,14 @@ pub enum HarnessCommand {
 pub struct PeerArgs {
     /// Lock service URL.
     pub url: String,
+
+    /// Every lock this harness takes is shared (a reader).
+    #[arg(long, conflicts_with = "permits")]
+    pub shared: bool,
+
+    /// Every lock this harness takes is one of N permits of the semaphore NAME.
+    #[arg(long, value_name = "N")]
+    pub permits: Option<u32>,
 }
 
 /// `dlock hold-many` arguments.

@@ -8,9 +8,11 @@ use std::time::Duration;
 use dlock::{Backend, Guard, LockName, LockOptions, Wait};
 use dlock_peer_proto::{BoxFuture, Held, Peer};
 
-/// dlock with its defaults (auto-renew, its own wake-ups); only the ttl comes from the driver.
+/// dlock with its defaults (auto-renew, its own wake-ups); only the ttl comes from the driver,
+/// and the mode (`--shared`, `--permits N`) from the command line.
 struct DlockPeer {
     backend: Arc<dyn Backend>,
+    base: LockOptions,
 }
 
 struct DlockHeld(Guard);
@@ -36,7 +38,7 @@ impl Peer for DlockPeer {
     ) -> BoxFuture<'a, Result<Option<Box<dyn Held>>, String>> {
         Box::pin(async move {
             let name = LockName::new(name).map_err(|e| e.to_string())?;
-            let opts = LockOptions::new().with_ttl(ttl).with_wait(if wait {
+            let opts = self.base.clone().with_ttl(ttl).with_wait(if wait {
                 Wait::Forever
             } else {
                 Wait::No
@@ -54,11 +56,21 @@ impl Peer for DlockPeer {
     }
 }
 
-pub(crate) async fn serve(url: &str) -> i32 {
-    let backend = match dlock::connect(url).await {
+pub(crate) async fn serve(args: &crate::opt::PeerArgs) -> i32 {
+    let mut base = LockOptions::new();
+    if args.shared {
+        base = base.with_mode(dlock::LockMode::Shared);
+    }
+    if let Some(n) = args.permits {
+        base = base.with_permits(n);
+    }
+    let backend = match dlock::connect(&args.url).await {
         Ok(b) => b,
         Err(e) => return dlock_peer_proto::unavailable("dlock", &e.to_string()),
     };
-    let peer = Arc::new(DlockPeer { backend });
+    if let Err(e) = base.check_for("dlock", &backend.capabilities()) {
+        return dlock_peer_proto::unavailable("dlock", &e.to_string());
+    }
+    let peer = Arc::new(DlockPeer { backend, base });
     dlock_peer_proto::serve(peer, "dlock", env!("CARGO_PKG_VERSION")).await
 }

@@ -1,5 +1,7 @@
 //! Acquiring: take a lease, queue a key under it, and either own the lock at once, give up
-//! (no wait), or wait for our turn.
+//! (no wait), or wait for our turn. Readers queue the same way, with a recipe reader's key
+//! and waiting only for exclusive contenders (see [`crate::layout`]); permits are in
+//! [`crate::semaphore`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,19 +11,19 @@ use etcd_client::{
     TxnOpResponse,
 };
 use lock_core::{
-    Error, ErrorKind, FencingToken, Grant, Guard, LeaseMonitor, LockName, LockOptions, Operation,
-    Result, Wait,
+    Error, ErrorKind, FencingToken, Grant, Guard, LeaseMonitor, LockMode, LockName, LockOptions,
+    Operation, Result, Wait,
 };
 use tokio::time::Instant;
 
 use crate::NAME;
 use crate::backend::{EtcdBackend, Inner};
 use crate::error::{call, retry};
-use crate::layout::{contender_key, is_contender, show};
+use crate::layout::{Role, blocks, contender_key, reader_key, show, writer_key};
 use crate::lease::{
     EtcdLease, LeaseHandle, keep_alive, lock_pool, renewal_limit, revoke_in_background,
 };
-use crate::wait::{FAILING_FOR, Turn, wait_turn};
+use crate::wait::{FAILING_FOR, Place, Turn, wait_turn};
 
 /// How often an acquisition starts over because its key vanished while it waited (its lease
 /// expired, or someone deleted it) before it gives up.
@@ -40,8 +42,14 @@ async fn acquire_inner(
     name: &LockName,
     opts: &LockOptions,
 ) -> Result<Guard> {
-    // etcd's concurrency.Mutex has no shared mode.
     opts.check_for(NAME, &EtcdBackend::CAPABILITIES)?;
+    if let Some(limit) = opts.permits() {
+        return crate::semaphore::acquire(backend, name, opts, limit).await;
+    }
+    let role = match opts.mode() {
+        LockMode::Exclusive => Role::Exclusive,
+        LockMode::Shared => Role::Reader,
+    };
     let secs = backend.lease_secs(opts.ttl())?;
     let inner = &backend.inner;
     let requested_at = Instant::now();
@@ -68,7 +76,12 @@ async fn acquire_inner(
             inner,
             lease: Some(lease.id),
         };
-        let key = contender_key(&prefix, lease.id);
+        let named_by_lease = role == Role::Exclusive && !inner.config.rwmutex_writers;
+        let key = match role {
+            Role::Exclusive if named_by_lease => contender_key(&prefix, lease.id),
+            Role::Exclusive => writer_key(&prefix),
+            Role::Reader => reader_key(&prefix),
+        };
         let contended = || {
             Error::new(
                 ErrorKind::Contended,
@@ -78,7 +91,7 @@ async fn acquire_inner(
             )
         };
         let mut queued = None;
-        if try_only {
+        if try_only && role == Role::Exclusive {
             // Put our key only if the lock has no contender at all: a busy lock then costs
             // no write and no withdrawal.
             match retry(retry_until(), || {
@@ -104,24 +117,28 @@ async fn acquire_inner(
         let queued = match queued {
             Some(q) => q,
             // Idempotent: a retry after a lost answer finds our key and adopts its revision.
-            None => retry(retry_until(), || enqueue(inner, &prefix, &key, lease.id)).await?,
+            None => match retry(retry_until(), || {
+                enqueue(inner, &prefix, &key, lease.id, role)
+            })
+            .await?
+            {
+                Some(q) => q,
+                // Another process's reader key of the same nanosecond: a new key.
+                None => continue,
+            },
         };
         if !queued.owner {
             if try_only {
                 withdraw(&mut pending, &key, queued.revision, lease).await;
                 return Err(contended());
             }
-            match wait_turn(
-                inner,
-                &prefix,
-                &key,
-                queued.revision,
-                &mut lease,
-                opts.ttl(),
-                deadline,
-            )
-            .await?
-            {
+            let place = Place {
+                prefix: &prefix,
+                key: &key,
+                revision: queued.revision,
+                role,
+            };
+            match wait_turn(inner, place, &mut lease, opts.ttl(), deadline).await? {
                 Turn::Ours => {}
                 Turn::Vanished => {
                     tracing::warn!(lock = %name, key = %show(&key), "our queue key vanished while waiting (lease expired?); queueing again");
@@ -150,12 +167,17 @@ async fn acquire_inner(
             key,
             revision: queued.revision,
             lease: Mutex::new(lease),
+            named_by_lease,
+            slot: None,
         });
+        // Readers hold together: a token would fence the others out (lock-core's rule).
+        let token =
+            (role == Role::Exclusive).then(|| FencingToken::new(queued.revision.unsigned_abs()));
         return Ok(Guard::new(
             Grant {
                 name: name.clone(),
                 backend: NAME,
-                token: Some(FencingToken::new(queued.revision.unsigned_abs())),
+                token,
                 lease: held,
                 monitor,
                 requested_at,
@@ -178,9 +200,9 @@ async fn acquire_inner(
 }
 
 /// Revokes the lease of an acquisition that did not complete, unless disarmed.
-struct Pending<'a> {
-    inner: &'a Arc<Inner>,
-    lease: Option<i64>,
+pub(crate) struct Pending<'a> {
+    pub inner: &'a Arc<Inner>,
+    pub lease: Option<i64>,
 }
 
 impl Drop for Pending<'_> {
@@ -193,7 +215,12 @@ impl Drop for Pending<'_> {
 
 /// Takes our key out of the queue (contended, timed out). On success the lease is pooled;
 /// otherwise the pending guard revokes it.
-async fn withdraw(pending: &mut Pending<'_>, key: &[u8], revision: i64, lease: LeaseHandle) {
+pub(crate) async fn withdraw(
+    pending: &mut Pending<'_>,
+    key: &[u8],
+    revision: i64,
+    lease: LeaseHandle,
+) {
     let inner = pending.inner;
     let txn = Txn::new()
         .when([Compare::create_revision(
@@ -219,7 +246,11 @@ async fn withdraw(pending: &mut Pending<'_>, key: &[u8], revision: i64, lease: L
 }
 
 /// A pooled lease that is fresh enough, or a new one.
-async fn take_lease(inner: &Arc<Inner>, secs: i64, ttl: Duration) -> Result<LeaseHandle> {
+pub(crate) async fn take_lease(
+    inner: &Arc<Inner>,
+    secs: i64,
+    ttl: Duration,
+) -> Result<LeaseHandle> {
     loop {
         let pooled = lock_pool(inner).take(secs);
         let Some(mut lease) = pooled else { break };
@@ -318,14 +349,20 @@ async fn take_if_free(inner: &Inner, prefix: &[u8], key: &[u8], lease: i64) -> R
     match first_kv(resp.op_responses().first()) {
         // A retried request whose first try had gone through (and found the lock free).
         Some(kv) if kv.key() == key => Ok(Free::Taken(kv.create_revision())),
-        Some(kv) if is_contender(prefix, kv.key()) => Ok(Free::Held),
+        Some(kv) if blocks(prefix, kv.key(), Role::Exclusive) => Ok(Free::Held),
         _ => Ok(Free::Unsure),
     }
 }
 
-/// Puts our key (if absent) and reads the oldest contender, in one txn (etcd's
-/// `Mutex.tryAcquire`).
-async fn enqueue(inner: &Inner, prefix: &[u8], key: &[u8], lease: i64) -> Result<Queued> {
+/// Puts our key (if absent) and reads the oldest key, in one txn (etcd's `Mutex.tryAcquire`);
+/// `None` when the key exists under another lease (a reader key of the same nanosecond).
+async fn enqueue(
+    inner: &Inner,
+    prefix: &[u8],
+    key: &[u8],
+    lease: i64,
+    role: Role,
+) -> Result<Option<Queued>> {
     let oldest = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend)
@@ -356,10 +393,11 @@ async fn enqueue(inner: &Inner, prefix: &[u8], key: &[u8], lease: i64) -> Result
     let revision = if resp.succeeded() {
         resp.header().map(|h| h.revision()).unwrap_or_default()
     } else {
-        // Already there: a retried request that had gone through.
-        first_kv(ops.first())
-            .map(|kv| kv.create_revision())
-            .unwrap_or_default()
+        // Already there: a retried request that had gone through, or someone else's.
+        match first_kv(ops.first()) {
+            Some(kv) if kv.lease() != lease => return Ok(None),
+            kv => kv.map(|kv| kv.create_revision()).unwrap_or_default(),
+        }
     };
     if revision <= 0 {
         return Err(protocol_error(
@@ -367,16 +405,15 @@ async fn enqueue(inner: &Inner, prefix: &[u8], key: &[u8], lease: i64) -> Result
         ));
     }
     let owner = match first_kv(ops.get(1)) {
-        Some(kv) if is_contender(prefix, kv.key()) => kv.create_revision(),
-        // A nested lock (`NAME/sub`) shares the prefix: look at our own contenders only.
-        _ => contender_scan(inner, prefix, None)
+        Some(kv) if kv.create_revision() == revision => true,
+        Some(kv) if blocks(prefix, kv.key(), role) => false,
+        // A nested lock (`NAME/sub`) shares the prefix, and readers let readers by: look at
+        // the keys that block us only.
+        _ => contender_scan(inner, prefix, Some(revision), role)
             .await?
-            .map_or(revision, |kv| kv.create_revision()),
+            .is_none(),
     };
-    Ok(Queued {
-        revision,
-        owner: owner == revision,
-    })
+    Ok(Some(Queued { revision, owner }))
 }
 
 pub(crate) fn first_kv(op: Option<&TxnOpResponse>) -> Option<&KeyValue> {
@@ -386,12 +423,14 @@ pub(crate) fn first_kv(op: Option<&TxnOpResponse>) -> Option<&KeyValue> {
     }
 }
 
-/// The contender of the lock at `prefix` (ignoring nested locks) with the lowest create
-/// revision, or with `below` set, the highest create revision below it.
+/// The key of the lock at `prefix` that blocks `role` (ignoring nested locks, and readers for
+/// a reader) with the lowest create revision, or with `below` set, the highest create
+/// revision below it.
 pub(crate) async fn contender_scan(
     inner: &Inner,
     prefix: &[u8],
     below: Option<i64>,
+    role: Role,
 ) -> Result<Option<KeyValue>> {
     let mut opts = GetOptions::new().with_prefix().with_keys_only();
     opts = match below {
@@ -411,7 +450,7 @@ pub(crate) async fn contender_scan(
     Ok(resp
         .take_kvs()
         .into_iter()
-        .find(|kv| is_contender(prefix, kv.key())))
+        .find(|kv| blocks(prefix, kv.key(), role)))
 }
 
 pub(crate) fn protocol_error(message: &str) -> Error {

@@ -59,8 +59,8 @@ impl EtcdBackend {
     /// server actually connected to.
     pub const CAPABILITIES: Capabilities = Capabilities {
         fencing: true,
-        shared: false,
-        semaphore: false,
+        shared: true,
+        semaphore: true,
         lease: true,
         renew: true,
         at_least: true,

@@ -22,6 +22,11 @@ pub(crate) const OPTIONS: &[(&str, &str)] = &[
         "5s: how long one request may take before it counts as failed",
     ),
     (
+        "writers",
+        "mutex: the exclusive lock writes concurrency.Mutex's NAME/<lease hex>; rwmutex: the \
+         write key of Go's recipes.RWMutex, NAME/write/<UnixNano>, which the recipe's readers wait for",
+    ),
+    (
         "tls",
         "on when ca= is given, else off: on = https:// endpoints, the server's certificate \
          verified against ca= and the URL's host",
@@ -62,6 +67,8 @@ pub(crate) struct Config {
     pub request_timeout: Duration,
     /// TLS, when the URL asks for it (`endpoints` are then `https://`).
     pub tls: Option<TlsFiles>,
+    /// `writers=rwmutex`: the exclusive lock writes the recipe RWMutex's writer key.
+    pub rwmutex_writers: bool,
     /// The URL with its password hidden, for messages.
     pub display: String,
 }
@@ -140,8 +147,10 @@ impl Config {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             tls: None,
+            rwmutex_writers: false,
             display: url.to_string(),
         };
+        let mut writers_seen = false;
         let mut tls = TlsOptions::default();
         for pair in query
             .into_iter()
@@ -154,6 +163,22 @@ impl Config {
                 "request_timeout" => &mut config.request_timeout,
                 "tls" | "ca" | "cacert" | "cert" | "key" => {
                     tls.set(key, value).map_err(|what| invalid(url, what))?;
+                    continue;
+                }
+                "writers" => {
+                    if std::mem::replace(&mut writers_seen, true) {
+                        return Err(invalid(url, "option writers given twice"));
+                    }
+                    config.rwmutex_writers = match value {
+                        "mutex" => false,
+                        "rwmutex" => true,
+                        _ => {
+                            return Err(invalid(
+                                url,
+                                format!("option writers: {value:?} is not mutex or rwmutex"),
+                            ));
+                        }
+                    };
                     continue;
                 }
                 _ => {
@@ -334,6 +359,20 @@ mod tests {
         assert_eq!(parse("etcd://h:1/a/b/").unwrap().prefix, "a/b/");
         // A leading slash in the keys: one more slash in the URL.
         assert_eq!(parse("etcd://h:1//locks").unwrap().prefix, "/locks/");
+    }
+
+    #[test]
+    fn writers_choose_the_exclusive_key() {
+        assert!(!parse("etcd://h:1").unwrap().rwmutex_writers);
+        assert!(!parse("etcd://h:1?writers=mutex").unwrap().rwmutex_writers);
+        assert!(parse("etcd://h:1?writers=rwmutex").unwrap().rwmutex_writers);
+        for bad in [
+            "etcd://h:1?writers=rw",
+            "etcd://h:1?writers=mutex&writers=mutex",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{bad}: {e}");
+        }
     }
 
     #[test]

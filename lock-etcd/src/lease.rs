@@ -207,13 +207,19 @@ pub(crate) async fn revoke(inner: &Inner, id: i64) {
     }
 }
 
-/// What a [`Guard`](lock_core::Guard) holds: our contender key, its create revision (the
-/// fencing token) and its lease.
+/// What a [`Guard`](lock_core::Guard) holds: our key (an exclusive contender's, a reader's or
+/// a permit slot's), its create revision (an exclusive holder's or a permit's fencing token)
+/// and its lease.
 pub(crate) struct EtcdLease {
     pub inner: Arc<Inner>,
     pub key: Vec<u8>,
     pub revision: i64,
     pub lease: Mutex<LeaseHandle>,
+    /// The key's name carries our lease id (an exclusive contender's): only we write it, so a
+    /// plain delete releases it. Reader and slot keys are deleted only at our revision.
+    pub named_by_lease: bool,
+    /// The permit slot, for a permit.
+    pub slot: Option<u32>,
 }
 
 impl EtcdLease {
@@ -267,27 +273,43 @@ impl EtcdLease {
         let limit = inner.config.request_timeout;
         // A plain delete, like etcd's own `Mutex.Unlock`: our key's name carries our lease
         // id, and only the holder of that lease writes it, so if it exists it is ours.
+        // A reader's or a slot's key may be someone else's by now (ours expired, then the
+        // slot was taken again): delete it only at our create revision.
         let delete = || async {
             let mut kv = inner.client.kv_client();
+            if self.named_by_lease {
+                let resp = kv.delete(self.key.clone(), None);
+                return call(Operation::Release, "deleting the lock key", limit, resp)
+                    .await
+                    .map(|r| r.deleted() > 0);
+            }
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    self.key.clone(),
+                    CompareOp::Equal,
+                    self.revision,
+                )])
+                .and_then([TxnOp::delete(self.key.clone(), None)]);
             call(
                 Operation::Release,
                 "deleting the lock key",
                 limit,
-                kv.delete(self.key.clone(), None),
+                kv.txn(txn),
             )
             .await
+            .map(|r| r.succeeded())
         };
         // A retry after a lost answer finds the key gone and reports `false`; that costs an
         // accurate answer, never someone else's lock.
-        let resp = match retry(Instant::now() + limit, delete).await {
-            Ok(resp) => resp,
+        let deleted = match retry(Instant::now() + limit, delete).await {
+            Ok(deleted) => deleted,
             Err(e) => {
                 // Whether the delete happened is unknown: revoking frees the key either way.
                 revoke_in_background(inner, handle.id);
                 return Err(e);
             }
         };
-        if resp.deleted() > 0 {
+        if deleted {
             lock_pool(inner).put(handle);
             Ok(true)
         } else {
@@ -370,6 +392,10 @@ impl Lease for EtcdLease {
 
     fn release_after(&self, keep: Duration) -> BoxFuture<'_, Result<bool>> {
         Box::pin(self.release_after_inner(keep))
+    }
+
+    fn slot(&self) -> Option<u32> {
+        self.slot
     }
 }
 

@@ -10,6 +10,7 @@ mod golden;
 mod layout;
 mod lease;
 mod link;
+mod semaphore;
 mod tls;
 mod wait;
 

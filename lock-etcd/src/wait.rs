@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::acquire::{contender_scan, first_kv};
 use crate::backend::Inner;
 use crate::error::{call, from_etcd};
-use crate::layout::is_contender;
+use crate::layout::{Role, blocks};
 use crate::lease::{LeaseHandle, keep_alive, renewal_limit};
 
 /// How a wait ended (errors aside).
@@ -39,13 +39,21 @@ struct Waiter<'a> {
     ttl: Duration,
     deadline: Option<Instant>,
     next_keepalive: Instant,
+    role: Role,
+}
+
+/// Our place in a lock's queue: the lock's key range, our key, its create revision, and what
+/// we wait for (a reader or an exclusive contender).
+pub(crate) struct Place<'a> {
+    pub prefix: &'a [u8],
+    pub key: &'a [u8],
+    pub revision: i64,
+    pub role: Role,
 }
 
 pub(crate) async fn wait_turn(
     inner: &Inner,
-    prefix: &[u8],
-    key: &[u8],
-    revision: i64,
+    place: Place<'_>,
     lease: &mut LeaseHandle,
     ttl: Duration,
     deadline: Option<Instant>,
@@ -53,13 +61,14 @@ pub(crate) async fn wait_turn(
     let next_keepalive = lease.acked_sent + ttl / 3;
     let mut w = Waiter {
         inner,
-        prefix,
-        key,
-        revision,
+        prefix: place.prefix,
+        key: place.key,
+        revision: place.revision,
         lease,
         ttl,
         deadline,
         next_keepalive,
+        role: place.role,
     };
     let mut failing_since: Option<Instant> = None;
     let mut backoff = crate::link::Backoff::retries();
@@ -215,11 +224,12 @@ impl Waiter<'_> {
         let mine = first_kv(ops.first()).is_some_and(|kv| kv.create_revision() == self.revision);
         let before = match first_kv(ops.get(1)) {
             None => None,
-            Some(kv) if is_contender(self.prefix, kv.key()) => {
+            Some(kv) if blocks(self.prefix, kv.key(), self.role) => {
                 Some((kv.key().to_vec(), kv.create_revision()))
             }
-            // A nested lock's key: find our own lock's contender before us.
-            Some(_) => contender_scan(self.inner, self.prefix, Some(self.revision))
+            // A nested lock's key, or a reader before a reader: find the key before us that
+            // blocks us.
+            Some(_) => contender_scan(self.inner, self.prefix, Some(self.revision), self.role)
                 .await?
                 .map(|kv| (kv.key().to_vec(), kv.create_revision())),
         };

@@ -1,4 +1,5 @@
-//! The `zk://` backend: Curator's `InterProcessMutex` recipe on one shared session.
+//! The `zk://` backend: Curator's `InterProcessMutex`, `InterProcessReadWriteLock` and
+//! `InterProcessSemaphoreV2` recipes on one shared session.
 
 use std::fmt;
 use std::sync::Arc;
@@ -6,7 +7,8 @@ use std::time::Duration;
 
 use lock_core::{
     Backend, BoxFuture, Capabilities, ConnectUrl, Error, ErrorKind, FencingToken, Grant, Guard,
-    LeaseMonitor, LockName, LockOptions, Operation, Renew, Result, WaitPlan, lease_deadline,
+    LeaseMonitor, LockMode, LockName, LockOptions, Operation, Renew, Result, WaitPlan,
+    lease_deadline,
 };
 use tokio::time::Instant;
 use zookeeper_client::Error as ZkError;
@@ -63,62 +65,22 @@ impl ZkBackend {
     async fn acquire_inner(&self, name: &LockName, opts: &LockOptions) -> Result<Guard> {
         opts.check_for(NAME, &CAPABILITIES)?;
         let plan = WaitPlan::new(opts);
-        let (requested_at, try_only, deadline) =
-            (plan.requested_at, !plan.may_wait(), plan.deadline);
         let session = self.session().await?;
         let lock_path = self.config.lock_path(name);
-        let mut contender = Contender::new(Arc::clone(&session), lock_path.clone());
-        let Entered {
-            mut children,
-            czxid,
-        } = contender.enter().await?;
-        loop {
-            layout::sort_contenders(&mut children);
-            let predecessor = match layout::standing(&children, contender.prefix()) {
-                Standing::Holder(_) => break,
-                Standing::Absent => {
-                    return Err(Error::new(
-                        ErrorKind::Connection,
-                        NAME,
-                        Operation::Acquire,
-                        format!(
-                            "our contender node under {lock_path} disappeared while waiting \
-                             (did the session expire?)"
-                        ),
-                    ));
-                }
-                Standing::Waiting { predecessor, .. } => format!("{lock_path}/{predecessor}"),
-            };
-            if try_only {
-                contender.withdraw().await;
-                return Err(plan.busy_error(NAME, name, ""));
-            }
-            if deadline.is_some_and(|d| d <= Instant::now()) {
-                contender.withdraw().await;
-                return Err(plan.busy_error(NAME, name, ""));
-            }
-            // Watch only the node right before ours (no herd), as Curator does.
-            let what = format!("watching {predecessor}");
-            let client = session.client();
-            match contender
-                .read(&what, || client.get_and_watch_data(&predecessor))
-                .await?
-            {
-                Ok((_, _, watcher)) => {
-                    tokio::select! {
-                        _ = watcher.changed() => {}
-                        _ = sleep_until_opt(deadline) => {
-                            contender.withdraw().await;
-                            return Err(plan.busy_error(NAME, name, ""));
-                        }
-                    }
-                }
-                // Gone already: look again.
-                Err(ZkError::NoNode) => {}
-                Err(e) => return Err(error::from_zk(Operation::Acquire, &what, e)),
-            }
-            children = contender.list().await?;
+        if let Some(limit) = opts.permits() {
+            let path = layout::semaphore_path(&lock_path);
+            return crate::semaphore::acquire(session, name, opts, &plan, path, limit).await;
         }
+        let shared = opts.mode() == LockMode::Shared;
+        let marker = if shared {
+            layout::READ_MARKER
+        } else if self.config.rwlock_writers {
+            layout::WRITE_MARKER
+        } else {
+            layout::LOCK_MARKER
+        };
+        let contender = Contender::new(Arc::clone(&session), lock_path.clone(), marker);
+        let (contender, czxid) = queue(&session, contender, shared, &plan, name).await?;
         // Ours is first: the lock is ours. No await from here to the guard.
         let node = contender
             .into_granted()
@@ -126,7 +88,7 @@ impl ZkBackend {
         let monitor = LeaseMonitor::new(name, NAME, None);
         let lease = Arc::new(ZkLease::new(
             session,
-            node,
+            vec![node],
             &monitor,
             hold_limit(opts, Instant::now()),
         ));
@@ -134,13 +96,75 @@ impl ZkBackend {
             Grant {
                 name: name.clone(),
                 backend: NAME,
-                token: Some(FencingToken::new(czxid as u64)),
+                // Readers hold together: a token would fence the others out.
+                token: (!shared).then(|| FencingToken::new(czxid as u64)),
                 lease,
                 monitor,
-                requested_at,
+                requested_at: plan.requested_at,
             },
             opts,
         ))
+    }
+}
+
+/// Enters the queue of `contender`'s lock node and waits for our turn as an exclusive
+/// contender or a reader (`shared`), watching only the node in our way (no herd), as Curator
+/// does. Returns the contender, now holding, with its node's creation zxid; a wait that ends
+/// first withdraws the node and says busy.
+pub(crate) async fn queue(
+    session: &Session,
+    mut contender: Contender,
+    shared: bool,
+    plan: &WaitPlan,
+    name: &LockName,
+) -> Result<(Contender, i64)> {
+    let (try_only, deadline) = (!plan.may_wait(), plan.deadline);
+    let lock_path = contender.lock_path().to_string();
+    let Entered {
+        mut children,
+        czxid,
+    } = contender.enter().await?;
+    loop {
+        layout::sort_contenders(&mut children);
+        let predecessor = match layout::standing(&children, contender.prefix(), shared) {
+            Standing::Holder(_) => return Ok((contender, czxid)),
+            Standing::Absent => {
+                return Err(Error::new(
+                    ErrorKind::Connection,
+                    NAME,
+                    Operation::Acquire,
+                    format!(
+                        "our contender node under {lock_path} disappeared while waiting (did \
+                         the session expire?)"
+                    ),
+                ));
+            }
+            Standing::Waiting { predecessor, .. } => format!("{lock_path}/{predecessor}"),
+        };
+        if try_only || deadline.is_some_and(|d| d <= Instant::now()) {
+            contender.withdraw().await;
+            return Err(plan.busy_error(NAME, name, ""));
+        }
+        let what = format!("watching {predecessor}");
+        let client = session.client();
+        match contender
+            .read(&what, || client.get_and_watch_data(&predecessor))
+            .await?
+        {
+            Ok((_, _, watcher)) => {
+                tokio::select! {
+                    _ = watcher.changed() => {}
+                    _ = sleep_until_opt(deadline) => {
+                        contender.withdraw().await;
+                        return Err(plan.busy_error(NAME, name, ""));
+                    }
+                }
+            }
+            // Gone already: look again.
+            Err(ZkError::NoNode) => {}
+            Err(e) => return Err(error::from_zk(Operation::Acquire, &what, e)),
+        }
+        children = contender.list().await?;
     }
 }
 
@@ -178,7 +202,7 @@ impl Backend for ZkBackend {
 /// the lock is held for at most one ttl, and `max_hold` caps renewed holds. Both count from
 /// the grant; this process deletes the node when the limit is reached, after telling the
 /// guard.
-fn hold_limit(opts: &LockOptions, granted_at: Instant) -> Option<HoldLimit> {
+pub(crate) fn hold_limit(opts: &LockOptions, granted_at: Instant) -> Option<HoldLimit> {
     let limit: Duration = match opts.renew() {
         Renew::Off => opts.ttl(),
         Renew::Auto { max_hold: Some(m) } => m,

@@ -53,6 +53,11 @@ pub(crate) enum InvalidUrl {
     TimeoutOutOfRange { value: String },
     #[error("URL fragments (#…) mean nothing here")]
     Fragment,
+    #[error(
+        "writers={0:?}: write `mutex` (Curator's InterProcessMutex nodes, the default) or \
+         `rwlock` (the write lock of Curator's InterProcessReadWriteLock)"
+    )]
+    BadWriters(String),
 }
 
 /// A parsed `zk://` URL. `Debug` hides the password.
@@ -67,6 +72,9 @@ pub(crate) struct Config {
     pub session_timeout: Duration,
     /// `user:password` for ZooKeeper's `digest` scheme.
     auth: Option<(String, String)>,
+    /// `writers=rwlock`: the exclusive lock's node is Curator's write-lock node
+    /// (`__WRIT__`) instead of its mutex node (`lock-`).
+    pub rwlock_writers: bool,
 }
 
 impl fmt::Debug for Config {
@@ -116,6 +124,7 @@ impl Config {
 
         let mut base: Option<String> = None;
         let mut session_timeout: Option<Duration> = None;
+        let mut writers: Option<bool> = None;
         for pair in query.into_iter().flat_map(|q| q.split('&')) {
             if pair.is_empty() {
                 continue;
@@ -131,6 +140,14 @@ impl Config {
             match key {
                 "base" => set_once(&mut base, key, normalize_path("base", &value)?)?,
                 "session_timeout" => set_once(&mut session_timeout, key, parse_timeout(&value)?)?,
+                "writers" => {
+                    let rw = match value.as_str() {
+                        "mutex" => false,
+                        "rwlock" => true,
+                        _ => return Err(InvalidUrl::BadWriters(value)),
+                    };
+                    set_once(&mut writers, key, rw)?
+                }
                 other => return Err(InvalidUrl::UnknownOption(other.to_string())),
             }
         }
@@ -151,6 +168,7 @@ impl Config {
             root,
             session_timeout: session_timeout.unwrap_or(DEFAULT_SESSION_TIMEOUT),
             auth,
+            rwlock_writers: writers.unwrap_or(false),
         })
     }
 
@@ -338,6 +356,13 @@ mod tests {
     }
 
     #[test]
+    fn writers_choose_the_exclusive_node() {
+        assert!(!parse("h").rwlock_writers);
+        assert!(!parse("h?writers=mutex").rwlock_writers);
+        assert!(parse("h?writers=rwlock").rwlock_writers);
+    }
+
+    #[test]
     fn bad_urls_are_typed_errors() {
         type Expect = fn(&InvalidUrl) -> bool;
         let cases: &[(&str, Expect)] = &[
@@ -357,6 +382,10 @@ mod tests {
             ("a/zookeeper", |e| matches!(e, InvalidUrl::BadPath { .. })),
             ("a?base=/a%01b", |e| matches!(e, InvalidUrl::BadPath { .. })),
             ("a?bsae=/x", |e| matches!(e, InvalidUrl::UnknownOption(_))),
+            ("a?writers=rw", |e| matches!(e, InvalidUrl::BadWriters(_))),
+            ("a?writers=mutex&writers=rwlock", |e| {
+                matches!(e, InvalidUrl::DuplicateOption(_))
+            }),
             ("a?base=/x&base=/y", |e| {
                 matches!(e, InvalidUrl::DuplicateOption(_))
             }),

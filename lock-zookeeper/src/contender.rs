@@ -1,4 +1,5 @@
-//! One place in a lock's queue: the contender node `_c_<uuid>-lock-<seq>`, created with
+//! One place in a lock's queue: the contender node `_c_<uuid>-<marker><seq>` (`lock-` for the
+//! mutex, `__READ__` for a reader, `lease-` for a semaphore lease), created with
 //! Curator's protected-mode recovery, and removed again if the acquisition does not end in a
 //! grant (including when the `acquire` future is dropped).
 
@@ -38,8 +39,8 @@ pub(crate) struct Entered {
 }
 
 impl Contender {
-    pub fn new(session: Arc<Session>, lock_path: String) -> Contender {
-        let prefix = layout::contender_prefix(&uuid::Uuid::new_v4());
+    pub fn new(session: Arc<Session>, lock_path: String, marker: &str) -> Contender {
+        let prefix = layout::contender_prefix(&uuid::Uuid::new_v4(), marker);
         Contender {
             session,
             lock_path,
@@ -49,7 +50,17 @@ impl Contender {
         }
     }
 
-    /// `_c_<uuid>-lock-`, the start of our node's name.
+    /// The node whose children are the queue.
+    pub fn lock_path(&self) -> &str {
+        &self.lock_path
+    }
+
+    /// Our node's name (without its path), once known.
+    pub fn node_name(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// `_c_<uuid>-<marker>`, the start of our node's name.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

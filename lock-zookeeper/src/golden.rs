@@ -8,7 +8,7 @@
 use lock_core::LockName;
 
 use crate::config::Config;
-use crate::layout::{Standing, contender_prefix, sort_contenders, standing};
+use crate::layout::{LOCK_MARKER, Standing, contender_prefix, sort_contenders, standing};
 
 fn lock_path(rest: &str, name: &str) -> String {
     Config::parse(rest)
@@ -51,7 +51,7 @@ fn lock_paths() {
 #[test]
 fn contender_node_names() {
     let uuid = uuid::Uuid::from_u128(0x6ba7b810_9dad_11d1_80b4_00c04fd430c8);
-    let prefix = contender_prefix(&uuid);
+    let prefix = contender_prefix(&uuid, LOCK_MARKER);
     assert_eq!(prefix, "_c_6ba7b810-9dad-11d1-80b4-00c04fd430c8-lock-");
     assert_eq!(prefix.len(), 3 + 36 + 6);
 }
@@ -73,7 +73,11 @@ fn contenders_order_by_sequence() {
         ["0000000009", "0000000010", "0000000011", "0000000012"]
     );
     assert_eq!(
-        standing(&children, "_c_6ba7b810-9dad-11d1-80b4-00c04fd430c8-lock-"),
+        standing(
+            &children,
+            "_c_6ba7b810-9dad-11d1-80b4-00c04fd430c8-lock-",
+            false
+        ),
         Standing::Waiting {
             ours: "_c_6ba7b810-9dad-11d1-80b4-00c04fd430c8-lock-0000000010",
             predecessor: "_c_ffffffff-ffff-4fff-bfff-ffffffffffff-lock-0000000009",

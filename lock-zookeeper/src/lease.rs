@@ -1,5 +1,6 @@
-//! A granted ZooKeeper lock: our contender node, first in line. It lives as long as the
-//! session, so there is no lease to extend; `release` deletes the node.
+//! A granted ZooKeeper lock: our contender node, first in line (for a permit: its slot node and
+//! its lease node). It lives as long as the session, so there is no lease to extend;
+//! `release` deletes the nodes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,44 +25,61 @@ pub(crate) struct HoldLimit {
 
 pub(crate) struct ZkLease {
     session: Arc<Session>,
-    path: String,
-    grant_id: u64,
+    /// Deleted in this order; the last one is the grant itself (the contender or lease node).
+    paths: Vec<String>,
+    grant_ids: Vec<u64>,
+    slot: Option<u32>,
     limit: Option<AbortHandle>,
 }
 
 impl ZkLease {
-    /// Takes over the node at `path` and starts following the session for `monitor`.
+    /// Takes over the nodes at `paths` (at least one) and starts following the session for
+    /// `monitor`.
     pub fn new(
         session: Arc<Session>,
-        path: String,
+        paths: Vec<String>,
         monitor: &LeaseMonitor,
         limit: Option<HoldLimit>,
     ) -> ZkLease {
-        let grant_id = session.register(monitor, &path);
+        let grant_ids = paths.iter().map(|p| session.register(monitor, p)).collect();
         let limit = limit.map(|limit| {
             let session = Arc::clone(&session);
-            let path = path.clone();
+            let paths = paths.clone();
             let monitor = monitor.clone();
             tokio::spawn(async move {
                 tokio::time::sleep_until(limit.lost_at).await;
                 monitor.report_lost("the hold limit (ttl without renewal, or max_hold) was reached");
                 tokio::time::sleep_until(limit.free_at).await;
-                if let Err(e) = delete_node(&session, &path, Operation::Release).await {
-                    tracing::warn!(node = %path, error = %e, "could not free the lock at its hold limit; it goes when the session ends");
+                if let Err(e) = delete_nodes(&session, &paths, Operation::Release).await {
+                    tracing::warn!(nodes = ?paths, error = %e, "could not free the lock at its hold limit; it goes when the session ends");
                 }
             })
             .abort_handle()
         });
         ZkLease {
             session,
-            path,
-            grant_id,
+            paths,
+            grant_ids,
+            slot: None,
             limit,
         }
     }
 
+    /// The permit slot this grant holds.
+    pub fn with_slot(mut self, slot: u32) -> ZkLease {
+        self.slot = Some(slot);
+        self
+    }
+
+    /// The grant's own node (the last of `paths`).
+    fn main_path(&self) -> &str {
+        self.paths.last().map_or("", String::as_str)
+    }
+
     fn detach(&self) {
-        self.session.deregister(self.grant_id);
+        for id in &self.grant_ids {
+            self.session.deregister(*id);
+        }
         if let Some(limit) = &self.limit {
             limit.abort();
         }
@@ -91,7 +109,11 @@ impl Lease for ZkLease {
 
     fn release(&self) -> BoxFuture<'_, Result<bool>> {
         self.detach();
-        Box::pin(delete_node(&self.session, &self.path, Operation::Release))
+        Box::pin(delete_nodes(&self.session, &self.paths, Operation::Release))
+    }
+
+    fn slot(&self) -> Option<u32> {
+        self.slot
     }
 
     /// Keeps the node for `keep` more, then deletes it from this process. If the process
@@ -100,12 +122,11 @@ impl Lease for ZkLease {
     fn release_after(&self, keep: Duration) -> BoxFuture<'_, Result<bool>> {
         self.detach();
         Box::pin(async move {
-            let what = format!("checking our lock node {}", self.path);
+            let main = self.main_path();
+            let what = format!("checking our lock node {main}");
             let limit = self.session.timeout();
             let stat =
-                match tokio::time::timeout(limit, self.session.client().check_stat(&self.path))
-                    .await
-                {
+                match tokio::time::timeout(limit, self.session.client().check_stat(main)).await {
                     Err(_) => return Err(error::no_answer(Operation::Release, &what, limit)),
                     Ok(Err(e)) if error::is_session_over(&e) => return Ok(false),
                     Ok(Err(e)) => return Err(error::from_zk(Operation::Release, &what, e)),
@@ -114,19 +135,32 @@ impl Lease for ZkLease {
             let ours = stat.is_some_and(|s| s.ephemeral_owner == self.session.id());
             if ours {
                 let session = Arc::clone(&self.session);
-                let path = self.path.clone();
+                let paths = self.paths.clone();
                 // Tracked, so that `Backend::close` keeps the process (and the node) until
                 // `at_least` has passed.
                 self.session.cleanups().spawn(async move {
                     tokio::time::sleep(keep).await;
-                    if let Err(e) = delete_node(&session, &path, Operation::Release).await {
-                        tracing::warn!(node = %path, error = %e, "could not free the lock after at_least; it goes when the session ends");
+                    if let Err(e) = delete_nodes(&session, &paths, Operation::Release).await {
+                        tracing::warn!(nodes = ?paths, error = %e, "could not free the lock after at_least; it goes when the session ends");
                     }
                 });
             }
             Ok(ours)
         })
     }
+}
+
+/// Deletes our nodes in order; `Ok(true)` when each was there (see [`delete_node`]).
+pub(crate) async fn delete_nodes(
+    session: &Session,
+    paths: &[String],
+    operation: Operation,
+) -> Result<bool> {
+    let mut all = true;
+    for path in paths {
+        all &= delete_node(session, path, operation).await?;
+    }
+    Ok(all)
 }
 
 /// Deletes our node. `Ok(true)`: it was there and is gone; `Ok(false)`: it was already gone

@@ -9,6 +9,7 @@ mod error;
 mod golden;
 mod layout;
 mod lease;
+mod semaphore;
 mod session;
 
 use std::sync::Arc;
@@ -26,11 +27,12 @@ pub const NAME: &str = "zookeeper";
 
 /// What the ZooKeeper backend offers: fencing tokens (the owner node's creation zxid, which
 /// the server persists, so they keep increasing across restarts), waiting by watch
-/// notification, and nothing lease-like: the lock lives as long as the client's session.
+/// notification, shared locks and semaphores in Curator's layouts, and nothing lease-like: the
+/// lock lives as long as the client's session.
 pub const CAPABILITIES: Capabilities = Capabilities {
     fencing: true,
-    shared: false,
-    semaphore: false,
+    shared: true,
+    semaphore: true,
     lease: false,
     renew: false,
     at_least: false,

@@ -11,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	recipe "go.etcd.io/etcd/client/v3/experimental/recipes"
 )
 
 const etcdModule = "go.etcd.io/etcd/client/v3"
@@ -27,9 +28,18 @@ const electionTryDeadline = 100 * time.Millisecond
 // NAME under an etcd://host:port URL (no /PREFIX) and what `etcdctl lock NAME` writes. So one
 // name is one lock for this peer, for dlock and for etcdctl; and since Mutex and Election lay
 // out their keys the same way, for both of this harness's etcd peers too.
+//
+// etcd-rwmutex-read and etcd-rwmutex-write are etcd's recipes.RWMutex (RLock, Lock) on prefix
+// NAME: readers write NAME/read/<UnixNano>, writers NAME/write/<UnixNano>, under the session's
+// lease. A reader waits for older keys under NAME/write only, a writer for every older key
+// under NAME/. The recipe's RLock and Lock take no context and have no try: `try` is an
+// error, and a wait ended by a signal closes the session (revoking its lease, so its key
+// goes) and leaves the blocked call behind until the process exits.
 type etcdPeer struct {
 	client   *clientv3.Client
 	election bool
+	// rw is "read" or "write" for the recipe's RWMutex, "" otherwise.
+	rw string
 	// value is what a Campaign proclaims (the Election's value; a Mutex writes "").
 	value string
 
@@ -57,7 +67,7 @@ func etcdEndpoints(url string) ([]string, error) {
 	return eps, nil
 }
 
-func openEtcd(ctx context.Context, url string, election bool) (lockPeer, string, error) {
+func openEtcd(ctx context.Context, url string, election bool, rw string) (lockPeer, string, error) {
 	eps, err := etcdEndpoints(url)
 	if err != nil {
 		return nil, "", err
@@ -76,6 +86,7 @@ func openEtcd(ctx context.Context, url string, election bool) (lockPeer, string,
 	p := &etcdPeer{
 		client:   client,
 		election: election,
+		rw:       rw,
 		value:    fmt.Sprintf("dlock-peer-go@%s:%d", host, os.Getpid()),
 		idle:     map[int][]*concurrency.Session{},
 	}
@@ -168,6 +179,9 @@ func (p *etcdPeer) acquire(ctx context.Context, name string, ttl time.Duration, 
 	if p.election {
 		return p.campaign(ctx, s, ttlS, name, wait)
 	}
+	if p.rw != "" {
+		return p.rwLock(ctx, s, ttlS, name, wait)
+	}
 	m := concurrency.NewMutex(s, name)
 	if wait {
 		// Lock: put our key, and if an older key exists watch the next older one until it
@@ -219,6 +233,39 @@ func (p *etcdPeer) campaign(ctx context.Context, s *concurrency.Session, ttlS in
 	return &etcdHeld{peer: p, session: s, ttlS: ttlS, unlock: e.Resign}, nil
 }
 
+// rwLock runs the recipe's RLock or Lock in a goroutine (they take no context), so that a
+// signal can still end the wait.
+func (p *etcdPeer) rwLock(ctx context.Context, s *concurrency.Session, ttlS int, name string, wait bool) (heldLock, error) {
+	if !wait {
+		p.putBack(s, ttlS)
+		return nil, errors.New("etcd's recipes.RWMutex has no try (RLock and Lock block, without a context)")
+	}
+	rw := recipe.NewRWMutex(s, name)
+	done := make(chan error, 1)
+	go func() {
+		if p.rw == "read" {
+			done <- rw.RLock()
+		} else {
+			done <- rw.Lock()
+		}
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			p.discard(s)
+			return nil, err
+		}
+	case <-ctx.Done():
+		p.discard(s) // revokes the lease: our key goes; the blocked call stays behind
+		return nil, ctx.Err()
+	}
+	unlock := func(context.Context) error { return rw.Unlock() }
+	if p.rw == "read" {
+		unlock = func(context.Context) error { return rw.RUnlock() }
+	}
+	return &etcdHeld{peer: p, session: s, ttlS: ttlS, unlock: unlock}, nil
+}
+
 // etcdHeld is a Mutex or an Election that is ours; unlock is Mutex.Unlock or Election.Resign.
 type etcdHeld struct {
 	peer    *etcdPeer
@@ -237,6 +284,9 @@ func (h *etcdHeld) release(ctx context.Context) error {
 }
 
 func (p *etcdPeer) worker(ctx context.Context, name string, ttl time.Duration) (tpWorker, error) {
+	if p.rw != "" {
+		return nil, errors.New("not measured: etcd's recipes.RWMutex cannot stop a blocked RLock or Lock when the run ends")
+	}
 	s, err := p.newSession(ctx, ttlSeconds(ttl))
 	if err != nil {
 		return nil, err

@@ -2,8 +2,8 @@
 //
 //	dlock-peer-go PEER URL
 //
-// PEER is etcd-mutex (etcd's concurrency.Mutex), etcd-election (etcd's concurrency.Election)
-// or redsync (go-redsync over go-redis). The harness connects, prints `ready PEER VERSION T`
+// PEER is etcd-mutex (etcd's concurrency.Mutex), etcd-election (etcd's concurrency.Election),
+// etcd-rwmutex-read / etcd-rwmutex-write (etcd's recipes.RWMutex, RLock / Lock) or redsync (go-redsync over go-redis). The harness connects, prints `ready PEER VERSION T`
 // (or `unavailable PEER REASON` and exits 1), then answers one command per stdin line, one at
 // a time, each reply written to stdout in a single write. Log output goes to stderr only.
 // Each peer keeps its library's defaults except the lease length (see README.md here).
@@ -27,7 +27,7 @@ import (
 	"time"
 )
 
-const usage = "usage: dlock-peer-go etcd-mutex|etcd-election|redsync URL"
+const usage = "usage: dlock-peer-go etcd-mutex|etcd-election|etcd-rwmutex-read|etcd-rwmutex-write|redsync URL"
 
 const (
 	// connectTimeout bounds connecting and the first request before the ready line.
@@ -76,9 +76,15 @@ type tpWorker interface {
 type opener func(ctx context.Context, url string) (lockPeer, string, error)
 
 var peers = map[string]opener{
-	"etcd-mutex":    func(ctx context.Context, url string) (lockPeer, string, error) { return openEtcd(ctx, url, false) },
-	"etcd-election": func(ctx context.Context, url string) (lockPeer, string, error) { return openEtcd(ctx, url, true) },
-	"redsync":       openRedsync,
+	"etcd-mutex":    func(ctx context.Context, url string) (lockPeer, string, error) { return openEtcd(ctx, url, false, "") },
+	"etcd-election": func(ctx context.Context, url string) (lockPeer, string, error) { return openEtcd(ctx, url, true, "") },
+	"etcd-rwmutex-read": func(ctx context.Context, url string) (lockPeer, string, error) {
+		return openEtcd(ctx, url, false, "read")
+	},
+	"etcd-rwmutex-write": func(ctx context.Context, url string) (lockPeer, string, error) {
+		return openEtcd(ctx, url, false, "write")
+	},
+	"redsync": openRedsync,
 }
 
 var stdoutMu sync.Mutex

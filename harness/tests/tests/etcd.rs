@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use dlock::etcd::EtcdBackend;
+use dlock::etcd::etcd_client::GetOptions;
 use dlock::{Backend, ErrorKind, LockName, LockOptions, LockState, Wait};
 use dlock_fixtures::{self as fixtures, EtcdOptions};
 use tokio::sync::mpsc;
@@ -141,9 +142,9 @@ async fn bad_urls_and_unreachable_servers_are_typed_errors() -> Result<()> {
 }
 
 /// Extending by more than the lease's TTL should be Unsupported (etcd leases keep the TTL
-/// they were granted with); extending within it should work; shared mode is Unsupported.
+/// they were granted with); extending within it should work.
 #[tokio::test]
-async fn extend_within_the_lease_ttl_only_and_no_shared_mode() -> Result<()> {
+async fn extend_within_the_lease_ttl_only() -> Result<()> {
     common::init_tracing("dlock_fixtures=info,dlock_compare=info,lock_etcd=info");
     let server = fixtures::etcd().await?;
     let b = EtcdBackend::connect(server.url()).await?;
@@ -155,14 +156,71 @@ async fn extend_within_the_lease_ttl_only_and_no_shared_mode() -> Result<()> {
         g.state() == LockState::Held,
         "an unsupported extend must not change the state"
     );
-    let before = g.valid_until().unwrap();
     g.extend(Duration::from_secs(2)).await?;
     ensure!(g.valid_until().unwrap() > Instant::now() + Duration::from_millis(1500));
-    let _ = before;
     ensure!(g.release().await?);
-    let shared = LockOptions::new().with_mode(dlock::LockMode::Shared);
-    let err = b.acquire(&name, &shared).await.unwrap_err();
-    ensure!(err.kind() == ErrorKind::Unsupported, "{err}");
+    Ok(())
+}
+
+/// A reader writes the key of etcd's `recipes.RWMutex` reader, `NAME/read/<UnixNano>`, under
+/// its lease, gets no token, and its release deletes the key; a permit is the slot key
+/// `NAME\0sem/0`, fenced by its create revision.
+#[tokio::test]
+async fn readers_and_permits_write_their_documented_keys() -> Result<()> {
+    common::init_tracing("dlock_fixtures=info,lock_etcd=info");
+    let server = fixtures::etcd().await?;
+    let b = EtcdBackend::connect(server.url()).await?;
+    let name = unique("layout");
+    let prefix = b.key_prefix(&name);
+    let keys = |from: Vec<u8>| {
+        let b = &b;
+        async move {
+            let mut kv = b.client().kv_client();
+            let resp = kv.get(from, Some(GetOptions::new().with_prefix())).await?;
+            anyhow::Ok(
+                resp.kvs()
+                    .iter()
+                    .map(|kv| (kv.key().to_vec(), kv.create_revision(), kv.lease()))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let r = b
+        .acquire(
+            &name,
+            &LockOptions::new().with_mode(dlock::LockMode::Shared),
+        )
+        .await?;
+    ensure!(r.token().is_none(), "a reader got token {:?}", r.token());
+    let found = keys(prefix.clone()).await?;
+    ensure!(found.len() == 1, "{found:?}");
+    let key = String::from_utf8(found[0].0.clone())?;
+    let nanos = key
+        .strip_prefix(&format!("{}read/", String::from_utf8_lossy(&prefix)))
+        .with_context(|| format!("{key} is not a reader key"))?;
+    ensure!(
+        nanos.len() == 19 && nanos.bytes().all(|c| c.is_ascii_digit()),
+        "{key}: UnixNano in decimal"
+    );
+    ensure!(found[0].2 != 0, "the reader key has a lease");
+    ensure!(r.release().await?);
+    ensure!(keys(prefix.clone()).await?.is_empty(), "released");
+
+    let p = b
+        .acquire(&name, &LockOptions::new().with_permits(2))
+        .await?;
+    ensure!(p.slot() == Some(0));
+    // PREFIX NAME, then NUL "sem/" and the slot.
+    let mut slot0 = prefix[..prefix.len() - 1].to_vec();
+    slot0.extend_from_slice(b"\0sem/0");
+    let found = keys(slot0.clone()).await?;
+    ensure!(found.len() == 1 && found[0].0 == slot0, "{found:?}");
+    ensure!(
+        p.token().map(|t| t.get()) == Some(found[0].1.unsigned_abs()),
+        "the token is the slot key's create revision"
+    );
+    ensure!(p.release().await?);
+    ensure!(keys(slot0).await?.is_empty(), "released");
     Ok(())
 }
 

@@ -12,14 +12,18 @@
 //! | `Wait(c)` | `acquire`, `Wait::For(150 ms)` | granted or the error kind (`Timeout`) |
 //! | `Release(c)` | `release().await` of its guard | `Ok(ours)` or the error kind |
 //! | `Extend(c)` | `extend(30 s)` of its guard (lease + renew backends only) | `Ok` or the error kind (`Lost`) |
-//! | `Drop(c)` | drops its guard; if it was `Held`, a probe client waits (≤ 10 s) until it can take the lock | the state it had, whether the probe got the lock |
+//! | `Drop(c)` | drops its guard; if it was `Held`, a probe client waits (≤ 10 s) until it can take the lock the same way (exclusive, shared or a permit) | the state it had, whether the probe got the lock |
+//! | `TryShared(c)` | `acquire` shared (a reader), `Wait::No` (backends with `shared`) | granted (no token expected) or the error kind |
+//! | `TryPermit(c)` | `acquire` one of [`PERMITS`] permits of the semaphore of the same name, `Wait::No` (backends with `semaphore`) | the slot and its token's order (per slot) or the error kind |
 //! | `Expire(c)` | `acquire` with a short ttl (1 s, or the backend's minimum) and no renewal, waits for `watch().lost_or_released()`, then until a probe client can take the lock (lease backends only) | granted or the error kind, the state the guard ended in (`Lost`), whether the probe got it |
 //!
 //! After every op the state of each client's guard (`Held` / `Lost` / …, or none) is part of
 //! the observation; a guard replaced by a newer grant of the same client is dropped (it can
 //! only be `Lost` then: a held lock refuses its own client). Every grant (probe grants too) is
 //! compared with the grant before it: its fencing token must be higher, on backends with the
-//! `fencing` capability. At the end every guard left is released and a try must get the lock.
+//! `fencing` capability. At the end every guard left is released and a probe must get the lock
+//! (within 10 s: a dropped guard's release runs in the background, and on the model's
+//! current-thread runtime only once something waits).
 //!
 //! A client that holds the lock cannot take it again (not re-entrant). `Drop` and `Expire`
 //! wait on guard state and on a waiting `acquire` (notification), never on a fixed sleep; the
@@ -41,16 +45,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dlock::{
-    Backend, Capabilities, ErrorKind, FencingToken, Guard, LockName, LockOptions, LockState,
+    Backend, ErrorKind, FencingToken, Guard, LockMode, LockName, LockOptions, LockState,
     MemoryBackend, Renew, Wait,
 };
 use dlock_fixtures as fixtures;
 use proptest::prelude::*;
-use proptest::strategy::{NewTree, Union, ValueTree};
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestError, TestRunner};
 
 /// Clients per case (`c` in the ops is `0..CLIENTS`).
 const CLIENTS: usize = 4;
+/// The semaphore limit of `TryPermit`.
+const PERMITS: u32 = 2;
 /// Longest op sequence.
 const MAX_OPS: usize = 16;
 /// Cases per backend unless `PROPTEST_CASES` says otherwise.
@@ -64,188 +69,9 @@ const FREE_WITHIN: Duration = Duration::from_secs(10);
 /// No single op may take longer than this (a hung backend is an observation, not a hang).
 const OP_LIMIT: Duration = Duration::from_secs(60);
 
-/// One step of a case. `usize` is the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Try(usize),
-    Wait(usize),
-    Release(usize),
-    Extend(usize),
-    Drop(usize),
-    Expire(usize),
-}
+mod model_ops;
 
-impl Op {
-    fn client(self) -> usize {
-        match self {
-            Op::Try(c)
-            | Op::Wait(c)
-            | Op::Release(c)
-            | Op::Extend(c)
-            | Op::Drop(c)
-            | Op::Expire(c) => c,
-        }
-    }
-
-    /// This op with client `from` replaced by `to` (other clients unchanged).
-    fn renamed(self, from: usize, to: usize) -> Op {
-        let c = self.client();
-        let c = if c == from { to } else { c };
-        match self {
-            Op::Try(_) => Op::Try(c),
-            Op::Wait(_) => Op::Wait(c),
-            Op::Release(_) => Op::Release(c),
-            Op::Extend(_) => Op::Extend(c),
-            Op::Drop(_) => Op::Drop(c),
-            Op::Expire(_) => Op::Expire(c),
-        }
-    }
-}
-
-/// Random sequences of the ops `caps` supports (see [`Ops`] for how they shrink).
-fn ops(caps: &Capabilities) -> Ops {
-    // Clients 0 and 1 more often than 2 and 3, so that most ops meet each other's guards.
-    let c = || prop_oneof![3 => Just(0), 3 => Just(1), 1 => Just(2), 1 => Just(3)];
-    let mut choices: Vec<(u32, BoxedStrategy<Op>)> = vec![
-        (4, c().prop_map(Op::Try).boxed()),
-        (4, c().prop_map(Op::Release).boxed()),
-        (2, c().prop_map(Op::Wait).boxed()),
-        (1, c().prop_map(Op::Drop).boxed()),
-    ];
-    if caps.lease && caps.renew {
-        choices.push((1, c().prop_map(Op::Extend).boxed()));
-    }
-    if caps.lease {
-        choices.push((2, c().prop_map(Op::Expire).boxed()));
-    }
-    Ops(proptest::collection::vec(Union::new_weighted(choices), 1..=MAX_OPS).boxed())
-}
-
-/// Op sequences, generated by the wrapped strategy, shrunk by [`Shrinker`].
-///
-/// proptest's own `Vec` shrinker tries to delete each element once, in one pass, and shrinks
-/// each op on its own, so it cannot rename a client throughout a sequence; on a real run it
-/// stopped at `[Try(0), Release(0), Expire(1), Release(1)]` where `[Expire(0), Release(0)]`
-/// fails the same way. Cases cost seconds here, so a minimal sequence is worth a better
-/// shrinker.
-#[derive(Debug)]
-struct Ops(BoxedStrategy<Vec<Op>>);
-
-impl Strategy for Ops {
-    type Tree = Shrinker;
-    type Value = Vec<Op>;
-
-    fn new_tree(&self, runner: &mut TestRunner) -> NewTree<Self> {
-        Ok(Shrinker {
-            best: self.0.new_tree(runner)?.current(),
-            candidates: None,
-            trying: None,
-        })
-    }
-}
-
-/// Shrinks a failing sequence to one where no single candidate of [`simpler`] still fails:
-/// a failing candidate becomes the new best and the candidates are drawn again from it, so
-/// deletions are retried after every success (unlike a single pass).
-struct Shrinker {
-    /// The simplest sequence known to fail (or the generated one, before any test).
-    best: Vec<Op>,
-    /// Still to try, simplest last (`pop`); drawn from `best` at the first `simplify`.
-    candidates: Option<Vec<Vec<Op>>>,
-    /// The candidate under test.
-    trying: Option<Vec<Op>>,
-}
-
-impl Shrinker {
-    fn next_candidate(&mut self) -> bool {
-        self.trying = self.candidates.as_mut().and_then(Vec::pop);
-        self.trying.is_some()
-    }
-}
-
-impl ValueTree for Shrinker {
-    type Value = Vec<Op>;
-
-    fn current(&self) -> Vec<Op> {
-        self.trying.clone().unwrap_or_else(|| self.best.clone())
-    }
-
-    /// `current()` failed: keep it and try something simpler.
-    fn simplify(&mut self) -> bool {
-        if let Some(failed) = self.trying.take() {
-            self.best = failed;
-            self.candidates = None;
-        }
-        if self.candidates.is_none() {
-            let mut c = simpler(&self.best);
-            c.reverse();
-            self.candidates = Some(c);
-        }
-        self.next_candidate()
-    }
-
-    /// `current()` passed: back to the best, then the next candidate.
-    fn complicate(&mut self) -> bool {
-        self.next_candidate()
-    }
-}
-
-/// Sequences simpler than `ops` that may fail the same way, most promising first: shorter
-/// (chunks deleted, the later ops first: ops after the first difference never matter), then
-/// ops turned into `Try` (every backend has it), then fewer clients, then clients numbered in
-/// order of first use. Each is smaller in (length, non-`Try` ops, clients, numbering), so
-/// shrinking ends.
-fn simpler(ops: &[Op]) -> Vec<Vec<Op>> {
-    let mut out = Vec::new();
-    let n = ops.len();
-    let mut size = n / 2;
-    loop {
-        let size_now = size.max(1);
-        if size_now < n {
-            for start in (0..=n - size_now).rev() {
-                let mut v = ops.to_vec();
-                v.drain(start..start + size_now);
-                out.push(v);
-            }
-        }
-        if size_now == 1 {
-            break;
-        }
-        size /= 2;
-    }
-    for (i, op) in ops.iter().enumerate() {
-        if !matches!(op, Op::Try(_)) {
-            let mut v = ops.to_vec();
-            v[i] = Op::Try(op.client());
-            out.push(v);
-        }
-    }
-    let mut used: Vec<usize> = Vec::new();
-    for op in ops {
-        if !used.contains(&op.client()) {
-            used.push(op.client());
-        }
-    }
-    for &from in &used {
-        for &to in &used {
-            if from != to {
-                out.push(ops.iter().map(|op| op.renamed(from, to)).collect());
-            }
-        }
-    }
-    // Client numbers in order of first use (0, 1, …): renaming clients changes nothing.
-    let canonical: Vec<Op> = ops
-        .iter()
-        .map(|op| {
-            let c = op.client();
-            op.renamed(c, used.iter().position(|&u| u == c).unwrap_or(c))
-        })
-        .collect();
-    if canonical != ops {
-        out.push(canonical);
-    }
-    out
-}
+use model_ops::{Op, ops};
 
 /// What one grant says about fencing, relative to the grant before it on the same side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +84,8 @@ enum Fence {
     NotUp { prev: u64, got: u64 },
     /// The backend claims fencing but gave no token.
     Missing,
+    /// A shared grant came with a token (readers get none).
+    Unexpected(u64),
 }
 
 /// A probe client's attempt to take the lock (and give it back).
@@ -278,6 +106,11 @@ enum Obs {
     /// The op needs a guard and the client has none.
     NoGuard,
     Acquired(Fence),
+    /// A permit: its slot, and its token's order among that slot's grants.
+    Permit {
+        slot: Option<u32>,
+        fence: Fence,
+    },
     Refused(ErrorKind),
     Released(Result<bool, ErrorKind>),
     Extended(Result<(), ErrorKind>),
@@ -325,6 +158,8 @@ struct Side {
     fencing: bool,
     short_ttl: Duration,
     last_token: Option<FencingToken>,
+    /// The last token of each permit slot.
+    slot_tokens: BTreeMap<u32, FencingToken>,
 }
 
 fn kind<T>(r: dlock::Result<T>) -> Result<T, ErrorKind> {
@@ -348,6 +183,7 @@ impl Side {
             fencing,
             short_ttl,
             last_token: None,
+            slot_tokens: BTreeMap::new(),
         }
     }
 
@@ -395,9 +231,41 @@ impl Side {
         }
     }
 
+    /// The fencing observation of `g`, by its kind: an exclusive grant against the last
+    /// exclusive one, a shared grant must have none, a permit against its slot's last.
+    fn fence_of(&mut self, g: &Guard) -> (Fence, Option<u32>) {
+        if g.permits().is_some() {
+            let slot = g.slot();
+            if !self.fencing {
+                return (Fence::Unchecked, slot);
+            }
+            let (Some(got), Some(n)) = (g.token(), slot) else {
+                return (Fence::Missing, slot);
+            };
+            let fence = match self.slot_tokens.insert(n, got) {
+                Some(prev) if got <= prev => Fence::NotUp {
+                    prev: prev.get(),
+                    got: got.get(),
+                },
+                _ => Fence::Up,
+            };
+            return (fence, slot);
+        }
+        if g.mode() == LockMode::Shared {
+            return (
+                g.token()
+                    .map_or(Fence::Unchecked, |t| Fence::Unexpected(t.get())),
+                None,
+            );
+        }
+        (self.fence(g.token()), None)
+    }
+
     async fn step(&mut self, op: Op) -> Obs {
         match op {
             Op::Try(c) => self.acquire(c, LockOptions::new().with_ttl(LONG_TTL)).await,
+            Op::TryShared(c) => self.acquire(c, shared_opts()).await,
+            Op::TryPermit(c) => self.acquire(c, permit_opts()).await,
             Op::Wait(c) => {
                 let opts = LockOptions::new()
                     .with_ttl(LONG_TTL)
@@ -416,11 +284,40 @@ impl Side {
                 None => Obs::NoGuard,
                 Some(g) => {
                     let was = g.state();
+                    let mut same = request_of(&g);
+                    // A reader's lock is free once a writer can take it, unless other readers
+                    // still hold it (then another reader shows it is not stuck).
+                    let readers_left = self.guards.iter().flatten().any(|o| {
+                        o.mode() == LockMode::Shared
+                            && o.permits().is_none()
+                            && o.state() == LockState::Held
+                    });
+                    if g.mode() == LockMode::Shared && g.permits().is_none() && !readers_left {
+                        same = LockOptions::new().with_ttl(LONG_TTL);
+                    }
+                    // A permit is free once a request whose limit counts only the other held
+                    // permits gets one (the limit is the caller's).
+                    if g.permits().is_some() {
+                        let others = self
+                            .guards
+                            .iter()
+                            .flatten()
+                            .filter(|o| o.permits().is_some() && o.state() == LockState::Held)
+                            .count();
+                        let limit = u32::try_from(others).unwrap_or(PERMITS) + 1;
+                        same = LockOptions::new().with_ttl(LONG_TTL).with_permits(limit);
+                    }
                     drop(g);
+                    // The release runs in the background; on the model's current-thread
+                    // runtime only once this task yields.
+                    tokio::task::yield_now().await;
                     // A dropped guard releases in the background; a held lock must then become
                     // free (a lost one was someone else's business already).
                     let freed = if was == LockState::Held {
-                        Some(self.probe(Wait::For(FREE_WITHIN)).await)
+                        Some(
+                            self.probe_with(same.with_wait(Wait::For(FREE_WITHIN)))
+                                .await,
+                        )
                     } else {
                         None
                     };
@@ -455,21 +352,32 @@ impl Side {
     async fn acquire(&mut self, c: usize, opts: LockOptions) -> Obs {
         match self.clients[c].acquire(&self.name, &opts).await {
             Ok(g) => {
-                let fence = self.fence(g.token());
-                // The previous guard of this client, if any, is dropped: it must have been
-                // lost, since a held lock refuses its own client too.
-                self.guards[c] = Some(g);
-                Obs::Acquired(fence)
+                let (fence, slot) = self.fence_of(&g);
+                let permit = g.permits().is_some();
+                // The previous guard of this client, if any, is dropped (released in the
+                // background; a client's guards are one at a time here).
+                if let Some(old) = self.guards[c].replace(g) {
+                    let _ = old.release().await;
+                }
+                if permit {
+                    Obs::Permit { slot, fence }
+                } else {
+                    Obs::Acquired(fence)
+                }
             }
             Err(e) => Obs::Refused(e.kind()),
         }
     }
 
     async fn probe(&mut self, wait: Wait) -> Probe {
-        let opts = LockOptions::new().with_ttl(LONG_TTL).with_wait(wait);
+        self.probe_with(LockOptions::new().with_ttl(LONG_TTL).with_wait(wait))
+            .await
+    }
+
+    async fn probe_with(&mut self, opts: LockOptions) -> Probe {
         match self.probe.acquire(&self.name, &opts).await {
             Ok(g) => {
-                let fence = self.fence(g.token());
+                let (fence, _) = self.fence_of(&g);
                 let released = kind(g.release().await);
                 Probe::Free { fence, released }
             }
@@ -484,8 +392,30 @@ impl Side {
                 *r = Some(kind(g.release().await));
             }
         }
-        let free = self.probe(Wait::No).await;
+        // Dropped guards release in the background: wait (notified) until it is free.
+        let free = self.probe(Wait::For(FREE_WITHIN)).await;
         End { releases, free }
+    }
+}
+
+fn shared_opts() -> LockOptions {
+    LockOptions::new()
+        .with_ttl(LONG_TTL)
+        .with_mode(LockMode::Shared)
+}
+
+fn permit_opts() -> LockOptions {
+    LockOptions::new().with_ttl(LONG_TTL).with_permits(PERMITS)
+}
+
+/// A request like the one that granted `g` (exclusive, shared or a permit), without a wait.
+fn request_of(g: &Guard) -> LockOptions {
+    if g.permits().is_some() {
+        permit_opts()
+    } else if g.mode() == LockMode::Shared {
+        shared_opts()
+    } else {
+        LockOptions::new().with_ttl(LONG_TTL)
     }
 }
 
@@ -536,6 +466,7 @@ fn step_line(s: Option<&Step>) -> String {
 fn tally(obs: &Obs) -> String {
     match obs {
         Obs::Acquired(_) => "acquired".into(),
+        Obs::Permit { slot, .. } => format!("permit:{slot:?}"),
         Obs::Refused(k) => format!("refused:{k:?}"),
         Obs::Released(Ok(ours)) => format!("released:{ours}"),
         Obs::Extended(Ok(())) => "extended".into(),

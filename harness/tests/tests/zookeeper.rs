@@ -189,6 +189,7 @@ async fn bad_urls_options_and_modes_fail_with_typed_errors() -> Result<()> {
         ("zk://127.0.0.1:2181?session_timeout=1ms", "out of range"),
         ("zk://127.0.0.1:2181/zookeeper", "reserved"),
         ("zk://127.0.0.1:99999", "bad port"),
+        ("zk://127.0.0.1:2181?writers=rw", "write `mutex`"),
     ] {
         let err = dlock::connect(url).await.unwrap_err();
         ensure!(err.kind() == ErrorKind::InvalidUrl, "{url}: {err}");
@@ -212,14 +213,17 @@ async fn bad_urls_options_and_modes_fail_with_typed_errors() -> Result<()> {
         &format!("base=/{}", common::unique("bad")),
     ))
     .await?;
+    // A shared permit is not a thing: a typed error, nothing taken.
     let err = b
         .acquire(
             &name("x"),
-            &LockOptions::new().with_mode(dlock::LockMode::Shared),
+            &LockOptions::new()
+                .with_mode(dlock::LockMode::Shared)
+                .with_permits(2),
         )
         .await
         .unwrap_err();
-    ensure!(err.kind() == ErrorKind::Unsupported, "{err}");
+    ensure!(err.kind() == ErrorKind::InvalidOptions, "{err}");
     let err = b
         .acquire(&name("x"), &LockOptions::new().with_ttl(Duration::ZERO))
         .await

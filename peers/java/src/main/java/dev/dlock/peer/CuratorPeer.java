@@ -46,7 +46,7 @@ final class CuratorPeer implements LockPeer {
         return new CuratorPeer(connect(url), true);
     }
 
-    private static CuratorFramework connect(String hosts) throws Exception {
+    static CuratorFramework connect(String hosts) throws Exception {
         if (hosts.contains("://")) {
             throw new IllegalArgumentException("want host:port[,host:port…], not a URL: " + hosts);
         }

@@ -20,7 +20,8 @@ import java.util.concurrent.locks.ReentrantLock;
 public final class Main {
 
     static final String USAGE = "usage: dlock-peer-java shedlock-jdbc|shedlock-redis|jdbc-advisory|"
-            + "curator-mutex|curator-leader|redisson|redisson-fenced URL";
+            + "curator-mutex|curator-leader|curator-read|curator-write|curator-semaphore|redisson|"
+            + "redisson-fenced URL";
 
     /**
      * Acquire + release cycles (blocking, then one-attempt) run before the ready line;
@@ -45,6 +46,9 @@ public final class Main {
         m.put("jdbc-advisory", AdvisoryPeer::open);
         m.put("curator-mutex", CuratorPeer::mutex);
         m.put("curator-leader", CuratorPeer::leader);
+        m.put("curator-read", CuratorMultiPeer::read);
+        m.put("curator-write", CuratorMultiPeer::write);
+        m.put("curator-semaphore", CuratorMultiPeer::semaphore);
         m.put("redisson", url -> RedissonPeer.open(url, false));
         m.put("redisson-fenced", url -> RedissonPeer.open(url, true));
         return m;

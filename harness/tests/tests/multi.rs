@@ -147,3 +147,62 @@ async fn postgres_readers_of_one_process_do_not_starve_a_writer() -> Result<()> 
     ensure!(g.release().await?);
     Ok(())
 }
+
+/// The cost of a shared grant and of a permit beside the exclusive lock, on etcd and
+/// ZooKeeper: uncontended acquire + release, the three kinds alternating one by one on one
+/// client (fresh names per kind), 50 warm-up rounds, then `DLOCK_MEASURE_SAMPLES` (300) each.
+/// Prints p10/p50/p90 and the p50 ratios to the exclusive lock; asserts only that each kind
+/// completed every sample.
+#[tokio::test]
+#[ignore = "a measurement (about 20 s); run with --ignored --nocapture"]
+async fn measure_shared_and_permit_beside_exclusive() -> Result<()> {
+    let samples: usize = std::env::var("DLOCK_MEASURE_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let etcd = fixtures::etcd().await?;
+    let zk = fixtures::zookeeper().await?;
+    for (label, url) in [("etcd", etcd.url()), ("zookeeper", zk.url())] {
+        let b = dlock::connect(url).await?;
+        let kinds = [
+            ("exclusive", LockOptions::new()),
+            ("shared", LockOptions::new().with_mode(LockMode::Shared)),
+            ("permit (limit 2)", LockOptions::new().with_permits(2)),
+        ];
+        let names: Vec<_> = kinds
+            .iter()
+            .map(|(k, _)| common::unique(&format!("cost-{}", &k[..4])))
+            .collect();
+        let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(samples); kinds.len()];
+        for round in 0..samples + 50 {
+            for i in 0..kinds.len() {
+                let k = (i + round) % kinds.len();
+                let t = tokio::time::Instant::now();
+                let g = b.acquire(&names[k], &kinds[k].1).await?;
+                ensure!(g.release().await?, "{label} {}: release", kinds[k].0);
+                if round >= 50 {
+                    times[k].push(t.elapsed());
+                }
+            }
+        }
+        let pct = |v: &mut Vec<Duration>, p: usize| {
+            v.sort();
+            v[(v.len() - 1) * p / 100].as_secs_f64() * 1e6
+        };
+        let base = pct(&mut times[0], 50);
+        for (k, (kind, _)) in kinds.iter().enumerate() {
+            ensure!(times[k].len() == samples);
+            let (p10, p50, p90) = (
+                pct(&mut times[k], 10),
+                pct(&mut times[k], 50),
+                pct(&mut times[k], 90),
+            );
+            eprintln!(
+                "{label} {kind}: p50 {p50:.0} µs (p10 {p10:.0}, p90 {p90:.0}), {:.2}× exclusive",
+                p50 / base
+            );
+        }
+        b.close().await;
+    }
+    Ok(())
+}

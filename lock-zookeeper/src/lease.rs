@@ -150,17 +150,31 @@ impl Lease for ZkLease {
     }
 }
 
-/// Deletes our nodes in order; `Ok(true)` when each was there (see [`delete_node`]).
+/// Deletes our nodes, the requests sent back to back in order (one round trip; the server
+/// applies one session's requests in order); `Ok(true)` when each was there (see
+/// [`delete_node`]).
 pub(crate) async fn delete_nodes(
     session: &Session,
     paths: &[String],
     operation: Operation,
 ) -> Result<bool> {
-    let mut all = true;
-    for path in paths {
-        all &= delete_node(session, path, operation).await?;
+    match paths {
+        [one] => delete_node(session, one, operation).await,
+        [first, second] => {
+            let (a, b) = tokio::join!(
+                delete_node(session, first, operation),
+                delete_node(session, second, operation)
+            );
+            Ok(a? & b?)
+        }
+        _ => {
+            let mut all = true;
+            for path in paths {
+                all &= delete_node(session, path, operation).await?;
+            }
+            Ok(all)
+        }
     }
-    Ok(all)
 }
 
 /// Deletes our node. `Ok(true)`: it was there and is gone; `Ok(false)`: it was already gone

@@ -56,7 +56,14 @@ pub(crate) async fn acquire(
         .to_string();
     let deadline = plan.deadline;
     let (slot, slot_path, czxid) = loop {
-        let (children, lease_watch) = watch_children(&session, &leases).await?;
+        // Both listings back to back (one round trip: a session's requests are answered in
+        // order).
+        let (listed, slots_listed) = tokio::join!(
+            watch_children(&session, &leases),
+            watch_children(&session, &slots)
+        );
+        let (children, lease_watch) = listed?;
+        let (taken, slot_watch) = slots_listed?;
         if !children.contains(&ours) {
             return Err(Error::new(
                 ErrorKind::Connection,
@@ -65,10 +72,7 @@ pub(crate) async fn acquire(
                 format!("our lease node under {leases} disappeared (did the session expire?)"),
             ));
         }
-        let mut slot_watch = None;
         if children.len() <= limit as usize {
-            let (taken, watch) = watch_children(&session, &slots).await?;
-            slot_watch = Some(watch);
             let free = (0..limit).find(|n| !taken.iter().any(|t| *t == n.to_string()));
             if let Some(n) = free {
                 if let Some(czxid) = claim_slot(&session, &slots, n).await? {
@@ -82,17 +86,9 @@ pub(crate) async fn acquire(
             internal.withdraw().await;
             return Err(all_held(plan, name, limit));
         }
-        let slot_changed = async {
-            match slot_watch {
-                Some(w) => {
-                    w.changed().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = lease_watch.changed() => {}
-            _ = slot_changed => {}
+            _ = slot_watch.changed() => {}
             _ = sleep_until_opt(deadline) => {
                 lease.withdraw().await;
                 internal.withdraw().await;

@@ -457,3 +457,82 @@ async fn dlock_pair(h: &Harnesses, url: &str) -> Group {
     g.add(&h.dlock(TTL_MS), url).await.expect("dlock writer");
     g
 }
+
+/// Curator's read lock and semaphore beside dlock's reader and permit on one ZooKeeper, each
+/// through its harness (the same driver, clock readings inside the harness processes):
+/// uncontended `acquire` + `release`, the four alternating one by one, 50 warm-up rounds then
+/// `DLOCK_MEASURE_SAMPLES` (300) each, on fresh names per side. Prints p10/p50/p90 of the time
+/// inside the harness (acquire's library call + release's) and dlock's ratio to Curator's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement (about 30 s); run with --ignored --nocapture"]
+async fn measure_curator_read_lock_and_semaphore_beside_dlock() {
+    let samples: usize = std::env::var("DLOCK_MEASURE_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let srv = dlock_fixtures::zookeeper()
+        .await
+        .unwrap_or_else(|e| panic!("ZooKeeper server: {e:#}"));
+    let h = harnesses();
+    let url = with_base(srv.url());
+    let java_url = peer_url("zookeeper", srv.url()).expect("peer URL");
+    let mut reader = h.dlock(TTL_MS);
+    reader.pre_args.push("--shared".into());
+    let mut permits = h.dlock(TTL_MS);
+    permits.pre_args.extend(["--permits".into(), "2".into()]);
+    let mut g = Group::start(&reader, &url, 1).await.expect("dlock reader");
+    g.add(&permits, &url).await.expect("dlock permits");
+    g.add(&java(&h, "curator-read"), &java_url)
+        .await
+        .expect("Curator reader");
+    g.add(&java(&h, "curator-semaphore"), &java_url)
+        .await
+        .expect("Curator semaphore");
+    let sides = [
+        "dlock reader",
+        "dlock permit",
+        "Curator read lock",
+        "Curator semaphore",
+    ];
+    let names: Vec<String> = (0..sides.len())
+        .map(|i| format!("cost-{i}-{}", dlock_peer_proto::mono_us()))
+        .collect();
+    let mut times: Vec<Vec<u64>> = vec![Vec::with_capacity(samples); sides.len()];
+    for round in 0..samples + 50 {
+        for i in 0..sides.len() {
+            let s = (i + round) % sides.len();
+            let a = g
+                .call(s, &format!("acquire {} {TTL_MS}", names[s]), WITHIN)
+                .await
+                .unwrap();
+            let Reply::Acquired { t0, t1, .. } = a else {
+                panic!("{}: {a:?}", sides[s]);
+            };
+            let r = g
+                .call(s, &format!("release {}", names[s]), WITHIN)
+                .await
+                .unwrap();
+            let Reply::Released { t0: r0, t1: r1, .. } = r else {
+                panic!("{}: {r:?}", sides[s]);
+            };
+            if round >= 50 {
+                times[s].push((t1 - t0) + (r1 - r0));
+            }
+        }
+    }
+    let mut p50 = Vec::new();
+    for (s, side) in sides.iter().enumerate() {
+        let v = &mut times[s];
+        v.sort_unstable();
+        let at = |p: usize| v[(v.len() - 1) * p / 100];
+        assert_eq!(v.len(), samples);
+        eprintln!("{side}: p50 {} µs (p10 {}, p90 {})", at(50), at(10), at(90));
+        p50.push(at(50) as f64);
+    }
+    eprintln!(
+        "dlock/Curator p50: read lock {:.2}×, semaphore {:.2}×",
+        p50[0] / p50[2],
+        p50[1] / p50[3]
+    );
+    g.quit_all(Duration::from_secs(5)).await;
+}

@@ -245,10 +245,10 @@ fn compare_quick_writes_a_consistent_report() {
         assert_eq!(c["value"], expected, "{c}");
     }
     let all_cells = json["scenarios"].as_array().expect("scenarios");
-    // dlock's own cells: every scenario of every backend.
+    // dlock's own exclusive-lock cells: every scenario of every backend.
     let cells: Vec<&Value> = all_cells
         .iter()
-        .filter(|c| c["library"].is_null())
+        .filter(|c| c["library"].is_null() && c["workload"].is_null())
         .collect();
     assert_eq!(cells.len(), 2 * SCENARIOS.len(), "every cell is present");
     for b in &backends {
@@ -310,6 +310,7 @@ fn compare_quick_writes_a_consistent_report() {
             .find(|c| c["backend"] == b && c["scenario"] == s)
             .unwrap()
     };
+    multi_rows(all_cells, &md, &backends);
     let peer_rows = peer_rows(all_cells, &md);
     // What the two backends are known to do: a clean hand-over never overlaps, a killed
     // PostgreSQL holder's lock is freed by its connection closing, both fence (PostgreSQL
@@ -364,9 +365,18 @@ fn compare_quick_writes_a_consistent_report() {
 
     // The markdown's failover table carries the JSON's medians, a row per backend and one
     // under it per peer library.
+    // Each backend also has its `· shared` and `· semaphore` rows.
     let table = md_table(&md, "## Failover time");
-    assert_eq!(table.len(), 2 + peer_rows.len(), "{md}");
+    assert_eq!(table.len(), 2 + 2 * 2 + peer_rows.len(), "{md}");
     let by_label = |label: &str, scenario: &str| -> Option<&Value> {
+        if let Some((backend, w)) = label
+            .split_once(" · ")
+            .filter(|(_, w)| ["shared", "semaphore"].contains(w))
+        {
+            return all_cells.iter().find(|c| {
+                c["scenario"] == scenario && c["backend"] == backend && c["workload"] == w
+            });
+        }
         match peer_rows.iter().find(|(l, _)| l == label) {
             Some((_, name)) => all_cells.iter().find(|c| {
                 c["scenario"] == scenario
@@ -380,7 +390,7 @@ fn compare_quick_writes_a_consistent_report() {
     for (label, row) in &table {
         for (scenario, text) in row {
             let Some(c) = by_label(label, scenario) else {
-                // A peer row in a scenario peer holders do not go through.
+                // A peer or multi-holder row in a scenario it does not go through.
                 assert_eq!(text, "—", "{label} × {scenario}");
                 continue;
             };
@@ -422,6 +432,60 @@ fn compare_quick_writes_a_consistent_report() {
                 )),
                 "{backend} × {scenario}: {text}"
             );
+        }
+    }
+}
+
+/// The shared-lock and semaphore rows (`postgres · shared`, …): the four scenarios they go
+/// through, each measured (or not measured with its reason), the lock moving on after a
+/// killed holder with no overlap, a semaphore's stale write fenced, a reader's unfenced (no
+/// token); and each row in the markdown.
+fn multi_rows(all_cells: &[Value], md: &str, backends: &[&str]) {
+    for b in backends {
+        for w in ["shared", "semaphore"] {
+            let row: Vec<&Value> = all_cells
+                .iter()
+                .filter(|c| c["backend"] == *b && c["workload"] == w)
+                .collect();
+            let scenarios: Vec<&str> = row
+                .iter()
+                .map(|c| c["scenario"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                scenarios,
+                [
+                    "holder_killed",
+                    "holder_paused",
+                    "holder_partitioned",
+                    "server_restart"
+                ],
+                "{b} · {w}"
+            );
+            assert!(
+                md.contains(&format!("| {b} · {w} |")),
+                "{b} · {w} not in the markdown"
+            );
+            for c in &row {
+                if c["status"] != "measured" {
+                    assert!(c["reason"].as_str().is_some_and(|r| !r.is_empty()), "{c}");
+                    continue;
+                }
+                if c["failover_ms"].is_null() {
+                    let n = &c["not_freed"];
+                    let total = n["kept_by_live_holder"].as_u64().unwrap_or(0)
+                        + n["stranded"].as_u64().unwrap_or(0);
+                    assert_eq!(total, 1, "{b} · {w}: no failover and no explanation: {c}");
+                }
+            }
+            let killed = row[0];
+            assert_eq!(killed["status"], "measured", "{killed}");
+            assert_eq!(killed["overlap_observed"], false, "{killed}");
+            assert!(killed["failover_ms"]["median"].is_number(), "{killed}");
+            if w == "shared" {
+                assert_eq!(killed["no_token"], true, "a reader has no token: {killed}");
+            } else {
+                assert_eq!(killed["stale_write_rejected"], true, "{killed}");
+            }
         }
     }
 }
@@ -481,13 +545,18 @@ fn peer_rows(cells: &[Value], md: &str) -> Vec<(String, String)> {
             assert_eq!(killed["no_token"], true, "{killed}");
             assert_eq!(killed["stale_write_rejected"], false, "{killed}");
         }
-        // Right under the backend's own row, labelled with the library and its version (as
-        // its harness gave it, without the library's name in front).
+        // Under the backend's own row and its shared-lock and semaphore rows, labelled with
+        // the library and its version (as its harness gave it, without the library's name in
+        // front).
         let own = md
             .find(&format!("\n| {backend} | "))
             .expect("the backend's row");
-        let next = md[own + 1..].find('\n').map(|i| own + 1 + i + 1).unwrap();
-        let label = split_row(md[next..].lines().next().unwrap())[0].clone();
+        let label = md[own + 1..]
+            .lines()
+            .skip(1)
+            .map(|l| split_row(l)[0].clone())
+            .find(|l| ![" · shared", " · semaphore"].iter().any(|w| l.ends_with(w)))
+            .expect("a row under the backend's");
         assert!(
             label.starts_with(&format!("{backend} · {peer}")),
             "{label}: {md}"

@@ -218,6 +218,7 @@ async fn partitioned_holder_in_a_netns_learns_first_and_the_server_frees_the_loc
         wait_forever: false,
         skew: None,
         peer: None,
+        mode: Default::default(),
     };
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_dlock-under-test"));
     let mut holder = ScenarioHolder::spawn_in(bin, &spec, Some(&ns)).unwrap();

@@ -219,6 +219,7 @@ async fn skewed_holder_clock_changes_nothing() {
             offset_ms: 2 * 3_600_000,
         }),
         peer: None,
+        mode: Default::default(),
     };
     let mut holder = Holder::spawn(
         std::path::Path::new(env!("CARGO_BIN_EXE_dlock-under-test")),

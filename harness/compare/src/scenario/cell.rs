@@ -63,6 +63,10 @@ pub struct Cell {
     /// The peer library whose harness processes were the holders, on the backend's servers
     /// (`null`: dlock's own holders, `dlock hold`).
     pub library: Option<Library>,
+    /// The workload when it is not the exclusive lock: `shared` (a reader holds, a writer
+    /// waits) or `semaphore` (two of 2 permits held, a third holder waits; an overlap is more
+    /// than 2 holders at once).
+    pub workload: Option<String>,
     /// Measured or not, and why not.
     pub status: Status,
     /// Why the cell is not measured (or failed).
@@ -204,9 +208,10 @@ impl Cell {
     /// The row the cell belongs to: the backend, and the peer library if any (`redis ·
     /// redisson 3.27.2`).
     pub fn row_label(&self) -> String {
-        match &self.library {
-            Some(l) => format!("{} · {}", self.backend, l.label()),
-            None => self.backend.clone(),
+        match (&self.library, &self.workload) {
+            (Some(l), _) => format!("{} · {}", self.backend, l.label()),
+            (None, Some(w)) => format!("{} · {w}", self.backend),
+            (None, None) => self.backend.clone(),
         }
     }
 
@@ -216,6 +221,7 @@ impl Cell {
             backend: backend.to_string(),
             scenario: scenario.to_string(),
             library: None,
+            workload: None,
             status,
             reason,
             repetitions: 0,

@@ -102,7 +102,18 @@ impl Plan {
                 scenarios += rep * (opts.repeat * peers) as u32;
             }
         }
-        let cells = cells + peer_cells;
+        // dlock's shared lock and semaphore: one cell each per scenario they go through.
+        let mut multi_cells = 0;
+        for b in &backends {
+            for n in nemesis::all()
+                .iter()
+                .filter(|n| runner::multi_scenarios(b, &to_run).contains(&n.name()))
+            {
+                multi_cells += 2;
+                scenarios += n.cost(opts.ttl) * (2 * opts.repeat) as u32;
+            }
+        }
+        let cells = cells + peer_cells + multi_cells;
         if cells > 0 {
             scenarios += SERVERS * backends.len() as u32;
         }
@@ -221,9 +232,10 @@ mod tests {
     #[test]
     fn the_plan_counts_the_measured_cells_and_the_sections() {
         // 8 × 10 cells, of which 5 are quorum_loss on a single server and 2 are
-        // primary_failover without a primary (Redlock, ShedLock-Redis): not applicable.
+        // primary_failover without a primary (Redlock, ShedLock-Redis): not applicable; and
+        // the shared lock and the semaphore on 4 backends × 4 scenarios.
         let all = Plan::of(&opts(true, Some(BenchPlan::short())));
-        assert_eq!(all.cells, 73);
+        assert_eq!(all.cells, 73 + 32);
         assert_eq!(all.bench_backends, 8);
         assert_eq!(all.total(), all.scenarios + all.bench);
         let with_peers = Plan::of(&CompareOptions {
@@ -246,12 +258,12 @@ mod tests {
             peer_holders: PeerHolders::All,
             ..opts(true, None)
         });
-        assert_eq!((peers.peer_cells, peers.cells), (35, 73 + 35));
+        assert_eq!((peers.peer_cells, peers.cells), (35, 105 + 35));
         assert!(peers.scenarios > scenarios.scenarios + PEER_HOLDER_START * 105);
         assert!(
             peers
                 .describe()
-                .contains("108 cells, 35 of them peer holders'")
+                .contains("140 cells, 35 of them peer holders'")
         );
         let quick = Plan::of(&CompareOptions {
             peer_holders: PeerHolders::FirstPerBackend,

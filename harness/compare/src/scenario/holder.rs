@@ -140,6 +140,21 @@ pub struct HoldSpec {
     pub skew: Option<ClockSkew>,
     /// A peer library's harness instead of `dlock hold` (`None`: `dlock hold`).
     pub peer: Option<PeerHold>,
+    /// What `dlock hold` takes: the lock, a shared grant (`--shared`) or a permit
+    /// (`--permits N`).
+    pub mode: HoldMode,
+}
+
+/// What a `dlock hold` holder takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HoldMode {
+    /// The lock itself.
+    #[default]
+    Exclusive,
+    /// A shared grant of the lock (a reader).
+    Shared,
+    /// One of `n` permits of the semaphore of the same name.
+    Permit(u32),
 }
 
 /// A wall-clock shift for a holder process, by libfaketime (`LD_PRELOAD`).
@@ -306,6 +321,15 @@ impl Holder {
         cmd.arg("hold").arg("--stay-after-lost");
         if has_lease(&spec.url) {
             cmd.arg("--ttl").arg(format!("{}ms", spec.ttl.as_millis()));
+        }
+        match spec.mode {
+            HoldMode::Exclusive => {}
+            HoldMode::Shared => {
+                cmd.arg("--shared");
+            }
+            HoldMode::Permit(n) => {
+                cmd.arg("--permits").arg(n.to_string());
+            }
         }
         cmd.arg("--wait")
             .arg(if spec.wait_forever { "forever" } else { "30s" })

@@ -12,7 +12,9 @@ use super::holder::wall_ms;
 use super::nemesis::{self, Nemesis};
 use super::target::{Target, live_capabilities, start_target};
 use super::workload::peer::library;
-use super::workload::{Ctx, PEER_SCENARIOS, PeerLock, WORKLOADS, Workload, lock_name};
+use super::workload::{
+    Ctx, ExclusiveLock, PEER_SCENARIOS, PeerLock, SharedLock, WORKLOADS, Workload, lock_name, multi,
+};
 use super::{BACKENDS, CompareOptions, SCENARIOS, estimate, report};
 use crate::bench::{self, BenchEntry};
 use dlock_fixtures as fixtures;
@@ -135,9 +137,14 @@ impl<'o> Run<'o> {
             .iter()
             .map(|b| opts.peer_holders.of(b).len() * peer_scenarios(&to_run).len())
             .sum();
+        let multi_cells: usize = opts
+            .backends
+            .iter()
+            .map(|b| multi_scenarios(b, &to_run).len() * (WORKLOADS.len() - 1))
+            .sum();
         Run {
             opts,
-            total: opts.backends.len() * to_run.len() + peer_cells,
+            total: opts.backends.len() * to_run.len() + peer_cells + multi_cells,
             to_run,
             done: 0,
             backends: Vec::new(),
@@ -164,9 +171,17 @@ impl<'o> Run<'o> {
         });
         for workload in WORKLOADS {
             for mut nemesis in nemesis::all() {
-                let cell = self
+                if !multi::runs(workload.name(), backend, nemesis.name())
+                    || !offers(&target.url, workload.name()).await
+                {
+                    continue;
+                }
+                let mut cell = self
                     .cell(backend, &target, workload, nemesis.as_mut())
                     .await;
+                if workload.name() != ExclusiveLock.name() {
+                    cell.workload = Some(workload.name().to_string());
+                }
                 self.cells.push(cell);
             }
         }
@@ -501,6 +516,30 @@ async fn repetition(ctx: &Ctx<'_>, n: &mut dyn Nemesis) -> Result<Observed> {
     // The proxies and the namespace go only now: the holders that used them are gone.
     n.teardown();
     Ok(checker::check(history?))
+}
+
+/// Whether the backend at `url` (as connected, options included) offers what `workload`
+/// takes: shared grants for `shared`, permits for `semaphore`.
+async fn offers(url: &str, workload: &str) -> bool {
+    let need = match workload {
+        "shared" => "shared",
+        "semaphore" => "semaphore",
+        _ => return true,
+    };
+    crate::scenario::target::live_capabilities(url)
+        .await
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .any(|w| w == need)
+}
+
+/// The scenarios of `to_run` that the shared-lock and semaphore workloads go through on
+/// `backend` (none where it has neither).
+pub(super) fn multi_scenarios(backend: &str, to_run: &[&'static str]) -> Vec<&'static str> {
+    to_run
+        .iter()
+        .copied()
+        .filter(|s| multi::runs(SharedLock.name(), backend, s))
+        .collect()
 }
 
 /// The scenarios of `to_run` that peer holders go through.

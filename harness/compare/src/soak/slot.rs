@@ -131,6 +131,7 @@ pub async fn run(sh: std::sync::Arc<Shared>, slot: usize) {
             wait_forever: true,
             skew: None,
             peer: None,
+            mode: Default::default(),
         };
         let mut h = match Holder::spawn(&sh.bin, &spec) {
             Ok(h) => h,

@@ -270,6 +270,7 @@ echo "bye 30"
                 },
                 backend: "redis".into(),
             }),
+            mode: Default::default(),
         };
         (dir, spec)
     }
@@ -321,6 +322,7 @@ echo "bye 30"
             wait_forever: false,
             skew: None,
             peer: None,
+            mode: Default::default(),
         };
         assert_eq!(commands(&spec), ("acquire job 2000".to_string(), None));
         spec.wait_forever = true;

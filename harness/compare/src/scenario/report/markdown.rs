@@ -162,6 +162,14 @@ fn reading_guide(md: &mut String) {
          fencing token (`no token (library)`; an overlap is `unfenced overlap (library)`), \
          and none reports a loss: a peer holder that lived through the handover `never \
          learned`.\n\
+         - **`· shared` and `· semaphore` rows** (under their backend, where it has shared \
+         locks and semaphores; holder_killed, holder_paused, holder_partitioned and \
+         server_restart only): `· shared` — the subject holds a shared grant (a reader, no \
+         fencing token: `no token`), the waiter wants the lock exclusively; an overlap is the \
+         writer inside beside the reader. `· semaphore` — a semaphore of 2 permits: a third \
+         holder takes one first and keeps it (no fault aimed at it), the subject holds the other, \
+         the waiter wants one; an overlap is **more than 2 holders at once** (subject and waiter \
+         inside together beside the third), and the waiter's token fences the subject's slot.\n\
          - Cells `not measured` could not be run here (the reason says why, e.g. libfaketime \
          missing, external servers); `n/a` cannot apply (reason in `comparison.json`). No \
          number in these tables is estimated.",

@@ -128,11 +128,15 @@ pub fn safety_text(c: &Cell) -> String {
     }
 }
 
-/// dlock's own cell of `backend` × `scenario` (not a peer library's).
+/// dlock's own exclusive-lock cell of `backend` × `scenario` (not a peer library's, not a
+/// shared lock's or a semaphore's).
 pub(super) fn cell<'a>(r: &'a Report, backend: &str, scenario: &str) -> Option<&'a Cell> {
-    r.scenarios
-        .iter()
-        .find(|c| c.backend == backend && c.scenario == scenario && c.library.is_none())
+    r.scenarios.iter().find(|c| {
+        c.backend == backend
+            && c.scenario == scenario
+            && c.library.is_none()
+            && c.workload.is_none()
+    })
 }
 
 /// A row of the failure tables: a backend's dlock holders, or a peer library's holders on
@@ -141,14 +145,17 @@ pub(super) fn cell<'a>(r: &'a Report, backend: &str, scenario: &str) -> Option<&
 pub(super) struct Row<'a> {
     pub backend: &'a str,
     pub library: Option<&'a Library>,
+    /// dlock's shared-lock or semaphore workload (`None`: the exclusive lock).
+    pub workload: Option<&'a str>,
 }
 
 impl Row<'_> {
     /// `redis`, `redis · redisson 3.27.2`.
     pub fn label(&self) -> String {
-        match self.library {
-            Some(l) => format!("{} · {}", self.backend, l.label()),
-            None => self.backend.to_string(),
+        match (self.library, self.workload) {
+            (Some(l), _) => format!("{} · {}", self.backend, l.label()),
+            (None, Some(w)) => format!("{} · {w}", self.backend),
+            (None, None) => self.backend.to_string(),
         }
     }
 
@@ -159,19 +166,38 @@ impl Row<'_> {
             c.backend == self.backend
                 && c.scenario == scenario
                 && c.library.as_ref().map(|l| &l.name) == name
+                && c.workload.as_deref() == self.workload
         })
     }
 }
 
-/// The rows of the failure tables: each backend's own, then right under it a row per peer
-/// library whose holders ran on its servers, in the order they ran.
+/// The rows of the failure tables: each backend's own, then right under it its shared-lock
+/// and semaphore rows, then a row per peer library whose holders ran on its servers, in the
+/// order they ran.
 pub(super) fn rows_of(r: &Report) -> Vec<Row<'_>> {
     let mut rows = Vec::new();
     for b in backends_of(r) {
         rows.push(Row {
             backend: b,
             library: None,
+            workload: None,
         });
+        let mut workloads: Vec<&str> = Vec::new();
+        for w in r
+            .scenarios
+            .iter()
+            .filter(|c| c.backend == b && c.library.is_none())
+            .filter_map(|c| c.workload.as_deref())
+        {
+            if !workloads.contains(&w) {
+                workloads.push(w);
+                rows.push(Row {
+                    backend: b,
+                    library: None,
+                    workload: Some(w),
+                });
+            }
+        }
         let mut seen: Vec<&str> = Vec::new();
         for l in r
             .scenarios
@@ -184,6 +210,7 @@ pub(super) fn rows_of(r: &Report) -> Vec<Row<'_>> {
                 rows.push(Row {
                     backend: b,
                     library: Some(l),
+                    workload: None,
                 });
             }
         }

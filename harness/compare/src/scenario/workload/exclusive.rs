@@ -32,6 +32,7 @@ impl Workload for ExclusiveLock {
             wait_forever: role == Role::Contender,
             skew: None,
             peer: None,
+            mode: Default::default(),
         }
     }
 

@@ -6,10 +6,11 @@
 //! contender (holder 1) queued behind it. [`ExclusiveLock`] is dlock's, through `dlock hold`
 //! (the one value in [`WORKLOADS`]); [`PeerLock`] is a peer library's through its harness,
 //! one value per peer the run selects ([`PeerHolders`]), run by the same runner against the
-//! nemeses of [`PEER_SCENARIOS`]. A shared lock or a semaphore would be another value in
-//! [`WORKLOADS`].
+//! nemeses of [`PEER_SCENARIOS`]. [`SharedLock`] and [`Semaphore`] (in `multi`) are the locks
+//! with several holders, on the backends that offer them.
 
 mod exclusive;
+pub mod multi;
 pub mod peer;
 pub mod trial;
 
@@ -26,14 +27,16 @@ use dlock_fixtures::netns::Netns;
 
 pub use exclusive::ExclusiveLock;
 pub(crate) use exclusive::FIRST_GRANT;
+pub use multi::{MULTI_BACKENDS, MULTI_SCENARIOS, Semaphore, SharedLock};
 pub use peer::{PEER_HOLDERS, PEER_SCENARIOS, PeerHolders, PeerLock};
 pub use trial::{Grant, Trial};
 
 /// A boxed future, so that workloads and nemeses can be trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
-/// The workloads the runner goes through, in report order.
-pub const WORKLOADS: [&dyn Workload; 1] = [&ExclusiveLock];
+/// The workloads the runner goes through, in report order (the shared lock and the semaphore
+/// only where [`multi::runs`] says).
+pub const WORKLOADS: [&dyn Workload; 3] = [&ExclusiveLock, &SharedLock, &Semaphore];
 
 /// Which part a holder plays in a trial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

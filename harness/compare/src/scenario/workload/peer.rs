@@ -152,6 +152,7 @@ impl Workload for PeerLock {
                 launch: self.launch.clone(),
                 backend: self.spec.backend.to_string(),
             }),
+            mode: Default::default(),
         }
     }
 

@@ -23,6 +23,9 @@ pub struct Trial<'a> {
     pub token: Option<u64>,
     /// Holder 1, queued behind the subject.
     pub contender: Holder,
+    /// Holders that hold beside the subject for the whole repetition without entering the
+    /// resource (the semaphore workload's other permit holder); no fault is aimed at them.
+    pub companions: Vec<Holder>,
     /// What happened so far.
     pub history: History,
 }
@@ -41,8 +44,15 @@ impl<'a> Trial<'a> {
             subject,
             token,
             contender,
+            companions: Vec::new(),
             history,
         }
+    }
+
+    /// This trial with `companion` holding beside the subject until the end.
+    pub fn with_companion(mut self, companion: Holder) -> Trial<'a> {
+        self.companions.push(companion);
+        self
     }
 
     /// Waits for the contender's grant (unless it came already), records it, has the
@@ -96,6 +106,9 @@ impl<'a> Trial<'a> {
         self.contender
             .release_and_finish(Duration::from_secs(10))
             .await;
+        for c in self.companions {
+            c.release_and_finish(Duration::from_secs(10)).await;
+        }
         let with = |who: &str, err: String| {
             if err.is_empty() {
                 String::new()

@@ -12,7 +12,7 @@ use etcd_client::{
 };
 use lock_core::{
     Error, ErrorKind, FencingToken, Grant, Guard, LeaseMonitor, LockMode, LockName, LockOptions,
-    Operation, Result, Wait,
+    Operation, Result, WaitPlan,
 };
 use tokio::time::Instant;
 
@@ -23,7 +23,7 @@ use crate::layout::{Role, blocks, contender_key, reader_key, show, writer_key};
 use crate::lease::{
     EtcdLease, LeaseHandle, keep_alive, lock_pool, renewal_limit, revoke_in_background,
 };
-use crate::wait::{FAILING_FOR, Place, Turn, wait_turn};
+use crate::wait::{Place, Turn, wait_turn};
 
 /// How often an acquisition starts over because its key vanished while it waited (its lease
 /// expired, or someone deleted it) before it gives up.
@@ -52,22 +52,13 @@ async fn acquire_inner(
     };
     let secs = backend.lease_secs(opts.ttl())?;
     let inner = &backend.inner;
-    let requested_at = Instant::now();
-    let deadline = match opts.wait() {
-        Wait::No => Some(requested_at),
-        Wait::For(d) => Some(requested_at + d),
-        Wait::Forever => None,
-    };
+    let plan = WaitPlan::new(opts);
+    let (requested_at, deadline) = (plan.requested_at, plan.deadline);
     let try_only = deadline == Some(requested_at);
     let prefix = backend.key_prefix(name);
-    // Connection failures (a member down, an election) are retried until the wait ends, and
-    // for at least one request timeout; a wait without end retries as long as a waiting
-    // contender would (FAILING_FOR request timeouts without a success).
+    // Connection failures (a member down, an election) are retried (see retry_until).
     let rt = inner.config.request_timeout;
-    let retry_until = || {
-        let now = Instant::now();
-        deadline.map_or(now + FAILING_FOR * rt, |d| d.max(now + rt))
-    };
+    let retry_until = || crate::wait::retry_until(deadline, rt);
     for _ in 0..=MAX_REQUEUES {
         let mut lease = retry(retry_until(), || take_lease(inner, secs, opts.ttl())).await?;
         // From here until the guard exists, a drop (cancellation, error) revokes the lease,

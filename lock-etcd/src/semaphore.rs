@@ -15,7 +15,7 @@ use etcd_client::{
 };
 use lock_core::{
     Error, ErrorKind, FencingToken, Grant, Guard, LeaseMonitor, LockName, LockOptions, Operation,
-    Result, Wait, sleep_until_opt,
+    Result, Wait, WaitPlan, sleep_until_opt,
 };
 use tokio::time::Instant;
 
@@ -35,17 +35,10 @@ pub(crate) async fn acquire(
 ) -> Result<Guard> {
     let secs = backend.lease_secs(opts.ttl())?;
     let inner = &backend.inner;
-    let requested_at = Instant::now();
-    let deadline = match opts.wait() {
-        Wait::No => Some(requested_at),
-        Wait::For(d) => Some(requested_at + d),
-        Wait::Forever => None,
-    };
+    let plan = WaitPlan::new(opts);
+    let (requested_at, deadline) = (plan.requested_at, plan.deadline);
     let rt = inner.config.request_timeout;
-    let retry_until = || {
-        let now = Instant::now();
-        deadline.map_or(now + FAILING_FOR * rt, |d| d.max(now + rt))
-    };
+    let retry_until = || crate::wait::retry_until(deadline, rt);
     let prefix = semaphore_prefix(&inner.config.prefix, name.as_str());
     loop {
         let (held, listed_at) = retry(retry_until(), || held_slots(inner, &prefix)).await?;

@@ -30,6 +30,14 @@ pub(crate) enum Turn {
 /// gives up (in request timeouts); taking the lease of a wait without end retries as long.
 pub(crate) const FAILING_FOR: u32 = 3;
 
+/// Until when an acquisition's requests are retried after connection failures: until the
+/// wait ends and for at least one request timeout `rt`; a wait without end retries as long as
+/// a waiting contender would ([`FAILING_FOR`] request timeouts without a success).
+pub(crate) fn retry_until(deadline: Option<Instant>, rt: Duration) -> Instant {
+    let now = Instant::now();
+    deadline.map_or(now + FAILING_FOR * rt, |d| d.max(now + rt))
+}
+
 struct Waiter<'a> {
     inner: &'a Inner,
     prefix: &'a [u8],

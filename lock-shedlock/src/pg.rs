@@ -259,12 +259,17 @@ impl ShedPgBackend {
         let (name, owner) = (name.as_str().to_owned(), owner.to_owned());
         let secs = opts.ttl().as_secs_f64();
         async move {
+            let mut conn = primary
+                .conn()
+                .await
+                .inspect_err(|e| primary.failed(e))
+                .map_err(db(Operation::Acquire))?;
             if let Some(fenced) = &sql.acquire_fenced {
                 let token: Option<i64> = sqlx::query_scalar(fenced)
                     .bind(&name)
                     .bind(secs)
                     .bind(&owner)
-                    .fetch_optional(primary.pool())
+                    .fetch_optional(&mut *conn)
                     .await
                     .inspect_err(|e| primary.failed(e))
                     .map_err(db(Operation::Acquire))?;
@@ -274,7 +279,7 @@ impl ShedPgBackend {
                 .bind(&name)
                 .bind(secs)
                 .bind(&owner)
-                .execute(primary.pool())
+                .execute(&mut *conn)
                 .await
                 .inspect_err(|e| primary.failed(e))
                 .map_err(db(Operation::Acquire))?;
@@ -342,9 +347,15 @@ impl ShedPgBackend {
                 continue;
             }
             // Sleep until the row expires or a dlock release of this name is announced.
+            let mut conn = self
+                .primary
+                .conn()
+                .await
+                .inspect_err(|e| self.primary.failed(e))
+                .map_err(db(Operation::Acquire))?;
             let remaining: Option<f64> = sqlx::query_scalar(&self.sql.remaining)
                 .bind(name.as_str())
-                .fetch_optional(self.primary.pool())
+                .fetch_optional(&mut *conn)
                 .await
                 .inspect_err(|e| self.primary.failed(e))
                 .map_err(db(Operation::Acquire))?;
@@ -494,11 +505,17 @@ struct ShedPgLease {
 
 impl ShedPgLease {
     async fn unlock(&self) -> Result<bool> {
+        let mut conn = self
+            .primary
+            .conn()
+            .await
+            .inspect_err(|e| self.primary.failed(e))
+            .map_err(db(Operation::Release))?;
         let n: i64 = sqlx::query_scalar(&self.sql.unlock)
             .bind(self.name.as_str())
             .bind(&self.owner)
             .bind(self.at_least.as_secs_f64())
-            .fetch_one(self.primary.pool())
+            .fetch_one(&mut *conn)
             .await
             .inspect_err(|e| self.primary.failed(e))
             .map_err(db(Operation::Release))?;
@@ -513,11 +530,17 @@ impl Lease for ShedPgLease {
 
     fn extend(&self, ttl: Duration) -> BoxFuture<'_, Result<bool>> {
         Box::pin(async move {
+            let mut conn = self
+                .primary
+                .conn()
+                .await
+                .inspect_err(|e| self.primary.failed(e))
+                .map_err(db(Operation::Extend))?;
             let r = sqlx::query(&self.sql.extend)
                 .bind(self.name.as_str())
                 .bind(&self.owner)
                 .bind(ttl.as_secs_f64())
-                .execute(self.primary.pool())
+                .execute(&mut *conn)
                 .await
                 .inspect_err(|e| self.primary.failed(e))
                 .map_err(db(Operation::Extend))?;

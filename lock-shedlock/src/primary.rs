@@ -23,7 +23,8 @@ use std::time::Duration;
 use lock_core::hosts::{HostRefusal, NoUsableHost, TargetSessionAttrs};
 use lock_core::{Error, ErrorKind, Operation, Result};
 use sqlx::Connection;
-use sqlx::pool::PoolConnectionMetadata;
+use sqlx::Postgres;
+use sqlx::pool::{PoolConnection, PoolConnectionMetadata};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use tokio::time::Instant;
 
@@ -38,6 +39,8 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SEARCH_FOR: Duration = Duration::from_secs(30);
 /// The longest pause between two rounds of a search.
 const SEARCH_PAUSE_MAX: Duration = Duration::from_millis(250);
+/// How long [`PrimaryPool::conn`] waits for a connection before it suspects the host is gone.
+const NOTICE_AFTER: Duration = Duration::from_secs(1);
 
 /// The pool, and which of the URL's hosts its new connections go to.
 pub(crate) struct PrimaryPool {
@@ -113,6 +116,23 @@ impl PrimaryPool {
     /// The pool; statements that fail on it should be reported to [`PrimaryPool::failed`].
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A connection from the pool, for one statement. When none comes within
+    /// [`NOTICE_AFTER`], the pool may be opening connections to a host that is gone — sqlx's
+    /// ping on release closed the idle connections of a killed server without anyone seeing
+    /// it, and the pool's own connect retries are silent — so a search starts, and the wait
+    /// goes on up to the pool's acquire timeout. (A busy pool costs one needless search.)
+    pub(crate) async fn conn(self: &Arc<Self>) -> sqlx::Result<PoolConnection<Postgres>> {
+        let acquire = self.pool.acquire();
+        tokio::pin!(acquire);
+        match tokio::time::timeout(NOTICE_AFTER, &mut acquire).await {
+            Ok(got) => got,
+            Err(_) => {
+                self.search();
+                acquire.await
+            }
+        }
     }
 
     /// Notes a failed statement: a broken or unobtainable connection, or a server that

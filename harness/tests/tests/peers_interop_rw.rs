@@ -59,6 +59,26 @@ fn installed(h: &Harnesses, peer: &str, built: &str) -> Launch {
     }
 }
 
+/// The children of `path` on the ZooKeeper server of `url` (none if it does not exist), read
+/// by a session of its own.
+async fn zk_children(url: &str, path: &str) -> Vec<String> {
+    let addr = url
+        .strip_prefix("zk://")
+        .and_then(|r| r.split(['/', '?', ',']).next())
+        .and_then(|h| h.parse().ok())
+        .expect("a zk://host:port URL");
+    let mut s = ZkSession::connect(addr, Duration::from_secs(10))
+        .await
+        .expect("a ZooKeeper session");
+    let children = s
+        .children(path)
+        .await
+        .expect("ZooKeeper children")
+        .unwrap_or_default();
+    s.close().await.expect("closing the session");
+    children
+}
+
 /// Whose queue entry a test waits for.
 #[derive(Clone, Copy, Debug)]
 enum Who {
@@ -107,20 +127,7 @@ impl Probe {
                     Who::DlockWriter => "-lock-",
                     Who::Lease => "-lease-",
                 };
-                let addr = url
-                    .strip_prefix("zk://")
-                    .and_then(|r| r.split(['/', '?', ',']).next())
-                    .and_then(|h| h.parse().ok())
-                    .expect("a zk://host:port URL");
-                let mut s = ZkSession::connect(addr, Duration::from_secs(10))
-                    .await
-                    .expect("a ZooKeeper session");
-                let children = s
-                    .children(&format!("{base}/{name}"))
-                    .await
-                    .expect("ZooKeeper children")
-                    .unwrap_or_default();
-                s.close().await.expect("closing the session");
+                let children = zk_children(url, &format!("{base}/{name}")).await;
                 let n = children.iter().filter(|c| c.contains(marker)).count();
                 n >= if matches!(who, Who::Lease) { 3 } else { 1 }
             }
@@ -150,23 +157,7 @@ impl Probe {
                     })
                     .collect()
             }
-            Probe::Zk(url, base) => {
-                let addr = url
-                    .strip_prefix("zk://")
-                    .and_then(|r| r.split(['/', '?', ',']).next())
-                    .and_then(|h| h.parse().ok())
-                    .expect("a zk://host:port URL");
-                let mut s = ZkSession::connect(addr, Duration::from_secs(10))
-                    .await
-                    .expect("a ZooKeeper session");
-                let children = s
-                    .children(&format!("{base}/{name}"))
-                    .await
-                    .expect("ZooKeeper children")
-                    .unwrap_or_default();
-                s.close().await.expect("closing the session");
-                children
-            }
+            Probe::Zk(url, base) => zk_children(url, &format!("{base}/{name}")).await,
         }
     }
 
@@ -374,12 +365,8 @@ async fn etcd_go_rwmutex_and_dlock_readers_and_writers() {
 /// `zk://…?base=/dlock-peers` readers and writers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curator_read_write_lock_and_dlock_readers_and_writers() {
-    let srv = dlock_fixtures::zookeeper()
-        .await
-        .unwrap_or_else(|e| panic!("ZooKeeper server: {e:#}"));
+    let (srv, url, java_url) = zookeeper_for_curator().await;
     let h = harnesses();
-    let url = with_base(srv.url());
-    let java_url = peer_url("zookeeper", srv.url()).expect("peer URL");
     let mut g = dlock_pair(&h, &url).await;
     for peer in ["curator-read", "curator-write"] {
         g.add(&java(&h, peer), &java_url).await.expect(peer);
@@ -397,12 +384,8 @@ async fn curator_read_write_lock_and_dlock_readers_and_writers() {
 /// semaphore NAME (limit 2 on both sides) count against one limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curator_semaphore_and_dlock_permits_share_one_limit() {
-    let srv = dlock_fixtures::zookeeper()
-        .await
-        .unwrap_or_else(|e| panic!("ZooKeeper server: {e:#}"));
+    let (srv, url, java_url) = zookeeper_for_curator().await;
     let h = harnesses();
-    let url = with_base(srv.url());
-    let java_url = peer_url("zookeeper", srv.url()).expect("peer URL");
     let mut permits = h.dlock(TTL_MS);
     permits.pre_args.extend(["--permits".into(), "2".into()]);
     // 0 and 1: dlock; 2: Curator.
@@ -438,6 +421,17 @@ async fn curator_semaphore_and_dlock_permits_share_one_limit() {
     g.quit_all(Duration::from_secs(5)).await;
 }
 
+/// A ZooKeeper server, dlock's URL for it (with `base=/dlock-peers`, where the Java harness
+/// keeps Curator's locks) and the Java harness's.
+async fn zookeeper_for_curator() -> (dlock_fixtures::Server, String, String) {
+    let srv = dlock_fixtures::zookeeper()
+        .await
+        .unwrap_or_else(|e| panic!("ZooKeeper server: {e:#}"));
+    let url = with_base(srv.url());
+    let java_url = peer_url("zookeeper", srv.url()).expect("peer URL");
+    (srv, url, java_url)
+}
+
 /// `url` with `base=/dlock-peers`, where the Java harness keeps Curator's locks.
 fn with_base(url: &str) -> String {
     with_option(url, "base=/dlock-peers")
@@ -470,12 +464,8 @@ async fn measure_curator_read_lock_and_semaphore_beside_dlock() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
-    let srv = dlock_fixtures::zookeeper()
-        .await
-        .unwrap_or_else(|e| panic!("ZooKeeper server: {e:#}"));
+    let (_srv, url, java_url) = zookeeper_for_curator().await;
     let h = harnesses();
-    let url = with_base(srv.url());
-    let java_url = peer_url("zookeeper", srv.url()).expect("peer URL");
     let mut reader = h.dlock(TTL_MS);
     reader.pre_args.push("--shared".into());
     let mut permits = h.dlock(TTL_MS);

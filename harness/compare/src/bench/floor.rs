@@ -323,6 +323,26 @@ impl Floor {
             (Floor::Redis(c), Mode::Permit) if c.len() == 1 => Some(
                 "a permit script (ZCARD, ZADD) + ZREM, raw redis-rs; no slots, expiry or tokens",
             ),
+            #[cfg(feature = "etcd")]
+            (Floor::Etcd(_), Mode::Shared) => Some(
+                "one txn: put-if-absent of a reader key NAME/read/<n> + a range read of the \
+                 writer keys; then a delete (raw etcd-client, no lease)",
+            ),
+            #[cfg(feature = "etcd")]
+            (Floor::Etcd(_), Mode::Permit) => Some(
+                "txn put-if-absent of slot 0 (known free: no listing) + delete (raw \
+                 etcd-client, no lease)",
+            ),
+            #[cfg(feature = "zookeeper")]
+            (Floor::ZooKeeper(_), Mode::Shared) => {
+                Some("create EPHEMERAL_SEQUENTIAL _c_<key>-__READ__ + delete (raw client)")
+            }
+            #[cfg(feature = "zookeeper")]
+            (Floor::ZooKeeper(_), Mode::Permit) => Some(
+                "create a lease EPHEMERAL_SEQUENTIAL + getChildren (the count) + delete (raw \
+                 client); no internal mutex, no slot node: less than Curator's \
+                 InterProcessSemaphoreV2, whose layout dlock keeps",
+            ),
             _ => None,
         }
     }
@@ -379,6 +399,45 @@ impl Floor {
                     .arg(&token)
                     .invoke_async(&mut c)
                     .await?;
+                Ok(true)
+            }
+            #[cfg(feature = "etcd")]
+            (Floor::Etcd(client), _) => {
+                use dlock::etcd::etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+                let mut kv = client.kv_client();
+                let k = match mode {
+                    Mode::Shared => format!("{key}/read/{nonce:020}"),
+                    Mode::Permit => format!("{key}\0sem/0"),
+                };
+                let mut txn =
+                    Txn::new().when([Compare::create_revision(k.as_str(), CompareOp::Equal, 0)]);
+                txn = match mode {
+                    Mode::Shared => txn.and_then([
+                        TxnOp::put(k.as_str(), "", None),
+                        TxnOp::get(
+                            format!("{key}/write/"),
+                            Some(GetOptions::new().with_prefix().with_keys_only()),
+                        ),
+                    ]),
+                    Mode::Permit => txn.and_then([TxnOp::put(k.as_str(), "", None)]),
+                };
+                anyhow::ensure!(kv.txn(txn).await?.succeeded(), "floor: {k} existed");
+                kv.delete(k, None).await?;
+                Ok(true)
+            }
+            #[cfg(feature = "zookeeper")]
+            (Floor::ZooKeeper(client), _) => {
+                use zookeeper_client::{Acls, CreateMode};
+                let prefix = match mode {
+                    Mode::Shared => format!("/dlock-floor/job/_c_{key}-__READ__"),
+                    Mode::Permit => format!("/dlock-floor/job/_c_{key}-lease-"),
+                };
+                let mode_ = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+                let (_, seq) = client.create(&prefix, b"floor", &mode_).await?;
+                if mode == Mode::Permit {
+                    client.list_children("/dlock-floor/job").await?;
+                }
+                client.delete(&format!("{prefix}{seq}"), None).await?;
                 Ok(true)
             }
             _ => Ok(false),

@@ -7,7 +7,7 @@ use anyhow::{Result, anyhow};
 use super::{Approach, BoxFuture, Ctx, Role, Trial, Workload};
 use crate::scenario::WAITER_SETTLE;
 use crate::scenario::history::History;
-use crate::scenario::holder::{Event, EventKind, HoldSpec, Holder};
+use crate::scenario::holder::{Event, EventKind, HoldMode, HoldSpec, Holder};
 use dlock_fixtures::netns::Netns;
 
 /// How long the first holder has to get the lock, and the waiter to say it waits.
@@ -23,17 +23,7 @@ impl Workload for ExclusiveLock {
     }
 
     fn spec(&self, url: &str, name: &str, ttl: Duration, role: Role) -> HoldSpec {
-        HoldSpec {
-            url: url.to_string(),
-            name: name.to_string(),
-            ttl,
-            // The subject gives up after a bounded wait; a contender waits as long as the
-            // fault takes.
-            wait_forever: role == Role::Contender,
-            skew: None,
-            peer: None,
-            mode: Default::default(),
-        }
+        super::hold_spec(url, name, ttl, role, HoldMode::Exclusive, None)
     }
 
     fn begin<'a: 'b, 'b>(

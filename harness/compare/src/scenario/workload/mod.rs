@@ -121,6 +121,28 @@ pub struct Approach {
     pub contender_skew: Option<ClockSkew>,
 }
 
+/// The spec of a holder in `role` on `url` for `name`: the subject gives up after a bounded
+/// wait, a contender waits as long as the fault takes; `dlock hold` taking `mode`, or the peer
+/// library's harness.
+pub(crate) fn hold_spec(
+    url: &str,
+    name: &str,
+    ttl: Duration,
+    role: Role,
+    mode: super::holder::HoldMode,
+    peer: Option<super::holder::PeerHold>,
+) -> HoldSpec {
+    HoldSpec {
+        url: url.to_string(),
+        name: name.to_string(),
+        ttl,
+        wait_forever: role == Role::Contender,
+        skew: None,
+        peer,
+        mode,
+    }
+}
+
 /// A lock name unique to this process, backend, scenario and repetition.
 pub fn lock_name(backend: &str, scenario: &str, rep: usize) -> String {
     format!(

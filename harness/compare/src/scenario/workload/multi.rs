@@ -46,18 +46,6 @@ pub struct SharedLock;
 #[derive(Debug, Clone, Copy)]
 pub struct Semaphore;
 
-fn spec(url: &str, name: &str, ttl: Duration, role: Role, mode: HoldMode) -> HoldSpec {
-    HoldSpec {
-        url: url.to_string(),
-        name: name.to_string(),
-        ttl,
-        wait_forever: role == Role::Contender,
-        skew: None,
-        peer: None,
-        mode,
-    }
-}
-
 impl Workload for SharedLock {
     fn name(&self) -> &str {
         "shared"
@@ -72,7 +60,7 @@ impl Workload for SharedLock {
             Role::Subject => HoldMode::Shared,
             Role::Contender => HoldMode::Exclusive,
         };
-        spec(url, name, ttl, role, mode)
+        super::hold_spec(url, name, ttl, role, mode, None)
     }
 
     fn begin<'a: 'b, 'b>(
@@ -99,7 +87,7 @@ impl Workload for Semaphore {
     }
 
     fn spec(&self, url: &str, name: &str, ttl: Duration, role: Role) -> HoldSpec {
-        spec(url, name, ttl, role, HoldMode::Permit(LIMIT))
+        super::hold_spec(url, name, ttl, role, HoldMode::Permit(LIMIT), None)
     }
 
     fn begin<'a: 'b, 'b>(

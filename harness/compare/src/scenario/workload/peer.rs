@@ -141,19 +141,11 @@ impl Workload for PeerLock {
     }
 
     fn spec(&self, url: &str, name: &str, ttl: Duration, role: Role) -> HoldSpec {
-        HoldSpec {
-            url: url.to_string(),
-            name: name.to_string(),
-            ttl,
-            // The contender tries, then waits; the subject acquires.
-            wait_forever: role == Role::Contender,
-            skew: None,
-            peer: Some(PeerHold {
-                launch: self.launch.clone(),
-                backend: self.spec.backend.to_string(),
-            }),
-            mode: Default::default(),
-        }
+        let peer = PeerHold {
+            launch: self.launch.clone(),
+            backend: self.spec.backend.to_string(),
+        };
+        super::hold_spec(url, name, ttl, role, Default::default(), Some(peer))
     }
 
     fn begin<'a: 'b, 'b>(

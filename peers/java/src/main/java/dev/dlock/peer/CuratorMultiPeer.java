@@ -70,23 +70,7 @@ final class CuratorMultiPeer implements LockPeer {
             return lease::close;
         }
         InterProcessReadWriteLock rw = new InterProcessReadWriteLock(client, "/dlock-peers/" + name);
-        InterProcessMutex m = kind == Kind.READ ? rw.readLock() : rw.writeLock();
-        if (wait) {
-            m.acquire();
-        } else if (!m.acquire(0, TimeUnit.MILLISECONDS)) {
-            return null;
-        }
-        return new Held() {
-            @Override
-            public void release() throws Exception {
-                m.release();
-            }
-
-            @Override
-            public void releaseAtExit() {
-                // Owned by the acquiring thread: the session's close deletes the node instead.
-            }
-        };
+        return CuratorPeer.hold(kind == Kind.READ ? rw.readLock() : rw.writeLock(), wait);
     }
 
     @Override

@@ -81,7 +81,14 @@ final class CuratorPeer implements LockPeer {
             Leadership l = new Leadership(client, "/dlock-peers-leader/" + name);
             return l.campaign(wait ? -1 : LEADER_TRY_MS) ? l : null;
         }
-        InterProcessMutex m = new InterProcessMutex(client, "/dlock-peers/" + name);
+        return hold(new InterProcessMutex(client, "/dlock-peers/" + name), wait);
+    }
+
+    /**
+     * Takes {@code m} (blocking with {@code wait}, else one attempt: {@code null} when busy)
+     * and hands it out as a {@link Held}.
+     */
+    static Held hold(InterProcessMutex m, boolean wait) throws Exception {
         if (wait) {
             m.acquire();
         } else if (!m.acquire(0, TimeUnit.MILLISECONDS)) {

@@ -284,15 +284,21 @@ func (h *etcdHeld) release(ctx context.Context) error {
 }
 
 func (p *etcdPeer) worker(ctx context.Context, name string, ttl time.Duration) (tpWorker, error) {
-	if p.rw != "" {
-		return nil, errors.New("not measured: etcd's recipes.RWMutex cannot stop a blocked RLock or Lock when the run ends")
+	if p.rw == "write" {
+		return nil, errors.New("not measured: etcd's recipes.RWMutex cannot stop a blocked Lock when the run ends")
 	}
 	s, err := p.newSession(ctx, ttlSeconds(ttl))
 	if err != nil {
 		return nil, err
 	}
 	w := &etcdWorker{peer: p, session: s}
-	if p.election {
+	if p.rw == "read" {
+		// RLock takes no context, but a run of readers only never waits: a reader waits
+		// for earlier writer keys alone, and the run writes none.
+		rw := recipe.NewRWMutex(s, name)
+		w.lockFn = func(context.Context) error { return rw.RLock() }
+		w.unlockFn = func(context.Context) error { return rw.RUnlock() }
+	} else if p.election {
 		e := concurrency.NewElection(s, name)
 		w.lockFn = func(ctx context.Context) error { return e.Campaign(ctx, p.value) }
 		w.unlockFn = e.Resign

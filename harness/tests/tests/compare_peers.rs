@@ -116,5 +116,34 @@ fn compare_writes_the_peers_section() {
         );
         assert!(html.contains(want.peer), "index.html lacks {}", want.peer);
     }
+    // Readers beside dlock's readers: measured where a reader's grant has the metric, `n/a`
+    // with the reason where it has not (no handoff or failover between readers).
+    for want in dlock_compare::peers::MULTI_PEERS
+        .iter()
+        .filter(|p| p.backend == "etcd")
+    {
+        let of_peer: Vec<&Value> = rows
+            .iter()
+            .filter(|r| r["backend"] == want.backend && r["peer"] == want.peer)
+            .collect();
+        for (m, _, _) in dlock_compare::peers::METRICS {
+            let r = of_peer
+                .iter()
+                .find(|r| r["metric"] == *m)
+                .unwrap_or_else(|| panic!("{}: no {m} row in {of_peer:#?}", want.peer));
+            let na = ["handoff_p50", "failover_sigkill"].contains(m);
+            assert_eq!(r["status"], if na { "n/a" } else { "measured" }, "{r}");
+            assert_eq!(r["dlock_options"], "--shared", "{r}");
+            if na {
+                assert!(!r["reason"].as_str().unwrap_or("").is_empty(), "{r}");
+            } else {
+                assert!(r["ratio"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+            }
+        }
+        assert!(
+            md.contains(&format!("{} (dlock peer --shared)", want.peer)),
+            "{md}"
+        );
+    }
     assert!(md.contains("## dlock beside the peer libraries"), "{md}");
 }

@@ -46,6 +46,44 @@ pub struct PeerSpec {
     /// A query option given to dlock's URL for this comparison (empty: dlock's defaults);
     /// dlock measured both ways where a peer skips work a user may not want.
     pub dlock_option: &'static str,
+    /// What one grant is: the exclusive lock ([`PEERS`]) or a reader or a permit
+    /// ([`MULTI_PEERS`]).
+    pub holds: Holds,
+}
+
+/// What a peer's grant is, and what dlock is run as beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holds {
+    /// The exclusive lock (`dlock peer URL`).
+    Exclusive,
+    /// A reader of a reader–writer lock (`dlock peer --shared URL`).
+    Shared,
+    /// One of `n` permits of a counting semaphore (`dlock peer --permits n URL`; the peer's
+    /// harness gets `DLOCK_PEER_PERMITS=n`).
+    Permits(u32),
+}
+
+impl Holds {
+    /// The arguments `dlock peer` takes before the URL for this mode.
+    pub fn dlock_args(self) -> Vec<String> {
+        match self {
+            Holds::Exclusive => Vec::new(),
+            Holds::Shared => vec!["--shared".into()],
+            Holds::Permits(n) => vec!["--permits".into(), n.to_string()],
+        }
+    }
+
+    /// Holders that take a grant before a handoff chain or a failover starts and keep it, so
+    /// that the measured processes contend for the last free grant: `n - 1` for a semaphore
+    /// of `n`, none for the exclusive lock, `None` for readers (a reader waits for no reader,
+    /// so there is no handoff between readers to time).
+    pub fn companions(self) -> Option<usize> {
+        match self {
+            Holds::Exclusive => Some(0),
+            Holds::Shared => None,
+            Holds::Permits(n) => Some(n.saturating_sub(1) as usize),
+        }
+    }
 }
 
 /// Every peer, by backend.
@@ -57,6 +95,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no session watch (a dead session is noticed at the next statement), no deadline or state on the guard, no fencing option; the same two statements on a SHA-256 key",
         waits_by: "the server's lock queue (pg_advisory_lock blocks)",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "postgres",
@@ -65,6 +104,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "the seed's pg_advisory_lock(hashtext(name)) + unlock and nothing else: no session watch, no deadline, no fencing",
         waits_by: "the server's lock queue (pg_advisory_lock blocks)",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "shedlock-postgres",
@@ -73,6 +113,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no waiting (lock() is one attempt), no renewal (lockAtMostFor = ttl is the whole budget): ShedLock's JdbcTemplateLockProvider with database time, lockAtLeastFor = 0; dlock on the same table (shedlock+postgres://, its defaults)",
         waits_by: "the harness's poll: lock() again every 100 ms until granted (ShedLock itself never waits)",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "postgres",
@@ -81,6 +122,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "the seed's pg_advisory_lock(hashtext(name)) + unlock through Spring's JdbcTemplate, on a HikariCP connection kept while locked (pool of 10): no session watch, no deadline, no fencing",
         waits_by: "the server's lock queue (pg_advisory_lock blocks)",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "redis",
@@ -89,6 +131,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no fencing counter, no wake-up publish, no renewal (SET NX PX + token-checked DEL only)",
         waits_by: "retries: 3 tries per lock() call, 0–200 ms random delay between, lock() again at once",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "redis",
@@ -97,6 +140,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no wake-up publish, no renewal (dlock here without its fencing counter: fencing=off)",
         waits_by: "retries: 3 tries per lock() call, 0–200 ms random delay between, lock() again at once",
         dlock_option: "fencing=off",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "redis",
@@ -105,6 +149,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no fencing counter, no wake-up publish, no renewal",
         waits_by: "polls every 100 ms (its default sleep)",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "redis",
@@ -113,6 +158,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no fencing counter, no renewal (auto_renewal off by default); TTL in whole seconds",
         waits_by: "BLPOP on a signal list its release pushes",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "redis",
@@ -121,6 +167,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no fencing counter, no wake-up publish, no renewal (Redlock over one master)",
         waits_by: "retries with a random delay",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "redlock",
@@ -129,6 +176,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no wake-up publish, no renewal",
         waits_by: "retries: 3 tries per lock() call, 0–200 ms random delay between, lock() again at once",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "redlock",
@@ -137,6 +185,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no wake-up publish, no renewal",
         waits_by: "retries with a random delay",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "etcd",
@@ -145,6 +194,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "",
         waits_by: "the server's own queue (the Lock RPC watches the predecessor key server-side)",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "etcd",
@@ -153,6 +203,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "",
         waits_by: "a watch on the predecessor key (etcd's Go concurrency.Mutex, the layout dlock shares)",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "etcd",
@@ -161,6 +212,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no fencing token exposed (the leader key's revision, unused here)",
         waits_by: "a watch on the predecessor key (etcd's Go concurrency.Election)",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "redis",
@@ -169,6 +221,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no fencing counter, no wake-up publish, no renewal (Redlock over one server)",
         waits_by: "retries with a random delay (redsync's defaults)",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "redlock",
@@ -177,6 +230,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no wake-up publish, no renewal",
         waits_by: "retries with a random delay (redsync's defaults)",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "shedlock-redis",
@@ -185,6 +239,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no waiting (lock() is one attempt), no renewal: ShedLock's SET job-lock:default:NAME NX PX ttl; dlock on the same keys (shedlock+redis://, its defaults)",
         waits_by: "the harness's poll: lock() again every 100 ms until granted (ShedLock itself never waits)",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "redis",
@@ -193,6 +248,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no fencing token (RLock); the holder is not told when a watchdog renewal fails",
         waits_by: "pub/sub: the unlock publishes on the lock's channel; a waiter also retries when the key's remaining ttl runs out; the watchdog renews every ttl/3",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "redis",
@@ -201,6 +257,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "the holder is not told when a watchdog renewal fails",
         waits_by: "pub/sub as RLock (unlock publishes; retry after the key's remaining ttl); the watchdog renews every ttl/3; each grant increments a token counter",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "zookeeper",
@@ -209,6 +266,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no fencing token (kazoo's own node layout, not Curator's)",
         waits_by: "a watch on the predecessor node",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "zookeeper",
@@ -217,6 +275,7 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no fencing token exposed, no lost-lock signal on the lock itself (Curator's InterProcessMutex, the node layout dlock shares)",
         waits_by: "a watch on the predecessor node",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
     PeerSpec {
         backend: "zookeeper",
@@ -225,8 +284,47 @@ pub const PEERS: &[PeerSpec] = &[
         does_less: "no fencing token; no try (a try is a 100 ms campaign); each acquire starts a LeaderSelector and its thread",
         waits_by: "a watch on the predecessor node (LeaderSelector runs an InterProcessMutex)",
         dlock_option: "",
+        holds: Holds::Exclusive,
     },
 ];
+
+/// Peers whose grant is a reader or a permit: measured beside dlock's shared lock and
+/// semaphore in the peers section (not held through the failure scenarios; dlock's own
+/// `· shared` / `· semaphore` rows are). Each shares dlock's layout on its backend.
+pub const MULTI_PEERS: &[PeerSpec] = &[
+    PeerSpec {
+        backend: "etcd",
+        peer: "etcd-rwmutex-read",
+        harness: HarnessKind::Go,
+        does_less: "no fencing token exposed (etcd's Go recipes.RWMutex RLock, the key layout dlock's readers share)",
+        waits_by: "a watch on the last earlier writer key (recipes.RWMutex)",
+        dlock_option: "",
+        holds: Holds::Shared,
+    },
+    PeerSpec {
+        backend: "zookeeper",
+        peer: "curator-read",
+        harness: HarnessKind::Java,
+        does_less: "no fencing token exposed, no lost-lock signal on the lock itself (Curator's InterProcessReadWriteLock read lock, the node layout dlock's readers share)",
+        waits_by: "a watch on the last earlier __WRIT__ node",
+        dlock_option: "",
+        holds: Holds::Shared,
+    },
+    PeerSpec {
+        backend: "zookeeper",
+        peer: "curator-semaphore",
+        harness: HarnessKind::Java,
+        does_less: "no token for the permit, no lost-permit signal on the lease (Curator's InterProcessSemaphoreV2 with 2 leases, the layout dlock's permits share)",
+        waits_by: "a watch on the leases/ children, guarded by the locks/ mutex",
+        dlock_option: "",
+        holds: Holds::Permits(2),
+    },
+];
+
+/// Every peer the peers section measures: [`PEERS`], then [`MULTI_PEERS`].
+pub fn all_peers() -> impl Iterator<Item = &'static PeerSpec> {
+    PEERS.iter().chain(MULTI_PEERS)
+}
 
 /// The raw floor each backend's rows are read against: the least work a lock needs there.
 pub fn floor_of(backend: &str) -> &'static str {
@@ -321,9 +419,16 @@ impl Harnesses {
 
     /// dlock's own harness.
     pub fn dlock(&self, ttl_ms: u64) -> Launch {
+        self.dlock_as(Holds::Exclusive, ttl_ms)
+    }
+
+    /// dlock's own harness, granting what `holds` says (`dlock peer --shared` / `--permits`).
+    pub fn dlock_as(&self, holds: Holds, ttl_ms: u64) -> Launch {
+        let mut pre_args = vec!["peer".to_string()];
+        pre_args.extend(holds.dlock_args());
         Launch {
             program: self.dlock_bin.clone(),
-            pre_args: vec!["peer".into()],
+            pre_args,
             peer_arg: None,
             env: session_env(ttl_ms),
         }
@@ -362,11 +467,15 @@ impl Harnesses {
                 built.display()
             ));
         }
+        let mut env = session_env(ttl_ms);
+        if let Holds::Permits(n) = spec.holds {
+            env.push(("DLOCK_PEER_PERMITS".into(), n.to_string()));
+        }
         Ok(Launch {
             program,
             pre_args,
             peer_arg: Some(spec.peer.to_string()),
-            env: session_env(ttl_ms),
+            env,
         })
     }
 }
@@ -445,8 +554,44 @@ mod tests {
     }
 
     #[test]
+    fn multi_peers_run_dlock_in_their_mode_and_tell_their_harness_the_limit() {
+        let dir = std::env::temp_dir().join(format!("dlock-catalog-multi-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("java/target")).unwrap();
+        std::fs::write(dir.join("java/target/dlock-peer-java.jar"), "").unwrap();
+        let h = Harnesses {
+            dlock_bin: PathBuf::from("dlock"),
+            peers_dir: dir.clone(),
+        };
+        assert!(PEERS.iter().all(|p| p.holds == Holds::Exclusive));
+        let sem = MULTI_PEERS
+            .iter()
+            .find(|p| p.peer == "curator-semaphore")
+            .expect("Curator's semaphore");
+        assert_eq!(sem.holds, Holds::Permits(2));
+        assert_eq!(sem.holds.companions(), Some(1));
+        assert_eq!(
+            h.dlock_as(sem.holds, 2000).pre_args,
+            ["peer", "--permits", "2"]
+        );
+        let l = h.launch(sem, 2000).unwrap();
+        assert!(
+            l.env
+                .iter()
+                .any(|(k, v)| k == "DLOCK_PEER_PERMITS" && v == "2")
+        );
+        assert_eq!(Holds::Shared.companions(), None);
+        assert_eq!(
+            h.dlock_as(Holds::Shared, 2000).pre_args,
+            ["peer", "--shared"]
+        );
+        assert_eq!(h.dlock(2000).pre_args, ["peer"]);
+        assert_eq!(all_peers().count(), PEERS.len() + MULTI_PEERS.len());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn every_peer_has_a_floor_and_a_wait_policy() {
-        for p in PEERS {
+        for p in all_peers() {
             assert!(!floor_of(p.backend).is_empty(), "{}", p.backend);
             assert!(!p.waits_by.is_empty(), "{}", p.peer);
         }

@@ -70,7 +70,8 @@ pub async fn uncontended(
 /// One side's handoff chain: `1 + waiters` processes on one name; the holder is told to
 /// release, the time from its harness reading the release command to the next grant is one
 /// sample (the release call itself included: a waiter can be told before the holder's call
-/// returns), and the old holder queues again.
+/// returns), and the old holder queues again. On a semaphore, `companions` more processes
+/// take the other permits first and keep them, so the chain contends for the last one.
 pub struct Handoff {
     group: Group,
     holder: usize,
@@ -84,11 +85,13 @@ impl Handoff {
         launch: &Launch,
         url: &str,
         waiters: usize,
+        companions: usize,
         name: &str,
         ttl: Duration,
     ) -> Result<Handoff> {
-        let mut group = Group::start(launch, url, waiters + 1).await?;
+        let mut group = Group::start(launch, url, waiters + 1 + companions).await?;
         let cmd = format!("acquire {name} {}", ttl.as_millis());
+        hold_companions(&mut group, waiters + 1, &cmd, ttl).await?;
         for i in 0..=waiters {
             group.procs[i].send(&cmd).await?;
         }
@@ -133,11 +136,30 @@ impl Handoff {
     }
 }
 
-/// Handoff latency with `plan.waiters` waiters (µs), alternating one handoff per side.
+/// Has every process of `group` from index `first` on take a grant with `acquire` and keep
+/// it (a semaphore's other permits), one after the other.
+async fn hold_companions(
+    group: &mut Group,
+    first: usize,
+    acquire: &str,
+    ttl: Duration,
+) -> Result<()> {
+    for i in first..group.procs.len() {
+        let r = group.call(i, acquire, call_timeout(ttl)).await?;
+        if !matches!(r, Reply::Acquired { .. }) {
+            bail!("companion holder {i}: {r:?}");
+        }
+    }
+    Ok(())
+}
+
+/// Handoff latency with `plan.waiters` waiters (µs), alternating one handoff per side;
+/// `companions` holders keep the other permits of a semaphore meanwhile.
 pub async fn handoff(
     dlock: (&Launch, &str),
     peer: (&Launch, &str),
     plan: &PeersPlan,
+    companions: usize,
     ttl: Duration,
 ) -> Result<Rounds> {
     // Names of their own per run (a killed waiter's lease from an earlier run may linger)
@@ -148,14 +170,22 @@ pub async fn handoff(
         dlock.0,
         dlock.1,
         plan.waiters,
+        companions,
         &format!("{name}-dlock"),
         ttl,
     )
     .await
     .context("dlock's handoff chain")?;
-    let mut p = match Handoff::start(peer.0, peer.1, plan.waiters, &format!("{name}-peer"), ttl)
-        .await
-        .context("the peer's handoff chain")
+    let mut p = match Handoff::start(
+        peer.0,
+        peer.1,
+        plan.waiters,
+        companions,
+        &format!("{name}-peer"),
+        ttl,
+    )
+    .await
+    .context("the peer's handoff chain")
     {
         Ok(p) => p,
         Err(e) => {
@@ -219,22 +249,24 @@ pub async fn throughput(
 
 /// SIGKILL failover (ms): a fresh holder process acquires, a waiter process finds the lock
 /// busy and asks again, the holder is killed at once (well inside any ttl); the sample is the
-/// time from the kill to the waiter's grant. `plan.failovers` per side, alternating.
+/// time from the kill to the waiter's grant. `plan.failovers` per side, alternating. On a
+/// semaphore, `companions` more processes hold the other permits throughout.
 pub async fn failover(
     dlock: (&Launch, &str),
     peer: (&Launch, &str),
     plan: &PeersPlan,
+    companions: usize,
     ttl: Duration,
 ) -> Result<(Rounds, f64)> {
     let mut out = Rounds::default();
     let mut latest_kill_ms = 0.0_f64;
     for rep in 0..plan.failovers {
         let name = format!("peers-failover-{rep}-{}", dlock_peer_proto::mono_us());
-        let (d, kd) = failover_once(dlock.0, dlock.1, &format!("{name}-dlock"), ttl)
+        let (d, kd) = failover_once(dlock, &format!("{name}-dlock"), companions, ttl)
             .await
             .context("dlock's failover")?;
         out.dlock.push(vec![d]);
-        let (p, kp) = failover_once(peer.0, peer.1, &format!("{name}-peer"), ttl)
+        let (p, kp) = failover_once(peer, &format!("{name}-peer"), companions, ttl)
             .await
             .context("the peer's failover")?;
         out.peer.push(vec![p]);
@@ -245,15 +277,16 @@ pub async fn failover(
 
 /// One failover (ms) and how long after the holder's grant the kill came (ms).
 async fn failover_once(
-    launch: &Launch,
-    url: &str,
+    (launch, url): (&Launch, &str),
     name: &str,
+    companions: usize,
     ttl: Duration,
 ) -> Result<(f64, f64)> {
     let within = call_timeout(ttl);
-    let mut g = Group::start(launch, url, 2).await?;
+    let mut g = Group::start(launch, url, 2 + companions).await?;
     let ms = ttl.as_millis();
     let result: Result<(f64, f64)> = async {
+        hold_companions(&mut g, 2, &format!("acquire {name} {ms}"), ttl).await?;
         let a = g.call(0, &format!("acquire {name} {ms}"), within).await?;
         let Reply::Acquired { t1: granted, .. } = a else {
             bail!("failover holder: {a:?}");

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use catalog::{Harnesses, PEERS, PeerSpec};
+pub use catalog::{Harnesses, Holds, MULTI_PEERS, PEERS, PeerSpec};
 use measure::Rounds;
 use proc::Group;
 
@@ -89,7 +89,9 @@ pub struct PeerRow {
     pub backend: String,
     /// The peer library (the protocol's `PEER`).
     pub peer: String,
-    /// The query option dlock's URL had in this comparison (empty: its defaults).
+    /// The query option dlock's URL had in this comparison, then the `dlock peer` mode
+    /// arguments (`--shared`, `--permits 2`) for a reader or semaphore peer (empty: dlock's
+    /// defaults, the exclusive lock).
     pub dlock_options: String,
     /// Its version, as its harness reported it.
     pub peer_version: String,
@@ -120,7 +122,8 @@ pub struct PeerRow {
     pub waits_by: String,
     /// The raw floor of this backend, for reading both numbers.
     pub floor: String,
-    /// `measured`, `unavailable` (could not be installed or started) or `failed`.
+    /// `measured`, `unavailable` (could not be installed or started), `n/a` (the metric
+    /// does not apply to this kind of grant) or `failed`.
     pub status: String,
     /// Why, when not measured.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -173,6 +176,16 @@ impl Reduce {
     }
 }
 
+/// How dlock ran beside `spec`: its URL option (`fencing=off`) and its mode's arguments
+/// (`--shared`, `--permits 2`), space-separated; empty for its defaults.
+fn dlock_options(spec: &PeerSpec) -> String {
+    let mut parts = spec.holds.dlock_args();
+    if !spec.dlock_option.is_empty() {
+        parts.insert(0, spec.dlock_option.to_string());
+    }
+    parts.join(" ")
+}
+
 fn template(spec: &PeerSpec, version: &str, metric: &str) -> PeerRow {
     let (unit, better) = METRICS
         .iter()
@@ -182,7 +195,7 @@ fn template(spec: &PeerSpec, version: &str, metric: &str) -> PeerRow {
     PeerRow {
         backend: spec.backend.into(),
         peer: spec.peer.into(),
-        dlock_options: spec.dlock_option.into(),
+        dlock_options: dlock_options(spec),
         peer_version: version.into(),
         harness: spec.harness.as_str().into(),
         metric: metric.into(),
@@ -261,11 +274,17 @@ pub async fn run_backend(
     harnesses: &Harnesses,
 ) -> Vec<PeerRow> {
     let mut rows = Vec::new();
-    for spec in PEERS.iter().filter(|p| p.backend == backend) {
+    for spec in catalog::all_peers().filter(|p| p.backend == backend) {
         let dlock_with = if spec.dlock_option.is_empty() {
             String::new()
         } else {
             format!(" (dlock with ?{})", spec.dlock_option)
+        };
+        let dlock_as = spec.holds.dlock_args().join(" ");
+        let dlock_with = if dlock_as.is_empty() {
+            dlock_with
+        } else {
+            format!(" (dlock peer {dlock_as}{dlock_with})")
         };
         crate::say!("[peers] {backend}: {} beside dlock{dlock_with}", spec.peer);
         let started = std::time::Instant::now();
@@ -315,7 +334,7 @@ async fn run_peer(
         Ok(l) => l,
         Err(why) => return vec![not_measured(spec, "", "all", "unavailable", why)],
     };
-    let dlock_launch = harnesses.dlock(ttl_ms);
+    let dlock_launch = harnesses.dlock_as(spec.holds, ttl_ms);
     let with_option;
     let dlock_url = if spec.dlock_option.is_empty() {
         dlock_url
@@ -376,10 +395,47 @@ async fn run_peer(
         &mut rows, spec, &version, &mut dlock, &mut peer, plan, false, ttl,
     )
     .await;
-    match measure::handoff((&dlock_launch, dlock_url), (&launch, &peer_url), plan, ttl).await {
+    let Some(companions) = spec.holds.companions() else {
+        // Readers: nobody to hand off to, no waiter for a killed holder to free.
+        for (metric, why) in [
+            (
+                "handoff_p50",
+                "a reader waits for no reader: there is no handoff between readers",
+            ),
+            (
+                "failover_sigkill",
+                "a killed reader holds up no reader; the return of a killed reader's hold to a waiting writer is measured in the failure table's `· shared` rows",
+            ),
+        ] {
+            rows.push(not_measured(spec, &version, metric, "n/a", why.into()));
+        }
+        throughput_rows(
+            &mut rows, spec, &version, &mut dlock, &mut peer, plan, true, ttl,
+        )
+        .await;
+        dlock.quit_all(measure::QUIT_WITHIN).await;
+        peer.quit_all(measure::QUIT_WITHIN).await;
+        return rows;
+    };
+    let companion_note = if companions == 0 {
+        String::new()
+    } else {
+        format!(
+            "; {companions} more process(es) took the semaphore's other permit(s) first and kept them, so the measured ones contend for the last permit"
+        )
+    };
+    match measure::handoff(
+        (&dlock_launch, dlock_url),
+        (&launch, &peer_url),
+        plan,
+        companions,
+        ttl,
+    )
+    .await
+    {
         Ok(r) => {
             let n = format!(
-                "{} waiting processes behind a holder on one name, {} handoffs per side alternating; from the holder's harness reading its release command to the next grant (the release call included); {ttl_note}",
+                "{} waiting processes behind a holder on one name, {} handoffs per side alternating; from the holder's harness reading its release command to the next grant (the release call included){companion_note}; {ttl_note}",
                 plan.waiters, plan.handoffs
             );
             rows.push(row(
@@ -393,10 +449,18 @@ async fn run_peer(
         }
         Err(e) => rows.push(failed("handoff_p50", e)),
     }
-    match measure::failover((&dlock_launch, dlock_url), (&launch, &peer_url), plan, ttl).await {
+    match measure::failover(
+        (&dlock_launch, dlock_url),
+        (&launch, &peer_url),
+        plan,
+        companions,
+        ttl,
+    )
+    .await
+    {
         Ok((r, kill_ms)) => {
             let n = format!(
-                "holder process SIGKILLed at most {kill_ms:.0} ms after its grant (well inside the ttl, so peers that do not renew are measured too), the waiter had found it busy; from the kill to the waiter's grant; {} per side alternating; {ttl_note}",
+                "holder process SIGKILLed at most {kill_ms:.0} ms after its grant (well inside the ttl, so peers that do not renew are measured too), the waiter had found it busy{companion_note}; from the kill to the waiter's grant; {} per side alternating; {ttl_note}",
                 plan.failovers
             );
             rows.push(row(

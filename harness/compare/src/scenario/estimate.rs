@@ -120,8 +120,7 @@ impl Plan {
         let bench_backends = opts.bench.as_ref().map_or(0, |_| backends.len());
         let peer_count = match &opts.peers {
             None => 0,
-            Some(_) => crate::peers::PEERS
-                .iter()
+            Some(_) => crate::peers::catalog::all_peers()
                 .filter(|p| backends.contains(&p.backend))
                 .count(),
         };
@@ -242,7 +241,10 @@ mod tests {
             peers: Some(PeersPlan::short()),
             ..opts(false, None)
         });
-        assert_eq!(with_peers.peer_count, crate::peers::PEERS.len());
+        assert_eq!(
+            with_peers.peer_count,
+            crate::peers::PEERS.len() + crate::peers::MULTI_PEERS.len()
+        );
         assert_eq!(with_peers.total(), with_peers.peers);
         let scenarios = Plan::of(&opts(true, None));
         assert_eq!(

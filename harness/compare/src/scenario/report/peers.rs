@@ -50,10 +50,21 @@ fn cells(r: &PeerRow) -> [String; 3] {
 
 /// The peer's name, with the option dlock ran with in this comparison if any.
 pub(crate) fn label(p: &PeerRow) -> String {
-    if p.dlock_options.is_empty() {
-        p.peer.clone()
-    } else {
-        format!("{} (dlock ?{})", p.peer, p.dlock_options)
+    let (query, mode): (Vec<&str>, Vec<&str>) = p
+        .dlock_options
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .partition(|w| !w.starts_with("--") && !w.chars().all(|c| c.is_ascii_digit()));
+    match (query.is_empty(), mode.is_empty()) {
+        (true, true) => p.peer.clone(),
+        (false, true) => format!("{} (dlock ?{})", p.peer, query.join("&")),
+        (true, false) => format!("{} (dlock peer {})", p.peer, mode.join(" ")),
+        (false, false) => format!(
+            "{} (dlock peer {} ?{})",
+            p.peer,
+            mode.join(" "),
+            query.join("&")
+        ),
     }
 }
 
@@ -294,5 +305,9 @@ mod tests {
         assert_eq!(label(&r), "redis-py");
         r.dlock_options = "fencing=off".into();
         assert_eq!(label(&r), "redis-py (dlock ?fencing=off)");
+        r.dlock_options = "--permits 2".into();
+        assert_eq!(label(&r), "redis-py (dlock peer --permits 2)");
+        r.dlock_options = "--shared".into();
+        assert_eq!(label(&r), "redis-py (dlock peer --shared)");
     }
 }

@@ -75,8 +75,27 @@ final class CuratorMultiPeer implements LockPeer {
 
     @Override
     public Worker worker(String name, long ttlMs) {
-        throw new UnsupportedOperationException(
-                "not measured: the throughput run is for exclusive locks (" + kind + " here)");
+        if (kind != Kind.SEMAPHORE) {
+            InterProcessReadWriteLock rw = new InterProcessReadWriteLock(client, "/dlock-peers/" + name);
+            return CuratorPeer.worker(kind == Kind.READ ? rw.readLock() : rw.writeLock());
+        }
+        InterProcessSemaphoreV2 s = new InterProcessSemaphoreV2(client, "/dlock-peers/" + name + "%sem", permits);
+        return new Worker() {
+            private Lease lease;
+
+            @Override
+            public boolean lock(long deadlineNanos) throws Exception {
+                lease = s.acquire(LockPeer.remainingNanos(deadlineNanos), TimeUnit.NANOSECONDS);
+                return lease != null;
+            }
+
+            @Override
+            public void unlock() throws Exception {
+                Lease l = lease;
+                lease = null;
+                l.close();
+            }
+        };
     }
 
     @Override

@@ -113,7 +113,11 @@ final class CuratorPeer implements LockPeer {
         if (leader) {
             return new LeaderWorker(client, "/dlock-peers-leader/" + name);
         }
-        InterProcessMutex m = new InterProcessMutex(client, "/dlock-peers/" + name);
+        return worker(new InterProcessMutex(client, "/dlock-peers/" + name));
+    }
+
+    /** A throughput worker on one mutex (an InterProcessMutex, or a read or write lock). */
+    static Worker worker(InterProcessMutex m) {
         return new Worker() {
             @Override
             public boolean lock(long deadlineNanos) throws Exception {

@@ -120,6 +120,11 @@ async fn compare(args: opt::CompareArgs) -> i32 {
             (false, true) => Some(dlock_compare::peers::PeersPlan::quick()),
             (false, false) => Some(dlock_compare::peers::PeersPlan::short()),
         },
+        strategies: match (section(opt::CompareSection::Strategies), args.quick) {
+            (false, _) => None,
+            (true, true) => Some(dlock_compare::strategies::StrategiesPlan::quick()),
+            (true, false) => Some(dlock_compare::strategies::StrategiesPlan::short()),
+        },
         peer_holders: match (run_scenarios && !args.no_peer_holders, args.quick) {
             (false, _) => PeerHolders::Off,
             (true, true) => PeerHolders::FirstPerBackend,

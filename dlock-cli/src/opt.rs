@@ -163,7 +163,8 @@ pub struct CompareArgs {
     pub no_peer_holders: bool,
 
     /// Comma-separated sections to run (default: all): `scenarios` (the failure matrix),
-    /// `bench` (the short benchmarks), `peers` (dlock beside the peer libraries). The cells of a section left out are reported
+    /// `bench` (the short benchmarks), `peers` (dlock beside the peer libraries), `strategies`
+    /// (the seed's purge under each strategy, PostgreSQL). The cells of a section left out are reported
     /// `not_measured`.
     #[arg(long, value_delimiter = ',', value_enum)]
     pub only: Vec<CompareSection>,
@@ -190,6 +191,9 @@ pub enum CompareSection {
     Bench,
     /// dlock beside the peer libraries (`peers/`), after each backend's benchmarks.
     Peers,
+    /// The seed's strategies on PostgreSQL (the purge on three workers under no lock, an
+    /// advisory lock, ShedLock, SKIP LOCKED and optimistic batches), after every backend.
+    Strategies,
 }
 
 /// `dlock conformance` arguments.

@@ -12,3 +12,4 @@ pub mod peers;
 pub mod progress;
 pub mod scenario;
 pub mod soak;
+pub mod strategies;

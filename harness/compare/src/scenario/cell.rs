@@ -297,6 +297,8 @@ pub struct Report {
     pub benchmark_failures: Vec<BenchFailure>,
     /// dlock beside the peer libraries (empty without the peers section).
     pub peers: Vec<crate::peers::PeerRow>,
+    /// The seed's strategies: the purge on three workers (empty without the section).
+    pub strategies: Vec<crate::strategies::PurgeRow>,
 }
 
 /// A backend whose benchmarks could not run to the end.

@@ -60,6 +60,8 @@ pub struct Plan {
     pub peer_count: usize,
     /// The peers section.
     pub peers: Duration,
+    /// The strategies section (PostgreSQL only).
+    pub strategies: Duration,
 }
 
 impl Plan {
@@ -128,7 +130,14 @@ impl Plan {
             Some(p) if p.samples <= PeersPlan::quick().samples => PEER_QUICK,
             _ => PEER_SHORT,
         };
+        let strategies = match &opts.strategies {
+            Some(p) if backends.contains(&"postgres") => {
+                STRATEGIES_FIXED + STRATEGIES_PER_RUN * (11 * p.repeat) as u32
+            }
+            _ => Duration::ZERO,
+        };
         Plan {
+            strategies,
             peer_cells,
             peer_count,
             peers: per_peer * peer_count as u32,
@@ -142,7 +151,7 @@ impl Plan {
 
     /// Every section.
     pub fn total(&self) -> Duration {
-        self.scenarios + self.bench + self.peers
+        self.scenarios + self.bench + self.peers + self.strategies
     }
 
     /// One line for the log: the total and what it is made of.
@@ -180,12 +189,22 @@ impl Plan {
                 self.peer_count
             )
         };
+        let strategies = if self.strategies.is_zero() {
+            "no strategies".to_string()
+        } else {
+            format!("strategies {}", minutes(self.strategies))
+        };
         format!(
-            "expected to take about {}: {scenarios}, {bench}, {peers}",
+            "expected to take about {}: {scenarios}, {bench}, {peers}, {strategies}",
             minutes(self.total())
         )
     }
 }
+
+/// The strategies section's PostgreSQL start and its table seeding, once.
+const STRATEGIES_FIXED: Duration = Duration::from_secs(5);
+/// One purge run (seeding 40,000 rows, three workers, the live stream) or one baseline.
+const STRATEGIES_PER_RUN: Duration = Duration::from_millis(1500);
 
 /// One backend's benchmarks under `plan`.
 fn per_backend(plan: Option<&BenchPlan>) -> Duration {
@@ -225,6 +244,7 @@ mod tests {
             bench,
             peers: None,
             peer_holders: PeerHolders::Off,
+            strategies: None,
         }
     }
 

@@ -99,6 +99,9 @@ pub struct CompareOptions {
     /// The peer libraries whose holders go through the scenarios of
     /// [`workload::PEER_SCENARIOS`] after dlock's, each its own row.
     pub peer_holders: workload::PeerHolders,
+    /// The strategies section (`None`: left out); it runs when `postgres` is among the
+    /// backends.
+    pub strategies: Option<crate::strategies::StrategiesPlan>,
 }
 
 #[cfg(test)]

@@ -35,6 +35,13 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
     {
         run.backend(backend).await;
     }
+    let strategies = match &opts.strategies {
+        Some(p) if opts.backends.iter().any(|b| b == "postgres") => {
+            crate::progress::set(run.done, "strategies: the purge on three workers");
+            crate::strategies::run_section(p).await
+        }
+        _ => Vec::new(),
+    };
     crate::progress::finish();
     let took = started.elapsed();
     crate::say!(
@@ -67,6 +74,7 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
         benchmarks: run.benchmarks,
         benchmark_failures: run.benchmark_failures,
         peers: run.peers,
+        strategies,
     })
 }
 

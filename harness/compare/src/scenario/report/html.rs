@@ -190,6 +190,7 @@ Faults: {faults}. Full data: <a href="comparison.json">comparison.json</a>; read
 {timelines}
 {bench}
 {peers}
+{strategies}
 </body></html>
 "#,
         host = esc(&r.run.host),
@@ -202,6 +203,7 @@ Faults: {faults}. Full data: <a href="comparison.json">comparison.json</a>; read
         safety = safety_html(r),
         bench = bench_html(r),
         peers = super::peers::peers_html(r),
+        strategies = super::strategies::strategies_html(r),
         timelines = timeline_svg(r).map_or_else(String::new, |t| format!(
             "<h2>Who held the lock around the fault</h2><p>First repetition of each cell; time \
              relative to the fault (for latency and quorum_loss: the start of the step or the \

@@ -44,6 +44,13 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(md, "\n## dlock beside the peer libraries\n");
         md.push_str(&t);
     }
+    if let Some(t) = strategies_markdown(r) {
+        let _ = writeln!(
+            md,
+            "\n## The seed's strategies: the purge on three workers\n"
+        );
+        md.push_str(&t);
+    }
     if let Some(t) = targets_markdown(r) {
         let _ = writeln!(md, "\n## Targets\n");
         md.push_str(&t);

@@ -6,6 +6,7 @@ mod choosing;
 mod html;
 mod markdown;
 mod peers;
+mod strategies;
 mod targets;
 mod verdict;
 
@@ -23,6 +24,7 @@ pub use choosing::choosing_markdown;
 pub use html::{failover_svg, html, timeline_svg};
 pub use markdown::markdown;
 pub use peers::peers_markdown;
+pub use strategies::strategies_markdown;
 pub use targets::targets_markdown;
 pub use verdict::{DOCUMENTED_OVERLAPS, Verdict};
 

@@ -1,0 +1,171 @@
+//! Runs the strategies section on a PostgreSQL of its own.
+
+use std::time::{Duration, Instant};
+
+use super::purge::{self, LiveImpact, PurgeOutcome, PurgePlan, Strategy};
+use super::{PurgeRow, StrategiesPlan, spread};
+
+/// How long the live stream runs alone for the baseline row.
+const BASELINE: Duration = Duration::from_millis(500);
+
+/// Every strategy quiet and beside the live stream, `plan.repeat` runs each (alternating
+/// strategies within a repetition), then the live stream alone.
+pub async fn run(plan: &StrategiesPlan) -> Vec<PurgeRow> {
+    let pg = match dlock_fixtures::managed_postgres().await {
+        Ok(pg) => pg,
+        Err(e) => {
+            let why = format!("PostgreSQL did not start: {e:#}");
+            return vec![failed("all", false, 0, why)];
+        }
+    };
+    let mut rows = Vec::new();
+    for live in [false, true] {
+        let purge_plan = PurgePlan {
+            old_rows: plan.old_rows,
+            recent_rows: plan.recent_rows,
+            live,
+            ..PurgePlan::default()
+        };
+        let mut got: Vec<Vec<PurgeOutcome>> = vec![Vec::new(); Strategy::ALL.len()];
+        let mut errors: Vec<Option<String>> = vec![None; Strategy::ALL.len()];
+        for rep in 0..plan.repeat {
+            for (i, s) in Strategy::ALL.iter().enumerate() {
+                if errors[i].is_some() {
+                    continue;
+                }
+                let started = Instant::now();
+                match purge::run(pg.url(), *s, &purge_plan).await {
+                    Ok(o) => {
+                        crate::say!(
+                            "[strategies] {}{} run {}/{}: {} errors, {} rows deleted, {:.0} ms ({:.1} s)",
+                            s.name(),
+                            if live { " + live stream" } else { "" },
+                            rep + 1,
+                            plan.repeat,
+                            o.serialization_errors,
+                            o.rows_deleted,
+                            o.wall_ms,
+                            started.elapsed().as_secs_f64()
+                        );
+                        got[i].push(o);
+                    }
+                    Err(e) => errors[i] = Some(format!("{e:#}")),
+                }
+            }
+        }
+        for (i, s) in Strategy::ALL.iter().enumerate() {
+            rows.push(match errors[i].take() {
+                Some(why) => failed(s.name(), live, got[i].len(), why),
+                None => row(s.name(), live, &got[i]),
+            });
+        }
+    }
+    let mut base = Vec::new();
+    let base_plan = PurgePlan {
+        old_rows: plan.old_rows,
+        recent_rows: plan.recent_rows,
+        ..PurgePlan::default()
+    };
+    for _ in 0..plan.repeat {
+        match purge::live_baseline(pg.url(), &base_plan, BASELINE).await {
+            Ok(l) => base.push(l),
+            Err(e) => {
+                rows.push(failed(
+                    "live stream alone",
+                    true,
+                    base.len(),
+                    format!("{e:#}"),
+                ));
+                return rows;
+            }
+        }
+    }
+    rows.push(baseline_row(&base));
+    rows
+}
+
+fn failed(strategy: &str, live: bool, runs: usize, why: String) -> PurgeRow {
+    PurgeRow {
+        status: "failed".into(),
+        reason: Some(why),
+        ..row(strategy, live, &[])
+    }
+    .with_runs(runs)
+}
+
+impl PurgeRow {
+    fn with_runs(mut self, runs: usize) -> PurgeRow {
+        self.runs = runs;
+        self
+    }
+}
+
+fn row(strategy: &str, live: bool, runs: &[PurgeOutcome]) -> PurgeRow {
+    let of = |f: &dyn Fn(&PurgeOutcome) -> f64| spread(&runs.iter().map(f).collect::<Vec<_>>());
+    let lives: Vec<&LiveImpact> = runs.iter().filter_map(|o| o.live.as_ref()).collect();
+    let (wait_pct, ops, p99, errs) = live_figures(&lives);
+    PurgeRow {
+        strategy: strategy.into(),
+        live,
+        runs: runs.len(),
+        status: "measured".into(),
+        reason: None,
+        serialization_errors: of(&|o| f64::from(o.serialization_errors)),
+        retries: of(&|o| f64::from(o.retries)),
+        workers_deleted_skipped_failed: [
+            of(&|o| o.workers_that_deleted as f64)[0],
+            of(&|o| o.workers_skipped as f64)[0],
+            of(&|o| o.workers_failed as f64)[0],
+        ],
+        conflicts: of(&|o| o.conflicts as f64)[0],
+        wall_ms: of(&|o| o.wall_ms),
+        old_rows_left_max: runs.iter().map(|o| o.old_rows_left).max().unwrap_or(0),
+        recent_rows_deleted_max: runs
+            .iter()
+            .map(|o| o.recent_rows_deleted)
+            .max()
+            .unwrap_or(0),
+        live_lock_wait_pct: wait_pct,
+        live_ops_per_s: ops,
+        live_p99_us: p99,
+        live_errors: errs,
+    }
+}
+
+/// Lock-wait share, ops/s, p99 and errors of live runs.
+#[allow(clippy::type_complexity)]
+fn live_figures(
+    lives: &[&LiveImpact],
+) -> (Option<[f64; 3]>, Option<f64>, Option<f64>, Option<u64>) {
+    if lives.is_empty() {
+        return (None, None, None, None);
+    }
+    let pct: Vec<f64> = lives
+        .iter()
+        .map(|l| 100.0 * l.lock_wait_samples as f64 / l.samples.max(1) as f64)
+        .collect();
+    let ops: Vec<f64> = lives
+        .iter()
+        .map(|l| l.ops as f64 / l.seconds.max(1e-3))
+        .collect();
+    let p99: Vec<f64> = lives.iter().map(|l| l.p99_us).collect();
+    (
+        Some(spread(&pct)),
+        Some(spread(&ops)[0]),
+        Some(spread(&p99)[0]),
+        Some(lives.iter().map(|l| l.errors).sum()),
+    )
+}
+
+fn baseline_row(base: &[LiveImpact]) -> PurgeRow {
+    let refs: Vec<&LiveImpact> = base.iter().collect();
+    let (wait_pct, ops, p99, errs) = live_figures(&refs);
+    PurgeRow {
+        live_lock_wait_pct: wait_pct,
+        live_ops_per_s: ops,
+        live_p99_us: p99,
+        live_errors: errs,
+        ..row("live stream alone (no purge)", true, &[])
+    }
+    .with_runs(base.len())
+}

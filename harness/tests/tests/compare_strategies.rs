@@ -1,0 +1,75 @@
+//! `dlock compare --quick --only strategies`: the report's strategies section has a measured
+//! row per strategy, quiet and beside the live stream, and the live stream's baseline; the
+//! markdown and HTML have its table.
+
+use std::process::{Command, Stdio};
+
+use dlock_compare::strategies::purge::Strategy;
+use serde_json::Value;
+
+#[test]
+fn compare_writes_the_strategies_section() {
+    let out = std::env::temp_dir().join(format!("dlock-compare-strategies-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = Command::new(env!("CARGO_BIN_EXE_dlock-under-test"))
+        .args([
+            "compare",
+            "--quick",
+            "--only",
+            "strategies",
+            "--backends",
+            "postgres",
+            "--out",
+        ])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dlock compare");
+    let said = String::from_utf8_lossy(&run.stderr).to_string();
+    assert_eq!(run.status.code(), Some(0), "dlock compare failed:\n{said}");
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("comparison.json")).expect("comparison.json"),
+    )
+    .expect("JSON");
+    let md = std::fs::read_to_string(out.join("comparison.md")).expect("comparison.md");
+    let html = std::fs::read_to_string(out.join("index.html")).expect("index.html");
+    let _ = std::fs::remove_dir_all(&out);
+    let rows = json["strategies"].as_array().expect("strategies is a list");
+    for live in [false, true] {
+        for s in Strategy::ALL {
+            let r = rows
+                .iter()
+                .find(|r| r["strategy"] == s.name() && r["live"] == live)
+                .unwrap_or_else(|| panic!("no row for {} (live {live}) in {rows:#?}", s.name()));
+            assert_eq!(r["status"], "measured", "{r}");
+            assert_eq!(r["runs"], 1, "{r}");
+            assert_eq!(r["recent_rows_deleted_max"], 0, "{r}");
+            assert_eq!(r["live_lock_wait_pct"].is_array(), live, "{r}");
+            assert!(
+                md.contains(&format!(
+                    "| {} | {} |",
+                    s.name(),
+                    if live { "yes" } else { "no" }
+                )),
+                "{md}"
+            );
+        }
+    }
+    let base = rows
+        .iter()
+        .find(|r| r["strategy"] == "live stream alone (no purge)")
+        .expect("the baseline row");
+    assert!(
+        base["live_ops_per_s"].as_f64().is_some_and(|v| v > 0.0),
+        "{base}"
+    );
+    assert!(
+        md.contains("## The seed's strategies: the purge on three workers"),
+        "{md}"
+    );
+    assert!(
+        html.contains("The seed&#39;s strategies") || html.contains("The seed's strategies"),
+        "index.html lacks the section"
+    );
+    assert!(said.contains("[strategies]"), "no progress lines:\n{said}");
+}

@@ -4,6 +4,7 @@
 
 use std::process::{Command, Stdio};
 
+use dlock_compare::strategies::contention::RowStrategy;
 use dlock_compare::strategies::purge::Strategy;
 use serde_json::Value;
 
@@ -34,7 +35,9 @@ fn compare_writes_the_strategies_section() {
     let md = std::fs::read_to_string(out.join("comparison.md")).expect("comparison.md");
     let html = std::fs::read_to_string(out.join("index.html")).expect("index.html");
     let _ = std::fs::remove_dir_all(&out);
-    let rows = json["strategies"].as_array().expect("strategies is a list");
+    let rows = json["strategies"]["purge"]
+        .as_array()
+        .expect("strategies.purge is a list");
     for live in [false, true] {
         for s in Strategy::ALL {
             let r = rows
@@ -63,10 +66,24 @@ fn compare_writes_the_strategies_section() {
         base["live_ops_per_s"].as_f64().is_some_and(|v| v > 0.0),
         "{base}"
     );
-    assert!(
-        md.contains("## The seed's strategies: the purge on three workers"),
-        "{md}"
-    );
+    // The hot row: every strategy at 1, 8 and 64 workers, and no lost update anywhere.
+    let contention = json["strategies"]["contention"]
+        .as_array()
+        .expect("strategies.contention is a list");
+    for workers in [1, 8, 64] {
+        for s in RowStrategy::ALL {
+            let r = contention
+                .iter()
+                .find(|r| r["strategy"] == s.name() && r["workers"] == workers)
+                .unwrap_or_else(|| {
+                    panic!("no row for {} × {workers} in {contention:#?}", s.name())
+                });
+            assert_eq!(r["status"], "measured", "{r}");
+            assert_eq!(r["lost_updates_max"], 0, "{r}");
+            assert!(r["ops_per_s"][0].as_f64().is_some_and(|v| v > 0.0), "{r}");
+        }
+    }
+    assert!(md.contains("## The seed's strategies"), "{md}");
     assert!(
         html.contains("The seed&#39;s strategies") || html.contains("The seed's strategies"),
         "index.html lacks the section"

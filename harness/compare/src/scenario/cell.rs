@@ -298,7 +298,7 @@ pub struct Report {
     /// dlock beside the peer libraries (empty without the peers section).
     pub peers: Vec<crate::peers::PeerRow>,
     /// The seed's strategies: the purge on three workers (empty without the section).
-    pub strategies: Vec<crate::strategies::PurgeRow>,
+    pub strategies: crate::strategies::StrategiesReport,
 }
 
 /// A backend whose benchmarks could not run to the end.

@@ -132,7 +132,10 @@ impl Plan {
         };
         let strategies = match &opts.strategies {
             Some(p) if backends.contains(&"postgres") => {
-                STRATEGIES_FIXED + STRATEGIES_PER_RUN * (11 * p.repeat) as u32
+                let contention_runs = (4 * p.workers.len() * p.repeat) as u32;
+                STRATEGIES_FIXED
+                    + STRATEGIES_PER_RUN * (13 * p.repeat) as u32
+                    + (p.contention + CONTENTION_SETUP) * contention_runs
             }
             _ => Duration::ZERO,
         };
@@ -205,6 +208,8 @@ impl Plan {
 const STRATEGIES_FIXED: Duration = Duration::from_secs(5);
 /// One purge run (seeding 40,000 rows, three workers, the live stream) or one baseline.
 const STRATEGIES_PER_RUN: Duration = Duration::from_millis(1500);
+/// A contention run's table, pool and (for the dlock strategies) backend.
+const CONTENTION_SETUP: Duration = Duration::from_millis(300);
 
 /// One backend's benchmarks under `plan`.
 fn per_backend(plan: Option<&BenchPlan>) -> Duration {

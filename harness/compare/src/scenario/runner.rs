@@ -40,7 +40,7 @@ pub async fn compare(opts: &CompareOptions, quick: bool) -> Result<Report> {
             crate::progress::set(run.done, "strategies: the purge on three workers");
             crate::strategies::run_section(p).await
         }
-        _ => Vec::new(),
+        _ => crate::strategies::StrategiesReport::default(),
     };
     crate::progress::finish();
     let took = started.elapsed();

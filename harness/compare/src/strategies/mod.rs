@@ -5,6 +5,8 @@
 //! alone.
 
 #[cfg(all(feature = "postgres", feature = "shedlock"))]
+pub mod contention;
+#[cfg(all(feature = "postgres", feature = "shedlock"))]
 pub mod purge;
 
 use serde::Serialize;
@@ -18,6 +20,10 @@ pub struct StrategiesPlan {
     pub old_rows: i64,
     /// Recent rows (kept).
     pub recent_rows: i64,
+    /// How long each contention run lasts.
+    pub contention: std::time::Duration,
+    /// The worker counts of the contention runs.
+    pub workers: Vec<usize>,
 }
 
 impl StrategiesPlan {
@@ -27,6 +33,8 @@ impl StrategiesPlan {
             repeat: 3,
             old_rows: 30_000,
             recent_rows: 10_000,
+            contention: std::time::Duration::from_secs(1),
+            workers: vec![1, 8, 64],
         }
     }
 
@@ -36,6 +44,8 @@ impl StrategiesPlan {
             repeat: 1,
             old_rows: 10_000,
             recent_rows: 2_000,
+            contention: std::time::Duration::from_millis(300),
+            workers: vec![1, 8, 64],
         }
     }
 }
@@ -79,6 +89,46 @@ pub struct PurgeRow {
     pub live_errors: Option<u64>,
 }
 
+/// One row of the contention table: a strategy and a worker count, over the runs.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ContentionRow {
+    /// The strategy's report name.
+    pub strategy: String,
+    /// Workers on the one hot row.
+    pub workers: usize,
+    /// Runs.
+    pub runs: usize,
+    /// `measured` or `failed`.
+    pub status: String,
+    /// Why, when failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Completed decrements per second: median, min, max.
+    pub ops_per_s: [f64; 3],
+    /// Retries per completed decrement (median over runs).
+    pub retries_per_op: f64,
+    /// Decrements that gave up, all runs.
+    pub gave_up: u64,
+    /// Lost updates, worst run (must be 0).
+    pub lost_updates_max: i64,
+}
+
+/// Both tables of the section.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct StrategiesReport {
+    /// The purge on three workers.
+    pub purge: Vec<PurgeRow>,
+    /// The hot row under 1, 8 and 64 workers.
+    pub contention: Vec<ContentionRow>,
+}
+
+impl StrategiesReport {
+    /// Nothing measured (the section was left out).
+    pub fn is_empty(&self) -> bool {
+        self.purge.is_empty() && self.contention.is_empty()
+    }
+}
+
 /// Median, min and max of `v` (zeros for none).
 pub fn spread(v: &[f64]) -> [f64; 3] {
     if v.is_empty() {
@@ -94,9 +144,9 @@ mod run;
 #[cfg(all(feature = "postgres", feature = "shedlock"))]
 pub use run::run;
 
-/// The section's rows: [`run`], or one failed row saying why when this build has no
-/// PostgreSQL or ShedLock backend.
-pub async fn run_section(plan: &StrategiesPlan) -> Vec<PurgeRow> {
+/// The section: [`run`], or one failed row saying why when this build has no PostgreSQL or
+/// ShedLock backend.
+pub async fn run_section(plan: &StrategiesPlan) -> StrategiesReport {
     #[cfg(all(feature = "postgres", feature = "shedlock"))]
     {
         run(plan).await
@@ -104,7 +154,7 @@ pub async fn run_section(plan: &StrategiesPlan) -> Vec<PurgeRow> {
     #[cfg(not(all(feature = "postgres", feature = "shedlock")))]
     {
         let _ = plan;
-        vec![PurgeRow {
+        let purge = vec![PurgeRow {
             strategy: "all".into(),
             live: false,
             runs: 0,
@@ -121,7 +171,11 @@ pub async fn run_section(plan: &StrategiesPlan) -> Vec<PurgeRow> {
             live_ops_per_s: None,
             live_p99_us: None,
             live_errors: None,
-        }]
+        }];
+        StrategiesReport {
+            purge,
+            contention: Vec::new(),
+        }
     }
 }
 

@@ -2,22 +2,93 @@
 
 use std::time::{Duration, Instant};
 
+use super::contention::{self, ContentionOutcome, RowStrategy};
 use super::purge::{self, LiveImpact, PurgeOutcome, PurgePlan, Strategy};
-use super::{PurgeRow, StrategiesPlan, spread};
+use super::{ContentionRow, PurgeRow, StrategiesPlan, StrategiesReport, spread};
 
 /// How long the live stream runs alone for the baseline row.
 const BASELINE: Duration = Duration::from_millis(500);
 
-/// Every strategy quiet and beside the live stream, `plan.repeat` runs each (alternating
-/// strategies within a repetition), then the live stream alone.
-pub async fn run(plan: &StrategiesPlan) -> Vec<PurgeRow> {
+/// The purge table, then the contention table, on a PostgreSQL of its own.
+pub async fn run(plan: &StrategiesPlan) -> StrategiesReport {
     let pg = match dlock_fixtures::managed_postgres().await {
         Ok(pg) => pg,
         Err(e) => {
             let why = format!("PostgreSQL did not start: {e:#}");
-            return vec![failed("all", false, 0, why)];
+            return StrategiesReport {
+                purge: vec![failed("all", false, 0, why)],
+                contention: Vec::new(),
+            };
         }
     };
+    let purge = purge_rows(pg.url(), plan).await;
+    let contention = contention_rows(pg.url(), plan).await;
+    StrategiesReport { purge, contention }
+}
+
+/// Every strategy at every worker count, `plan.repeat` runs each (alternating strategies
+/// within a repetition).
+async fn contention_rows(url: &str, plan: &StrategiesPlan) -> Vec<ContentionRow> {
+    let mut rows = Vec::new();
+    for &workers in &plan.workers {
+        let mut got: Vec<Vec<ContentionOutcome>> = vec![Vec::new(); RowStrategy::ALL.len()];
+        let mut errors: Vec<Option<String>> = vec![None; RowStrategy::ALL.len()];
+        for rep in 0..plan.repeat {
+            for (i, s) in RowStrategy::ALL.iter().enumerate() {
+                if errors[i].is_some() {
+                    continue;
+                }
+                match contention::run(url, *s, workers, plan.contention).await {
+                    Ok(o) => {
+                        crate::say!(
+                            "[strategies] {} × {workers} worker(s) run {}/{}: {:.0} ops/s, {} retries, {} lost updates",
+                            s.name(),
+                            rep + 1,
+                            plan.repeat,
+                            o.ops as f64 / o.seconds.max(1e-3),
+                            o.retries,
+                            o.lost_updates
+                        );
+                        got[i].push(o);
+                    }
+                    Err(e) => errors[i] = Some(format!("{e:#}")),
+                }
+            }
+        }
+        for (i, s) in RowStrategy::ALL.iter().enumerate() {
+            let runs = &got[i];
+            let rates: Vec<f64> = runs
+                .iter()
+                .map(|o| o.ops as f64 / o.seconds.max(1e-3))
+                .collect();
+            let per_op: Vec<f64> = runs
+                .iter()
+                .map(|o| o.retries as f64 / o.ops.max(1) as f64)
+                .collect();
+            rows.push(ContentionRow {
+                strategy: s.name().into(),
+                workers,
+                runs: runs.len(),
+                status: if errors[i].is_some() {
+                    "failed"
+                } else {
+                    "measured"
+                }
+                .into(),
+                reason: errors[i].take(),
+                ops_per_s: spread(&rates),
+                retries_per_op: spread(&per_op)[0],
+                gave_up: runs.iter().map(|o| o.gave_up).sum(),
+                lost_updates_max: runs.iter().map(|o| o.lost_updates).max().unwrap_or(0),
+            });
+        }
+    }
+    rows
+}
+
+/// Every purge strategy quiet and beside the live stream, `plan.repeat` runs each
+/// (alternating strategies within a repetition), then the live stream alone.
+async fn purge_rows(url: &str, plan: &StrategiesPlan) -> Vec<PurgeRow> {
     let mut rows = Vec::new();
     for live in [false, true] {
         let purge_plan = PurgePlan {
@@ -34,7 +105,7 @@ pub async fn run(plan: &StrategiesPlan) -> Vec<PurgeRow> {
                     continue;
                 }
                 let started = Instant::now();
-                match purge::run(pg.url(), *s, &purge_plan).await {
+                match purge::run(url, *s, &purge_plan).await {
                     Ok(o) => {
                         crate::say!(
                             "[strategies] {}{} run {}/{}: {} errors, {} rows deleted, {:.0} ms ({:.1} s)",
@@ -67,7 +138,7 @@ pub async fn run(plan: &StrategiesPlan) -> Vec<PurgeRow> {
         ..PurgePlan::default()
     };
     for _ in 0..plan.repeat {
-        match purge::live_baseline(pg.url(), &base_plan, BASELINE).await {
+        match purge::live_baseline(url, &base_plan, BASELINE).await {
             Ok(l) => base.push(l),
             Err(e) => {
                 rows.push(failed(

@@ -45,10 +45,7 @@ pub fn markdown(r: &Report) -> String {
         md.push_str(&t);
     }
     if let Some(t) = strategies_markdown(r) {
-        let _ = writeln!(
-            md,
-            "\n## The seed's strategies: the purge on three workers\n"
-        );
+        let _ = writeln!(md, "\n## The seed's strategies\n");
         md.push_str(&t);
     }
     if let Some(t) = targets_markdown(r) {

@@ -359,6 +359,10 @@ impl ShedPgBackend {
                 .await
                 .inspect_err(|e| self.primary.failed(e))
                 .map_err(db(Operation::Acquire))?;
+            // Back to the pool before sleeping: a waiter that kept it would starve the
+            // holder's release (and the other waiters) of connections — with 8 waiters in one
+            // process, 2 handoffs a second (measured by `dlock compare`'s strategies section).
+            drop(conn);
             let wake =
                 Instant::now() + Duration::from_secs_f64(remaining.unwrap_or(0.0).clamp(0.0, 1e9));
             let announced = async {

@@ -83,6 +83,27 @@ fn compare_writes_the_strategies_section() {
             assert!(r["ops_per_s"][0].as_f64().is_some_and(|v| v > 0.0), "{r}");
         }
     }
+    // Idempotency: payment grade runs the effect once in every situation; click grade
+    // counts once, except that a click is lost to a dead worker and counted twice across a
+    // Redis restart without persistence — its documented at-most-once window.
+    let idem = json["strategies"]["idempotency"]
+        .as_array()
+        .expect("strategies.idempotency is a list");
+    for scenario in dlock_compare::strategies::idempotency::SCENARIOS {
+        for grade in ["payment (PostgreSQL)", "click (Redis)"] {
+            let r = idem
+                .iter()
+                .find(|r| r["grade"] == grade && r["scenario"] == scenario)
+                .unwrap_or_else(|| panic!("no row for {grade} × {scenario} in {idem:#?}"));
+            assert_eq!(r["status"], "measured", "{r}");
+            let want = match (grade, scenario) {
+                ("click (Redis)", "worker killed mid-request") => 0.0,
+                ("click (Redis)", "server crash mid-request") => 2.0,
+                _ => 1.0,
+            };
+            assert_eq!(r["executions"][0].as_f64(), Some(want), "{r}");
+        }
+    }
     assert!(md.contains("## The seed's strategies"), "{md}");
     assert!(
         html.contains("The seed&#39;s strategies") || html.contains("The seed's strategies"),

@@ -136,6 +136,7 @@ impl Plan {
                 STRATEGIES_FIXED
                     + STRATEGIES_PER_RUN * (13 * p.repeat) as u32
                     + (p.contention + CONTENTION_SETUP) * contention_runs
+                    + IDEMPOTENCY_RUN * (8 * p.repeat) as u32
             }
             _ => Duration::ZERO,
         };
@@ -207,9 +208,11 @@ impl Plan {
 /// The strategies section's PostgreSQL start and its table seeding, once.
 const STRATEGIES_FIXED: Duration = Duration::from_secs(5);
 /// One purge run (seeding 40,000 rows, three workers, the live stream) or one baseline.
-const STRATEGIES_PER_RUN: Duration = Duration::from_millis(1500);
+const STRATEGIES_PER_RUN: Duration = Duration::from_millis(300);
+/// One idempotency situation on one grade (a server restart in two of the eight).
+const IDEMPOTENCY_RUN: Duration = Duration::from_millis(300);
 /// A contention run's table, pool and (for the dlock strategies) backend.
-const CONTENTION_SETUP: Duration = Duration::from_millis(300);
+const CONTENTION_SETUP: Duration = Duration::from_millis(100);
 
 /// One backend's benchmarks under `plan`.
 fn per_backend(plan: Option<&BenchPlan>) -> Duration {

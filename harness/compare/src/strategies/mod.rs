@@ -6,6 +6,8 @@
 
 #[cfg(all(feature = "postgres", feature = "shedlock"))]
 pub mod contention;
+#[cfg(feature = "idempotency")]
+pub mod idempotency;
 #[cfg(all(feature = "postgres", feature = "shedlock"))]
 pub mod purge;
 
@@ -113,19 +115,44 @@ pub struct ContentionRow {
     pub lost_updates_max: i64,
 }
 
-/// Both tables of the section.
+/// One row of the idempotency table: a grade through one situation, over the runs.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IdemRow {
+    /// `payment (PostgreSQL)` or `click (Redis)`.
+    pub grade: String,
+    /// The situation (`idempotency::SCENARIOS`).
+    pub scenario: String,
+    /// Runs.
+    pub runs: usize,
+    /// `measured` or `failed`.
+    pub status: String,
+    /// Why, when failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How many times the request's effect happened per run: median, min, max.
+    pub executions: [f64; 3],
+    /// What the clients saw, in words built from the last run's counts.
+    pub outcome: String,
+    /// For the kill and crash rows: ms from the fault to the answered retry (median, min,
+    /// max).
+    pub recovered_ms: Option<[f64; 3]>,
+}
+
+/// The tables of the section.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct StrategiesReport {
     /// The purge on three workers.
     pub purge: Vec<PurgeRow>,
     /// The hot row under 1, 8 and 64 workers.
     pub contention: Vec<ContentionRow>,
+    /// Payment-grade and click-grade idempotency through four situations.
+    pub idempotency: Vec<IdemRow>,
 }
 
 impl StrategiesReport {
     /// Nothing measured (the section was left out).
     pub fn is_empty(&self) -> bool {
-        self.purge.is_empty() && self.contention.is_empty()
+        self.purge.is_empty() && self.contention.is_empty() && self.idempotency.is_empty()
     }
 }
 
@@ -175,6 +202,7 @@ pub async fn run_section(plan: &StrategiesPlan) -> StrategiesReport {
         StrategiesReport {
             purge,
             contention: Vec::new(),
+            idempotency: Vec::new(),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::contention::{self, ContentionOutcome, RowStrategy};
 use super::purge::{self, LiveImpact, PurgeOutcome, PurgePlan, Strategy};
-use super::{ContentionRow, PurgeRow, StrategiesPlan, StrategiesReport, spread};
+use super::{ContentionRow, IdemRow, PurgeRow, StrategiesPlan, StrategiesReport, spread};
 
 /// How long the live stream runs alone for the baseline row.
 const BASELINE: Duration = Duration::from_millis(500);
@@ -18,12 +18,77 @@ pub async fn run(plan: &StrategiesPlan) -> StrategiesReport {
             return StrategiesReport {
                 purge: vec![failed("all", false, 0, why)],
                 contention: Vec::new(),
+                idempotency: Vec::new(),
             };
         }
     };
     let purge = purge_rows(pg.url(), plan).await;
     let contention = contention_rows(pg.url(), plan).await;
-    StrategiesReport { purge, contention }
+    let idempotency = idempotency_rows(&pg, plan).await;
+    StrategiesReport {
+        purge,
+        contention,
+        idempotency,
+    }
+}
+
+/// Both grades through every situation, `plan.repeat` runs each.
+#[cfg(feature = "idempotency")]
+async fn idempotency_rows(pg: &dlock_fixtures::Server, plan: &StrategiesPlan) -> Vec<IdemRow> {
+    use super::idempotency::{self as idem, IdemOutcome};
+    let redis = dlock_fixtures::managed_redis(dlock_fixtures::RedisOptions::default()).await;
+    let mut rows = Vec::new();
+    for grade in ["payment (PostgreSQL)", "click (Redis)"] {
+        for scenario in idem::SCENARIOS {
+            let mut got: Vec<IdemOutcome> = Vec::new();
+            let mut error = None;
+            for run in 0..plan.repeat {
+                let r = match (grade.starts_with("payment"), &redis) {
+                    (true, _) => idem::payment(pg, scenario, run).await,
+                    (false, Ok(redis)) => idem::click(redis, scenario, run).await,
+                    (false, Err(e)) => Err(anyhow::anyhow!("Redis did not start: {e:#}")),
+                };
+                match r {
+                    Ok(o) => {
+                        crate::say!(
+                            "[strategies] {grade} × {scenario} run {}/{}: {}",
+                            run + 1,
+                            plan.repeat,
+                            o.outcome
+                        );
+                        got.push(o);
+                    }
+                    Err(e) => {
+                        error = Some(format!("{e:#}"));
+                        break;
+                    }
+                }
+            }
+            let recovered: Vec<f64> = got.iter().filter_map(|o| o.recovered_ms).collect();
+            rows.push(IdemRow {
+                grade: grade.into(),
+                scenario: scenario.into(),
+                runs: got.len(),
+                status: if error.is_some() {
+                    "failed"
+                } else {
+                    "measured"
+                }
+                .into(),
+                reason: error,
+                executions: spread(&got.iter().map(|o| o.executions as f64).collect::<Vec<_>>()),
+                outcome: got.last().map_or_else(String::new, |o| o.outcome.clone()),
+                recovered_ms: (!recovered.is_empty()).then(|| spread(&recovered)),
+            });
+        }
+    }
+    rows
+}
+
+/// Without the idempotency feature: no rows.
+#[cfg(not(feature = "idempotency"))]
+async fn idempotency_rows(_: &dlock_fixtures::Server, _: &StrategiesPlan) -> Vec<IdemRow> {
+    Vec::new()
 }
 
 /// Every strategy at every worker count, `plan.repeat` runs each (alternating strategies

@@ -12,7 +12,7 @@
 //! | `Wait(c)` | `acquire`, `Wait::For(150 ms)` | granted or the error kind (`Timeout`) |
 //! | `Release(c)` | `release().await` of its guard | `Ok(ours)` or the error kind |
 //! | `Extend(c)` | `extend(30 s)` of its guard (lease + renew backends only) | `Ok` or the error kind (`Lost`) |
-//! | `Drop(c)` | drops its guard; if it was `Held`, a probe client waits (≤ 10 s) until it can take the lock the same way (exclusive, shared or a permit) | the state it had, whether the probe got the lock |
+//! | `Drop(c)` | drops its guard (a reader while other readers hold: released in the foreground, since a reader probe would not wait for it); if it was `Held`, a probe client waits (≤ 10 s) until it can take the lock the same way (exclusive, shared or a permit) | the state it had, whether the probe got the lock |
 //! | `TryShared(c)` | `acquire` shared (a reader), `Wait::No` (backends with `shared`) | granted (no token expected) or the error kind |
 //! | `TryPermit(c)` | `acquire` one of [`PERMITS`] permits of the semaphore of the same name, `Wait::No` (backends with `semaphore`) | the slot and its token's order (per slot) or the error kind |
 //! | `Expire(c)` | `acquire` with a short ttl (1 s, or the backend's minimum) and no renewal, waits for `watch().lost_or_released()`, then until a probe client can take the lock (lease backends only) | granted or the error kind, the state the guard ended in (`Lost`), whether the probe got it |
@@ -292,7 +292,8 @@ impl Side {
                             && o.permits().is_none()
                             && o.state() == LockState::Held
                     });
-                    if g.mode() == LockMode::Shared && g.permits().is_none() && !readers_left {
+                    let reader = g.mode() == LockMode::Shared && g.permits().is_none();
+                    if reader && !readers_left {
                         same = LockOptions::new().with_ttl(LONG_TTL);
                     }
                     // A permit is free once a request whose limit counts only the other held
@@ -307,10 +308,20 @@ impl Side {
                         let limit = u32::try_from(others).unwrap_or(PERMITS) + 1;
                         same = LockOptions::new().with_ttl(LONG_TTL).with_permits(limit);
                     }
-                    drop(g);
-                    // The release runs in the background; on the model's current-thread
-                    // runtime only once this task yields.
-                    tokio::task::yield_now().await;
+                    if reader && readers_left {
+                        // The probe below would be a reader too and would not wait for this
+                        // reader's background release, which could then race a later
+                        // operation (CI saw the model refuse an exclusive try after every
+                        // guard was gone): release it in the foreground instead. The last
+                        // reader's drop, waited for by a writer's probe, still covers the
+                        // background release.
+                        let _ = g.release().await;
+                    } else {
+                        drop(g);
+                        // The release runs in the background; on the model's current-thread
+                        // runtime only once this task yields.
+                        tokio::task::yield_now().await;
+                    }
                     // A dropped guard releases in the background; a held lock must then become
                     // free (a lost one was someone else's business already).
                     let freed = if was == LockState::Held {

@@ -102,15 +102,7 @@ impl VersionedTable {
                 id: read.id,
                 version,
             }),
-            None => {
-                let now = self.version(conn, read.id).await?;
-                Err(Error::Conflict {
-                    table: self.name(),
-                    id: read.id,
-                    expected: read.version,
-                    current: now.version,
-                })
-            }
+            None => Err(self.conflict(conn, read).await),
         }
     }
 
@@ -132,13 +124,21 @@ impl VersionedTable {
         if done == 1 {
             return Ok(());
         }
-        let now = self.version(conn, read.id).await?;
-        Err(Error::Conflict {
-            table: self.name(),
-            id: read.id,
-            expected: read.version,
-            current: now.version,
-        })
+        Err(self.conflict(conn, read).await)
+    }
+
+    /// Why a write at `read.version` found no row: the row's version now
+    /// ([`Error::Conflict`]), or [`Error::NotFound`] (or the error reading it).
+    async fn conflict(&self, conn: &mut PgConnection, read: Versioned) -> Error {
+        match self.version(conn, read.id).await {
+            Ok(now) => Error::Conflict {
+                table: self.name(),
+                id: read.id,
+                expected: read.version,
+                current: now.version,
+            },
+            Err(e) => e,
+        }
     }
 
     fn not_found(&self, id: i64) -> Error {

@@ -57,6 +57,17 @@ async fn start(pg: &str, redis: &str) -> Service {
     Service { child, addr }
 }
 
+/// A PostgreSQL and a Redis for the service, or a failure naming the install step.
+async fn servers() -> (dlock_fixtures::Server, dlock_fixtures::Server) {
+    let pg = dlock_fixtures::postgres()
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL: {e:#} (scripts/install-servers installs it)"));
+    let redis = dlock_fixtures::redis()
+        .await
+        .unwrap_or_else(|e| panic!("Redis: {e:#} (scripts/install-servers installs it)"));
+    (pg, redis)
+}
+
 struct Answer {
     status: u16,
     headers: Vec<(String, String)>,
@@ -123,12 +134,7 @@ async fn payments(pool: &sqlx::PgPool, key: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_and_clicks_over_http() {
-    let pg = dlock_fixtures::postgres()
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL: {e:#} (scripts/install-servers installs it)"));
-    let redis = dlock_fixtures::redis()
-        .await
-        .unwrap_or_else(|e| panic!("Redis: {e:#} (scripts/install-servers installs it)"));
+    let (pg, redis) = servers().await;
     let svc = start(pg.url(), redis.url()).await;
     let addr = svc.addr;
     let pool = sqlx::PgPool::connect(pg.url()).await.unwrap();
@@ -221,12 +227,7 @@ async fn payments_and_clicks_over_http() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_killed_mid_request_is_recovered_once_by_another_instance() {
-    let pg = dlock_fixtures::postgres()
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL: {e:#} (scripts/install-servers installs it)"));
-    let redis = dlock_fixtures::redis()
-        .await
-        .unwrap_or_else(|e| panic!("Redis: {e:#} (scripts/install-servers installs it)"));
+    let (pg, redis) = servers().await;
     let mut first = start(pg.url(), redis.url()).await;
     let pool = sqlx::PgPool::connect(pg.url()).await.unwrap();
     let body = br#"{"amount_cents":500}"#;

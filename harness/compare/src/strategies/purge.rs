@@ -280,34 +280,46 @@ pub async fn run(url: &str, strategy: Strategy, plan: &PurgePlan) -> Result<Purg
     })
 }
 
-/// The seed's job: one SERIALIZABLE transaction running the statement; `attempts` tries.
-async fn whole_job(conn: &mut PgConnection, attempts: u32) -> Result<Tally> {
-    let mut t = Tally::default();
+/// Runs the DELETE that `delete` builds in a transaction of its own (at SERIALIZABLE with
+/// `serializable`), up to `attempts` times while it fails to serialize, counting the errors
+/// and retries in `t`: the rows it deleted, or `None` when every attempt failed.
+async fn retried_delete<'q>(
+    conn: &mut PgConnection,
+    t: &mut Tally,
+    attempts: u32,
+    serializable: bool,
+    delete: impl Fn() -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+) -> Result<Option<u64>> {
     for attempt in 1..=attempts {
         t.retries += u32::from(attempt > 1);
         let r: Result<u64, sqlx::Error> = async {
             let mut tx = conn.begin().await?;
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-                .execute(&mut *tx)
-                .await?;
-            let n = sqlx::query(PURGE_SQL)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            if serializable {
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let n = delete().execute(&mut *tx).await?.rows_affected();
             tx.commit().await?;
             Ok(n)
         }
         .await;
         match r {
-            Ok(n) => {
-                t.deleted += n as i64;
-                return Ok(t);
-            }
+            Ok(n) => return Ok(Some(n)),
             Err(e) if is_serialization(&e) => t.errors += 1,
             Err(e) => return Err(e.into()),
         }
     }
-    t.failed = true;
+    Ok(None)
+}
+
+/// The seed's job: one SERIALIZABLE transaction running the statement; `attempts` tries.
+async fn whole_job(conn: &mut PgConnection, attempts: u32) -> Result<Tally> {
+    let mut t = Tally::default();
+    match retried_delete(conn, &mut t, attempts, true, || sqlx::query(PURGE_SQL)).await? {
+        Some(n) => t.deleted += n as i64,
+        None => t.failed = true,
+    }
     Ok(t)
 }
 
@@ -344,38 +356,15 @@ async fn skip_locked(
 ) -> Result<Tally> {
     let mut t = Tally::default();
     loop {
-        let mut done = None;
-        for attempt in 1..=plan.attempts {
-            t.retries += u32::from(attempt > 1);
-            let r: Result<u64, sqlx::Error> = async {
-                let mut tx = conn.begin().await?;
-                if serializable {
-                    sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                let n = sqlx::query(
-                    "DELETE FROM emp_details WHERE id IN (
-                       SELECT id FROM emp_details WHERE last_updated < now() - interval '30 days'
-                        ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)",
-                )
-                .bind(plan.batch)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(n)
-            }
-            .await;
-            match r {
-                Ok(n) => {
-                    done = Some(n);
-                    break;
-                }
-                Err(e) if is_serialization(&e) => t.errors += 1,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let done = retried_delete(conn, &mut t, plan.attempts, serializable, || {
+            sqlx::query(
+                "DELETE FROM emp_details WHERE id IN (
+                   SELECT id FROM emp_details WHERE last_updated < now() - interval '30 days'
+                    ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)",
+            )
+            .bind(plan.batch)
+        })
+        .await?;
         match done {
             Some(0) => return Ok(t),
             Some(n) => t.deleted += n as i64,
@@ -406,33 +395,15 @@ async fn optimistic(conn: &mut PgConnection, plan: &PurgePlan) -> Result<Tally> 
         };
         after = last;
         let (ids, versions): (Vec<i64>, Vec<i64>) = batch.iter().copied().unzip();
-        let mut done = None;
-        for attempt in 1..=plan.attempts {
-            t.retries += u32::from(attempt > 1);
-            let r: Result<u64, sqlx::Error> = async {
-                let mut tx = conn.begin().await?;
-                let n = sqlx::query(
-                    "DELETE FROM emp_details e USING unnest($1::bigint[], $2::bigint[]) AS b(id, version)
-                      WHERE e.id = b.id AND e.version = b.version",
-                )
-                .bind(&ids)
-                .bind(&versions)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                Ok(n)
-            }
-            .await;
-            match r {
-                Ok(n) => {
-                    done = Some(n);
-                    break;
-                }
-                Err(e) if is_serialization(&e) => t.errors += 1,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let done = retried_delete(conn, &mut t, plan.attempts, false, || {
+            sqlx::query(
+                "DELETE FROM emp_details e USING unnest($1::bigint[], $2::bigint[]) AS b(id, version)
+                  WHERE e.id = b.id AND e.version = b.version",
+            )
+            .bind(&ids)
+            .bind(&versions)
+        })
+        .await?;
         match done {
             Some(n) => {
                 t.deleted += n as i64;
